@@ -1,0 +1,55 @@
+"""The in-memory exposure: pixels, mask, variance, WCS, PSF, calibration, observation info.
+
+Loading (stream.fitsio) fills this; the pipeline reads it; jitcore never sees it (it takes
+plain arrays).  Pixel values stay in the file's units until the photometric scaling step,
+which multiplies by ``photo_calib`` (nJy per count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from astropy.io.fits import Header
+from astropy.wcs import WCS
+
+from jitcore.psf import PsfModel
+
+__all__ = ["Exposure"]
+
+
+@dataclass
+class Exposure:
+    image: np.ndarray  # float32 (ny, nx)
+    variance: np.ndarray  # float32 (ny, nx), same units^2 as image
+    mask: np.ndarray  # int32 (ny, nx)
+    mask_planes: dict[str, int]  # plane name -> bit index
+    wcs: WCS
+    psf: PsfModel | None
+    photo_calib: float | None  # nJy per count; None = uncalibrated (--allow-uncalibrated)
+    calib_source: str = ""  # which keyword gave photo_calib
+    midpoint_mjd_tai: float | None = None
+    exposure_time: float | None = None
+    band: str | None = None
+    visit: int | None = None
+    detector: int | None = None
+    exposure_id: int | None = None
+    gain: float | None = None
+    saturation: float | None = None
+    path: str = ""
+    sha256: str = ""
+    layout: str = ""  # "lsst-mef" or "plain"
+    header: Header = field(default_factory=Header)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.image.shape[0]), int(self.image.shape[1]))
+
+    def bitmask(self, *names: str) -> int:
+        value = 0
+        for name in names:
+            if name in self.mask_planes:
+                value |= 1 << self.mask_planes[name]
+        return value
