@@ -1,0 +1,55 @@
+# diffstream: the two commands a fresh machine needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON_BOOT ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KAFKA_PORT ?= 9092
+PYTEST_ARGS ?=
+
+.PHONY: demo test install lint format bench kafka-start kafka-stop clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## make demo: simulate an exposure pair, run the ZOGY pipeline on it, print a summary (no Kafka).
+demo: install
+	$(VENV)/bin/diffstream demo --out demo-out
+
+## make test: the whole suite; starts a local Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set,
+## and stops it again even when tests fail.
+test: install
+	@set -u; \
+	if [ -n "$${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then \
+	  echo "using Kafka at $$KAFKA_BOOTSTRAP_SERVERS"; \
+	  $(PY) -m pytest $(PYTEST_ARGS); \
+	else \
+	  PYTHON=$(PY) KAFKA_PORT=$(KAFKA_PORT) compose/kafka-local.sh start || exit 1; \
+	  rc=0; KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	  PYTHON=$(PY) compose/kafka-local.sh stop; \
+	  exit $$rc; \
+	fi
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) benchmarks/bench_pipeline.py
+
+kafka-start:
+	PYTHON=$(PY) KAFKA_PORT=$(KAFKA_PORT) compose/kafka-local.sh start
+
+kafka-stop:
+	PYTHON=$(PY) compose/kafka-local.sh stop
+
+clean:
+	rm -rf demo-out .pytest_cache .ruff_cache

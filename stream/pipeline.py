@@ -1,0 +1,352 @@
+"""The subtraction pipeline: two exposures in, diaSources and alerts out.
+
+One function, :func:`subtract_exposures`, used by ``diffstream subtract`` and by the stream
+worker alike (only the transport differs).  Every step is timed under ``imageDifference.*``
+and its numbers go to the task metadata; the numerics live in ``jitcore``.
+
+Steps (the seed ImageDifferenceTask's order): load -> warp -> template coverage check ->
+photometric scaling -> background -> PSFs -> star matching -> ZOGY -> detection ->
+measurement -> ids -> alerts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from astropy.time import Time
+
+from jitcore.background import estimate_background
+from jitcore.coverage import template_coverage
+from jitcore.detect import detect
+from jitcore.ids import IdFactory
+from jitcore.masks import UNUSABLE_PLANES, bits
+from jitcore.measure import measure
+from jitcore.psf import PsfModel, psf_moments
+from jitcore.psfmeasure import measure_psf
+from jitcore.starmatch import StarMatch, match_stars
+from jitcore.warp import warp_stamp
+from jitcore.zogy import ZogyResult, zogy
+from stream import __version__
+from stream.alerts import dia_source_record, make_alert
+from stream.cutouts import make_cutout
+from stream.errors import BadExposure, KernelFailure, NoWorkFound
+from stream.exposure import Exposure
+from stream.fitsio import load_exposure
+from stream.settings import Settings, config_hash
+from stream.skycoords import pixel_to_sky
+from stream.taskmeta import TaskMetadata
+from stream.versions import package_versions, versions_hash
+from stream.warping import warp_template
+
+__all__ = ["SubtractResult", "subtract_files", "subtract_exposures"]
+
+
+@dataclass
+class SubtractResult:
+    science: Exposure
+    template_image: np.ndarray  # warped, calibrated, background-subtracted (nJy)
+    template_variance: np.ndarray
+    template_mask: np.ndarray
+    zogy: ZogyResult
+    sources: np.ndarray  # measurement rows (structured array, LSST names)
+    dia_sources: list[dict[str, Any]]
+    alerts: list[dict[str, Any]]
+    mask: np.ndarray  # combined mask on the science grid
+    metadata: TaskMetadata
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def mjd_now() -> float:
+    return float(Time.now().tai.mjd)
+
+
+def subtract_files(
+    science_path: str,
+    template_path: str,
+    *,
+    settings: Settings,
+    visit: int | None = None,
+    detector: int | None = None,
+    exposure_id: int | None = None,
+    metadata: TaskMetadata | None = None,
+) -> SubtractResult:
+    """Load both files and run :func:`subtract_exposures` (load timed as ``imageDifference.load``)."""
+    meta = metadata or TaskMetadata()
+    with meta.timer("load"):
+        science = load_exposure(
+            science_path,
+            allow_uncalibrated=settings.allow_uncalibrated,
+            visit=visit,
+            detector=detector,
+            exposure_id=exposure_id,
+            max_pixels=settings.max_pixels,
+            max_nonfinite_fraction=settings.max_nonfinite_fraction,
+        )
+        template = load_exposure(
+            template_path,
+            allow_uncalibrated=settings.allow_uncalibrated,
+            max_pixels=settings.max_pixels,
+            max_nonfinite_fraction=settings.max_nonfinite_fraction,
+        )
+    meta.set("science", {"path": science.path, "sha256": science.sha256, "layout": science.layout})
+    meta.set("template", {"path": template.path, "sha256": template.sha256})
+    return subtract_exposures(science, template, settings=settings, metadata=meta)
+
+
+def _calibrate(image: np.ndarray, variance: np.ndarray, calib: float | None):
+    c = 1.0 if calib is None else float(calib)
+    return (image * c).astype(np.float32), (variance * (c * c)).astype(np.float32)
+
+
+def _template_psf(
+    template: Exposure, image, variance, mask_bad, jacobian, settings: Settings, shape
+) -> PsfModel:
+    """The template PSF on the science grid.
+
+    Measured on the warped template when it has enough stars: that PSF already contains the
+    rotation and the small blur of the Lanczos resampling, which a PSF from the file lacks.
+    Otherwise the file's PSF is resampled through the local Jacobian of the mapping.
+    """
+    if settings.psf_from_stars:
+        try:
+            return measure_psf(
+                image, variance, mask_bad.astype(np.int32), bad_bits=1,
+                saturation=None, degree=settings.psf_degree,
+            )  # fmt: skip
+        except ValueError:
+            pass
+    if template.psf is None:
+        raise BadExposure("no PSF for the template", path=template.path)
+    stamp = template.psf.at(*(np.array(template.shape[::-1]) / 2.0))
+    return PsfModel.constant(warp_stamp(stamp, jacobian), shape, source="warped")
+
+
+def _science_psf(science: Exposure, image, variance, mask_bad, settings: Settings) -> PsfModel:
+    """The science PSF; a file PSF (one stamp) is refined into a spatial model from stars."""
+    psf = science.psf
+    if settings.psf_from_stars and (psf is None or psf.degree < settings.psf_degree):
+        try:
+            return measure_psf(
+                image, variance, mask_bad.astype(np.int32), bad_bits=1,
+                saturation=None, degree=settings.psf_degree,
+            )  # fmt: skip
+        except ValueError:
+            pass
+    if psf is None:
+        raise BadExposure("no PSF for the science exposure", path=science.path)
+    return psf
+
+
+def subtract_exposures(
+    science: Exposure,
+    template: Exposure,
+    *,
+    settings: Settings,
+    metadata: TaskMetadata | None = None,
+) -> SubtractResult:
+    meta = metadata or TaskMetadata()
+    t_start = time.perf_counter()
+    meta.set("config", settings.science_config())
+    meta.set("configHash", config_hash(settings.science_config()))
+    versions = package_versions()
+    meta.set("versions", versions)
+    meta.set("versionsHash", versions_hash(versions))
+
+    planes = science.mask_planes
+    no_data = 1 << planes.get("NO_DATA", 8)
+
+    with meta.timer("warp"):
+        t_img, t_var, t_mask, jacobian = warp_template(
+            template, science, step=settings.warp_grid_step, order=settings.lanczos_order
+        )
+
+    with meta.timer("checkTemplateIsSufficient"):
+        coverage = template_coverage(
+            t_mask,
+            no_data_bit=no_data,
+            science_mask=science.mask,
+            science_no_data_bit=no_data,
+        )
+        meta.set("templateCoverage", coverage)
+        if coverage < settings.required_template_fraction:
+            raise NoWorkFound(
+                f"template covers {coverage:.1%} < required "
+                f"{settings.required_template_fraction:.0%} of the science image",
+                coverage=coverage,
+                required=settings.required_template_fraction,
+            )
+
+    with meta.timer("scaleVariance"):
+        # Photometric scaling: both exposures to nJy (one flux unit).
+        s_img, s_var = _calibrate(science.image, science.variance, science.photo_calib)
+        t_img, t_var = _calibrate(t_img, t_var, template.photo_calib)
+        meta.set("photoCalib", {"science": science.photo_calib, "template": template.photo_calib})
+
+    unusable = bits(planes, list(UNUSABLE_PLANES))
+    mask = (science.mask | t_mask).astype(np.int32)
+    bad = ((mask & unusable) != 0) | ~np.isfinite(s_img) | ~np.isfinite(t_img)
+    bad |= ~np.isfinite(s_var) | ~np.isfinite(t_var)
+
+    with meta.timer("background"):
+        s_bkg, _ = estimate_background(s_img, bad)
+        t_bkg, _ = estimate_background(t_img, bad)
+        s_img = np.where(bad, 0.0, s_img - s_bkg).astype(np.float32)
+        t_img = np.where(bad, 0.0, t_img - t_bkg).astype(np.float32)
+        s_var = np.where(bad, np.nan, s_var).astype(np.float32)
+        t_var = np.where(bad, np.nan, t_var).astype(np.float32)
+
+    with meta.timer("psf"):
+        psf_s = _science_psf(science, s_img, s_var, bad, settings)
+        psf_t = _template_psf(template, t_img, t_var, bad, jacobian, settings, science.shape)
+        cy, cx = (science.shape[0] - 1) / 2.0, (science.shape[1] - 1) / 2.0
+        meta.set(
+            "psf",
+            {
+                "science": {"source": psf_s.source, "fwhm": psf_s.fwhm_at(cx, cy),
+                            "nstars": psf_s.nstars, "degree": psf_s.degree},
+                "template": {"source": psf_t.source, "fwhm": psf_t.fwhm_at(cx, cy),
+                             "nstars": psf_t.nstars, "degree": psf_t.degree},
+            },
+        )  # fmt: skip
+
+    with meta.timer("matchStars"):
+        fwhm = max(psf_s.fwhm_at(cx, cy), psf_t.fwhm_at(cx, cy))
+        stars: StarMatch = match_stars(s_img, s_var, t_img, t_var, bad, aperture=3.0 * fwhm)
+        meta.set(
+            "starMatch",
+            {"n": stars.n_matched, "sigmaX": stars.sigma_x, "sigmaY": stars.sigma_y,
+             "fluxRatio": stars.flux_ratio, "fluxRatioErr": stars.flux_ratio_err},
+        )  # fmt: skip
+
+    with meta.timer("zogy"):
+        sig_ast = (stars.sigma_x, stars.sigma_y) if settings.astrometric_noise else (0.0, 0.0)
+        try:
+            z = zogy(
+                s_img, s_var, t_img, t_var, bad, psf_s, psf_t,
+                f_n=1.0, f_r=1.0, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
+                workers=settings.fft_workers, psf_error_fraction=settings.psf_error_fraction,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise KernelFailure(f"ZOGY failed: {exc}") from exc
+
+    with meta.timer("detection"):
+        found = detect(
+            z.score,
+            z.valid,
+            threshold=settings.detection_threshold,
+            min_area=settings.detection_min_area,
+        )
+        # Stable order => stable ids across reruns of the same exposure.
+        if len(found):
+            found = found[np.lexsort((found["peak_x"], found["peak_y"]))]
+        meta.set("nDetections", int(len(found)))
+
+    with meta.timer("measurement"):
+        rows = measure(
+            found,
+            difference=z.difference,
+            difference_variance=z.difference_variance,
+            psf_d_at=lambda x, y: z.tile_at(x, y).psf_d,
+            flux=z.flux,
+            flux_variance=z.flux_variance,
+            science=s_img,
+            science_variance=s_var,
+            psf_science_at=psf_s.at,
+            template=t_img,
+            template_variance=t_var,
+            psf_template_at=psf_t.at,
+            mask=mask,
+            mask_planes=planes,
+        )
+        exp_id = science.exposure_id if science.exposure_id is not None else 0
+        ids = IdFactory(exp_id, settings.exposure_bits).make_ids(len(rows))
+        sky = pixel_to_sky(science.wcs, rows["x"], rows["y"], rows["xErr"], rows["yErr"])
+
+    with meta.timer("alerts"):
+        processed = mjd_now()
+        dia_sources: list[dict[str, Any]] = []
+        alerts: list[dict[str, Any]] = []
+        psf_c = psf_s.at(cx, cy)
+        ixx_p, iyy_p, ixy_p = psf_moments(psf_c)
+        summary_meta = None  # filled below, after the timings of this step are known
+        names = rows.dtype.names or ()
+        for i in range(len(rows)):
+            row = {n: rows[n][i] for n in names}
+            row.update({k: v[i] for k, v in sky.items()})
+            row["diaSourceId"] = int(ids[i])
+            row.setdefault("ixxPSF", ixx_p)
+            row.setdefault("iyyPSF", iyy_p)
+            row.setdefault("ixyPSF", ixy_p)
+            dia_sources.append(
+                dia_source_record(
+                    row,
+                    visit=science.visit or 0,
+                    detector=science.detector or 0,
+                    midpoint_mjd_tai=science.midpoint_mjd_tai or 0.0,
+                    band=science.band,
+                    time_processed_mjd_tai=processed,
+                    exposure_time=science.exposure_time,
+                )
+            )
+        for src in dia_sources:
+            x, y = src["x"], src["y"]
+            cut = {
+                "cutoutDifference": make_cutout(
+                    z.difference, z.difference_variance, mask, science.wcs, x, y,
+                    size=settings.cutout_size, mask_planes=planes,
+                ),
+                "cutoutScience": make_cutout(
+                    s_img, s_var, science.mask, science.wcs, x, y,
+                    size=settings.cutout_size, mask_planes=planes,
+                ),
+                "cutoutTemplate": make_cutout(
+                    t_img, t_var, t_mask, science.wcs, x, y,
+                    size=settings.cutout_size, mask_planes=planes,
+                ),
+            }  # fmt: skip
+            alerts.append(make_alert(src, cutouts=cut, task_metadata=summary_meta))
+
+    meta.set("nDiaSources", len(dia_sources))
+    meta.set("nPositive", int(sum(1 for s in dia_sources if not s.get("isNegative"))))
+    meta.set("nNegative", int(sum(1 for s in dia_sources if s.get("isNegative"))))
+    meta.set("totalWallTime", time.perf_counter() - t_start)
+    summary_meta = task_metadata_summary(meta, science, template, coverage, len(dia_sources))
+    for alert in alerts:
+        alert["diffstreamMetadata"] = summary_meta
+    return SubtractResult(
+        science=science,
+        template_image=t_img,
+        template_variance=t_var,
+        template_mask=t_mask,
+        zogy=z,
+        sources=rows,
+        dia_sources=dia_sources,
+        alerts=alerts,
+        mask=mask,
+        metadata=meta,
+        summary=summary_meta,
+    )
+
+
+def task_metadata_summary(
+    meta: TaskMetadata, science: Exposure, template: Exposure, coverage: float, n: int
+) -> dict[str, Any]:
+    """The compact record that travels with every alert (schemas/diffstream.taskmetadata)."""
+    return {
+        "pipelineVersion": __version__,
+        "method": meta.get("config", step=meta.name)["method"],
+        "configHash": meta.get("configHash", step=meta.name),
+        "versionsHash": meta.get("versionsHash", step=meta.name),
+        "exposureId": int(science.exposure_id or 0),
+        "visit": int(science.visit or 0),
+        "detector": int(science.detector or 0),
+        "timings": {k: float(v) for k, v in meta.timings().items()},
+        "nDiaSources": int(n),
+        "templateCoverage": float(coverage),
+        "scienceSha256": science.sha256,
+        "templateSha256": template.sha256,
+        "processedMjdTai": mjd_now(),
+    }

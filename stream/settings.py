@@ -1,0 +1,131 @@
+"""The one settings object: every knob of diffstream, with documented defaults.
+
+Override order (lowest to highest): the defaults below, a survey/camera override file, a
+TOML file, ``DIFFSTREAM_*`` environment variables, then the command line.  The CLI builds
+the object through :func:`load_settings`; library callers may construct ``Settings(...)``
+directly.  Secrets are ``SecretStr`` so they never reach logs or metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream.errors import ConfigError
+
+__all__ = ["Settings", "load_settings", "config_hash"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIFFSTREAM_", extra="forbid")
+
+    # --- pipeline (science) -------------------------------------------------------------
+    method: Literal["zogy", "al"] = Field("zogy", description="subtraction method")
+    required_template_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="min fraction of science pixels covered by template"
+    )
+    detection_threshold: float = Field(5.0, gt=0, description="S_corr threshold, in sigma")
+    detection_min_area: int = Field(1, ge=1, description="min pixels above threshold")
+    tile_size: int = Field(512, ge=64, description="ZOGY tile core size (px)")
+    warp_grid_step: int = Field(32, ge=4, description="coarse WCS mapping grid step (px)")
+    lanczos_order: int = Field(3, ge=2, le=5, description="Lanczos kernel order for warping")
+    psf_from_stars: bool = Field(
+        True, description="measure a spatially varying PSF from stars when enough are found"
+    )
+    psf_degree: int = Field(1, ge=0, le=3, description="polynomial degree of the measured PSF")
+    psf_error_fraction: float = Field(
+        0.0, ge=0.0, le=0.2, description="PSF-model error term added to the score variance"
+    )
+    astrometric_noise: bool = Field(True, description="include ZOGY's astrometric-noise term")
+    allow_uncalibrated: bool = Field(False, description="accept exposures without photo calib")
+    max_pixels: int = Field(64 * 2**20, ge=1, description="largest image accepted (pixels)")
+    max_nonfinite_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    cutout_size: int = Field(30, ge=5, le=101, description="alert cutout side (px)")
+    exposure_bits: int = Field(
+        40, ge=1, le=62, description="bits of the exposure id in diaSourceIds"
+    )
+    fft_workers: int = Field(-1, description="scipy.fft workers (-1: all cores)")
+    data_roots: list[str] = Field(default_factory=list, description="readable data roots")
+
+    # --- stream (Kafka) -----------------------------------------------------------------
+    bootstrap_servers: str | None = None
+    input_topic: str = "exposures"
+    output_topic: str = "alerts"
+    dlq_topic: str = "exposures.dlq"
+    metadata_topic: str = "diffstream.metadata"
+    group_id: str = "diffstream"
+    exactly_once: bool = False
+    kafka: dict[str, str] = Field(default_factory=dict, description="librdkafka passthrough")
+    sasl_password: SecretStr | None = None
+
+    @field_validator("tile_size")
+    @classmethod
+    def _even_tiles(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"tile_size must be even, got {v}")
+        return v
+
+    def science_config(self) -> dict[str, Any]:
+        """The settings that change science results (hashed into every alert)."""
+        keys = [
+            "method", "required_template_fraction", "detection_threshold", "detection_min_area",
+            "tile_size", "warp_grid_step", "lanczos_order", "psf_from_stars", "psf_degree",
+            "psf_error_fraction", "astrometric_noise", "cutout_size", "exposure_bits",
+        ]  # fmt: skip
+        return {k: getattr(self, k) for k in keys}
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {p} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    # Allow either a flat file or a [diffstream] table.
+    return dict(data.get("diffstream", data))
+
+
+def load_settings(
+    *,
+    override_file: str | Path | None = None,
+    config_file: str | Path | None = None,
+    cli: dict[str, Any] | None = None,
+) -> Settings:
+    """Build the settings in the documented order: defaults < override file < TOML < env < CLI.
+
+    pydantic-settings gives init kwargs priority over env vars, so the file layers are fed
+    as *defaults* (a derived class) and only the CLI values go in as init kwargs.
+    """
+    layered: dict[str, Any] = {}
+    for path in (override_file, config_file):
+        if path is not None:
+            layered.update(_read_toml(path))
+    unknown = set(layered) - set(Settings.model_fields)
+    if unknown:
+        raise ConfigError(f"unknown settings in config file: {sorted(unknown)}")
+
+    class _Layered(Settings):
+        pass
+
+    for name, value in layered.items():
+        _Layered.model_fields[name].default = value
+        _Layered.model_fields[name].default_factory = None
+    _Layered.model_rebuild(force=True)
+    try:
+        obj = _Layered(**{k: v for k, v in (cli or {}).items() if v is not None})
+    except ValueError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
+    return Settings.model_validate(obj.model_dump())
