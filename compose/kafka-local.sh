@@ -28,6 +28,10 @@ REPO="$(cd "$HERE/.." && pwd)"
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
 PORT="${KAFKA_PORT:-9092}"
+[[ "$PORT" =~ ^[0-9]+$ ]] || {
+    echo "kafka-local: error: KAFKA_PORT must be a port number, got '$PORT'" >&2
+    exit 1
+}
 CPORT="${KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
 HOST=127.0.0.1
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
@@ -62,9 +66,9 @@ die() {
 }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
-for v in PORT CPORT START_TIMEOUT STOP_TIMEOUT; do
-    [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
-done
+[[ "$CPORT" =~ ^[0-9]+$ ]] || die "KAFKA_CONTROLLER_PORT must be a port number, got '$CPORT'"
+[[ "$START_TIMEOUT" =~ ^[0-9]+$ ]] || die "KAFKA_START_TIMEOUT must be whole seconds, got '$START_TIMEOUT'"
+[[ "$STOP_TIMEOUT" =~ ^[0-9]+$ ]] || die "KAFKA_STOP_TIMEOUT must be whole seconds, got '$STOP_TIMEOUT'"
 ((PORT != CPORT)) || die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must differ, both are $PORT"
 
 # --- the broker process --------------------------------------------------------------------------
@@ -97,11 +101,12 @@ running_bootstrap() {
 }
 
 show_log_tail() {
-    if [[ -s "$LOG" ]]; then
-        log "last 40 lines of $LOG:"
-        tail -n 40 "$LOG" >&2
+    local file="${1:-$LOG}"
+    if [[ -s "$file" ]]; then
+        log "last 40 lines of $file:"
+        tail -n 40 "$file" >&2
     else
-        log "$LOG is empty or missing"
+        log "$file is empty or missing"
     fi
 }
 
@@ -157,7 +162,7 @@ while True:
         print(f"broker process {pid} exited")
         sys.exit(2)
     try:
-        md = admin.list_topics(timeout=2)
+        md = admin.list_topics(timeout=max(0.5, min(2.0, deadline - time.monotonic())))
         if md.brokers:
             sys.exit(0)
         last = "metadata without brokers"
@@ -171,6 +176,11 @@ PY
 }
 
 # --- jars ----------------------------------------------------------------------------------------
+
+check_python() {
+    "$PY" -c 'import confluent_kafka' >/dev/null 2>&1 ||
+        die "the readiness probe needs a python with confluent_kafka; '$PY' has none (set PYTHON=.venv/bin/python)"
+}
 
 check_java() {
     command -v "$JAVA" >/dev/null 2>&1 || die "no java found ('$JAVA'); install a JDK 17+ or set JAVA_HOME"
@@ -280,7 +290,8 @@ new_cluster_id() {
 
 report_ready() {
     local pid="$1" started="${2:-}"
-    local msg="Kafka $KAFKA_VERSION ready at $(running_bootstrap) (pid $pid"
+    local msg
+    msg="Kafka $KAFKA_VERSION ready at $(running_bootstrap) (pid $pid"
     [[ -n "$started" ]] && msg+=", start-up $started s"
     echo "kafka-local: $msg)"
 }
@@ -309,6 +320,7 @@ cmd_start() {
     fi
     rm -f "$PIDFILE"
     command -v setsid >/dev/null 2>&1 || die "setsid (util-linux) is needed to start the broker in its own session"
+    check_python
     check_java
     fetch_jars
     [[ -f "$LOG4J_CONF" ]] || die "missing $LOG4J_CONF"
@@ -323,17 +335,19 @@ cmd_start() {
     # Format a fresh log dir every start: reformatting a used one fails, and tests want a clean slate.
     local cid
     cid="$(new_cluster_id)"
+    # Its own log: the tool dumps the whole config at INFO, which would bury the broker's lines.
     if ! "$JAVA" -Xmx512m -Dlog4j2.configurationFile="$LOG4J_CONF" -cp "$LIBS/*" \
-        kafka.tools.StorageTool format -t "$cid" -c "$CONF" >>"$LOG" 2>&1; then
-        show_log_tail
+        kafka.tools.StorageTool format -t "$cid" -c "$CONF" >"$STATE/format.log" 2>&1; then
+        show_log_tail "$STATE/format.log"
         die "formatting $DATA failed"
     fi
 
     # setsid: the broker gets its own session, so a Ctrl-C or a hang-up aimed at whoever ran
     # `start` (make, pytest) does not reach it; only `stop` ends it. The inner shell writes its own
-    # pid and then execs java, so the recorded pid is exactly the JVM's.
-    # shellcheck disable=SC2086 # HEAP_OPTS is a list of JVM flags
-    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
+    # pid and then execs java, so the recorded pid is exactly the JVM's. It runs in the state dir so
+    # that it pins no caller's directory and a JVM crash report (hs_err_pid*.log) lands there.
+    # shellcheck disable=SC2086,SC2016 # HEAP_OPTS is a list of JVM flags; $$ is the inner shell's
+    setsid bash -c 'cd "$1" && echo $$ >"$0" && exec "${@:2}"' "$PIDFILE" "$STATE" \
         "$JAVA" $HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
         -Djava.awt.headless=true -Dlog4j2.configurationFile="$LOG4J_CONF" \
         -cp "$LIBS/*" kafka.Kafka "$CONF" </dev/null >>"$LOG" 2>&1 &
@@ -344,6 +358,7 @@ cmd_start() {
         sleep 0.05
     done
     [[ -n "${pid:-}" ]] || {
+        rm -f "$PIDFILE"
         show_log_tail
         die "the broker did not start (no live process recorded in $PIDFILE)"
     }

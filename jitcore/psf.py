@@ -28,8 +28,14 @@ def normalise_psf(stamp: np.ndarray) -> np.ndarray:
     return arr / total
 
 
-def gaussian_psf(sigma: float, size: int | None = None, *, dx: float = 0.0, dy: float = 0.0,
-                 ellipticity: float = 0.0) -> np.ndarray:
+def gaussian_psf(
+    sigma: float,
+    size: int | None = None,
+    *,
+    dx: float = 0.0,
+    dy: float = 0.0,
+    ellipticity: float = 0.0,
+) -> np.ndarray:
     """Pixel-integrated circular (or slightly elliptical) Gaussian stamp with unit sum.
 
     Integrating over the pixel (error functions) instead of sampling the centre keeps the

@@ -22,6 +22,7 @@ to the next keyword.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,7 @@ _AB_ZERO_NJY = 3631e9
 
 def _number(header: Mapping[str, Any], key: str, path: str | None) -> float:
     value = header[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise BadExposure(
             f"calibration keyword {key} must be a number, got {value!r}", path=path, keyword=key
         )
@@ -68,7 +69,10 @@ def photo_calib_from_header(
     for key in ("MAGZP", "MAGZERO"):
         if key in header:
             zp = _number(header, key, path)
-            calib = 10.0 ** ((AB_MAG_OF_1_NJY - zp) / 2.5)
+            try:
+                calib = 10.0 ** ((AB_MAG_OF_1_NJY - zp) / 2.5)
+            except OverflowError:  # zp far below any real zero point
+                calib = math.inf
             if not (math.isfinite(calib) and calib > 0):  # |zp| absurdly large
                 raise BadExposure(
                     f"calibration keyword {key}={zp!r} gives nJy/count={calib!r}, "

@@ -1,6 +1,7 @@
 """The ``diffstream`` command line.
 
-    diffstream subtract SCIENCE.fits TEMPLATE.fits --out DIR [--visit N --detector N --exposure-id N]
+    diffstream subtract SCIENCE.fits TEMPLATE.fits --out DIR
+        [--visit N --detector N --exposure-id N]
     diffstream demo [--out DIR] [--size N] [--seed S]
 
 Exit codes: 0 done, 2 bad input (the message names the file and the reason), 3 no work.

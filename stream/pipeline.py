@@ -22,7 +22,7 @@ from jitcore.background import estimate_background
 from jitcore.coverage import template_coverage
 from jitcore.detect import detect
 from jitcore.ids import IdFactory
-from jitcore.masks import UNUSABLE_PLANES, bits
+from jitcore.masks import UNUSABLE_PLANES, bits, remap
 from jitcore.measure import measure
 from jitcore.psf import PsfModel, psf_moments
 from jitcore.psfmeasure import measure_psf
@@ -73,7 +73,7 @@ def subtract_files(
     exposure_id: int | None = None,
     metadata: TaskMetadata | None = None,
 ) -> SubtractResult:
-    """Load both files and run :func:`subtract_exposures` (load timed as ``imageDifference.load``)."""
+    """Load both files and run :func:`subtract_exposures` (load timed as ``*.load``)."""
     meta = metadata or TaskMetadata()
     with meta.timer("load"):
         science = load_exposure(
@@ -84,12 +84,16 @@ def subtract_files(
             exposure_id=exposure_id,
             max_pixels=settings.max_pixels,
             max_nonfinite_fraction=settings.max_nonfinite_fraction,
+            psf_degree=settings.psf_degree,
         )
+        # The template's own PSF is only a fallback (the PSF on the science grid is measured
+        # on the warped template), so a constant one is enough here.
         template = load_exposure(
             template_path,
             allow_uncalibrated=settings.allow_uncalibrated,
             max_pixels=settings.max_pixels,
             max_nonfinite_fraction=settings.max_nonfinite_fraction,
+            psf_degree=0,
         )
     meta.set("science", {"path": science.path, "sha256": science.sha256, "layout": science.layout})
     meta.set("template", {"path": template.path, "sha256": template.sha256})
@@ -125,9 +129,13 @@ def _template_psf(
 
 
 def _science_psf(science: Exposure, image, variance, mask_bad, settings: Settings) -> PsfModel:
-    """The science PSF; a file PSF (one stamp) is refined into a spatial model from stars."""
+    """The science PSF; a file PSF (one stamp) is refined into a spatial model from stars.
+
+    The loader already measured a spatial model when the file had no PSF HDU, so only an HDU
+    stamp (the PSF at the image centre) is refined here.
+    """
     psf = science.psf
-    if settings.psf_from_stars and (psf is None or psf.degree < settings.psf_degree):
+    if settings.psf_from_stars and (psf is None or psf.source == "hdu"):
         try:
             return measure_psf(
                 image, variance, mask_bad.astype(np.int32), bad_bits=1,
@@ -156,12 +164,15 @@ def subtract_exposures(
     meta.set("versionsHash", versions_hash(versions))
 
     planes = science.mask_planes
-    no_data = 1 << planes.get("NO_DATA", 8)
+    no_data = science.bitmask("NO_DATA")
 
     with meta.timer("warp"):
         t_img, t_var, t_mask, jacobian = warp_template(
             template, science, step=settings.warp_grid_step, order=settings.lanczos_order
         )
+        # The warped mask is in the template's plane layout; everything downstream uses the
+        # science layout (files that do not name their planes may differ).
+        t_mask = remap(t_mask, template.mask_planes, planes)
 
     with meta.timer("checkTemplateIsSufficient"):
         coverage = template_coverage(
@@ -280,6 +291,9 @@ def subtract_exposures(
             row.setdefault("ixxPSF", ixx_p)
             row.setdefault("iyyPSF", iyy_p)
             row.setdefault("ixyPSF", ixy_p)
+            # Measured by later stages (trails, dipoles); 0 data points until then.
+            row.setdefault("trailNdata", 0)
+            row.setdefault("dipoleNdata", 0)
             dia_sources.append(
                 dia_source_record(
                     row,
@@ -289,6 +303,7 @@ def subtract_exposures(
                     band=science.band,
                     time_processed_mjd_tai=processed,
                     exposure_time=science.exposure_time,
+                    ignore_extra=True,
                 )
             )
         for src in dia_sources:

@@ -20,7 +20,9 @@ def test_defaults_are_documented_values():
 
 
 def test_override_order_defaults_override_toml_env_cli(tmp_path, monkeypatch):
-    over = _toml(tmp_path, "camera.toml", "detection_threshold = 4.0\ntile_size = 256\ncutout_size = 21\n")
+    over = _toml(
+        tmp_path, "camera.toml", "detection_threshold = 4.0\ntile_size = 256\ncutout_size = 21\n"
+    )
     conf = _toml(tmp_path, "run.toml", "[diffstream]\ntile_size = 384\nlanczos_order = 4\n")
     monkeypatch.setenv("DIFFSTREAM_LANCZOS_ORDER", "5")
     s = load_settings(override_file=over, config_file=conf, cli={"cutout_size": 31})

@@ -1,0 +1,198 @@
+"""ZOGY element-wise and stencil loops (Zackay, Ofek & Gal-Yam 2016, ApJ 830, 27).
+
+Allocation-free, no checks: :mod:`jitcore.zogy` checks and allocates.  Spectra are the
+``scipy.fft.rfft2`` half planes of one FFT frame; every loop is element-wise over them, so
+the same code serves any frame shape.  Notation (paper eqs. 13-15, 25-26, 41-42):
+
+    B    = a_n |P_r^|^2 + a_r |P_n^|^2,   a_n = sigma_n^2 F_r^2,  a_r = sigma_r^2 F_n^2
+    kD_n = F_r P_r^ / sqrt(B),            kD_r = F_n P_n^ / sqrt(B)      (D = kD_n N - kD_r R)
+    k_n  = F_n F_r^2 conj(P_n^) |P_r^|^2 / B,  k_r = F_r F_n^2 conj(P_r^) |P_n^|^2 / B
+    F_S  = (1/npix) sum over the full plane of F_n^2 F_r^2 |P_n^|^2 |P_r^|^2 / B
+"""
+
+from __future__ import annotations
+
+import math
+
+from jitcore._jit import njit
+
+__all__ = [
+    "zogy_denominator",
+    "zogy_spectral_kernels",
+    "zogy_fs",
+    "spectral_combine",
+    "square_into",
+    "extra_variance",
+    "zogy_finalize",
+]
+
+_SPEC = ("complex64[:, :]", "complex128[:, :]")
+_REAL = ("float32[:, :]", "float64[:, :]")
+
+
+@njit(
+    [f"void({c}, {c}, float64, float64, float64, {r})" for c, r in zip(_SPEC, _REAL, strict=True)]
+)
+def zogy_denominator(pn, pr, a_n, a_r, floor, out):
+    """out = max(a_n |pr|^2 + a_r |pn|^2, floor).
+
+    The floor guards frequencies where both PSF transforms vanish (beyond the band limit of
+    two broad PSFs, or exact zeros of a measured PSF): there the ratios below are 0/0 and
+    only rounding noise would be amplified.
+    """
+    ny, nx = out.shape
+    for i in range(ny):
+        for j in range(nx):
+            a = pn[i, j]
+            b = pr[i, j]
+            pr2 = b.real * b.real + b.imag * b.imag
+            pn2 = a.real * a.real + a.imag * a.imag
+            v = a_n * pr2 + a_r * pn2
+            out[i, j] = v if v > floor else floor
+
+
+@njit(
+    [
+        f"void({c}, {c}, {r}, float64, float64, {c}, {c}, {c}, {c})"
+        for c, r in zip(_SPEC, _REAL, strict=True)
+    ]
+)
+def zogy_spectral_kernels(pn, pr, bden, f_n, f_r, kdn, kdr, kn, kr):
+    """The four ZOGY kernels' spectra from the PSF spectra and B (see module docstring)."""
+    ny, nx = bden.shape
+    for i in range(ny):
+        for j in range(nx):
+            a = pn[i, j]
+            b = pr[i, j]
+            den = bden[i, j]
+            rs = 1.0 / math.sqrt(den)
+            kdn[i, j] = b * (f_r * rs)
+            kdr[i, j] = a * (f_n * rs)
+            pn2 = a.real * a.real + a.imag * a.imag
+            pr2 = b.real * b.real + b.imag * b.imag
+            kn[i, j] = a.conjugate() * (f_n * f_r * f_r * pr2 / den)
+            kr[i, j] = b.conjugate() * (f_r * f_n * f_n * pn2 / den)
+
+
+@njit(
+    [f"float64({c}, {c}, {r}, float64, float64, int64)" for c, r in zip(_SPEC, _REAL, strict=True)]
+)
+def zogy_fs(pn, pr, bden, f_n, f_r, nx_full):
+    """F_S: mean over the *full* frequency plane of F_n^2 F_r^2 |P_n^|^2 |P_r^|^2 / B.
+
+    The rfft half plane holds columns 0..nx_full//2; every column except 0 (and the Nyquist
+    column when nx_full is even) stands for itself and its Hermitian mirror, hence weight 2.
+    """
+    ny, nxh = bden.shape
+    total = 0.0
+    c = f_n * f_n * f_r * f_r
+    for i in range(ny):
+        for j in range(nxh):
+            a = pn[i, j]
+            b = pr[i, j]
+            v = (a.real * a.real + a.imag * a.imag) * (b.real * b.real + b.imag * b.imag)
+            w = 2.0
+            if j == 0 or (nx_full % 2 == 0 and j == nxh - 1):
+                w = 1.0
+            total += w * c * v / bden[i, j]
+    return total / (ny * nx_full)
+
+
+@njit([f"void({c}, {c}, {c}, {c}, float64, {c})" for c in _SPEC])
+def spectral_combine(a, ka, b, kb, sign, out):
+    """out = ka * a + sign * kb * b  (D^ and S^ with sign -1, variance spectra with +1)."""
+    ny, nx = out.shape
+    for i in range(ny):
+        for j in range(nx):
+            out[i, j] = ka[i, j] * a[i, j] + sign * (kb[i, j] * b[i, j])
+
+
+@njit([f"void({r}, {r})" for r in _REAL])
+def square_into(k, out):
+    """out = k**2 (image-space kernel squared: the weights of a variance convolution)."""
+    ny, nx = out.shape
+    for i in range(ny):
+        for j in range(nx):
+            out[i, j] = k[i, j] * k[i, j]
+
+
+@njit([f"void({r}, {r}, float64, float64, float64, {r})" for r in _REAL])
+def extra_variance(sn, sr, sx2, sy2, e2, out):
+    """out = sx2 (gx_n^2 + gx_r^2) + sy2 (gy_n^2 + gy_r^2) + e2 (sn^2 + sr^2).
+
+    Gradients as ``np.gradient``: central differences inside, one-sided at the array edges
+    (the caller passes a frame whose edges lie in the discarded border).  A single-pixel
+    axis has zero gradient.  The first two terms are ZOGY's astrometric variance (eq. 30-31);
+    the last is the PSF-model-error term of :func:`jitcore.zogy.zogy`.
+    """
+    ny, nx = out.shape
+    for i in range(ny):
+        for j in range(nx):
+            if ny == 1:
+                gyn = 0.0
+                gyr = 0.0
+            elif i == 0:
+                gyn = sn[1, j] - sn[0, j]
+                gyr = sr[1, j] - sr[0, j]
+            elif i == ny - 1:
+                gyn = sn[i, j] - sn[i - 1, j]
+                gyr = sr[i, j] - sr[i - 1, j]
+            else:
+                gyn = 0.5 * (sn[i + 1, j] - sn[i - 1, j])
+                gyr = 0.5 * (sr[i + 1, j] - sr[i - 1, j])
+            if nx == 1:
+                gxn = 0.0
+                gxr = 0.0
+            elif j == 0:
+                gxn = sn[i, 1] - sn[i, 0]
+                gxr = sr[i, 1] - sr[i, 0]
+            elif j == nx - 1:
+                gxn = sn[i, j] - sn[i, j - 1]
+                gxr = sr[i, j] - sr[i, j - 1]
+            else:
+                gxn = 0.5 * (sn[i, j + 1] - sn[i, j - 1])
+                gxr = 0.5 * (sr[i, j + 1] - sr[i, j - 1])
+            a = sn[i, j]
+            b = sr[i, j]
+            out[i, j] = (
+                sx2 * (gxn * gxn + gxr * gxr) + sy2 * (gyn * gyn + gyr * gyr) + e2 * (a * a + b * b)
+            )
+
+
+@njit(
+    [
+        f"void({r}, {r}, {r}, {r}, {r}, boolean[:, :], float64, float64, "
+        "float32[:, :], float32[:, :], float32[:, :], float32[:, :], float32[:, :])"
+        for r in _REAL
+    ]
+)
+def zogy_finalize(d, vd, s, vs, vx, valid, f_d, f_s, diff, diffvar, score, flux, fluxvar):
+    """Scale a tile's core into the public products; ``valid`` is read and updated.
+
+    diff = d / F_D, diffvar = vd / F_D^2, score = s / sqrt(vs + vx), flux = s / F_S,
+    fluxvar = (vs + vx) / F_S^2.  Pixels already invalid, or whose variances are not
+    positive and finite (deep inside a masked area the convolved variance is ~0 or
+    rounding noise), get values 0 and variances NaN, and are marked invalid.
+    """
+    ny, nx = s.shape
+    nan = math.nan
+    inv_fd = 1.0 / f_d
+    inv_fs = 1.0 / f_s
+    for i in range(ny):
+        for j in range(nx):
+            vt = vs[i, j] + vx[i, j]
+            vdd = vd[i, j]
+            ok = valid[i, j] and vt > 0.0 and vdd > 0.0 and math.isfinite(vt + vdd)
+            if ok:
+                diff[i, j] = d[i, j] * inv_fd
+                diffvar[i, j] = vdd * inv_fd * inv_fd
+                score[i, j] = s[i, j] / math.sqrt(vt)
+                flux[i, j] = s[i, j] * inv_fs
+                fluxvar[i, j] = vt * inv_fs * inv_fs
+            else:
+                valid[i, j] = False
+                diff[i, j] = 0.0
+                diffvar[i, j] = nan
+                score[i, j] = 0.0
+                flux[i, j] = 0.0
+                fluxvar[i, j] = nan

@@ -1,0 +1,144 @@
+"""Tile geometry and FFT-frame helpers for :mod:`jitcore.zogy`.
+
+A tile *owns* a core (the cores partition the image) and is transformed in a *frame*: the
+core grown by ``border`` on every side, then padded up to a fast FFT length.  Whatever the
+circular FFT wraps around lands in the border, which is thrown away; only the core is kept,
+so neighbouring tiles join without seams as long as the kernels fall off within ``border``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import fft as sfft
+from scipy import ndimage
+
+__all__ = [
+    "split_axis",
+    "tile_cores",
+    "frame_shape",
+    "overlap",
+    "fill_frame",
+    "embed_centred",
+    "crop_centred",
+    "footprint_radius",
+    "dilate",
+    "robust_sigma",
+]
+
+
+def split_axis(n: int, tile: int) -> list[tuple[int, int]]:
+    """Split ``range(n)`` into ceil(n / tile) near-equal half-open pieces (each <= tile).
+
+    Near-equal pieces, rather than full tiles plus a sliver at the end, keep every frame the
+    same size (one FFT plan) and avoid a thin last tile that would be mostly border.
+    """
+    k = max(1, math.ceil(n / tile))
+    edges = [round(i * n / k) for i in range(k + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(k)]
+
+
+def tile_cores(shape: tuple[int, int], tile: int) -> list[tuple[int, int, int, int]]:
+    """Row-major list of cores ``(y0, y1, x0, x1)`` covering an image of ``shape``."""
+    ys = split_axis(shape[0], tile)
+    xs = split_axis(shape[1], tile)
+    return [(y0, y1, x0, x1) for (y0, y1) in ys for (x0, x1) in xs]
+
+
+def frame_shape(cores: list[tuple[int, int, int, int]], border: int) -> tuple[int, int]:
+    """One fast rfft2 frame shape that holds every core plus ``border`` on each side."""
+    hmax = max(c[1] - c[0] for c in cores)
+    wmax = max(c[3] - c[2] for c in cores)
+    return (
+        sfft.next_fast_len(hmax + 2 * border, real=True),
+        sfft.next_fast_len(wmax + 2 * border, real=True),
+    )
+
+
+def overlap(
+    shape: tuple[int, int], oy: int, ox: int, fy: int, fx: int
+) -> tuple[int, int, int, int]:
+    """Image box ``(y0, y1, x0, x1)`` covered by a frame of (fy, fx) whose [0, 0] is (oy, ox)."""
+    return max(oy, 0), min(oy + fy, shape[0]), max(ox, 0), min(ox + fx, shape[1])
+
+
+def fill_frame(image: np.ndarray, good: np.ndarray, oy: int, ox: int, out: np.ndarray) -> None:
+    """Copy ``image`` into ``out`` whose pixel [0, 0] is image pixel (oy, ox); 0 elsewhere.
+
+    Pixels outside the image and pixels where ``good`` is False become 0.  ``good`` covers
+    the :func:`overlap` box of the frame.
+    """
+    y0, y1, x0, x1 = overlap(image.shape, oy, ox, *out.shape)
+    out.fill(0.0)
+    dst = out[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+    np.copyto(dst, image[y0:y1, x0:x1], where=good, casting="unsafe")
+
+
+def embed_centred(stamp: np.ndarray, out: np.ndarray) -> None:
+    """Place an odd stamp in ``out`` with its centre pixel at [0, 0] (wrapping), 0 elsewhere.
+
+    This is ``ifftshift`` for a stamp smaller than the frame: the transform then has no
+    linear phase, so a product of spectra introduces no sub-pixel shift.
+    """
+    fy, fx = out.shape
+    h = stamp.shape[0] // 2
+    idx_y = (np.arange(stamp.shape[0]) - h) % fy
+    idx_x = (np.arange(stamp.shape[1]) - h) % fx
+    out.fill(0.0)
+    out[np.ix_(idx_y, idx_x)] = stamp
+
+
+def crop_centred(frame: np.ndarray, half: int) -> np.ndarray:
+    """Inverse of :func:`embed_centred`: the (2 half + 1)^2 stamp centred at [0, 0]."""
+    fy, fx = frame.shape
+    idx_y = np.arange(-half, half + 1) % fy
+    idx_x = np.arange(-half, half + 1) % fx
+    return frame[np.ix_(idx_y, idx_x)]
+
+
+def footprint_radius(kernels: list[np.ndarray], rmax: int, *, tol: float = 1e-3) -> int:
+    """Smallest Chebyshev radius r <= rmax holding all but ``tol`` of each kernel's sum |k|.
+
+    Kernels are frame images centred at [0, 0].  A pixel farther than r from every bad pixel
+    draws at most ``tol`` of each kernel's weight from bad data; this is the dilation radius
+    of the ``valid`` mask.
+    """
+    radius = 0
+    for k in kernels:
+        a = np.abs(crop_centred(k, rmax))
+        total = a.sum()
+        if not total > 0:
+            continue
+        c = rmax
+        for r in range(rmax + 1):
+            inner = a[c - r : c + r + 1, c - r : c + r + 1].sum()
+            if total - inner <= tol * total:
+                break
+        radius = max(radius, r)
+    return radius
+
+
+def dilate(bad: np.ndarray, radius: int) -> np.ndarray:
+    """Square (Chebyshev) dilation of a bool mask; outside the array counts as good."""
+    if radius <= 0 or not bad.any():
+        return bad.copy()
+    # maximum_filter with a box is separable and O(n) per axis (van Herk / Gil-Werman),
+    # unlike binary_dilation with a (2r+1)^2 structuring element.
+    out = ndimage.maximum_filter(bad.view(np.uint8), size=2 * radius + 1, mode="constant", cval=0)
+    return out.astype(bool)
+
+
+def robust_sigma(variance: np.ndarray, good: np.ndarray, *, max_samples: int = 65536) -> float:
+    """Median of sqrt(variance) over good pixels (NaN when there are none).
+
+    sqrt is monotonic, so this is sqrt(median(variance)).  A regular subsample (at most
+    ``max_samples`` pixels) is plenty for a median and keeps the cost per tile small.
+    """
+    step = max(1, math.isqrt(max(1, variance.size // max_samples)))
+    v = variance[::step, ::step][good[::step, ::step]]
+    if v.size == 0:
+        v = variance[good]
+    if v.size == 0:
+        return math.nan
+    return float(math.sqrt(max(float(np.median(v)), 0.0)))

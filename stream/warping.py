@@ -1,0 +1,143 @@
+"""Warp a template exposure onto the science exposure's pixel grid (the astropy side).
+
+The numerics live in jitcore.warp (coarse-grid spline of the pixel map, Lanczos kernel);
+this module only turns two astropy WCSs into that pixel map and picks the mask planes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from astropy.wcs import WCS, NoConvergence
+
+from jitcore.masks import bits
+from jitcore.warp import local_jacobian, mapping_grid, warp_image
+from stream.errors import BadExposure
+from stream.exposure import Exposure
+
+__all__ = ["wcs_mapping", "warp_template", "BAD_PLANES"]
+
+# Template pixels whose *values* are not data: any output pixel whose kernel footprint
+# touches one becomes NO_DATA (NaN).  SAT/CR/EDGE are kept as values and only OR-ed into
+# the output mask (dilated by the footprint); the subtraction zero-weights them anyway
+# (jitcore.masks.UNUSABLE_PLANES), and making them NO_DATA would count every saturated
+# star against the template coverage.
+BAD_PLANES = ("NO_DATA", "BAD")
+
+# all_world2pix solutions whose last correction is larger than this (px) are discarded.
+_MAX_INVERSE_ERROR = 1e-3
+
+
+def _check_celestial(wcs: WCS, name: str) -> None:
+    if not isinstance(wcs, WCS):
+        raise TypeError(f"{name} must be an astropy.wcs.WCS, got {type(wcs).__name__}")
+    if wcs.naxis != 2 or not wcs.has_celestial:
+        raise ValueError(
+            f"{name} must be a 2-axis celestial WCS, got naxis={wcs.naxis}, "
+            f"ctype={list(wcs.wcs.ctype)}"
+        )
+
+
+def wcs_mapping(
+    science_wcs: WCS, template_wcs: WCS
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``f(x, y) -> (xt, yt)``: science pixel -> sky -> template pixel, 0-based, vectorised.
+
+    Uses ``all_pix2world``/``all_world2pix`` so SIP, TPV and lookup-table distortions are
+    honoured.  Positions the template WCS cannot invert (diverging iteration, or a sky point
+    its projection cannot reach) come back NaN, which the warp turns into NO_DATA.
+    """
+    _check_celestial(science_wcs, "science_wcs")
+    _check_celestial(template_wcs, "template_wcs")
+
+    def mapping(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        shape = np.broadcast_shapes(x.shape, y.shape)
+        xf = np.broadcast_to(x, shape).ravel()
+        yf = np.broadcast_to(y, shape).ravel()
+        sky = science_wcs.all_pix2world(np.column_stack([xf, yf]), 0)
+        try:
+            pix = template_wcs.all_world2pix(sky, 0)
+        except NoConvergence as exc:
+            # Keep the converged points; drop diverging ones and slow ones left inaccurate.
+            pix = np.array(exc.best_solution, dtype=np.float64)
+            if exc.divergent is not None:
+                pix[exc.divergent] = np.nan
+            if exc.slow_conv is not None:
+                acc = np.asarray(exc.accuracy, dtype=np.float64)
+                slow = np.asarray(exc.slow_conv)
+                inaccurate = slow[np.any(acc[slow] > _MAX_INVERSE_ERROR, axis=1)]
+                pix[inaccurate] = np.nan
+        return pix[:, 0].reshape(shape), pix[:, 1].reshape(shape)
+
+    return mapping
+
+
+def warp_template(
+    template: Exposure,
+    science: Exposure,
+    *,
+    step: int = 32,
+    order: int = 3,
+    bad_planes: tuple[str, ...] = BAD_PLANES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The template resampled onto the science pixel grid.
+
+    Returns ``(image, variance, mask, jacobian)``: float32 image and variance (template
+    units; NaN where NO_DATA), the int32 mask in the *template's* plane layout
+    (``template.mask_planes``), and the 2x2 d(template pix)/d(science pix) at the science
+    image centre (for jitcore.warp.warp_stamp of a template PSF given in template pixels).
+    """
+    planes = template.mask_planes
+    if "NO_DATA" not in planes:
+        msg = f"template mask planes must include NO_DATA, got {sorted(planes)}"
+        raise BadExposure(msg, path=template.path or None)
+    for exposure, name in ((science, "science"), (template, "template")):
+        try:
+            _check_celestial(exposure.wcs, f"{name} WCS")
+        except (TypeError, ValueError) as exc:
+            raise BadExposure(str(exc), path=exposure.path or None) from exc
+
+    ny, nx = science.shape
+    xt, yt = mapping_grid(wcs_mapping(science.wcs, template.wcs), (ny, nx), step=step)
+    edge = bits(planes, ("EDGE",))
+    image, variance, mask = warp_image(
+        template.image,
+        template.variance,
+        template.mask,
+        xt,
+        yt,
+        no_data_bit=bits(planes, ("NO_DATA",)),
+        edge_bit=edge or None,
+        bad_bits=bits(planes, tuple(bad_planes)),
+        order=order,
+    )
+    return image, variance, mask, _centre_jacobian(xt, yt)
+
+
+def _centre_jacobian(xt: np.ndarray, yt: np.ndarray) -> np.ndarray:
+    """Jacobian at the science centre, or at the nearest pixel where the map is finite.
+
+    All-NaN (no template anywhere) gives a NaN matrix; coverage is then 0 and the pipeline
+    stops with NoWorkFound before any PSF is warped.
+    """
+    ny, nx = xt.shape
+    cx, cy = (nx - 1) // 2, (ny - 1) // 2
+    try:
+        return local_jacobian(xt, yt, cx, cy)
+    except ValueError:
+        pass
+    finite = np.isfinite(xt) & np.isfinite(yt)
+    # Interior finite pixels whose four neighbours are finite too (central differences).
+    ok = np.zeros_like(finite)
+    ok[1:-1, 1:-1] = (
+        finite[1:-1, 1:-1] & finite[:-2, 1:-1] & finite[2:, 1:-1]
+        & finite[1:-1, :-2] & finite[1:-1, 2:]
+    )  # fmt: skip
+    jj, ii = np.nonzero(ok)
+    if jj.size == 0:
+        return np.full((2, 2), np.nan)
+    k = int(np.argmin((ii - cx) ** 2 + (jj - cy) ** 2))
+    return local_jacobian(xt, yt, int(ii[k]), int(jj[k]))

@@ -1,0 +1,276 @@
+"""Alert cutouts (stream.cutouts): FITS layout, WCS, edges, and the alert size budget."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS, Sip
+
+from jitcore.masks import DEFAULT_PLANES
+from stream import cutouts
+from stream.alerts import (
+    MAX_ALERT_BYTES,
+    deserialize_alert,
+    dia_source_record,
+    make_alert,
+    serialize_alert,
+)
+from stream.cutouts import make_cutout
+
+pytestmark = pytest.mark.unit
+
+NY, NX = 300, 400
+NO_DATA = 1 << DEFAULT_PLANES["NO_DATA"]
+
+
+def make_wcs(*, sip: bool) -> WCS:
+    wcs = WCS(naxis=2)
+    wcs.wcs.crpix = [NX / 2 + 0.5, NY / 2 - 3.25]  # FITS 1-based
+    wcs.wcs.crval = [150.1, 2.2]
+    # 0.2"/px, slightly rotated and sheared.
+    wcs.wcs.cd = np.array([[-5.55e-5, 1.3e-6], [1.1e-6, 5.56e-5]])
+    if sip:
+        wcs.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+        a = np.zeros((4, 4))
+        b = np.zeros((4, 4))
+        a[2, 0], a[0, 2], a[3, 0], a[1, 2] = 2e-6, -3e-6, 4e-9, 1e-9
+        b[1, 1], b[0, 2], b[0, 3] = 3e-6, 1e-6, -2e-9
+        wcs.sip = Sip(a, b, None, None, wcs.wcs.crpix)
+    else:
+        wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    return wcs
+
+
+@pytest.fixture
+def planes():
+    """Factory: (image, variance, mask) with distinct, position-encoding values."""
+
+    def factory(dtype=np.float32, seed=0):
+        rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[0:NY, 0:NX]
+        image = (xx + 1000.0 * yy).astype(dtype)  # value encodes the pixel position
+        variance = rng.uniform(1.0, 2.0, size=(NY, NX)).astype(np.float32)
+        mask = rng.integers(0, 1 << 6, size=(NY, NX)).astype(np.int32)
+        return image, variance, mask
+
+    return factory
+
+
+def decode(data: bytes):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any FITS/WCS complaint is a failure
+        hdul = fits.open(io.BytesIO(data))
+        hdul.verify("exception")
+        wcs = WCS(hdul[0].header)
+    return hdul, wcs
+
+
+def test_cutout_layout(planes):
+    image, variance, mask = planes()
+    data = make_cutout(image, variance, mask, make_wcs(sip=False), 123.4, 87.6)
+    hdul, _ = decode(data)
+    assert [h.name for h in hdul] == ["PRIMARY", "VARIANCE", "MASK"]
+    assert hdul[0].data.dtype == np.dtype(">f4")
+    assert hdul[1].data.dtype == np.dtype(">f4")
+    assert hdul[2].data.dtype == np.dtype(">i2")
+    assert all(h.data.shape == (30, 30) for h in hdul)
+    assert {k: hdul[2].header[f"MP_{k}"] for k in DEFAULT_PLANES} == DEFAULT_PLANES
+    # Plain FITS: 3 one-block headers + 2 + 2 + 1 data blocks.
+    assert len(data) == 8 * 2880
+
+
+@pytest.mark.parametrize("size", [30, 31, 7])
+def test_cutout_pixels_come_from_the_right_place(planes, size):
+    image, variance, mask = planes()
+    x, y = 201.3, 150.8
+    hdul, _ = decode(make_cutout(image, variance, mask, make_wcs(sip=False), x, y, size=size))
+    x0, y0 = -hdul[0].header["LTV1"], -hdul[0].header["LTV2"]
+    sl = np.s_[y0 : y0 + size, x0 : x0 + size]
+    np.testing.assert_array_equal(hdul[0].data, image[sl])
+    np.testing.assert_array_equal(hdul[1].data, variance[sl])
+    np.testing.assert_array_equal(hdul[2].data, mask[sl])
+    # (x, y) is at the cutout's centre (to the nearest pixel for even sizes).
+    assert abs((x - x0) - (size - 1) / 2) <= 0.5
+    assert abs((y - y0) - (size - 1) / 2) <= 0.5
+
+
+@pytest.mark.parametrize("sip", [False, True])
+@pytest.mark.parametrize(
+    ("x", "y"),
+    [(200.0, 150.0), (123.4, 87.6), (1.2, 2.7), (398.6, 299.4), (-3.0, 150.2), (15.5, 301.0)],
+)
+def test_cutout_wcs_maps_back_to_the_source(planes, sip, x, y):
+    image, variance, mask = planes()
+    wcs = make_wcs(sip=sip)
+    hdul, cut_wcs = decode(make_cutout(image, variance, mask, wcs, x, y))
+    sky = wcs.pixel_to_world(x, y)
+    cx, cy = cut_wcs.world_to_pixel(sky)
+    x0, y0 = -hdul[0].header["LTV1"], -hdul[0].header["LTV2"]
+    assert abs(float(cx) + x0 - x) < 0.01
+    assert abs(float(cy) + y0 - y) < 0.01
+    # And the cutout centre is (x, y), even at the edges: partial cutouts are not shifted.
+    assert abs(float(cx) - 14.5) <= 0.5 and abs(float(cy) - 14.5) <= 0.5
+
+
+@pytest.mark.parametrize("sip", [False, True])
+def test_cutout_wcs_is_accurate_over_the_whole_cutout(planes, sip):
+    # The linearised WCS must agree with the parent's at every pixel, corners included.
+    image, variance, mask = planes()
+    wcs = make_wcs(sip=sip)
+    x, y = 371.2, 22.9  # far from CRPIX, where the SIP terms are largest
+    hdul, cut_wcs = decode(make_cutout(image, variance, mask, wcs, x, y))
+    x0, y0 = -hdul[0].header["LTV1"], -hdul[0].header["LTV2"]
+    cyy, cxx = np.mgrid[0:30, 0:30]
+    sky = wcs.pixel_to_world(cxx.ravel() + x0, cyy.ravel() + y0)
+    px, py = cut_wcs.world_to_pixel(sky)
+    err = np.hypot(px - cxx.ravel(), py - cyy.ravel())
+    assert err.max() < 0.01
+    if sip:
+        # The SIP terms matter at this scale: a linear WCS without them is visibly off.
+        plain = make_wcs(sip=False)
+        px2, py2 = cut_wcs.world_to_pixel(plain.pixel_to_world(x, y))
+        assert np.hypot(px2 - (x - x0), py2 - (y - y0)) > 0.05
+
+
+def test_edge_cutout_fills_off_image_pixels(planes):
+    image, variance, mask = planes()
+    x, y = 2.2, 3.9  # near the (0, 0) corner: 12 columns and 11 rows are off the image
+    hdul, _ = decode(make_cutout(image, variance, mask, make_wcs(sip=False), x, y))
+    x0, y0 = -hdul[0].header["LTV1"], -hdul[0].header["LTV2"]
+    assert (x0, y0) == (-12, -11)
+    img, var, msk = (h.data for h in hdul)
+    off = np.zeros((30, 30), bool)
+    off[:11, :] = True
+    off[:, :12] = True
+    assert np.isnan(img[off]).all() and np.isnan(var[off]).all()
+    assert (msk[off] == NO_DATA).all()
+    np.testing.assert_array_equal(img[11:, 12:], image[0:19, 0:18])
+    np.testing.assert_array_equal(msk[11:, 12:], mask[0:19, 0:18])
+
+
+def test_edge_cutout_custom_planes_without_no_data(planes):
+    image, variance, mask = planes()
+    hdul, _ = decode(
+        make_cutout(image, variance, mask, make_wcs(sip=False), 399.0, 10.0,
+                    mask_planes={"BAD": 0, "SAT": 1})
+    )  # fmt: skip
+    assert hdul[2].header["MP_SAT"] == 1
+    assert "MP_NO_DATA" not in hdul[2].header
+    assert (hdul[2].data[:, 16:] == 0).all()  # off-image columns: no plane to flag them
+
+
+def test_cutout_mask_keeps_high_bits(planes):
+    image, variance, mask = planes()
+    mask[100:110, 100:110] |= 1 << 20
+    hdul, _ = decode(make_cutout(image, variance, mask, make_wcs(sip=False), 105.0, 105.0))
+    assert hdul[2].data.dtype == np.dtype(">i4")
+    assert (hdul[2].data[10:20, 10:20] & (1 << 20)).all()
+
+
+def test_cutout_from_float64_image(planes):
+    image, variance, mask = planes(dtype=np.float64)
+    hdul, _ = decode(make_cutout(image, variance, mask, make_wcs(sip=False), 50.0, 60.0))
+    assert hdul[0].data.dtype == np.dtype(">f4")
+
+
+def test_cutout_off_image(planes):
+    image, variance, mask = planes()
+    with pytest.raises(ValueError, match=r"a 30 px cutout at \(-40.0, 5.0\) does not overlap"):
+        make_cutout(image, variance, mask, make_wcs(sip=False), -40.0, 5.0)
+
+
+def test_cutout_validation(planes):
+    image, variance, mask = planes()
+    wcs = make_wcs(sip=False)
+    with pytest.raises(ValueError, match=r"image must be a 2-D numpy array, got \(300,\)"):
+        make_cutout(image[:, 0], variance, mask, wcs, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"variance \(300, 399\) and mask .* must match image"):
+        make_cutout(image, variance[:, 1:], mask, wcs, 1.0, 1.0)
+    with pytest.raises(TypeError, match="image must have a floating dtype, got int32"):
+        make_cutout(mask, variance, mask, wcs, 1.0, 1.0)
+    with pytest.raises(TypeError, match="mask must have an integer dtype, got float32"):
+        make_cutout(image, variance, variance, wcs, 1.0, 1.0)
+    with pytest.raises(TypeError, match="wcs must be a 2-axis celestial astropy WCS"):
+        make_cutout(image, variance, mask, None, 1.0, 1.0)
+    with pytest.raises(ValueError, match="size must be a positive integer .* got 0"):
+        make_cutout(image, variance, mask, wcs, 1.0, 1.0, size=0)
+    with pytest.raises(ValueError, match=r"cutout centre must be finite, got \(nan, 1.0\)"):
+        make_cutout(image, variance, mask, wcs, float("nan"), 1.0)
+
+
+def test_cutout_wcs_without_sky_position(planes):
+    image, variance, mask = planes()
+    wcs = make_wcs(sip=False)
+    # Orthographic at 1 deg/px: 200 px from CRPIX is off the projected hemisphere.
+    wcs.wcs.ctype = ["RA---SIN", "DEC--SIN"]
+    wcs.wcs.cd = np.eye(2)
+    with pytest.raises(ValueError, match=r"wcs has no sky position at or near pixel \(399.0"):
+        make_cutout(image, variance, mask, wcs, 399.0, 150.0)
+
+
+def test_cutout_bytes_agree_with_astropy_writer(planes):
+    # Our minimal writer against astropy's: same data bytes, same header values.
+    image, variance, mask = planes()
+    data = make_cutout(image, variance, mask, make_wcs(sip=True), 101.7, 55.2)
+    hdul, _ = decode(data)
+    ref = fits.HDUList(
+        [fits.PrimaryHDU(hdul[0].data, header=hdul[0].header)]
+        + [fits.ImageHDU(h.data, header=h.header) for h in hdul[1:]]
+    )
+    buf = io.BytesIO()
+    ref.writeto(buf)
+    theirs = fits.open(io.BytesIO(buf.getvalue()))
+    assert len(buf.getvalue()) == len(data)
+    for ours, other in zip(hdul, theirs, strict=True):
+        assert ours.data.tobytes() == other.data.tobytes()
+        assert list(ours.header.items()) == list(other.header.items())
+    assert hdul[2].header["MP_DETECTED_NEGATIVE"] == DEFAULT_PLANES["DETECTED_NEGATIVE"]
+
+
+def test_fits_card_formatting():
+    assert cutouts._card("X", "O'Hara") == "X       = 'O''Hara '".ljust(80)
+    assert cutouts._card("N", -12) == "N       = " + "-12".rjust(20) + " " * 50
+    assert cutouts._card("F", 1e-7)[10:30] == "1E-07".rjust(20)
+    with pytest.raises(ValueError, match="non-finite header value, got nan"):
+        cutouts._card("F", float("nan"))
+    with pytest.raises(TypeError, match="must be bool, int, float or str, got None"):
+        cutouts._card("F", None)
+    with pytest.raises(ValueError, match="FITS card too long"):
+        cutouts._card("S", "x" * 80)
+    # Long comments are trimmed, not fatal.
+    assert len(cutouts._card("S", 1, "c" * 100)) == 80
+
+
+def test_full_alert_with_three_cutouts_fits_the_lsst_limit(planes):
+    image, variance, mask = planes()
+    wcs = make_wcs(sip=True)  # SIP headers are the largest we write
+    x, y = 201.3, 150.8
+    cutouts = {
+        key: make_cutout(image, variance, mask, wcs, x, y)
+        for key in ("cutoutDifference", "cutoutScience", "cutoutTemplate")
+    }
+    row = {
+        "diaSourceId": 1, "x": x, "y": y, "ra": 150.1, "dec": 2.2, "psfNdata": 441,
+        "trailNdata": 0, "dipoleNdata": 0, "bboxSize": 21, "psfFlux": 1.0, "psfFluxErr": 0.1,
+    }  # fmt: skip
+    source = dia_source_record(
+        row, visit=1, detector=2, midpoint_mjd_tai=60841.1, band="r",
+        time_processed_mjd_tai=60841.2, exposure_time=30.0,
+    )  # fmt: skip
+    metadata = {
+        "pipelineVersion": "0.1.0", "method": "al", "configHash": "0" * 16,
+        "versionsHash": "1" * 16, "exposureId": 1, "visit": 1, "detector": 2,
+        "timings": {f"imageDifference.step{i:02d}.substep": 1.0 for i in range(20)},
+        "nDiaSources": 10_000, "templateCoverage": 1.0, "scienceSha256": "a" * 64,
+        "templateSha256": "b" * 64, "processedMjdTai": 60841.2,
+    }  # fmt: skip
+    packet = serialize_alert(make_alert(source, cutouts=cutouts, task_metadata=metadata))
+    assert len(packet) < MAX_ALERT_BYTES
+    assert len(packet) < 0.9 * MAX_ALERT_BYTES  # keep a margin, not just "under"
+    back = deserialize_alert(packet)
+    hdul, _ = decode(back["cutoutTemplate"])
+    assert hdul[0].data.shape == (30, 30)

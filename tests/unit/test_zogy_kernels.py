@@ -1,0 +1,186 @@
+"""The ZOGY Numba kernels against slow, obviously-correct NumPy references.
+
+Each kernel runs over float32/complex64 and float64/complex128 and odd shapes; Hypothesis
+draws shapes and seeds on a small budget.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose
+
+from jitcore._kernels.zogy import (
+    extra_variance,
+    spectral_combine,
+    square_into,
+    zogy_denominator,
+    zogy_finalize,
+    zogy_fs,
+    zogy_spectral_kernels,
+)
+
+pytestmark = pytest.mark.unit
+
+DTYPES = {np.float32: np.complex64, np.float64: np.complex128}
+RTOL = {np.float32: 2e-5, np.float64: 1e-12}
+shapes = st.tuples(st.integers(1, 9), st.integers(1, 9))
+seeds = st.integers(0, 2**32 - 1)
+dtypes = st.sampled_from([np.float32, np.float64])
+budget = settings(max_examples=25, deadline=None)
+
+
+def cplx(rng, shape, ctype):
+    return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(ctype)
+
+
+# --- NumPy references ------------------------------------------------------------------
+
+
+def ref_denominator(pn, pr, a_n, a_r, floor):
+    return np.maximum(a_n * np.abs(pr) ** 2 + a_r * np.abs(pn) ** 2, floor)
+
+
+def ref_kernels(pn, pr, b, f_n, f_r):
+    kdn = f_r * pr / np.sqrt(b)
+    kdr = f_n * pn / np.sqrt(b)
+    kn = f_n * f_r**2 * np.conj(pn) * np.abs(pr) ** 2 / b
+    kr = f_r * f_n**2 * np.conj(pr) * np.abs(pn) ** 2 / b
+    return kdn, kdr, kn, kr
+
+
+def ref_extra(sn, sr, sx2, sy2, e2):
+    def grads(a):
+        gy = np.gradient(a, axis=0) if a.shape[0] > 1 else np.zeros_like(a)
+        gx = np.gradient(a, axis=1) if a.shape[1] > 1 else np.zeros_like(a)
+        return gy, gx
+
+    gyn, gxn = grads(sn.astype(np.float64))
+    gyr, gxr = grads(sr.astype(np.float64))
+    return sx2 * (gxn**2 + gxr**2) + sy2 * (gyn**2 + gyr**2) + e2 * (sn**2.0 + sr**2.0)
+
+
+# --- tests -----------------------------------------------------------------------------
+
+
+@budget
+@given(shape=shapes, seed=seeds, dtype=dtypes)
+def test_denominator(shape, seed, dtype):
+    rng = np.random.default_rng(seed)
+    ctype = DTYPES[dtype]
+    pn, pr = cplx(rng, shape, ctype), cplx(rng, shape, ctype)
+    pn.flat[0] = 0  # both transforms 0 at one frequency: the floor applies
+    pr.flat[0] = 0
+    out = np.empty(shape, dtype)
+    zogy_denominator(pn, pr, 2.5, 0.7, 1e-3, out)
+    assert_allclose(out, ref_denominator(pn, pr, 2.5, 0.7, 1e-3), rtol=RTOL[dtype])
+    assert out.flat[0] == pytest.approx(1e-3, rel=1e-6)
+
+
+@budget
+@given(shape=shapes, seed=seeds, dtype=dtypes)
+def test_spectral_kernels(shape, seed, dtype):
+    rng = np.random.default_rng(seed)
+    ctype = DTYPES[dtype]
+    pn, pr = cplx(rng, shape, ctype), cplx(rng, shape, ctype)
+    b = rng.uniform(0.5, 2.0, shape).astype(dtype)
+    outs = [np.empty(shape, ctype) for _ in range(4)]
+    zogy_spectral_kernels(pn, pr, b, 1.3, 0.8, *outs)
+    for got, want in zip(outs, ref_kernels(pn, pr, b, 1.3, 0.8), strict=True):
+        assert_allclose(got, want, rtol=RTOL[dtype] * 10, atol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7, 9), (8, 10), (5, 1), (1, 6), (12, 11)])
+def test_fs_equals_mean_over_the_full_plane(dtype, shape):
+    """The rfft half plane with Hermitian weights equals the full-plane NumPy mean."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=shape).astype(dtype)
+    c = rng.normal(size=shape).astype(dtype)
+    full_n, full_r = np.fft.fft2(a.astype(np.float64)), np.fft.fft2(c.astype(np.float64))
+    b_full = 1.0 + np.abs(full_n) ** 2 + 0.5 * np.abs(full_r) ** 2
+    f_n, f_r = 1.1, 0.9
+    want = np.mean(f_n**2 * f_r**2 * np.abs(full_n) ** 2 * np.abs(full_r) ** 2 / b_full)
+    half = shape[1] // 2 + 1
+    pn = np.fft.rfft2(a).astype(DTYPES[dtype])
+    pr = np.fft.rfft2(c).astype(DTYPES[dtype])
+    b = b_full[:, :half].astype(dtype)
+    got = zogy_fs(pn, pr, b, f_n, f_r, shape[1])
+    assert got == pytest.approx(want, rel=1e-4 if dtype is np.float32 else 1e-10)
+
+
+@budget
+@given(shape=shapes, seed=seeds, dtype=dtypes, sign=st.sampled_from([-1.0, 1.0]))
+def test_spectral_combine(shape, seed, dtype, sign):
+    rng = np.random.default_rng(seed)
+    ctype = DTYPES[dtype]
+    a, ka, b, kb = (cplx(rng, shape, ctype) for _ in range(4))
+    out = np.empty(shape, ctype)
+    spectral_combine(a, ka, b, kb, sign, out)
+    assert_allclose(out, ka * a + sign * kb * b, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10)
+    spectral_combine(a, ka, b, kb, sign, a)  # out may alias an input (used in place)
+    assert_allclose(a, out, rtol=0, atol=0)
+
+
+@budget
+@given(shape=shapes, seed=seeds, dtype=dtypes)
+def test_square_into(shape, seed, dtype):
+    k = np.random.default_rng(seed).normal(size=shape).astype(dtype)
+    out = np.empty(shape, dtype)
+    square_into(k, out)
+    assert_allclose(out, k**2, rtol=RTOL[dtype])
+    square_into(k, k)
+    assert_allclose(k, out, rtol=0)
+
+
+@budget
+@given(shape=shapes, seed=seeds, dtype=dtypes)
+def test_extra_variance_matches_np_gradient(shape, seed, dtype):
+    rng = np.random.default_rng(seed)
+    sn = rng.normal(size=shape).astype(dtype)
+    sr = rng.normal(size=shape).astype(dtype)
+    out = np.empty(shape, dtype)
+    extra_variance(sn, sr, 0.04, 0.09, 0.01, out)
+    assert_allclose(out, ref_extra(sn, sr, 0.04, 0.09, 0.01), rtol=RTOL[dtype] * 10, atol=1e-6)
+
+
+def test_extra_variance_on_non_contiguous_views():
+    rng = np.random.default_rng(2)
+    sn = rng.normal(size=(11, 13))
+    sr = rng.normal(size=(11, 13))
+    out = np.empty((9, 11))
+    extra_variance(sn[1:-1, 1:-1], sr[1:-1, 1:-1], 0.5, 0.25, 0.0, out)
+    assert_allclose(out, ref_extra(sn[1:-1, 1:-1], sr[1:-1, 1:-1], 0.5, 0.25, 0.0), rtol=1e-12)
+
+
+@budget
+@given(shape=shapes, seed=seeds, dtype=dtypes)
+def test_finalize(shape, seed, dtype):
+    rng = np.random.default_rng(seed)
+    d, s = rng.normal(size=shape).astype(dtype), rng.normal(size=shape).astype(dtype)
+    vd = rng.uniform(0.5, 2, shape).astype(dtype)
+    vs = rng.uniform(0.5, 2, shape).astype(dtype)
+    vx = rng.uniform(0, 0.1, shape).astype(dtype)
+    valid = rng.uniform(size=shape) > 0.2
+    vd.flat[-1] = 0.0  # a non-positive variance invalidates the pixel
+    if vs.size > 1:
+        vs.flat[0] = np.nan
+    ok = valid & (vd > 0) & np.isfinite(vs)
+    f_d, f_s = 0.3, 0.02
+    outs = [np.full(shape, 7.0, np.float32) for _ in range(5)]
+    v = valid.copy()
+    zogy_finalize(d, vd, s, vs, vx, v, f_d, f_s, *outs)
+    diff, diffvar, score, flux, fluxvar = outs
+    vt = vs.astype(np.float64) + vx
+    assert np.array_equal(v, ok)
+    assert_allclose(diff[ok], (d / f_d)[ok], rtol=1e-6)
+    assert_allclose(diffvar[ok], (vd / f_d**2)[ok], rtol=1e-6)
+    assert_allclose(score[ok], (s / np.sqrt(vt))[ok], rtol=1e-6)
+    assert_allclose(flux[ok], (s / f_s)[ok], rtol=1e-6)
+    assert_allclose(fluxvar[ok], (vt / f_s**2)[ok], rtol=1e-6)
+    for a in (diff, score, flux):
+        assert np.all(a[~ok] == 0)
+    for a in (diffvar, fluxvar):
+        assert np.all(np.isnan(a[~ok]))
