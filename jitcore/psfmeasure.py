@@ -32,6 +32,7 @@ from scipy.spatial import cKDTree
 
 from jitcore.background import estimate_background
 from jitcore.psf import PsfModel, psf_moments
+from jitcore.psfmodes import fit_mode_model
 
 __all__ = ["measure_psf", "stars_needed", "subpixel_shift", "stamp_size_for_sigma"]
 
@@ -251,8 +252,26 @@ def measure_psf(
 
     w = snr[stars["index"]] ** 2
     w = np.minimum(w, 10.0 * np.median(w))
-    coeffs, deg, used_mask, resid_rms = _fit(stars, w, degree, (ny, nx), min_stars, clip_sigma)
-    basis = coeffs.reshape(-1, stamp, stamp)
+    # The stack (degree 0) is robust; spatial variation is then fitted as width/ellipticity
+    # modes of that stack (jitcore/psfmodes.py explains why not per-pixel polynomials).
+    coeffs, _, used_mask, resid_rms = _fit(
+        stars, w, 0, (ny, nx), min_stars, clip_sigma, reject_stars=degree == 0
+    )
+    p0 = coeffs.reshape(stamp, stamp)
+    p0 = p0 / p0.sum()
+    deg = degree
+    while deg > 0 and int(used_mask.sum()) < stars_needed(deg):
+        deg -= 1
+    if deg == 0:
+        basis = p0[None]
+    else:
+        sel = np.flatnonzero(used_mask)
+        basis, _, kept = fit_mode_model(
+            stars["data"][sel], stars["nvar"][sel], stars["x"][sel], stars["y"][sel],
+            w[sel], p0, degree=deg, shape=(ny, nx),
+        )  # fmt: skip
+        used_mask = used_mask.copy()
+        used_mask[sel[~kept]] = False
     used = int(used_mask.sum())
     model = PsfModel(basis=basis, degree=deg, shape=(ny, nx), source="measured", nstars=used)
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
@@ -322,7 +341,7 @@ def _median_stack(data, active) -> np.ndarray:
     return np.where(np.isfinite(med), med, np.median(data, axis=0))[None]
 
 
-def _fit(stars, w, degree, shape, min_stars, clip_sigma, max_iter=5):
+def _fit(stars, w, degree, shape, min_stars, clip_sigma, max_iter=5, reject_stars=True):
     data, nvar = stars["data"], stars["nvar"]
     use = np.ones(len(data), dtype=bool)
     active = np.ones(data.shape, dtype=bool)
@@ -343,7 +362,9 @@ def _fit(stars, w, degree, shape, min_stars, clip_sigma, max_iter=5):
         chi2 = np.mean(np.where(new_active, (resid / sigma) ** 2, 0.0), axis=1)
         med = float(np.median(chi2[use]))
         thr = max(med + 5.0 * _robust_sigma(chi2[use]), 1.5 * med)
-        new_use = use & (chi2 <= thr)
+        # Without a spatial model, stars far from the mean width look like outliers: the
+        # mode fit (psfmodes) does the star-level clipping then.
+        new_use = use & (chi2 <= thr) if reject_stars else use
         if new_use.sum() < min_stars:
             new_use = use
         converged = np.array_equal(new_use, use) and np.array_equal(new_active, active)

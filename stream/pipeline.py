@@ -24,6 +24,7 @@ from jitcore.detect import detect
 from jitcore.ids import IdFactory
 from jitcore.masks import UNUSABLE_PLANES, bits, remap
 from jitcore.measure import measure
+from jitcore.noise import noise_scale_factor
 from jitcore.psf import PsfModel, psf_moments
 from jitcore.psfmeasure import measure_psf
 from jitcore.starmatch import StarMatch, match_stars
@@ -95,8 +96,12 @@ def subtract_files(
             max_nonfinite_fraction=settings.max_nonfinite_fraction,
             psf_degree=0,
         )
-    meta.set("science", {"path": science.path, "sha256": science.sha256, "layout": science.layout})
-    meta.set("template", {"path": template.path, "sha256": template.sha256})
+    meta.set(
+        "science",
+        {"path": science.path, "sha256": science.sha256, "layout": science.layout},
+        step=meta.name,
+    )
+    meta.set("template", {"path": template.path, "sha256": template.sha256}, step=meta.name)
     return subtract_exposures(science, template, settings=settings, metadata=meta)
 
 
@@ -157,11 +162,16 @@ def subtract_exposures(
 ) -> SubtractResult:
     meta = metadata or TaskMetadata()
     t_start = time.perf_counter()
-    meta.set("config", settings.science_config())
-    meta.set("configHash", config_hash(settings.science_config()))
+
+    def note(item: str, value: Any) -> None:
+        # Results of the whole task live on the top-level task (full key imageDifference:item).
+        meta.set(item, value, step=meta.name)
+
+    note("config", settings.science_config())
+    note("configHash", config_hash(settings.science_config()))
     versions = package_versions()
-    meta.set("versions", versions)
-    meta.set("versionsHash", versions_hash(versions))
+    note("versions", versions)
+    note("versionsHash", versions_hash(versions))
 
     planes = science.mask_planes
     no_data = science.bitmask("NO_DATA")
@@ -181,7 +191,7 @@ def subtract_exposures(
             science_mask=science.mask,
             science_no_data_bit=no_data,
         )
-        meta.set("templateCoverage", coverage)
+        note("templateCoverage", coverage)
         if coverage < settings.required_template_fraction:
             raise NoWorkFound(
                 f"template covers {coverage:.1%} < required "
@@ -194,7 +204,7 @@ def subtract_exposures(
         # Photometric scaling: both exposures to nJy (one flux unit).
         s_img, s_var = _calibrate(science.image, science.variance, science.photo_calib)
         t_img, t_var = _calibrate(t_img, t_var, template.photo_calib)
-        meta.set("photoCalib", {"science": science.photo_calib, "template": template.photo_calib})
+        note("photoCalib", {"science": science.photo_calib, "template": template.photo_calib})
 
     unusable = bits(planes, list(UNUSABLE_PLANES))
     mask = (science.mask | t_mask).astype(np.int32)
@@ -213,7 +223,7 @@ def subtract_exposures(
         psf_s = _science_psf(science, s_img, s_var, bad, settings)
         psf_t = _template_psf(template, t_img, t_var, bad, jacobian, settings, science.shape)
         cy, cx = (science.shape[0] - 1) / 2.0, (science.shape[1] - 1) / 2.0
-        meta.set(
+        note(
             "psf",
             {
                 "science": {"source": psf_s.source, "fwhm": psf_s.fwhm_at(cx, cy),
@@ -226,7 +236,7 @@ def subtract_exposures(
     with meta.timer("matchStars"):
         fwhm = max(psf_s.fwhm_at(cx, cy), psf_t.fwhm_at(cx, cy))
         stars: StarMatch = match_stars(s_img, s_var, t_img, t_var, bad, aperture=3.0 * fwhm)
-        meta.set(
+        note(
             "starMatch",
             {"n": stars.n_matched, "sigmaX": stars.sigma_x, "sigmaY": stars.sigma_y,
              "fluxRatio": stars.flux_ratio, "fluxRatioErr": stars.flux_ratio_err},
@@ -243,6 +253,22 @@ def subtract_exposures(
         except ValueError as exc:
             raise KernelFailure(f"ZOGY failed: {exc}") from exc
 
+    with meta.timer("scaleDiffimVariance"):
+        # Stated noise must match the measured scatter for 5 sigma to mean 5 sigma (see
+        # jitcore/noise.py for why the raw ZOGY score is a few per cent wide).
+        try:
+            f_score = noise_scale_factor(z.score, z.valid)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f_diff = noise_scale_factor(z.difference / np.sqrt(z.difference_variance), z.valid)
+        except ValueError:
+            f_score = f_diff = 1.0  # too few valid pixels to measure: keep the stated noise
+        if settings.scale_variance:
+            z.score /= np.float32(f_score)
+            z.flux_variance *= np.float32(f_score**2)
+            z.difference_variance *= np.float32(f_diff**2)
+        note("varianceScale", {"score": f_score, "difference": f_diff,
+                               "applied": settings.scale_variance})  # fmt: skip
+
     with meta.timer("detection"):
         found = detect(
             z.score,
@@ -253,7 +279,7 @@ def subtract_exposures(
         # Stable order => stable ids across reruns of the same exposure.
         if len(found):
             found = found[np.lexsort((found["peak_x"], found["peak_y"]))]
-        meta.set("nDetections", int(len(found)))
+        note("nDetections", int(len(found)))
 
     with meta.timer("measurement"):
         rows = measure(
@@ -324,10 +350,10 @@ def subtract_exposures(
             }  # fmt: skip
             alerts.append(make_alert(src, cutouts=cut, task_metadata=summary_meta))
 
-    meta.set("nDiaSources", len(dia_sources))
-    meta.set("nPositive", int(sum(1 for s in dia_sources if not s.get("isNegative"))))
-    meta.set("nNegative", int(sum(1 for s in dia_sources if s.get("isNegative"))))
-    meta.set("totalWallTime", time.perf_counter() - t_start)
+    note("nDiaSources", len(dia_sources))
+    note("nPositive", int(sum(1 for s in dia_sources if not s.get("isNegative"))))
+    note("nNegative", int(sum(1 for s in dia_sources if s.get("isNegative"))))
+    note("totalWallTime", time.perf_counter() - t_start)
     summary_meta = task_metadata_summary(meta, science, template, coverage, len(dia_sources))
     for alert in alerts:
         alert["diffstreamMetadata"] = summary_meta

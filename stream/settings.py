@@ -39,8 +39,14 @@ class Settings(BaseSettings):
         True, description="measure a spatially varying PSF from stars when enough are found"
     )
     psf_degree: int = Field(1, ge=0, le=3, description="polynomial degree of the measured PSF")
+    # 1%: the PSF models measured from ~50 stars per exposure are good to about that level;
+    # without the term, stars with S/N > ~300 leave 6-10 sigma residuals in the score
+    # (tests/science/test_zogy_science.py::test_pure_noise_pairs_false_positive_rate).
     psf_error_fraction: float = Field(
-        0.0, ge=0.0, le=0.2, description="PSF-model error term added to the score variance"
+        0.01, ge=0.0, le=0.2, description="PSF-model error term added to the score variance"
+    )
+    scale_variance: bool = Field(
+        True, description="rescale score/difference variance to the measured pixel scatter"
     )
     astrometric_noise: bool = Field(True, description="include ZOGY's astrometric-noise term")
     allow_uncalibrated: bool = Field(False, description="accept exposures without photo calib")
@@ -76,7 +82,8 @@ class Settings(BaseSettings):
         keys = [
             "method", "required_template_fraction", "detection_threshold", "detection_min_area",
             "tile_size", "warp_grid_step", "lanczos_order", "psf_from_stars", "psf_degree",
-            "psf_error_fraction", "astrometric_noise", "cutout_size", "exposure_bits",
+            "psf_error_fraction", "scale_variance", "astrometric_noise", "cutout_size",
+            "exposure_bits",
         ]  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 

@@ -20,9 +20,13 @@ from stream.simulate import simulate_pair, write_pair
 pytestmark = [pytest.mark.science, pytest.mark.slow]
 
 SEEDS = (101, 202, 303)
+# LSST-like sampling (0.2" pixels, 0.55-0.7" seeing).  Why not sharper: for a PSF of sigma s
+# px, pure Gaussian noise alone gives ~ 2 * u exp(-u^2/2) / ((2 pi)^1.5 2 s^2) excursions per
+# pixel above |u| = 5 in a matched-filter score (the Euler characteristic of a smooth Gaussian
+# field): 1.1 per Mpix at FWHM 2.4 px, the whole "<= 1 per Mpix" budget, 0.5 at 3.6 px.
 CASES = {
-    "template_sharper": {"science_fwhm": 3.2, "template_fwhm": 2.4},
-    "science_sharper": {"science_fwhm": 2.4, "template_fwhm": 3.2},
+    "template_sharper": {"science_fwhm": 3.6, "template_fwhm": 2.8},
+    "science_sharper": {"science_fwhm": 2.8, "template_fwhm": 3.6},
 }
 
 
@@ -112,9 +116,10 @@ def test_fading_variables_are_negative(pooled):
 @pytest.mark.parametrize("case", list(CASES))
 def test_pure_noise_pairs_false_positive_rate(tmp_path_factory, case):
     total = 0
-    for seed in SEEDS[:2]:
+    noise_seeds = (11, 22, 33, 44)
+    for seed in noise_seeds:
         pair, result = _run(tmp_path_factory, seed, case, transients=False)
         assert len(pair.truth["x"]) == 0
         total += len(result.dia_sources)
-    mpix = 2 * 1024 * 1024 / 1e6
+    mpix = len(noise_seeds) * 1024 * 1024 / 1e6
     assert total / mpix <= 1.0, f"{case}: {total} detections on {mpix:.1f} Mpix of pure noise"
