@@ -22,6 +22,10 @@ from stream.settings import Settings, load_settings
 
 log = logging.getLogger("diffstream")
 
+# Modules that add subcommands: stream (run, publish-event), tools (replay, tail, check),
+# provenance (config/versions), science extras (detect).
+PLUGIN_MODULES = ("stream.cli_stream", "stream.cli_tools", "stream.cli_science")
+
 
 def _add_settings_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("settings (also DIFFSTREAM_* env vars or --config TOML)")
@@ -34,6 +38,11 @@ def _add_settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exposure-bits", type=int, default=None)
     g.add_argument("--allow-uncalibrated", action="store_true", default=None)
     g.add_argument("--data-root", action="append", dest="data_roots", default=None)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The settings object for a parsed command line (defaults < files < env < CLI)."""
+    return _settings_from(args)
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -67,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=int, default=1024, help="image side in pixels")
     d.add_argument("--seed", type=int, default=42)
     _add_settings_args(d)
+
+    # Other command groups register themselves (each module: register(sub) adding parsers
+    # with set_defaults(func=handler)); keeps this file small and the groups independent.
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub, _add_settings_args)
     return parser
 
 
@@ -143,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_subtract(args)
         if args.command == "demo":
             return cmd_demo(args)
+        if hasattr(args, "func"):
+            return int(args.func(args))
     except DiffstreamError as exc:  # settings errors and the like, before any output
         print(f"diffstream: error: {exc.message}", file=sys.stderr)
         return exc.exit_code if exc.exit_code else EXIT_BAD_INPUT
