@@ -272,6 +272,10 @@ def measure_psf(
         )  # fmt: skip
         used_mask = used_mask.copy()
         used_mask[sel[~kept]] = False
+        if not _plausible(basis, p0, deg, (ny, nx)):
+            # A mode fit driven by too few or too noisy stars can extrapolate to a
+            # non-PSF at the corners; the stack is then the honest answer.
+            basis, deg = p0[None], 0
     used = int(used_mask.sum())
     model = PsfModel(basis=basis, degree=deg, shape=(ny, nx), source="measured", nstars=used)
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
@@ -293,6 +297,18 @@ def measure_psf(
         ],
     }
     return model
+
+
+def _plausible(basis: np.ndarray, p0: np.ndarray, degree: int, shape) -> bool:
+    """Widths at the centre and corners within 30% of the stack's, all moments positive."""
+    trial = PsfModel(basis=basis, degree=degree, shape=shape)
+    w0 = np.mean(psf_moments(p0)[:2])
+    ny, nx = shape
+    for x, y in ((0, 0), (nx - 1, 0), (0, ny - 1), (nx - 1, ny - 1), ((nx - 1) / 2, (ny - 1) / 2)):
+        ixx, iyy, _ = psf_moments(trial.at(x, y))
+        if not (ixx > 0 and iyy > 0 and abs(0.5 * (ixx + iyy) / w0 - 1.0) < 0.69):
+            return False
+    return True
 
 
 def _register(sub, var, bad, x, y, chosen, half, pad, sigma_guess) -> dict[str, np.ndarray]:

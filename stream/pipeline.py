@@ -25,7 +25,7 @@ from jitcore.ids import IdFactory
 from jitcore.masks import UNUSABLE_PLANES, bits, remap
 from jitcore.measure import measure
 from jitcore.noise import noise_scale_factor
-from jitcore.psf import PsfModel, psf_moments
+from jitcore.psf import PsfModel
 from jitcore.psfmeasure import measure_psf
 from jitcore.starmatch import StarMatch, match_stars
 from jitcore.warp import warp_stamp
@@ -37,7 +37,7 @@ from stream.errors import BadExposure, KernelFailure, NoWorkFound
 from stream.exposure import Exposure
 from stream.fitsio import load_exposure
 from stream.settings import Settings, config_hash
-from stream.skycoords import pixel_to_sky
+from stream.skycoords import moments_to_sky, pixel_to_sky
 from stream.taskmeta import TaskMetadata
 from stream.versions import package_versions, versions_hash
 from stream.warping import warp_template
@@ -297,26 +297,31 @@ def subtract_exposures(
             psf_template_at=psf_t.at,
             mask=mask,
             mask_planes=planes,
+            ap_radius=settings.ap_radius,
         )
+        # The schema's snr is "the S/N at which this source was detected": the score peak.
+        if len(rows):
+            rows["snr"] = np.abs(found["peak_score"])
         exp_id = science.exposure_id if science.exposure_id is not None else 0
         ids = IdFactory(exp_id, settings.exposure_bits).make_ids(len(rows))
         sky = pixel_to_sky(science.wcs, rows["x"], rows["y"], rows["xErr"], rows["yErr"])
+        # Moments to arcsec^2 as the schema documents them (measure() gives px^2).
+        for suffix in ("", "PSF"):
+            sky[f"ixx{suffix}"], sky[f"iyy{suffix}"], sky[f"ixy{suffix}"] = moments_to_sky(
+                science.wcs, rows["x"], rows["y"],
+                rows[f"ixx{suffix}"], rows[f"iyy{suffix}"], rows[f"ixy{suffix}"],
+            )  # fmt: skip
 
     with meta.timer("alerts"):
         processed = mjd_now()
         dia_sources: list[dict[str, Any]] = []
         alerts: list[dict[str, Any]] = []
-        psf_c = psf_s.at(cx, cy)
-        ixx_p, iyy_p, ixy_p = psf_moments(psf_c)
         summary_meta = None  # filled below, after the timings of this step are known
         names = rows.dtype.names or ()
         for i in range(len(rows)):
             row = {n: rows[n][i] for n in names}
             row.update({k: v[i] for k, v in sky.items()})
             row["diaSourceId"] = int(ids[i])
-            row.setdefault("ixxPSF", ixx_p)
-            row.setdefault("iyyPSF", iyy_p)
-            row.setdefault("ixyPSF", ixy_p)
             # Measured by later stages (trails, dipoles); 0 data points until then.
             row.setdefault("trailNdata", 0)
             row.setdefault("dipoleNdata", 0)

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     allow_uncalibrated: bool = Field(False, description="accept exposures without photo calib")
     max_pixels: int = Field(64 * 2**20, ge=1, description="largest image accepted (pixels)")
     max_nonfinite_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    ap_radius: float = Field(
+        12.0, gt=0, description="apFlux aperture radius (px; the LSST schema's 12 px)"
+    )
     cutout_size: int = Field(30, ge=5, le=101, description="alert cutout side (px)")
     exposure_bits: int = Field(
         40, ge=1, le=62, description="bits of the exposure id in diaSourceIds"
@@ -82,7 +85,7 @@ class Settings(BaseSettings):
         keys = [
             "method", "required_template_fraction", "detection_threshold", "detection_min_area",
             "tile_size", "warp_grid_step", "lanczos_order", "psf_from_stars", "psf_degree",
-            "psf_error_fraction", "scale_variance", "astrometric_noise", "cutout_size",
+            "psf_error_fraction", "scale_variance", "astrometric_noise", "ap_radius", "cutout_size",
             "exposure_bits",
         ]  # fmt: skip
         return {k: getattr(self, k) for k in keys}

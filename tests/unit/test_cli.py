@@ -1,0 +1,145 @@
+"""`diffstream subtract` end to end on small simulated pairs: outputs, exit codes, messages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from stream.alerts import read_alert_file
+from stream.cli import main
+from stream.simulate import simulate_pair, write_pair
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def pair_files(tmp_path_factory):
+    """A small seeded pair (LSST-style MEF) and its truth."""
+    pair = simulate_pair(seed=5, shape=(320, 320), n_stars=60, n_transients=8, n_variables=4)
+    d = tmp_path_factory.mktemp("pair")
+    sci, tmpl = write_pair(pair, d)
+    return pair, sci, tmpl
+
+
+@pytest.fixture(scope="module")
+def first_run(pair_files, tmp_path_factory):
+    _, sci, tmpl = pair_files
+    out = tmp_path_factory.mktemp("out")
+    rc = main(["subtract", str(sci), str(tmpl), "--out", str(out), "--exposure-id", "77"])
+    return rc, out
+
+
+def test_subtract_writes_every_product(first_run):
+    rc, out = first_run
+    assert rc == 0
+    for name in ("alerts.avro", "difference.fits", "score.fits", "metadata.json"):
+        assert (out / name).is_file(), name
+    with fits.open(out / "difference.fits") as hdul:
+        assert [h.name for h in hdul[1:]] == ["IMAGE", "MASK", "VARIANCE"]
+        assert hdul["IMAGE"].header["CTYPE1"].startswith("RA---")
+        assert "MP_NO_DATA" in hdul["MASK"].header
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["status"] == "done"
+    assert meta["counts"]["nDiaSources"] >= 8
+    for step in ("load", "warp", "zogy", "detection", "measurement", "alerts"):
+        assert f"imageDifference.{step}" in meta["timings"]
+    assert set(meta["versions"]) >= {"numpy", "numba", "astropy", "fastavro", "python"}
+    assert len(meta["inputs"]["science"]["sha256"]) == 64
+    assert meta["config"]["detection_threshold"] == 5.0
+
+
+def test_alerts_read_with_the_official_lsst_schema(first_run, pair_files):
+    from lsst.alert.packet import Schema
+
+    _, out = first_run
+    lsst = Schema.from_file().definition
+    ours = read_alert_file(out / "alerts.avro")
+    theirs = read_alert_file(out / "alerts.avro", reader_schema=lsst)
+    assert len(ours) == len(theirs) > 0
+    for a, b in zip(ours, theirs, strict=True):
+        assert "diffstreamMetadata" not in b
+        assert a["diaSource"] == b["diaSource"]
+        assert a["diffstreamMetadata"]["exposureId"] == 77
+        assert b["cutoutDifference"][:6] == b"SIMPLE"
+
+
+def test_ids_and_fluxes_are_stable_across_reruns(first_run, pair_files, tmp_path):
+    _, out = first_run
+    _, sci, tmpl = pair_files
+    rc = main(["subtract", str(sci), str(tmpl), "--out", str(tmp_path), "--exposure-id", "77"])
+    assert rc == 0
+    a = read_alert_file(out / "alerts.avro")
+    b = read_alert_file(tmp_path / "alerts.avro")
+    assert [x["diaSourceId"] for x in a] == [x["diaSourceId"] for x in b]
+    assert [x["diaSource"]["psfFlux"] for x in a] == [x["diaSource"]["psfFlux"] for x in b]
+    ids = np.array([x["diaSourceId"] for x in a])
+    assert len(set(ids.tolist())) == len(ids)
+    assert np.all(ids >> 23 == 77)  # exposure id in the upper bits (40 exposure bits)
+
+
+def test_no_work_exit_3_with_metadata(pair_files, tmp_path, capsys):
+    _, sci, tmpl = pair_files
+    moved = tmp_path / "far_template.fits"
+    with fits.open(tmpl) as hdul:
+        for hdu in hdul[1:]:
+            if "CRVAL1" in hdu.header:
+                hdu.header["CRVAL1"] = (hdu.header["CRVAL1"] + 2.0) % 360.0
+        hdul.writeto(moved)
+    out = tmp_path / "out"
+    rc = main(["subtract", str(sci), str(moved), "--out", str(out)])
+    assert rc == 3
+    assert "template covers 0.0% < required 10%" in capsys.readouterr().err
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["status"] == "no_work" and meta["error"]["kind"] == "no_work"
+    assert not (out / "alerts.avro").exists()
+
+
+def test_missing_file_exit_2_names_the_file(pair_files, tmp_path, capsys):
+    _, sci, _ = pair_files
+    missing = tmp_path / "nope.fits"
+    rc = main(["subtract", str(sci), str(missing), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err
+
+
+def test_corrupt_file_exit_2(pair_files, tmp_path, capsys):
+    _, sci, tmpl = pair_files
+    broken = tmp_path / "broken.fits"
+    broken.write_bytes(tmpl.read_bytes()[:5000])
+    rc = main(["subtract", str(sci), str(broken), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert str(broken) in capsys.readouterr().err
+
+
+def test_uncalibrated_refused_unless_allowed(pair_files, tmp_path, capsys):
+    _, sci, tmpl = pair_files
+    bare = tmp_path / "bare.fits"
+    with fits.open(sci) as hdul:
+        for hdu in hdul:
+            for key in ("PHOTCALIB", "MAGZP", "MAGZERO", "FLUXMAG0"):
+                hdu.header.remove(key, ignore_missing=True, remove_all=True)
+        hdul.writeto(bare)
+    rc = main(["subtract", str(bare), str(tmpl), "--out", str(tmp_path / "a")])
+    assert rc == 2
+    assert "PHOTCALIB" in capsys.readouterr().err
+    rc = main(
+        ["subtract", str(bare), str(tmpl), "--out", str(tmp_path / "b"), "--allow-uncalibrated"]
+    )
+    assert rc == 0
+
+
+def test_plain_single_hdu_files(tmp_path):
+    pair = simulate_pair(seed=9, shape=(320, 320), n_stars=60, n_transients=8, n_variables=4)
+    sci, tmpl = write_pair(pair, tmp_path / "in", layout="plain")
+    out = tmp_path / "out"
+    assert main(["subtract", str(sci), str(tmpl), "--out", str(out)]) == 0
+    alerts = read_alert_file(out / "alerts.avro")
+    xy = np.array([[a["diaSource"]["x"], a["diaSource"]["y"]] for a in alerts])
+    truth = np.column_stack([pair.truth["x"], pair.truth["y"]])
+    bright = pair.truth["snr_expected"] > 10
+    found = [np.min(np.hypot(*(xy - t).T)) < 2.0 for t in truth[bright]]
+    assert np.mean(found) >= 0.9
