@@ -40,6 +40,31 @@ def _add_settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", action="append", dest="data_roots", default=None)
 
 
+def _add_provenance_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("provenance and debugging (docs/metadata.md)")
+    g.add_argument(
+        "--debug-plots",
+        metavar="DIR",
+        default=None,
+        help="write debug PNGs (panels, cutouts, S_corr histogram, PSFs) into DIR",
+    )
+    g.add_argument(
+        "--clobber-config",
+        action="store_true",
+        help="replace a different config (and schema list) stored in --out",
+    )
+    g.add_argument(
+        "--clobber-versions",
+        action="store_true",
+        help="replace different package versions stored in --out",
+    )
+    g.add_argument(
+        "--backup",
+        action="store_true",
+        help="with --clobber-*, keep each replaced file as NAME.~N~",
+    )
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     """The settings object for a parsed command line (defaults < files < env < CLI)."""
     return _settings_from(args)
@@ -69,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--visit", type=int)
     p.add_argument("--detector", type=int)
     p.add_argument("--exposure-id", type=int)
+    _add_provenance_args(p)
     _add_settings_args(p)
 
     d = sub.add_parser("demo", help="simulate a pair, subtract it, print a summary (no Kafka)")
@@ -95,11 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_subtract(args: argparse.Namespace) -> int:
     from stream.pipeline import subtract_files
     from stream.products import write_metadata, write_products
+    from stream.provenance import check_and_write_versions, write_config, write_schemas
     from stream.taskmeta import TaskMetadata
 
     settings = _settings_from(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # Refuse a store holding another config / software stack / schema set before any work
+    # (ConfigError -> exit 2 with the diff, via main()).
+    write_config(out, settings, clobber=args.clobber_config, backup=args.backup)
+    check_and_write_versions(out, clobber=args.clobber_versions, backup=args.backup)
+    write_schemas(out, clobber=args.clobber_config, backup=args.backup)
     meta = TaskMetadata()
     try:
         with meta.timer():
@@ -121,6 +153,11 @@ def cmd_subtract(args: argparse.Namespace) -> int:
         print(f"diffstream: error: {exc.message}", file=sys.stderr)
         write_metadata(out, meta, status="failed", error=exc.to_record())
         return exc.exit_code
+    if args.debug_plots:
+        from stream.plots import write_debug_plots
+
+        for path in write_debug_plots(result, args.debug_plots):
+            paths[f"plot {path.stem.rsplit('-', 1)[-1]}"] = path
     _print_summary(result, paths)
     return EXIT_OK
 

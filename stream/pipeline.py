@@ -58,6 +58,9 @@ class SubtractResult:
     mask: np.ndarray  # combined mask on the science grid
     metadata: TaskMetadata
     summary: dict[str, Any] = field(default_factory=dict)
+    # The PSF models ZOGY used (debug plots, diagnostics); None for results built elsewhere.
+    psf_science: PsfModel | None = None
+    psf_template: PsfModel | None = None
 
 
 def mjd_now() -> float:
@@ -123,7 +126,7 @@ def _template_psf(
         try:
             return measure_psf(
                 image, variance, mask_bad.astype(np.int32), bad_bits=1,
-                saturation=None, degree=settings.psf_degree,
+                saturation=None, degree=settings.psf_degree, subtract_background=False,
             )  # fmt: skip
         except ValueError:
             pass
@@ -144,7 +147,7 @@ def _science_psf(science: Exposure, image, variance, mask_bad, settings: Setting
         try:
             return measure_psf(
                 image, variance, mask_bad.astype(np.int32), bad_bits=1,
-                saturation=None, degree=settings.psf_degree,
+                saturation=None, degree=settings.psf_degree, subtract_background=False,
             )  # fmt: skip
         except ValueError:
             pass
@@ -374,6 +377,8 @@ def subtract_exposures(
         mask=mask,
         metadata=meta,
         summary=summary_meta,
+        psf_science=psf_s,
+        psf_template=psf_t,
     )
 
 

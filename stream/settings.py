@@ -73,6 +73,41 @@ class Settings(BaseSettings):
     kafka: dict[str, str] = Field(default_factory=dict, description="librdkafka passthrough")
     sasl_password: SecretStr | None = None
 
+    instance_id: str | None = Field(
+        None,
+        description="stable name of this worker replica (e.g. the pod name): static group "
+        "membership (group.instance.id) and, with exactly_once, the transactional.id, so a "
+        "restarted replica takes over its partitions and fences its dead predecessor at once",
+    )
+
+    # --- worker loop (diffstream run; both transports) -------------------------------------
+    input_dir: str | None = Field(None, description="directory transport: event files in")
+    output_dir: str | None = Field(None, description="directory transport: outputs")
+    max_messages: int | None = Field(None, ge=1, description="stop after N events (None: never)")
+    exit_when_idle: float | None = Field(
+        None, gt=0, description="stop after this many seconds without an event (None: never)"
+    )
+    shutdown_grace_s: float = Field(
+        30.0, gt=0, description="on SIGTERM, how long to keep trying to deliver+commit"
+    )
+
+    # --- tools and observability (replay, tail, check, metrics, logs) ----------------------
+    schema_registry_url: str | None = Field(
+        None,
+        description="Confluent-compatible schema registry URL: values in the Confluent wire "
+        "format, subjects <topic>-value (None: schemaless Avro + fingerprint header)",
+    )
+    schema_registry_auth: SecretStr | None = Field(
+        None, description="schema registry basic auth, 'user:password'"
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus /metrics on this port (0: any free)"
+    )
+    metrics_addr: str = Field(
+        "127.0.0.1", description="address the metrics server binds (0.0.0.0 in a container)"
+    )
+    log_json: bool = Field(False, description="structured logs as JSON lines on stderr")
+
     @field_validator("tile_size")
     @classmethod
     def _even_tiles(cls, v: int) -> int:

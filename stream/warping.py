@@ -82,8 +82,13 @@ def warp_template(
     step: int = 32,
     order: int = 3,
     bad_planes: tuple[str, ...] = BAD_PLANES,
+    mapping: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The template resampled onto the science pixel grid.
+
+    ``mapping(x, y) -> (xt, yt)`` (vectorised, 0-based science pixel -> template pixel)
+    replaces the WCS mapping, e.g. the one stream.astrometry.refit_mapping corrected with
+    matched stars; None builds it from the two WCSs (:func:`wcs_mapping`).
 
     Returns ``(image, variance, mask, jacobian)``: float32 image and variance (template
     units; NaN where NO_DATA), the int32 mask in the *template's* plane layout
@@ -100,8 +105,14 @@ def warp_template(
         except (TypeError, ValueError) as exc:
             raise BadExposure(str(exc), path=exposure.path or None) from exc
 
+    if mapping is None:
+        mapping = wcs_mapping(science.wcs, template.wcs)
+    elif not callable(mapping):
+        raise TypeError(
+            f"mapping must be callable (x, y) -> (xt, yt), got {type(mapping).__name__}"
+        )
     ny, nx = science.shape
-    xt, yt = mapping_grid(wcs_mapping(science.wcs, template.wcs), (ny, nx), step=step)
+    xt, yt = mapping_grid(mapping, (ny, nx), step=step)
     edge = bits(planes, ("EDGE",))
     image, variance, mask = warp_image(
         template.image,

@@ -1,0 +1,448 @@
+"""Alard-Lupton PSF-matched subtraction (Alard & Lupton 1998; Alard 2000; LSST ip_diffim).
+
+Inputs as for :func:`jitcore.zogy.zogy`: one pixel grid, background-subtracted, nJy.  Steps:
+
+1. Direction (``mode``).  ``convolveTemplate``: fit kappa with S ~ kappa (x) T + bg, then
+   D = S - kappa (x) T - bg.  ``convolveScience``: T ~ kappa (x) S + bg, then
+   D = (kappa (x) S + bg - T) / ksum (back on the science's flux scale).  ``preconvolve``:
+   S' = P_sci (x) S (each pixel with its own PSF), fit S' ~ kappa (x) T + bg, then
+   D = S' - kappa (x) T - bg: the pre-convolved science is broader than the template as long
+   as sigma_t < sqrt(2) sigma_s, so the sharper science need not be blurred by a fitted
+   kernel (whose noise would then enter the regressor: convolving the shallower image is
+   an errors-in-variables fit) and no deconvolution is needed.  ``auto``: convolveTemplate
+   when the template PSF is the narrower (ip_diffim's auto mode), else preconvolve, or
+   convolveScience when even the pre-convolved science is narrower than the template.
+2. Basis and kernel box from the PSF widths at the image centre (jitcore.albasis).
+3. Kernel stars (jitcore.alstars): S/N 10-500, isolated, on good pixels, <= 5 per 128 px cell.
+4. Per-stamp normal equations (Numba, jitcore._kernels.alardlupton), each stamp with its own
+   constant background and inverse-variance weights 1 / (V_target + g V_ref), g = sum of the
+   squared Gaussian of the kernel width (the convolved image's noise, scaled as kappa scales
+   it).  Rejection (ip_diffim's visitors): single-kernel fits per stamp, then kernel-sum
+   clipping (KSUM_SIGMA robust sigmas, up to MAX_ITER times); then the spatial fit
+   (kernel-shape terms of ``spatial_order``, a constant kernel sum, a background polynomial
+   of ``background_order``) and rejection of stamps whose normalised residuals have a std
+   or mean beyond the larger of ip_diffim's limits (1.5, 0.25) and RESID_SIGMA robust sigmas
+   of the other stamps, refitting up to MAX_ITER times.  The relative limit keeps a uniformly
+   imperfect basis from rejecting every star; the absolute one keeps a few bad stamps from
+   widening the distribution they are judged against.
+5. Apply the spatially varying kernel exactly (jitcore.albasis), subtract, decorrelate per
+   tile (jitcore.decorrelate), which also gives the score and the PSF flux.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import signal
+
+from jitcore._kernels.alardlupton import expand_spatial, poly_accumulate, stamp_normal_equations
+from jitcore.albasis import (
+    SpatialKernel,
+    al_basis,
+    basis_sigmas,
+    convolve_psf_model,
+    convolve_spatial,
+    convolve_spatial_variance,
+    kernel_size_for,
+    monomials,
+)
+from jitcore.alstars import select_kernel_stars
+from jitcore.decorrelate import decorrelate
+from jitcore.psf import normalise_psf, psf_moments
+from jitcore.zogy import ZogyResult
+
+__all__ = ["ALInfo", "MODES", "al_subtract", "fit_kernel", "stamp_systems"]
+
+MODES = ("auto", "convolveTemplate", "convolveScience", "preconvolve")
+DEGREES = (4, 2, 2)  # ip_diffim alardDegGauss
+SNR_RANGE = (10.0, 500.0)
+PER_CELL = 5
+MAX_ITER = 3  # ip_diffim maxSpatialIterations
+KSUM_SIGMA = 3.0  # ip_diffim maxKsumSigma
+RESID_STD_MAX = 1.5  # ip_diffim candidateResidualStdMax
+RESID_MEAN_MAX = 0.25  # ip_diffim candidateResidualMeanMax
+RESID_SIGMA = 3.0
+_IQR_SIGMA = 0.7413  # sigma / IQR of a normal distribution
+_CHUNK = 64  # stamps convolved at once (memory: CHUNK x nbasis x stamp^2 doubles)
+
+
+@dataclass
+class ALInfo:
+    """What the PSF matching found, besides the decorrelated difference.
+
+    ``matched`` is the PSF-matched image (ip_diffim's matchedExposure): kappa (x) T for
+    convolveTemplate and preconvolve, kappa (x) S / ksum for convolveScience; float32, nJy,
+    with ``matched_variance`` (nJy^2).  ``kernel`` is the spatial model; ``kernel_at(x, y)``
+    the kernel stamp at a pixel.  ``background_coeffs``: the differential background
+    polynomial (order ``background_order``, jitcore.albasis monomials over the image),
+    in the fitted target's units, subtracted from the target.
+    """
+
+    matched: np.ndarray
+    matched_variance: np.ndarray
+    kernel: SpatialKernel
+    kernel_sum: float
+    direction: str
+    n_stars_used: int
+    n_stars_found: int
+    residual_rms: float
+    basis_sigmas: tuple[float, ...]
+    kernel_size: int
+    background_coeffs: np.ndarray
+    background_order: int
+    spatial_order: int
+
+    def kernel_at(self, x: float, y: float) -> np.ndarray:
+        return self.kernel.at(x, y)
+
+
+def _sigma(psf: Any, x: float, y: float) -> float:
+    ixx, iyy, _ = psf_moments(normalise_psf(psf.at(x, y)))
+    return math.sqrt(max(0.5 * (ixx + iyy), 1e-12))
+
+
+def stamp_systems(
+    ref: np.ndarray,
+    ref_variance: np.ndarray,
+    target: np.ndarray,
+    target_variance: np.ndarray,
+    good: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    basis: np.ndarray,
+    stamp_half: int,
+    *,
+    ref_gain: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-stamp normal equations (Q, b, sw, stats) for the kernel fit, float64.
+
+    Regressors: ``ref`` convolved with each basis stamp, plus a constant (the stamp's
+    background), on the (2 stamp_half + 1)^2 stamp of ``target`` centred on each (x, y).
+    Weights 1 / (target_variance + ref_gain ref_variance), 0 off ``good``.  Shapes:
+    Q (n, nb + 1, nb + 1), b, sw (n, nb + 1), stats (n, 3); see
+    jitcore._kernels.alardlupton.stamp_normal_equations.  Stamps plus the kernel half-size
+    must lie inside the image (the caller's selection guarantees it).
+    """
+    nb, ks = basis.shape[0], basis.shape[1]
+    kh, hs = ks // 2, int(stamp_half)
+    n = len(xs)
+    npar = nb + 1
+    h = 2 * hs + 1
+    q = np.empty((n, npar, npar))
+    b = np.empty((n, npar))
+    sw = np.empty((n, npar))
+    stats = np.empty((n, 3))
+    planes = np.empty((npar, h, h))
+    planes[nb] = 1.0
+    r = hs + kh
+    for start in range(0, n, _CHUNK):
+        sel = range(start, min(n, start + _CHUNK))
+        cuts = np.stack([ref[ys[i] - r : ys[i] + r + 1, xs[i] - r : xs[i] + r + 1] for i in sel])
+        conv = signal.fftconvolve(cuts[:, None], basis[None], mode="valid", axes=(2, 3))
+        for j, i in enumerate(sel):
+            win = (slice(ys[i] - hs, ys[i] + hs + 1), slice(xs[i] - hs, xs[i] + hs + 1))
+            planes[:nb] = conv[j]
+            v = target_variance[win].astype(np.float64) + ref_gain * ref_variance[win]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                w = np.where(good[win] & (v > 0), 1.0 / v, 0.0)
+            t = np.ascontiguousarray(target[win], dtype=np.float64)
+            stamp_normal_equations(planes, t, w, q[i], b[i], sw[i], stats[i])
+    return q, b, sw, stats
+
+
+def _solve(q: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Least-squares solution of q x = b with Jacobi scaling (pseudo-inverse if singular)."""
+    d = np.sqrt(np.clip(np.diag(q), 0.0, None))
+    d = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
+    x, *_ = np.linalg.lstsq(q * d[:, None] * d[None, :], b * d, rcond=1e-12)
+    return x * d
+
+
+def _residuals(p, q, b, sw, stats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-stamp (mean, std, chi2) of sqrt(w) (t - p.c) from the normal equations."""
+    chi2 = stats[:, 0] - 2.0 * np.einsum("ni,ni->n", p, b) + np.einsum("ni,nij,nj->n", p, q, p)
+    npix = np.maximum(stats[:, 2], 1.0)
+    mean = (stats[:, 1] - np.einsum("ni,ni->n", p, sw)) / npix
+    std = np.sqrt(np.clip(chi2 / npix - mean * mean, 0.0, None))
+    return mean, std, chi2
+
+
+def _spatial_maps(xs, ys, nb: int, korder: int, border: int, shape):
+    """idx, coef (n, nb + 1, m): stamp parameter k = sum_a coef[k, a] theta[idx[k, a]]."""
+    tk, tb = monomials(korder), monomials(border)
+    ntk, ntb = len(tk), len(tb)
+    m = max(ntk, ntb)
+    n = len(xs)
+    idx = np.zeros((n, nb + 1, m), dtype=np.int64)
+    coef = np.zeros((n, nb + 1, m))
+    sy, sx = 2.0 / max(shape[0] - 1, 1), 2.0 / max(shape[1] - 1, 1)
+    u = np.asarray(xs, dtype=np.float64) * sx - 1.0
+    v = np.asarray(ys, dtype=np.float64) * sy - 1.0
+    mk = np.stack([u**px * v**py for px, py in tk], axis=1)
+    mb = np.stack([u**px * v**py for px, py in tb], axis=1)
+    coef[:, 0, 0] = 1.0  # the kernel sum: one constant for the whole image
+    for k in range(1, nb):
+        idx[:, k, :ntk] = 1 + (k - 1) * ntk + np.arange(ntk)
+        coef[:, k, :ntk] = mk
+    idx[:, nb, :ntb] = 1 + (nb - 1) * ntk + np.arange(ntb)
+    coef[:, nb, :ntb] = mb
+    return idx, coef, 1 + (nb - 1) * ntk + ntb
+
+
+def _robust(values: np.ndarray) -> tuple[float, float]:
+    q25, med, q75 = np.percentile(values, [25.0, 50.0, 75.0])
+    return float(med), float((q75 - q25) * _IQR_SIGMA)
+
+
+@dataclass
+class KernelFit:
+    kernel: SpatialKernel
+    background_coeffs: np.ndarray
+    used: np.ndarray  # bool per candidate
+    residual_rms: float
+
+
+def fit_kernel(
+    systems: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    xs: np.ndarray,
+    ys: np.ndarray,
+    basis: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    spatial_order: int = 1,
+    background_order: int = 1,
+    min_stars: int = 3,
+) -> KernelFit:
+    """Spatial kernel + background from :func:`stamp_systems`, with outlier rejection.
+
+    Raises ValueError when fewer than ``min_stars`` stamps survive the rejection.
+    """
+    q, b, sw, stats = systems
+    n, nb = len(xs), basis.shape[0]
+    single = np.array([_solve(q[i], b[i]) for i in range(n)]).reshape(n, nb + 1)
+    ksum = single[:, 0] * basis[0].sum()
+    _, std1, _ = _residuals(single, q, b, sw, stats)
+    use = np.isfinite(ksum) & np.isfinite(std1) & (stats[:, 2] > nb + 1)
+    for _ in range(MAX_ITER):
+        if use.sum() < 3:
+            break
+        med, sig = _robust(ksum[use])
+        new = use & (np.abs(ksum - med) <= KSUM_SIGMA * sig) if sig > 0 else use
+        if new.sum() == use.sum():
+            break
+        use = new
+    idx, coef, ntheta = _spatial_maps(xs, ys, nb, spatial_order, background_order, shape)
+    for it in range(MAX_ITER + 1):
+        if use.sum() < min_stars:
+            raise ValueError(
+                f"Alard-Lupton needs at least {min_stars} kernel stars after outlier "
+                f"rejection, {int(use.sum())} of {n} found remain"
+            )
+        qg = np.zeros((ntheta, ntheta))
+        bg = np.zeros(ntheta)
+        for i in np.flatnonzero(use):
+            expand_spatial(q[i], b[i], idx[i], coef[i], qg, bg)
+        theta = _solve(qg, bg)
+        p = (coef * theta[idx]).sum(axis=2)
+        mean, std, chi2 = _residuals(p, q, b, sw, stats)
+        if it == MAX_ITER:
+            break
+        m_std, s_std = _robust(std[use])
+        m_mean, s_mean = _robust(mean[use])
+        std_lim = max(RESID_STD_MAX, m_std + RESID_SIGMA * s_std)
+        mean_lim = max(RESID_MEAN_MAX, abs(m_mean) + RESID_SIGMA * s_mean)
+        reject = use & ((std > std_lim) | (np.abs(mean) > mean_lim) | ~np.isfinite(std))
+        if not reject.any():
+            break
+        use = use & ~reject
+    ntk = len(monomials(spatial_order))
+    coeffs = np.zeros((nb, ntk))
+    coeffs[0, 0] = theta[0]
+    coeffs[1:] = theta[1 : 1 + (nb - 1) * ntk].reshape(nb - 1, ntk)
+    rms = float(np.sqrt(max(chi2[use].sum(), 0.0) / max(stats[use, 2].sum(), 1.0)))
+    kernel = SpatialKernel(basis=basis, coeffs=coeffs, order=spatial_order, shape=shape)
+    return KernelFit(kernel, theta[1 + (nb - 1) * ntk :].copy(), use, rms)
+
+
+def _background(coeffs: np.ndarray, order: int, shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape)
+    ones = np.ones(shape)
+    sy, sx = 2.0 / max(shape[0] - 1, 1), 2.0 / max(shape[1] - 1, 1)
+    for c, (px, py) in zip(coeffs, monomials(order), strict=True):
+        poly_accumulate(ones, px, py, float(c), 0, 0, sy, sx, out)
+    return out
+
+
+def _int_arg(name: str, value: Any, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    return int(value)
+
+
+def _check_image(name: str, arr: Any, shape=None) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array, got ndim={a.ndim}")
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} shape {a.shape} != science shape {shape}")
+    return a
+
+
+def resolve_mode(mode: str, sigma_science: float, sigma_template: float) -> str:
+    """The direction ``auto`` stands for, given the PSF sigmas (module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    return "convolveTemplate" if sigma_template <= sigma_science else "convolveScience"
+
+
+def al_subtract(
+    science: np.ndarray,
+    science_variance: np.ndarray,
+    template: np.ndarray,
+    template_variance: np.ndarray,
+    bad: np.ndarray,
+    psf_science: Any,
+    psf_template: Any,
+    *,
+    mode: str = "auto",
+    spatial_order: int = 1,
+    background_order: int = 1,
+    kernel_size: int | None = None,
+    stamp_cell: int = 128,
+    min_stars: int = 3,
+    tile_size: int = 256,
+    workers: int | None = None,
+) -> tuple[ZogyResult, ALInfo]:
+    """Alard-Lupton subtraction of ``template`` from ``science`` (module docstring).
+
+    Images in nJy, variances in nJy^2, one shape; ``bad`` (bool) marks pixels unusable in
+    either.  ``psf_science`` / ``psf_template``: objects with ``.at(x, y)`` (unit-sum odd
+    stamps; jitcore.psf.PsfModel, whose spatial model is used exactly for preconvolve).
+    ``kernel_size``: odd, >= 3 (default from the PSFs).  ``stamp_cell``: the star-selection
+    cell (px).  ``tile_size``: decorrelation tile core (px).  ``workers``: scipy.fft threads
+    (None: 1, -1: all cores) for the whole-image convolutions and the decorrelation tiles.
+    Returns the decorrelated difference as a :class:`jitcore.zogy.ZogyResult` and an
+    :class:`ALInfo`.  Raises ValueError (with the counts) when fewer than ``min_stars``
+    kernel stars are found or survive rejection, and ValueError / TypeError on bad input.
+    """
+    sci = _check_image("science", science)
+    shape = sci.shape
+    svar = _check_image("science_variance", science_variance, shape)
+    tmpl = _check_image("template", template, shape)
+    tvar = _check_image("template_variance", template_variance, shape)
+    bad_arr = np.asarray(bad)
+    if bad_arr.shape != shape:
+        raise ValueError(f"bad shape {bad_arr.shape} != science shape {shape}")
+    if bad_arr.dtype != np.bool_:
+        raise TypeError(f"bad must be a bool array, got dtype {bad_arr.dtype}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    spatial_order = _int_arg("spatial_order", spatial_order, 0)
+    background_order = _int_arg("background_order", background_order, 0)
+    stamp_cell = _int_arg("stamp_cell", stamp_cell, 16)
+    min_stars = _int_arg("min_stars", min_stars, 1)
+    if kernel_size is not None:
+        kernel_size = _int_arg("kernel_size", kernel_size, 3)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    for name, p in (("psf_science", psf_science), ("psf_template", psf_template)):
+        if not callable(getattr(p, "at", None)):
+            raise TypeError(f"{name} must have an .at(x, y) method, got {type(p).__name__}")
+    if min(shape) < 32:
+        raise ValueError(f"images must be at least 32 x 32 pixels, got shape {shape}")
+
+    with np.errstate(invalid="ignore"):
+        good = ~bad_arr & np.isfinite(sci) & np.isfinite(tmpl)
+        good &= np.isfinite(svar) & np.isfinite(tvar) & (svar >= 0) & (tvar >= 0)
+    if not good.any():
+        raise ValueError("no usable pixels: every pixel is bad or non-finite")
+    s_img = np.where(good, sci, 0.0)
+    t_img = np.where(good, tmpl, 0.0)
+    s_var = np.where(good, svar, 0.0)
+    t_var = np.where(good, tvar, 0.0)
+
+    cx, cy = (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0
+    sig_s, sig_t = _sigma(psf_science, cx, cy), _sigma(psf_template, cx, cy)
+    direction = resolve_mode(mode, sig_s, sig_t)
+    if direction == "convolveScience":
+        ref, ref_var, target, target_var = s_img, s_var, t_img, t_var
+        sig_from, sig_to = sig_s, sig_t
+    else:
+        ref, ref_var, target, target_var = t_img, t_var, s_img, s_var
+        sig_from, sig_to = sig_t, sig_s
+    if direction == "preconvolve":
+        target = convolve_psf_model(s_img, psf_science, workers=workers)
+        p_c = normalise_psf(psf_science.at(cx, cy))
+        target_var = s_var * float((p_c * p_c).sum())
+        sig_to = math.sqrt(2.0) * sig_s
+    sigmas = basis_sigmas(sig_from, sig_to)
+    ks = kernel_size if kernel_size is not None else kernel_size_for(sigmas)
+    basis = al_basis(sigmas, DEGREES, ks)
+    sig_k = max(math.sqrt(abs(sig_to**2 - sig_from**2)), 0.5)
+    ref_gain = min(1.0, 1.0 / (4.0 * math.pi * sig_k**2))
+
+    fwhm = 2.3548 * max(sig_s, sig_t)
+    stamp_half = ks // 2 + max(int(math.ceil(1.5 * fwhm)), 3)
+    stars = select_kernel_stars(
+        s_img, s_var, t_img, t_var, ~good, fwhm=fwhm, stamp_half=stamp_half, margin=ks // 2,
+        snr_range=SNR_RANGE, cell=stamp_cell, per_cell=PER_CELL,
+    )  # fmt: skip
+    n_found = len(stars.x)
+    if n_found < min_stars:
+        raise ValueError(
+            f"Alard-Lupton needs at least {min_stars} kernel stars, found {n_found} "
+            f"(S/N {SNR_RANGE[0]:g}-{SNR_RANGE[1]:g}, isolated, on good pixels; "
+            f"{stars.n_detected} detections)"
+        )
+    systems = stamp_systems(
+        ref, ref_var, target, target_var, good, stars.x, stars.y, basis, stamp_half,
+        ref_gain=ref_gain,
+    )  # fmt: skip
+    fit = fit_kernel(
+        systems, stars.x, stars.y, basis, shape, spatial_order=spatial_order,
+        background_order=background_order, min_stars=min_stars,
+    )  # fmt: skip
+    kernel = fit.kernel
+    ksum = kernel.kernel_sum
+    if not (math.isfinite(ksum) and ksum > 0):
+        raise ValueError(f"fitted kernel sum must be finite and > 0, got {ksum:g}")
+    matched = convolve_spatial(ref, kernel, workers=workers)
+    matched_var = convolve_spatial_variance(ref_var, kernel, workers=workers)
+    bkg = _background(fit.background_coeffs, background_order, shape)
+    delta = np.ones((1, 1))
+    if direction == "convolveScience":
+        diff = (matched + bkg - t_img) / ksum
+        matched /= ksum
+        matched_var /= ksum * ksum
+
+        def kernels_at(x: float, y: float):
+            return kernel.at(x, y) / ksum, delta / ksum, psf_science.at(x, y)
+    else:
+        diff = target - matched - bkg
+        pre = direction == "preconvolve"
+
+        def kernels_at(x: float, y: float):
+            p = psf_science.at(x, y)
+            return (p if pre else delta), kernel.at(x, y), p
+
+    result = decorrelate(diff, s_var, t_var, good, kernels_at, tile_size=tile_size,
+                         workers=workers)  # fmt: skip
+    info = ALInfo(
+        matched=np.where(good, matched, 0.0).astype(np.float32),
+        matched_variance=np.where(good, matched_var, np.nan).astype(np.float32),
+        kernel=kernel, kernel_sum=ksum, direction=direction,
+        n_stars_used=int(fit.used.sum()), n_stars_found=n_found,
+        residual_rms=fit.residual_rms, basis_sigmas=tuple(float(s) for s in sigmas),
+        kernel_size=int(ks), background_coeffs=fit.background_coeffs,
+        background_order=background_order, spatial_order=spatial_order,
+    )  # fmt: skip
+    return result, info

@@ -1,0 +1,310 @@
+"""Decorrelation of a PSF-matched difference image (the Alard-Lupton "afterburner").
+
+A PSF-matched difference D = A (x) S - B (x) T (A, B the kernels applied to the science S and
+the template T: A = delta and B = the matching kernel kappa when the template is convolved)
+has correlated noise, spectrum var_s |A^|^2 + var_t |B^|^2.  Multiplying its spectrum by
+
+    phi^ = sqrt((var_s a^2 + var_t b^2) / (var_s |A^|^2 + var_t |B^|^2)),   a, b = sums of A, B
+
+(Kaiser 2004; Reiss & Lupton, DMTN-021; LSST's DecorrelateALKernelTask: for A = delta this is
+sqrt((s_sci^2 + s_tmpl^2 ksum^2) / (s_sci^2 + s_tmpl^2 |kappa^|^2))) makes it white with
+variance var_s a^2 + var_t b^2, keeps fluxes (phi^(0) = 1), and gives it the PSF
+psf_d = phi (x) A (x) P_sci / a.  The same form covers the other directions: convolving the
+science (A = kappa / ksum, B = delta / ksum) and pre-convolving it with its own PSF
+(A = P_sci, B = kappa).
+
+Per tile (cores of ``tile_size``, transformed with a border as in jitcore.zogy) the kernels
+and the background variances var_s, var_t (median of the variance planes) are those at the
+tile centre, and the products are those of :class:`jitcore.zogy.ZogyResult`:
+
+    difference           D' = phi (x) D / a                                    (nJy)
+    difference_variance  (phi A / a)^2 (x) V_s + (phi B / a)^2 (x) V_t          (nJy^2)
+    score                N / sqrt(V_N),  N = D' (x) flip(psf_d)
+                         V_N = (phi A flip(psf_d) / a)^2 (x) V_s + (... B ...)^2 (x) V_t
+    flux                 N / sum(psf_d^2);  flux_variance = V_N / sum(psf_d^2)^2
+
+(products of kernels are convolutions; squares are pixel-wise).  The variances are the exact
+propagation of independent pixel noise with the variance planes V_s, V_t, so they follow the
+stars' own noise, unlike a white-noise approximation; on empty sky the score is the matched
+filter of D' with its PSF, N(0, 1).  Unusable pixels enter as 0 in data and variance (see
+jitcore.zogy for why); ``valid`` is False within the footprint of the score kernels
+(1% of their sum |k|) of an unusable pixel and, with ``mask_edges``, of the image edge.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import fft as sfft
+
+from jitcore._kernels.decorrelate import decorrelation_filter
+from jitcore._kernels.zogy import zogy_finalize
+from jitcore.psf import normalise_psf
+from jitcore.tiles import (
+    crop_centred,
+    dilate,
+    embed_centred,
+    fill_frame,
+    footprint_radius,
+    frame_shape,
+    overlap,
+    robust_sigma,
+    tile_cores,
+)
+from jitcore.zogy import FOOTPRINT_TOL, ZogyResult, ZogyTile
+
+__all__ = ["DECORRELATION_EPSILON", "decorrelate", "decorrelation_spectrum"]
+
+# Relative floor of the filter's denominator (see _kernels/decorrelate.py): caps phi^ at 1e5.
+# Reached only by a pre-convolved science far beyond its band limit, where |P^|^2 < 1e-10;
+# rounding in D there is ~1e-16 of the image, so the capped filter keeps it at ~1e-11.
+DECORRELATION_EPSILON = 1e-3
+
+KernelsAt = Callable[[float, float], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def decorrelation_spectrum(
+    a: np.ndarray,
+    b: np.ndarray,
+    var_science: float,
+    var_template: float,
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """phi^ on the rfft2 half plane of a ``shape`` frame for kernels ``a`` (science), ``b``.
+
+    ``a``, ``b``: odd square stamps (a delta is ``np.ones((1, 1))``); variances > 0.
+    """
+    for name, v in (("var_science", var_science), ("var_template", var_template)):
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be finite and > 0, got {v}")
+    for name, k in (("a", a), ("b", b)):
+        if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0:
+            raise ValueError(f"kernel {name} must be square with odd size, got shape {k.shape}")
+        if k.shape[0] > min(shape):
+            raise ValueError(f"kernel {name} of size {k.shape[0]} exceeds the frame {shape}")
+    frame = np.empty(shape)
+    embed_centred(np.asarray(a, dtype=np.float64), frame)
+    ah = sfft.rfft2(frame)
+    embed_centred(np.asarray(b, dtype=np.float64), frame)
+    bh = sfft.rfft2(frame)
+    num = var_science * float(a.sum()) ** 2 + var_template * float(b.sum()) ** 2
+    out = np.empty(ah.shape)
+    decorrelation_filter(ah, bh, var_science, var_template, num, DECORRELATION_EPSILON, out)
+    return out
+
+
+def _threads(workers: int | None, ntiles: int) -> int:
+    """Tile threads for scipy.fft-style ``workers`` (same rule as jitcore.zogy)."""
+    if workers is None:
+        return 1
+    if isinstance(workers, bool) or not isinstance(workers, int | np.integer):
+        raise TypeError(f"workers must be an int or None, got {type(workers).__name__}")
+    ncpu = os.cpu_count() or 1
+    n = int(workers) if workers > 0 else ncpu + 1 + int(workers)
+    if workers == 0 or n < 1:
+        raise ValueError(f"workers must be >= 1 or in [-{ncpu}, -1], got {workers}")
+    return max(1, min(n, ntiles))
+
+
+@dataclass
+class _Ctx:
+    diff: np.ndarray
+    svar: np.ndarray
+    tvar: np.ndarray
+    good: np.ndarray
+    border: int
+    frame: tuple[int, int]
+    mask_edges: bool
+    workers: int | None
+    sigma_s: float
+    sigma_t: float
+
+    def rfft(self, a: np.ndarray) -> np.ndarray:
+        return sfft.rfft2(a, workers=self.workers)
+
+    def irfft(self, a: np.ndarray) -> np.ndarray:
+        return sfft.irfft2(a, s=self.frame, workers=self.workers)
+
+
+def _tile_kernels(ctx: _Ctx, a, b, p, var_s: float, var_t: float):
+    """One tile's kernels as frame spectra, its psf_d, white variance and mask radius.
+
+    Spectra: (phi / a0, conj(psf_d^), F[kA^2], F[kB^2], F[kA_s^2], F[kB_s^2]) with
+    kA = phi A / a0, kA_s = kA (x) flip(psf_d) and likewise for B.  Everything is made on
+    the frame itself rather than on a small grid and cropped: with a pre-convolved science
+    phi^ ~ 1 / |P^| grows by orders of magnitude towards high frequencies, so phi is not
+    compact, and a cropped phi left the decorrelated noise ~20% wider than its variance
+    plane (tests/unit/test_decorrelate.py::test_difference_is_white).  What wraps around
+    the frame lands in the discarded border and is counted alike in the variances.
+    """
+    frame = np.empty(ctx.frame)
+    spectra = []
+    for k in (a, b, p):
+        embed_centred(k, frame)
+        spectra.append(ctx.rfft(frame))
+    ah, bh, ph = spectra
+    a0 = float(a.sum())
+    num = var_s * a0**2 + var_t * float(b.sum()) ** 2
+    phi = np.empty(ah.shape)
+    decorrelation_filter(ah, bh, var_s, var_t, num, DECORRELATION_EPSILON, phi)
+    phi /= a0
+    pa = phi * ah
+    pb = phi * bh
+    pd_full = ctx.irfft(pa * ph)
+    half_d = max(p.shape[0] // 2, footprint_radius([pd_full], ctx.border, tol=1e-3))
+    psf_d = crop_centred(pd_full, half_d)
+    psf_d = psf_d / psf_d.sum()
+    embed_centred(psf_d, frame)
+    pdc = np.conj(ctx.rfft(frame))
+    images = [ctx.irfft(spec) for spec in (pa, pb, pa * pdc, pb * pdc)]
+    radius = min(footprint_radius(images[2:], ctx.border, tol=FOOTPRINT_TOL), ctx.border)
+    squares = []
+    for img in images:
+        np.multiply(img, img, out=img)
+        squares.append(ctx.rfft(img))
+    return (phi, pdc, *squares), psf_d, num / a0**2, radius
+
+
+def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarray) -> ZogyTile:
+    y0, y1, x0, x1 = core
+    b = ctx.border
+    fy, fx = ctx.frame
+    oy, ox = y0 - b, x0 - b
+    ny, nx = ctx.diff.shape
+    wy0, wy1, wx0, wx1 = overlap((ny, nx), oy, ox, fy, fx)
+    good = ctx.good[wy0:wy1, wx0:wx1]
+    sigma_s = robust_sigma(ctx.svar[wy0:wy1, wx0:wx1], good)
+    sigma_t = robust_sigma(ctx.tvar[wy0:wy1, wx0:wx1], good)
+    if math.isnan(sigma_s) or math.isnan(sigma_t) or not (sigma_s > 0 and sigma_t > 0):
+        sigma_s, sigma_t = ctx.sigma_s, ctx.sigma_t
+    a, bk, p = kernels
+    kspec, psf_d, white, radius = _tile_kernels(ctx, a, bk, p, sigma_s**2, sigma_t**2)
+    phi, pdc, ka2, kb2, kas2, kbs2 = kspec
+    frame = np.empty(ctx.frame)
+    spec = {}
+    for key, img in (("d", ctx.diff), ("vs", ctx.svar), ("vt", ctx.tvar)):
+        fill_frame(img, good, oy, ox, frame)
+        spec[key] = ctx.rfft(frame)
+    dspec = spec["d"] * phi
+    d = ctx.irfft(dspec)
+    dspec *= pdc
+    n = ctx.irfft(dspec)
+    vd = ctx.irfft(spec["vs"] * ka2 + spec["vt"] * kb2)
+    vn = ctx.irfft(spec["vs"] * kas2 + spec["vt"] * kbs2)
+
+    ry0, ry1 = max(y0 - radius, 0), min(y1 + radius, ny)
+    rx0, rx1 = max(x0 - radius, 0), min(x1 + radius, nx)
+    grown = dilate(~ctx.good[ry0:ry1, rx0:rx1], radius)
+    vcore = valid[y0:y1, x0:x1]
+    np.logical_not(grown[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0], out=vcore)
+    if ctx.mask_edges and radius > 0:
+        vcore[: max(radius - y0, 0)] = False
+        vcore[max(ny - radius - y0, 0) :] = False
+        vcore[:, : max(radius - x0, 0)] = False
+        vcore[:, max(nx - radius - x0, 0) :] = False
+    h, w = y1 - y0, x1 - x0
+    cs = (slice(b, b + h), slice(b, b + w))
+    o = {k: v[y0:y1, x0:x1] for k, v in out.items()}
+    sum_pd2 = float((psf_d * psf_d).sum())
+    zogy_finalize(d[cs], vd[cs], n[cs], vn[cs], np.zeros((h, w)), vcore, 1.0, sum_pd2,
+                  o["difference"], o["difference_variance"], o["score"], o["flux"],
+                  o["flux_variance"])  # fmt: skip
+    f_d = 1.0 / math.sqrt(white)
+    return ZogyTile(
+        core=core, outer=(oy, oy + fy, ox, ox + fx), psf_d=psf_d, f_d=f_d,
+        f_s=f_d * f_d * sum_pd2, sigma_n=sigma_s, sigma_r=sigma_t, mask_radius=radius,
+    )  # fmt: skip
+
+
+_OUTPUTS = ("difference", "difference_variance", "score", "flux", "flux_variance")
+
+
+def decorrelate(
+    difference: np.ndarray,
+    science_variance: np.ndarray,
+    template_variance: np.ndarray,
+    good: np.ndarray,
+    kernels_at: KernelsAt,
+    *,
+    tile_size: int = 256,
+    border: int | None = None,
+    workers: int | None = None,
+    mask_edges: bool = True,
+) -> ZogyResult:
+    """Decorrelated difference, its variance, PSF, score and PSF flux (module docstring).
+
+    ``difference`` = A (x) S - B (x) T on the science grid (nJy x sum(A)); the variances are
+    those of S and T (nJy^2); ``good`` (bool) marks pixels usable in both.
+    ``kernels_at(x, y)`` returns (A, B, P_sci) at a tile centre: odd square stamps, P_sci of
+    unit sum, a delta as ``np.ones((1, 1))``.  ``border``: real pixels around each core in
+    its FFT frame (default: A + B + 2 P_sci half-sizes, the reach of the score kernels).
+    ``workers``: tile threads, scipy.fft convention.  Raises ValueError / TypeError.
+    """
+    diff = np.asarray(difference)
+    if diff.ndim != 2 or diff.size == 0:
+        raise ValueError(f"difference must be a non-empty 2-D array, got shape {diff.shape}")
+    for name, arr in (("science_variance", science_variance),
+                      ("template_variance", template_variance), ("good", good)):  # fmt: skip
+        if np.shape(arr) != diff.shape:
+            raise ValueError(f"{name} shape {np.shape(arr)} != difference shape {diff.shape}")
+    good = np.asarray(good)
+    if good.dtype != np.bool_:
+        raise TypeError(f"good must be a bool array, got dtype {good.dtype}")
+    if isinstance(tile_size, bool) or not isinstance(tile_size, int | np.integer):
+        raise TypeError(f"tile_size must be an int, got {type(tile_size).__name__}")
+    if tile_size < 16:
+        raise ValueError(f"tile_size must be >= 16, got {tile_size}")
+    svar = np.asarray(science_variance)
+    tvar = np.asarray(template_variance)
+    with np.errstate(invalid="ignore"):
+        good = good & np.isfinite(diff) & np.isfinite(svar) & np.isfinite(tvar)
+        good &= (svar >= 0) & (tvar >= 0)
+    if not good.any():
+        raise ValueError("no usable pixels: every pixel is bad or non-finite")
+
+    cores = tile_cores(diff.shape, int(tile_size))
+    kernels = []
+    for y0, y1, x0, x1 in cores:
+        xc, yc = 0.5 * (x0 + x1 - 1), 0.5 * (y0 + y1 - 1)
+        a, b, p = kernels_at(xc, yc)
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        for name, k in (("A", a), ("B", b)):
+            if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0:
+                raise ValueError(f"kernel {name} must be square with odd size, got {k.shape}")
+        if not a.sum() != 0:
+            raise ValueError("kernel A must have a non-zero sum (it sets the flux scale)")
+        kernels.append((a, b, normalise_psf(p)))
+    reach = max(k[0].shape[0] // 2 + k[1].shape[0] // 2 + 2 * (k[2].shape[0] // 2) for k in kernels)
+    if border is None:
+        border = max(reach, 1)
+    if isinstance(border, bool) or not isinstance(border, int | np.integer) or border < 1:
+        raise ValueError(f"border must be an int >= 1 or None, got {border!r}")
+    n_threads = _threads(workers, len(cores))
+    sigma_s = robust_sigma(svar, good)
+    sigma_t = robust_sigma(tvar, good)
+    if not (sigma_s > 0 and sigma_t > 0):
+        raise ValueError(f"variance planes must be > 0 on good pixels, got medians "
+                         f"{sigma_s**2:g}, {sigma_t**2:g}")  # fmt: skip
+    ctx = _Ctx(
+        diff=diff, svar=svar, tvar=tvar, good=good, border=int(border),
+        frame=frame_shape(cores, int(border)), mask_edges=bool(mask_edges),
+        workers=workers if n_threads == 1 else 1, sigma_s=sigma_s, sigma_t=sigma_t,
+    )  # fmt: skip
+    out = {k: np.empty(diff.shape, np.float32) for k in _OUTPUTS}
+    valid = np.empty(diff.shape, dtype=bool)
+
+    def run(i: int) -> ZogyTile:
+        return _tile(ctx, cores[i], kernels[i], out, valid)
+
+    if n_threads == 1:
+        tiles = [run(i) for i in range(len(cores))]
+    else:
+        with ThreadPoolExecutor(n_threads) as pool:
+            tiles = list(pool.map(run, range(len(cores))))
+    return ZogyResult(**out, valid=valid, tiles=tiles)

@@ -1,0 +1,282 @@
+"""``diffstream run`` and ``diffstream publish-event``.
+
+    diffstream run --bootstrap-servers B --data-root D [--input-topic T --output-topic T
+        --dlq-topic T --metadata-topic T --group-id G --instance-id NAME --exactly-once
+        --max-messages N --exit-when-idle S -X key=value ... --config run.toml]
+    diffstream run --input-dir IN --output-dir OUT --data-root D     (no Kafka)
+    diffstream publish-event SCIENCE TEMPLATE --bootstrap-servers B --topic T
+        [--visit N --detector N --exposure-id N ...]       (or --to-dir DIR instead of Kafka)
+
+Every option is also a ``DIFFSTREAM_*`` environment variable or a key of the TOML file.
+Exit codes: 0 done (also after SIGTERM/SIGINT, once the event in hand is committed), 1 the
+worker stopped on an error (fatal Kafka error, error policy STOP), 2 bad settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stream.errors import EXIT_BAD_INPUT, EXIT_OK, BadEvent, ConfigError
+from stream.settings import Settings
+
+__all__ = ["register", "cmd_run", "cmd_publish_event", "parse_kv"]
+
+log = logging.getLogger("diffstream.run")
+
+
+def parse_kv(text: str) -> tuple[str, str]:
+    """``key=value`` -> (key, value) for ``-X``; argparse reports the ValueError."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(
+            f"-X takes key=value (a librdkafka property), got {text!r}"
+        )
+    return key.strip(), value
+
+
+def _add_kafka_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap-servers", dest="bootstrap_servers", default=None)
+    p.add_argument(
+        "-X",
+        dest="kafka_overrides",
+        action="append",
+        type=parse_kv,
+        default=None,
+        metavar="KEY=VALUE",
+        help="any librdkafka property, passed to the consumer and producer unchanged "
+        "(repeatable; e.g. -X security.protocol=SASL_SSL -X sasl.mechanisms=PLAIN)",
+    )
+
+
+def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``run`` and ``publish-event`` to the ``diffstream`` subparsers."""
+    r = sub.add_parser(
+        "run",
+        help="stream worker: events in, alerts out (Kafka, or a directory without Kafka)",
+        description="Consume exposure events, subtract, publish alerts, summaries, dead letters.",
+    )
+    _add_kafka_args(r)
+    r.add_argument("--input-topic", dest="input_topic", default=None)
+    r.add_argument("--output-topic", dest="output_topic", default=None)
+    r.add_argument("--dlq-topic", dest="dlq_topic", default=None)
+    r.add_argument("--metadata-topic", dest="metadata_topic", default=None)
+    r.add_argument("--group-id", dest="group_id", default=None)
+    r.add_argument(
+        "--instance-id",
+        dest="instance_id",
+        default=None,
+        help="stable replica name: static group membership and transactional id",
+    )
+    r.add_argument(
+        "--exactly-once",
+        dest="exactly_once",
+        action="store_true",
+        default=None,
+        help="transactional producer: alerts and offsets commit together",
+    )
+    r.add_argument("--max-messages", dest="max_messages", type=int, default=None)
+    r.add_argument("--exit-when-idle", dest="exit_when_idle", type=float, default=None)
+    r.add_argument("--input-dir", dest="input_dir", default=None, help="directory transport in")
+    r.add_argument("--output-dir", dest="output_dir", default=None, help="directory transport out")
+    add_settings_args(r)
+    r.set_defaults(func=cmd_run)
+
+    pe = sub.add_parser(
+        "publish-event",
+        help="put one exposure-ready event on a topic (or into a directory)",
+        description="Publish an exposure event for SCIENCE and TEMPLATE.",
+    )
+    pe.add_argument("science")
+    pe.add_argument("template")
+    _add_kafka_args(pe)
+    pe.add_argument("--topic", dest="input_topic", default=None, help="default: the input topic")
+    pe.add_argument("--to-dir", default=None, help="write an event file here instead of Kafka")
+    pe.add_argument("--visit", type=int, default=None, help="default: the VISIT keyword")
+    pe.add_argument("--detector", type=int, default=None, help="default: the DETECTOR keyword")
+    pe.add_argument("--exposure-id", type=int, default=None, help="default: EXPID, else visit")
+    pe.add_argument("--band", default=None)
+    pe.add_argument("--midpoint-mjd-tai", type=float, default=None)
+    pe.add_argument("--request-id", default=None)
+    add_settings_args(pe)
+    pe.set_defaults(func=cmd_publish_event)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from stream.cli import settings_from
+
+    settings = settings_from(args)
+    overrides = dict(getattr(args, "kafka_overrides", None) or [])
+    if overrides:
+        # -X adds to (and wins over) the kafka table of the TOML file / env, key by key.
+        settings = settings.model_copy(update={"kafka": {**settings.kafka, **overrides}})
+    return settings
+
+
+def _make_metrics(settings: Settings) -> Any:
+    """The metrics hook of ``run`` (the no-op one; a Prometheus exporter plugs in here)."""
+    from stream.service import NullMetrics
+
+    return NullMetrics()
+
+
+# -- run ------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
+    from stream.service import StopProcessing, Worker, run_loop
+
+    settings = _settings(args)
+    if not settings.bootstrap_servers and not (settings.input_dir and settings.output_dir):
+        raise ConfigError(
+            "run needs --bootstrap-servers (Kafka) or both --input-dir and --output-dir "
+            "(directory transport)"
+        )
+    metrics = _make_metrics(settings)
+    worker = Worker(settings, metrics=metrics)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        # Only a flag: the loop finishes (delivers and commits) the event in hand first.
+        log.info("%s: finishing the event in hand, then exiting", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    transport: Any = None
+    try:
+        if settings.bootstrap_servers:
+            from stream.kafka_transport import KafkaTransport
+
+            transport = KafkaTransport(
+                settings, metrics=metrics, stop=stop, worker=worker.worker_id
+            )
+            where = f"{settings.bootstrap_servers} topic {settings.input_topic}"
+        else:
+            from stream.dir_transport import DirTransport
+
+            transport = DirTransport(settings.input_dir, settings.output_dir, metrics=metrics)
+            where = f"directory {settings.input_dir}"
+        mode = "exactly-once" if settings.exactly_once and settings.bootstrap_servers else ""
+        log.info("worker %s consuming %s %s", worker.worker_id, where, mode)
+        stats = run_loop(
+            worker,
+            transport,
+            max_messages=settings.max_messages,
+            exit_when_idle=settings.exit_when_idle,
+            stop=stop,
+        )
+    except StopProcessing as exc:
+        log.error("%s", exc)
+        return 1
+    except KafkaException as exc:
+        log.error("fatal Kafka error: %s", exc)
+        return 1
+    finally:
+        if transport is not None:
+            transport.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    log.info("%s", stats.line())
+    print(stats.line())
+    return EXIT_OK
+
+
+# -- publish-event --------------------------------------------------------------------------
+def _header_ints(path: str) -> dict[str, int]:
+    """VISIT/DETECTOR/EXPID from the first two HDUs of a FITS file (absent keys left out)."""
+    from astropy.io import fits
+
+    found: dict[str, int] = {}
+    try:
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            for hdu in list(hdul)[:2]:
+                for key in ("VISIT", "DETECTOR", "EXPID"):
+                    value = hdu.header.get(key)
+                    if key not in found and isinstance(value, int) and not isinstance(value, bool):
+                        found[key] = value
+    except (OSError, ValueError) as exc:
+        raise BadEvent(f"{path}: cannot read the FITS header: {exc}", path=path) from exc
+    return found
+
+
+def _location(text: str) -> str:
+    # file:// URIs stay as given; plain paths become absolute so that the worker, running
+    # elsewhere (another cwd), opens the same file.
+    if text.startswith("file:"):
+        return text
+    return str(Path(text).expanduser().resolve())
+
+
+def cmd_publish_event(args: argparse.Namespace) -> int:
+    from stream.events import encode_event, make_event
+
+    settings = _settings(args)
+    if not settings.bootstrap_servers and not args.to_dir:
+        raise ConfigError("publish-event needs --bootstrap-servers (with --topic) or --to-dir")
+    science, template = _location(args.science), _location(args.template)
+    header: dict[str, int] = {}
+    if None in (args.visit, args.detector, args.exposure_id) and not science.startswith("file:"):
+        header = _header_ints(science)
+    visit = args.visit if args.visit is not None else header.get("VISIT")
+    detector = args.detector if args.detector is not None else header.get("DETECTOR")
+    exposure_id = args.exposure_id if args.exposure_id is not None else header.get("EXPID", visit)
+    missing = [n for n, v in (("--visit", visit), ("--detector", detector)) if v is None]
+    if missing:
+        print(
+            f"diffstream: error: {science} has no VISIT/DETECTOR keywords: give {missing}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    event = make_event(
+        science,
+        template,
+        visit=int(visit),  # type: ignore[arg-type]
+        detector=int(detector),  # type: ignore[arg-type]
+        exposure_id=int(exposure_id),  # type: ignore[arg-type]
+        exposure_bits=settings.exposure_bits,
+        band=args.band,
+        midpoint_mjd_tai=args.midpoint_mjd_tai,
+        request_id=args.request_id,
+    )
+    if args.to_dir:
+        from stream.dir_transport import write_event_file
+
+        out = Path(args.to_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = write_event_file(out / f"{event['requestId']}.avro", [event])
+        print(f"requestId {event['requestId']} -> {path}")
+        return EXIT_OK
+    return _publish_kafka(settings, event, encode_event(event))
+
+
+def _publish_kafka(settings: Settings, event: dict[str, Any], value: bytes) -> int:
+    from confluent_kafka import Producer
+
+    from stream.kafka_transport import client_configs
+
+    _, conf = client_configs(settings.model_copy(update={"exactly_once": False}))
+    result: dict[str, Any] = {}
+    producer = Producer(conf)
+    try:
+        producer.produce(
+            settings.input_topic,
+            key=str(event["exposureId"]).encode(),
+            value=value,
+            on_delivery=lambda err, msg: result.update(err=err, msg=msg),
+        )
+        left = producer.flush(60.0)
+    finally:
+        producer.flush(0)
+    if left or result.get("err") is not None or "msg" not in result:
+        reason = result.get("err") or "not acknowledged within 60 s"
+        print(f"diffstream: error: event not delivered: {reason}", file=sys.stderr)
+        return 1
+    msg = result["msg"]
+    print(f"requestId {event['requestId']} -> {msg.topic()}[{msg.partition()}]@{msg.offset()}")
+    return EXIT_OK

@@ -1,0 +1,307 @@
+"""Detection and measurement on a difference that arrives already subtracted.
+
+The seed's doSubtract=False, doDetection=True: ``diffstream detect DIFFERENCE.fits --out
+DIR``.  The file is read like any exposure (stream.fitsio: LSST MEF with IMAGE/MASK/
+VARIANCE and optionally a PSF HDU, or a plain image), calibrated to nJy, and then:
+
+    score (PSF matched filter, jitcore.matched_filter) -> coverage check -> variance
+    scaling -> detection -> measurement (difference only) -> dipoles (difference only)
+    -> ids -> alerts (cutoutDifference only)
+
+The PSF is the file's (or ``psf_path``'s, stream.calibrated) at the image centre for the
+score, and at each source for measurement.  No background is subtracted: a difference has
+none by construction, and LSST does not re-estimate one on difference images either.
+Science and template fluxes are null in the alerts (there are no such images).  Outputs:
+``alerts.avro``, ``score.fits``, ``metadata.json`` (with every outcome).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jitcore.detect import detect
+from jitcore.ids import IdFactory
+from jitcore.masks import UNUSABLE_PLANES, bits
+from jitcore.matched_filter import matched_filter_score
+from jitcore.measure import measure
+from jitcore.noise import noise_scale_factor
+from jitcore.psf import PsfModel, psf_moments
+from stream import __version__
+from stream.alerts import dia_source_record, make_alert, write_alert_file
+from stream.calibrated import apply_external
+from stream.cutouts import make_cutout
+from stream.dipoles import DipoleStep, dipole_options, measure_dipoles
+from stream.errors import BadExposure, NoWorkFound
+from stream.exposure import Exposure
+from stream.fitsio import load_exposure
+from stream.outputs import write_planes
+from stream.pipeline import mjd_now
+from stream.settings import Settings, config_hash
+from stream.skycoords import pixel_to_sky
+from stream.taskmeta import TaskMetadata
+from stream.versions import package_versions, versions_hash
+
+__all__ = ["DetectResult", "detect_difference", "detect_exposure", "write_detect_products"]
+
+
+@dataclass
+class DetectResult:
+    difference: Exposure  # as loaded (file units)
+    image: np.ndarray  # calibrated difference (nJy)
+    variance: np.ndarray  # nJy^2, after variance scaling
+    score: np.ndarray  # matched-filter S/N, ~N(0, 1) on empty sky
+    valid: np.ndarray
+    mask: np.ndarray
+    psf: PsfModel
+    sources: np.ndarray  # measurement rows (MEASURE_DTYPE), dipoles merged
+    dipoles: DipoleStep
+    dia_sources: list[dict[str, Any]]
+    alerts: list[dict[str, Any]]
+    metadata: TaskMetadata
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def detect_difference(
+    path: str | Path,
+    *,
+    settings: Settings,
+    visit: int | None = None,
+    detector: int | None = None,
+    exposure_id: int | None = None,
+    psf_path: str | Path | None = None,
+    metadata: TaskMetadata | None = None,
+) -> DetectResult:
+    """Load the difference at ``path`` (timed as ``*.load``) and run :func:`detect_exposure`.
+
+    ``psf_path``: an external PSF stamp for the difference (stream.calibrated), e.g. when
+    the file has no PSF HDU.  Raises BadExposure/NotCalibrated for unusable files and
+    NoWorkFound when too little of the image is usable.
+    """
+    meta = metadata or TaskMetadata()
+    with meta.timer("load"):
+        diff = load_exposure(
+            path,
+            allow_uncalibrated=settings.allow_uncalibrated,
+            visit=visit,
+            detector=detector,
+            exposure_id=exposure_id,
+            max_pixels=settings.max_pixels,
+            max_nonfinite_fraction=settings.max_nonfinite_fraction,
+            # A PSF measured from the stars of a difference would be measured on residuals.
+            measure_psf=psf_path is None and settings.psf_from_stars,
+            psf_degree=settings.psf_degree,
+        )
+        diff = apply_external(diff, psf_path=psf_path)
+    meta.set(
+        "science",
+        {"path": diff.path, "sha256": diff.sha256, "layout": diff.layout, "kind": "difference"},
+        step=meta.name,
+    )
+    meta.set("template", None, step=meta.name)
+    return detect_exposure(diff, settings=settings, metadata=meta)
+
+
+def _note_config(meta: TaskMetadata, settings: Settings) -> None:
+    config = {**settings.science_config(), "mode": "detect", **dipole_options(settings)}
+    meta.set("config", config, step=meta.name)
+    meta.set("configHash", config_hash(config), step=meta.name)
+    versions = package_versions()
+    meta.set("versions", versions, step=meta.name)
+    meta.set("versionsHash", versions_hash(versions), step=meta.name)
+
+
+def detect_exposure(
+    difference: Exposure, *, settings: Settings, metadata: TaskMetadata | None = None
+) -> DetectResult:
+    """Detect, measure and make alerts on a difference exposure (see the module docstring)."""
+    meta = metadata or TaskMetadata()
+    t_start = time.perf_counter()
+
+    def note(item: str, value: Any) -> None:
+        meta.set(item, value, step=meta.name)
+
+    _note_config(meta, settings)
+    if difference.psf is None:
+        raise BadExposure("no PSF for the difference image", path=difference.path or None)
+    psf = difference.psf
+    planes = difference.mask_planes
+    mask = difference.mask.astype(np.int32)
+    c = 1.0 if difference.photo_calib is None else float(difference.photo_calib)
+    image = (difference.image * c).astype(np.float32)
+    variance = (difference.variance * (c * c)).astype(np.float32)
+    note("photoCalib", {"difference": difference.photo_calib})
+    bad = (mask & bits(planes, list(UNUSABLE_PLANES))) != 0
+    bad |= ~np.isfinite(image) | ~np.isfinite(variance) | ~(variance >= 0)
+    ny, nx = difference.shape
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+
+    with meta.timer("score"):
+        try:
+            score, valid = matched_filter_score(
+                image, variance, bad, psf.at(cx, cy), workers=settings.fft_workers
+            )
+        except ValueError as exc:
+            raise NoWorkFound(f"no usable pixel in the difference: {exc}") from exc
+        coverage = float(valid.mean())
+        note("templateCoverage", coverage)
+        if coverage < settings.required_template_fraction:
+            raise NoWorkFound(
+                f"difference has usable pixels over {coverage:.1%} < required "
+                f"{settings.required_template_fraction:.0%} of the image",
+                coverage=coverage,
+                required=settings.required_template_fraction,
+            )
+
+    with meta.timer("scaleDiffimVariance"):
+        try:
+            f_score = noise_scale_factor(score, valid)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f_diff = noise_scale_factor(image / np.sqrt(variance), valid)
+        except ValueError:
+            f_score = f_diff = 1.0
+        if settings.scale_variance:
+            score = (score / np.float32(f_score)).astype(np.float32)
+            variance = (variance * np.float32(f_diff**2)).astype(np.float32)
+        note("varianceScale", {"score": f_score, "difference": f_diff,
+                               "applied": settings.scale_variance})  # fmt: skip
+
+    opts = dipole_options(settings)
+    with meta.timer("detection"):
+        found = detect(
+            score,
+            valid,
+            threshold=settings.detection_threshold,
+            min_area=settings.detection_min_area,
+            dipole_radius=float(opts["dipole_radius"]),
+        )
+        note("nDetections", int(len(found)))
+
+    var_meas = np.where(bad, np.nan, variance).astype(np.float32)
+    with meta.timer("measurement"):
+        rows = measure(
+            found,
+            difference=image,
+            difference_variance=var_meas,
+            psf_d_at=psf.at,
+            mask=mask,
+            mask_planes=planes,
+        )
+    with meta.timer("dipoles"):
+        step = measure_dipoles(
+            found, rows, difference=image, difference_variance=var_meas, psf_d_at=psf.at,
+            wcs=difference.wcs, settings=settings, mask=mask, mask_planes=planes,
+        )  # fmt: skip
+        rows = step.rows
+        note("dipoles", step.summary)
+
+    with meta.timer("alerts"):
+        exp_id = difference.exposure_id if difference.exposure_id is not None else 0
+        ids = IdFactory(exp_id, settings.exposure_bits).make_ids(len(rows))
+        sky = pixel_to_sky(difference.wcs, rows["x"], rows["y"], rows["xErr"], rows["yErr"])
+        psf_c = psf.at(cx, cy)
+        ixx_p, iyy_p, ixy_p = psf_moments(psf_c)
+        processed = mjd_now()
+        names = rows.dtype.names or ()
+        dia_sources: list[dict[str, Any]] = []
+        for i in range(len(rows)):
+            row = {n: rows[n][i] for n in names}
+            row.update({k: v[i] for k, v in sky.items()})
+            row.update(step.row_fields(i))
+            row["diaSourceId"] = int(ids[i])
+            row.setdefault("ixxPSF", ixx_p)
+            row.setdefault("iyyPSF", iyy_p)
+            row.setdefault("ixyPSF", ixy_p)
+            row.setdefault("trailNdata", 0)
+            # No science or template here: their forced fluxes are not measured (null).
+            for key in ("scienceFlux", "scienceFluxErr", "templateFlux", "templateFluxErr"):
+                row[key] = None
+            dia_sources.append(
+                dia_source_record(
+                    row,
+                    visit=difference.visit or 0,
+                    detector=difference.detector or 0,
+                    midpoint_mjd_tai=difference.midpoint_mjd_tai or 0.0,
+                    band=difference.band,
+                    time_processed_mjd_tai=processed,
+                    exposure_time=difference.exposure_time,
+                    ignore_extra=True,
+                )
+            )
+        cutouts = [
+            make_cutout(
+                image, variance, mask, difference.wcs, s["x"], s["y"],
+                size=settings.cutout_size, mask_planes=planes,
+            )
+            for s in dia_sources
+        ]  # fmt: skip
+
+    note("nDiaSources", len(dia_sources))
+    note("nPositive", int(sum(1 for s in dia_sources if not s.get("isNegative"))))
+    note("nNegative", int(sum(1 for s in dia_sources if s.get("isNegative"))))
+    note("totalWallTime", time.perf_counter() - t_start)
+    summary = {
+        "pipelineVersion": __version__,
+        "method": settings.method,
+        "configHash": meta.get("configHash", step=meta.name),
+        "versionsHash": meta.get("versionsHash", step=meta.name),
+        "exposureId": int(exp_id),
+        "visit": int(difference.visit or 0),
+        "detector": int(difference.detector or 0),
+        "timings": {k: float(v) for k, v in meta.timings().items()},
+        "nDiaSources": len(dia_sources),
+        "templateCoverage": coverage,
+        "scienceSha256": difference.sha256,
+        "templateSha256": "",  # no template: the difference came already subtracted
+        "processedMjdTai": mjd_now(),
+    }
+    alerts = [
+        make_alert(src, cutouts={"cutoutDifference": cut}, task_metadata=summary)
+        for src, cut in zip(dia_sources, cutouts, strict=True)
+    ]
+    return DetectResult(
+        difference=difference,
+        image=image,
+        variance=variance,
+        score=score,
+        valid=valid,
+        mask=mask,
+        psf=psf,
+        sources=rows,
+        dipoles=step,
+        dia_sources=dia_sources,
+        alerts=alerts,
+        metadata=meta,
+        summary=summary,
+    )
+
+
+def write_detect_products(result: DetectResult, outdir: str | Path) -> dict[str, Path]:
+    """``score.fits``, ``alerts.avro`` and ``metadata.json`` (status "done") in ``outdir``."""
+    from stream.products import write_metadata
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    d = result.difference
+    paths: dict[str, Path] = {}
+    with result.metadata.timer("write"):
+        # score.fits: IMAGE is the matched-filter S/N (unitless); VARIANCE 1 where valid.
+        paths["score"] = write_planes(
+            out / "score.fits",
+            image=result.score,
+            variance=np.where(result.valid, 1.0, np.nan).astype(np.float32),
+            mask=result.mask,
+            mask_planes=d.mask_planes,
+            wcs=d.wcs,
+            header={"VISIT": d.visit or 0, "DETECTOR": d.detector or 0},
+            bunit="",
+        )
+        paths["alerts"] = out / "alerts.avro"
+        write_alert_file(paths["alerts"], result.alerts)
+    paths["metadata"] = write_metadata(out, result.metadata, status="done",
+                                       extra={"mode": "detect"})  # fmt: skip
+    return paths

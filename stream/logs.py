@@ -1,0 +1,103 @@
+"""Structured logs: plain text or JSON lines, with ``topic[partition]@offset`` on event lines.
+
+Event lines name their message: ``exposures[2]@1041: dead-lettered (...)``.  Code that logs
+about one message either starts the text with :func:`where` (the worker's convention) or
+uses :func:`event_logger`, which adds the prefix and the structured fields.  In JSON mode
+(``--log-json``) each record is one line::
+
+    {"ts": "2026-11-25T09:10:31.123Z", "level": "WARNING", "logger": "diffstream.service",
+     "msg": "exposures[2]@1041: dead-lettered ...", "topic": "exposures", "partition": 2,
+     "offset": 1041}
+
+``topic``/``partition``/``offset`` come from the logger's ``extra`` or, failing that, from a
+``topic[partition]@offset`` at the start of the message, so lines from modules that only
+format the prefix get the fields too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+__all__ = ["where", "JsonFormatter", "TEXT_FORMAT", "setup_logging", "event_logger"]
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_WHERE = re.compile(r"^(?P<topic>[^\s\[\]]+)\[(?P<partition>-?\d+)\]@(?P<offset>-?\d+)(?::|\s|$)")
+# Attributes every LogRecord has; anything else on a record came from ``extra``.
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def where(topic: str, partition: int, offset: int) -> str:
+    """``topic[partition]@offset``: how every log line names a message."""
+    return f"{topic}[{partition}]@{offset}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC, ms), level, logger, msg, event fields, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": message,
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if "topic" not in out:
+            m = _WHERE.match(message)
+            if m:
+                out["topic"] = m["topic"]
+                out["partition"] = int(m["partition"])
+                out["offset"] = int(m["offset"])
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+def setup_logging(
+    *, json_lines: bool = False, verbose: bool = False, stream: TextIO | None = None
+) -> logging.Handler:
+    """(Re)configure the root logger: one stderr handler, text or JSON lines; returns it."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # librdkafka's and httpx's chatter at INFO would drown the event lines.
+    for noisy in ("httpx", "httpcore", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return handler
+
+
+class _EventAdapter(logging.LoggerAdapter):
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        extra = dict(self.extra or {})
+        extra.update(kwargs.get("extra") or {})
+        kwargs["extra"] = extra
+        return f"{extra['where']}: {msg}", kwargs
+
+
+def event_logger(
+    logger: logging.Logger, topic: str, partition: int, offset: int, **fields: Any
+) -> logging.LoggerAdapter:
+    """A logger for one message: text lines start with ``topic[partition]@offset:``, JSON lines
+    carry ``topic``, ``partition``, ``offset``, ``where`` and ``fields``."""
+    extra = {
+        "topic": topic,
+        "partition": int(partition),
+        "offset": int(offset),
+        "where": where(topic, partition, offset),
+        **fields,
+    }
+    return _EventAdapter(logger, extra)
