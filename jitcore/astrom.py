@@ -30,6 +30,7 @@ __all__ = ["PolyTransform", "find_stars", "fit_transform", "match_positions", "n
 
 # Median of r^2 / sigma^2 for a 2-D Gaussian residual (chi^2 with 2 degrees of freedom).
 _MEDIAN_CHI2_2 = 2.0 * math.log(2.0)
+_MIN_SIGMA2 = 1e-12  # (1e-6 px)^2: residuals below this are rounding, never rejected
 
 
 def n_terms(order: int) -> int:
@@ -133,7 +134,8 @@ def fit_transform(
         r2 = (dst[:, 0] - px) ** 2 + (dst[:, 1] - py) ** 2
         if it == iterations:
             break
-        sigma2 = float(np.median((w * r2)[used])) / _MEDIAN_CHI2_2
+        # The floor keeps round-off residuals of exact data from being "outliers".
+        sigma2 = max(float(np.median((w * r2)[used])) / _MEDIAN_CHI2_2, _MIN_SIGMA2)
         keep = w * r2 <= clip * clip * sigma2
         if keep.sum() < need or np.array_equal(keep, used):
             break
@@ -206,7 +208,8 @@ def find_stars(
     flux, ferr, aflag = sep.sum_circle(data, x, y, fwhm, err=err, mask=bad)
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = np.where(aflag & sep.APER_HASMASKED, np.nan, flux / ferr)
-    good = np.isfinite(snr) & (snr > 0)
+    good = np.flatnonzero(np.isfinite(snr) & (snr > 0))
+    good = good[np.argsort(-flux[good], kind="stable")]
     return x[good], y[good], np.asarray(flux[good]), np.asarray(snr[good])
 
 

@@ -23,6 +23,12 @@ tile centre, and the products are those of :class:`jitcore.zogy.ZogyResult`:
                          V_N = (phi A flip(psf_d) / a)^2 (x) V_s + (... B ...)^2 (x) V_t
     flux                 N / sum(psf_d^2);  flux_variance = V_N / sum(psf_d^2)^2
 
+With ``psf_error_fraction`` e > 0 (and the ``science`` image given), e^2 (N_s^2 + N_t^2) is
+added to V_N, N_s = (phi A / a) (x) flip(psf_d) (x) S being the science's share of N and
+N_t = N_s - N the template's: jitcore.zogy's V_psf, here for a matching kernel that is
+wrong by a fraction e (kernel model and spatial interpolation errors leave residuals at
+static stars in proportion to their brightness; negligible on empty sky).
+
 (products of kernels are convolutions; squares are pixel-wise).  The variances are the exact
 propagation of independent pixel noise with the variance planes V_s, V_t, so they follow the
 stars' own noise, unlike a white-noise approximation; on empty sky the score is the matched
@@ -114,6 +120,8 @@ def _threads(workers: int | None, ntiles: int) -> int:
 @dataclass
 class _Ctx:
     diff: np.ndarray
+    science: np.ndarray | None
+    e2: float
     svar: np.ndarray
     tvar: np.ndarray
     good: np.ndarray
@@ -167,7 +175,7 @@ def _tile_kernels(ctx: _Ctx, a, b, p, var_s: float, var_t: float):
     for img in images:
         np.multiply(img, img, out=img)
         squares.append(ctx.rfft(img))
-    return (phi, pdc, *squares), psf_d, num / a0**2, radius
+    return (phi, pdc, *squares, pa * pdc), psf_d, num / a0**2, radius
 
 
 def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarray) -> ZogyTile:
@@ -184,7 +192,7 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
         sigma_s, sigma_t = ctx.sigma_s, ctx.sigma_t
     a, bk, p = kernels
     kspec, psf_d, white, radius = _tile_kernels(ctx, a, bk, p, sigma_s**2, sigma_t**2)
-    phi, pdc, ka2, kb2, kas2, kbs2 = kspec
+    phi, pdc, ka2, kb2, kas2, kbs2, kas = kspec
     frame = np.empty(ctx.frame)
     spec = {}
     for key, img in (("d", ctx.diff), ("vs", ctx.svar), ("vt", ctx.tvar)):
@@ -196,6 +204,15 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     n = ctx.irfft(dspec)
     vd = ctx.irfft(spec["vs"] * ka2 + spec["vt"] * kb2)
     vn = ctx.irfft(spec["vs"] * kas2 + spec["vt"] * kbs2)
+    h, w = y1 - y0, x1 - x0
+    cs = (slice(b, b + h), slice(b, b + w))
+    if ctx.e2 > 0 and ctx.science is not None:
+        fill_frame(ctx.science, good, oy, ox, frame)
+        n_s = ctx.irfft(ctx.rfft(frame) * kas)[cs]
+        n_t = n_s - n[cs]
+        vx = ctx.e2 * (n_s * n_s + n_t * n_t)
+    else:
+        vx = np.zeros((h, w))
 
     ry0, ry1 = max(y0 - radius, 0), min(y1 + radius, ny)
     rx0, rx1 = max(x0 - radius, 0), min(x1 + radius, nx)
@@ -207,11 +224,9 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
         vcore[max(ny - radius - y0, 0) :] = False
         vcore[:, : max(radius - x0, 0)] = False
         vcore[:, max(nx - radius - x0, 0) :] = False
-    h, w = y1 - y0, x1 - x0
-    cs = (slice(b, b + h), slice(b, b + w))
     o = {k: v[y0:y1, x0:x1] for k, v in out.items()}
     sum_pd2 = float((psf_d * psf_d).sum())
-    zogy_finalize(d[cs], vd[cs], n[cs], vn[cs], np.zeros((h, w)), vcore, 1.0, sum_pd2,
+    zogy_finalize(d[cs], vd[cs], n[cs], vn[cs], vx, vcore, 1.0, sum_pd2,
                   o["difference"], o["difference_variance"], o["score"], o["flux"],
                   o["flux_variance"])  # fmt: skip
     f_d = 1.0 / math.sqrt(white)
@@ -231,6 +246,8 @@ def decorrelate(
     good: np.ndarray,
     kernels_at: KernelsAt,
     *,
+    science: np.ndarray | None = None,
+    psf_error_fraction: float = 0.0,
     tile_size: int = 256,
     border: int | None = None,
     workers: int | None = None,
@@ -241,8 +258,10 @@ def decorrelate(
     ``difference`` = A (x) S - B (x) T on the science grid (nJy x sum(A)); the variances are
     those of S and T (nJy^2); ``good`` (bool) marks pixels usable in both.
     ``kernels_at(x, y)`` returns (A, B, P_sci) at a tile centre: odd square stamps, P_sci of
-    unit sum, a delta as ``np.ones((1, 1))``.  ``border``: real pixels around each core in
-    its FFT frame (default: A + B + 2 P_sci half-sizes, the reach of the score kernels).
+    unit sum, a delta as ``np.ones((1, 1))``.  ``science`` (nJy, the image A is applied
+    to) is needed only for ``psf_error_fraction`` e in [0, 1).  ``border``: real pixels
+    around each core in its FFT frame (default: A + B + 2 P_sci half-sizes, the reach of
+    the score kernels).
     ``workers``: tile threads, scipy.fft convention.  Raises ValueError / TypeError.
     """
     diff = np.asarray(difference)
@@ -259,6 +278,13 @@ def decorrelate(
         raise TypeError(f"tile_size must be an int, got {type(tile_size).__name__}")
     if tile_size < 16:
         raise ValueError(f"tile_size must be >= 16, got {tile_size}")
+    e = float(psf_error_fraction)
+    if not (math.isfinite(e) and 0.0 <= e < 1.0):
+        raise ValueError(f"psf_error_fraction must be in [0, 1), got {psf_error_fraction}")
+    if e > 0 and science is None:
+        raise ValueError("psf_error_fraction > 0 needs the science image")
+    if science is not None and np.shape(science) != diff.shape:
+        raise ValueError(f"science shape {np.shape(science)} != difference shape {diff.shape}")
     svar = np.asarray(science_variance)
     tvar = np.asarray(template_variance)
     with np.errstate(invalid="ignore"):
@@ -292,7 +318,8 @@ def decorrelate(
         raise ValueError(f"variance planes must be > 0 on good pixels, got medians "
                          f"{sigma_s**2:g}, {sigma_t**2:g}")  # fmt: skip
     ctx = _Ctx(
-        diff=diff, svar=svar, tvar=tvar, good=good, border=int(border),
+        diff=diff, science=None if science is None else np.asarray(science), e2=e * e,
+        svar=svar, tvar=tvar, good=good, border=int(border),
         frame=frame_shape(cores, int(border)), mask_edges=bool(mask_edges),
         workers=workers if n_threads == 1 else 1, sigma_s=sigma_s, sigma_t=sigma_t,
     )  # fmt: skip

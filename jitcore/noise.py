@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["robust_sigma", "noise_scale_factor"]
+__all__ = ["robust_sigma", "noise_scale_factor", "source_free_mask", "variance_scale_factor"]
 
 _IQR_TO_SIGMA = 1.0 / 1.3489795003921634  # IQR of N(0, 1)
 
@@ -44,4 +44,56 @@ def noise_scale_factor(
     vals = normalised[valid]
     step = max(1, vals.size // sample)
     factor = robust_sigma(vals[::step])
+    return float(min(max(factor, 1.0 / limit), limit))
+
+
+def source_free_mask(
+    image: np.ndarray, variance: np.ndarray, good: np.ndarray, *, threshold: float = 3.0,
+    grow: int = 3,
+) -> np.ndarray:  # fmt: skip
+    """Good pixels away from sources: |S/N| < threshold x its robust sigma, cut grown by ``grow``.
+
+    S/N = image / sqrt(variance).  A pixel threshold catches the cores of stars; growing
+    them by a few pixels removes the wings too, which would otherwise widen the scatter a
+    variance scale is measured from.  Pixels whose variance is not positive and finite are
+    not source-free.
+    """
+    from scipy import ndimage
+
+    if image.shape != variance.shape or image.shape != good.shape:
+        raise ValueError(
+            f"shapes differ: image {image.shape}, variance {variance.shape}, good {good.shape}"
+        )
+    if not threshold > 0 or grow < 0:
+        raise ValueError(f"need threshold > 0 and grow >= 0, got {threshold}, {grow}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = good & np.isfinite(image) & np.isfinite(variance) & (variance > 0)
+        snr = np.where(ok, image / np.sqrt(np.where(ok, variance, 1.0)), 0.0)
+    # In units of the S/N's own robust spread, so that a badly stated variance (the very
+    # thing being measured) does not move the cut into the noise.
+    scale = robust_sigma(snr[ok][:: max(1, int(ok.sum()) // 1_000_000)])
+    hot = np.abs(snr) >= threshold * scale
+    if grow > 0 and hot.any():
+        hot = ndimage.maximum_filter(hot.view(np.uint8), size=2 * grow + 1) > 0
+    return ok & ~hot
+
+
+def variance_scale_factor(
+    image: np.ndarray, variance: np.ndarray, good: np.ndarray, *, limit: float = 10.0,
+    threshold: float = 3.0, grow: int = 3,
+) -> float:  # fmt: skip
+    """Factor to multiply ``variance`` by so that it states the measured pixel scatter.
+
+    The seed's doScaleTemplateVariance (LSST ScaleVarianceTask, pixel method): the square of
+    the interquartile-range sigma of image / sqrt(variance) over source-free pixels
+    (:func:`source_free_mask`), clipped to [1/limit, limit] (LSST limits it to 10).  Caveat:
+    on a warped image the pixel scatter is lowered by the interpolation (module docstring)
+    while the noise a matched filter sees is not, so measure it before warping.
+    """
+    if not limit > 1:
+        raise ValueError(f"limit must be > 1, got {limit}")
+    free = source_free_mask(image, variance, good, threshold=threshold, grow=grow)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = image / np.sqrt(variance)
+    factor = noise_scale_factor(normalised, free, limit=float("inf")) ** 2
     return float(min(max(factor, 1.0 / limit), limit))

@@ -62,7 +62,7 @@ def _ops(ops: Iterable[Any] | None) -> list[str]:
 
 def _kafka_error(exc: Exception) -> tuple[str, str]:
     """(error name, text) of a KafkaException or anything else."""
-    err = exc.args[0] if exc.args else None
+    err: Any = exc.args[0] if exc.args else None
     if hasattr(err, "name") and hasattr(err, "str"):
         return str(err.name()), str(err.str())
     return type(exc).__name__, str(exc)
@@ -159,12 +159,13 @@ def _check_acls(admin: Any, timeout: float, rep: _Report) -> None:
         ResourceType,
     )
 
+    anything: Any = None  # None matches any name/principal/host (the stubs say str)
     flt = AclBindingFilter(
         ResourceType.ANY,
-        None,
+        anything,
         ResourcePatternType.ANY,
-        None,
-        None,
+        anything,
+        anything,
         AclOperation.ANY,
         AclPermissionType.ANY,
     )
@@ -208,7 +209,10 @@ def _check_group(admin: Any, group: str, timeout: float, rep: _Report) -> None:
         return
     state = getattr(desc.state, "name", str(desc.state))
     ops = desc.authorized_operations
-    detail = f"state {state}, {len(desc.members)} member(s)"
+    if state == "DEAD" and not desc.members:
+        detail = "no such group yet (created by the first worker), state DEAD"
+    else:
+        detail = f"state {state}, {len(desc.members)} member(s)"
     if ops is not None:
         detail += f"; permitted: {', '.join(_ops(ops)) or 'none'}"
     rep.add(f"group {group}", OK, detail)

@@ -173,14 +173,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _registry(settings: Settings) -> Any:
-    if not settings.schema_registry_url:
-        return None
-    from stream.registry import make_client
+    from stream.registry import client_from_settings
 
-    config: dict[str, Any] = {}
-    if settings.schema_registry_auth is not None:
-        config["basic.auth.user.info"] = settings.schema_registry_auth.get_secret_value()
-    return make_client(settings.schema_registry_url, config=config)
+    return client_from_settings(settings)
 
 
 def _clients(settings: Settings, group: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -84,18 +84,29 @@ def detect_difference(
     """
     meta = metadata or TaskMetadata()
     with meta.timer("load"):
-        diff = load_exposure(
-            path,
-            allow_uncalibrated=settings.allow_uncalibrated,
-            visit=visit,
-            detector=detector,
-            exposure_id=exposure_id,
-            max_pixels=settings.max_pixels,
-            max_nonfinite_fraction=settings.max_nonfinite_fraction,
-            # A PSF measured from the stars of a difference would be measured on residuals.
-            measure_psf=psf_path is None and settings.psf_from_stars,
-            psf_degree=settings.psf_degree,
-        )
+        try:
+            diff = load_exposure(
+                path,
+                allow_uncalibrated=settings.allow_uncalibrated,
+                visit=visit,
+                detector=detector,
+                exposure_id=exposure_id,
+                max_pixels=settings.max_pixels,
+                max_nonfinite_fraction=settings.max_nonfinite_fraction,
+                # Measuring a PSF that psf_path replaces anyway would be wasted work.
+                measure_psf=psf_path is None and settings.psf_from_stars,
+                psf_degree=settings.psf_degree,
+            )
+        except BadExposure as exc:
+            if psf_path is None or exc.fields.get("reason") != "no_psf":
+                raise
+            # stream.fitsio requires a PSF (HDU, stars or keyword) to load a file at all.
+            raise BadExposure(
+                f"{exc.message}; with --psf the file still needs a PSF HDU or a PSF_FWHM, "
+                "FWHM or SEEING keyword to be read (the loader has no PSF-less mode)",
+                path=None,
+                reason="no_psf",
+            ) from exc
         diff = apply_external(diff, psf_path=psf_path)
     meta.set(
         "science",

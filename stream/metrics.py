@@ -172,8 +172,9 @@ class PrometheusMetrics:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"metrics port must be an integer in [0, 65535], got {port!r}")
         self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
-        log.info("serving Prometheus metrics on http://%s:%d/metrics", addr, self.port)
-        return self.port
+        bound = int(self._server.server_port)
+        log.info("serving Prometheus metrics on http://%s:%d/metrics", addr, bound)
+        return bound
 
     @property
     def port(self) -> int | None:

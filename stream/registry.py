@@ -31,6 +31,7 @@ __all__ = [
     "SchemaIncompatible",
     "RegistryStatus",
     "make_client",
+    "client_from_settings",
     "subject_for",
     "avro_schema",
     "check_compatibility",
@@ -66,6 +67,17 @@ def make_client(url: str, *, config: Mapping[str, Any] | None = None) -> SchemaR
         return SchemaRegistryClient.new_client(conf)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid schema registry settings for {url!r}: {exc}") from exc
+
+
+def client_from_settings(settings: Any) -> SchemaRegistryClient | None:
+    """The registry client ``settings`` ask for (``schema_registry_url``, with
+    ``schema_registry_auth`` as basic auth), or None without a URL."""
+    if not settings.schema_registry_url:
+        return None
+    config: dict[str, Any] = {}
+    if settings.schema_registry_auth is not None:
+        config["basic.auth.user.info"] = settings.schema_registry_auth.get_secret_value()
+    return make_client(settings.schema_registry_url, config=config)
 
 
 def subject_for(topic: str) -> str:
@@ -198,7 +210,7 @@ def ensure_schema(
     try:
         if register:
             return int(client.register_schema(subject, schema))
-        return int(client.lookup_schema(subject, schema).schema_id)
+        return int(client.lookup_schema(subject, schema).schema_id or 0)
     except Exception as exc:
         action = f"{'register' if register else 'look up'} {_schema_name(schema)} under {subject}"
         raise _describe(exc, url, action) from exc
@@ -212,7 +224,7 @@ def fetch_schema(client: SchemaRegistryClient, schema_id: int) -> dict[str, Any]
         raise _describe(exc, _url(client), f"return schema id {schema_id}") from exc
     if (schema.schema_type or "AVRO") != "AVRO":
         raise RegistryError(f"schema id {schema_id} is {schema.schema_type}, not AVRO")
-    definition = json.loads(schema.schema_str)
+    definition = json.loads(schema.schema_str or "null")
     if not isinstance(definition, dict):
         raise RegistryError(f"schema id {schema_id} is not an Avro record: {schema.schema_str!r}")
     return definition
@@ -220,7 +232,7 @@ def fetch_schema(client: SchemaRegistryClient, schema_id: int) -> dict[str, Any]
 
 def _schema_name(schema: Schema) -> str:
     try:
-        definition = json.loads(schema.schema_str)
+        definition = json.loads(schema.schema_str or "null")
         ns, name = definition.get("namespace"), definition["name"]
     except (ValueError, KeyError, TypeError, AttributeError):
         return "(unnamed schema)"

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from stream.errors import ConfigError, DiffstreamError, ProduceError
 from stream.logs import where
@@ -101,7 +101,7 @@ def parse_position(text: str) -> Position:
     return Position("time", ms)
 
 
-def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+def _watermarks(consumer: Any, tp: TopicPartition, timeout: float) -> tuple[int, int]:
     got = consumer.get_watermark_offsets(tp, timeout=timeout)
     if got is None:
         raise ConfigError(f"no watermarks for {tp.topic}[{tp.partition}] within {timeout:g} s")
@@ -109,7 +109,7 @@ def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple
 
 
 def _resolve(
-    consumer: Consumer, topic: str, partitions: list[int], pos: Position, timeout: float
+    consumer: Any, topic: str, partitions: list[int], pos: Position, timeout: float
 ) -> dict[int, int]:
     marks = {p: _watermarks(consumer, TopicPartition(topic, p), timeout) for p in partitions}
     if pos.kind == "earliest":
@@ -144,7 +144,7 @@ def topic_partitions(consumer: Any, topic: str, *, timeout: float = 10.0) -> lis
 
 
 def partition_ranges(
-    consumer: Consumer,
+    consumer: Any,
     topic: str,
     start: Position,
     end: Position | None = None,
@@ -161,16 +161,16 @@ def partition_ranges(
 
 
 def read_range(
-    consumer: Consumer,
+    consumer: Any,
     topic: str,
     ranges: dict[int, tuple[int, int]],
     *,
     idle_timeout: float = 30.0,
     should_stop: Callable[[], bool] | None = None,
-) -> Iterator[Message]:
-    """Every message of ``ranges`` (assigned, not subscribed), partition by partition in
-    arrival order; ConfigError if ``idle_timeout`` seconds pass without one while some are
-    still missing (a compacted/deleted range, or an unreachable broker).
+) -> Iterator[Any]:
+    """Every message of ``ranges`` (assigned, not subscribed), in order within each partition
+    (partitions interleave as fetched); ConfigError if ``idle_timeout`` seconds pass without
+    one while some are still missing (a compacted/deleted range, or an unreachable broker).
 
     Offsets inside a range can be missing (transaction markers, aborted records with
     read_committed, compaction): a partition is done once a message at or past its stop
@@ -335,13 +335,13 @@ def summary_table(stats: ReplayStats) -> str:
 class _Publisher:
     """Produce and wait: every record of a batch acknowledged, or ProduceError."""
 
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Any) -> None:
         self.producer = producer
 
-    def send(self, records: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]) -> None:
+    def send(self, records: list[tuple[str, bytes | None, bytes, list[tuple[str, Any]]]]) -> None:
         errors: list[str] = []
 
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        def on_delivery(err: KafkaError | None, msg: Any) -> None:
             if err is not None:
                 errors.append(f"{msg.topic()}: {err}")
 
@@ -360,7 +360,7 @@ class _Publisher:
             raise ProduceError(f"replay could not publish {len(records)} records: {reason}")
 
 
-def _commit(consumer: Consumer, msg: Message) -> None:
+def _commit(consumer: Any, msg: Any) -> None:
     try:
         consumer.commit(
             offsets=[TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)],
@@ -370,11 +370,11 @@ def _commit(consumer: Consumer, msg: Message) -> None:
         log.warning("%s: could not commit replay progress: %s", _where(msg), exc)
 
 
-def _where(msg: Message) -> str:
+def _where(msg: Any) -> str:
     return where(msg.topic(), msg.partition(), msg.offset())
 
 
-def _with_source(headers: Any, msg: Message, drop: tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
+def _with_source(headers: Any, msg: Any, drop: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
     kept = [(k, v) for k, v in (headers or []) if k not in drop and k != REPLAY_SOURCE_HEADER]
     return [*kept, (REPLAY_SOURCE_HEADER, _where(msg).encode())]
 
@@ -391,8 +391,8 @@ def new_group_id() -> str:
 
 # -- the two modes --------------------------------------------------------------------------
 def replay_alerts(
-    consumer: Consumer,
-    producer: Producer,
+    consumer: Any,
+    producer: Any,
     *,
     source_topic: str,
     ranges: dict[int, tuple[int, int]],
@@ -452,8 +452,8 @@ def replay_alerts(
 
 
 def replay_events(
-    consumer: Consumer,
-    producer: Producer,
+    consumer: Any,
+    producer: Any,
     *,
     source_topic: str,
     ranges: dict[int, tuple[int, int]],
@@ -508,7 +508,7 @@ def replay_events(
             timestamp_ms=ts if ts > 0 else None,
         )
         outcome = worker.process(source)
-        records: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
+        records: list[tuple[str, bytes | None, bytes, list[tuple[str, Any]]]] = []
         for alert in outcome.alerts:
             headers = [
                 (k, v) for k, v in alert_headers(alert, outcome.event) if k != FINGERPRINT_HEADER

@@ -54,6 +54,7 @@ __all__ = [
     "alert_codec",
     "event_codec",
     "reencode",
+    "worker_codecs",
 ]
 
 MAGIC_BYTE = 0
@@ -310,12 +311,20 @@ class RegistryDeserializer:
     The writer schema is fetched from the registry by the message's id (once per id) and
     resolved into ``reader_schema``; a writer that cannot be resolved (another record, a
     changed type) is a ``schema_mismatch`` WireError naming both, an unknown id is
-    ``unknown_schema_id``.
+    ``unknown_schema_id``.  ``fallback`` reads messages that are clearly schemaless (they
+    carry the fingerprint header or the single-object marker and no magic byte).
     """
 
-    def __init__(self, client: Any, reader_schema: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        reader_schema: dict[str, Any],
+        *,
+        fallback: SchemalessDeserializer | None = None,
+    ) -> None:
         self.client = client
         self.reader_schema = reader_schema
+        self.fallback = fallback
         self._writers: dict[int, Any] = {}
 
     def writer(self, schema_id: int) -> Any:
@@ -345,7 +354,14 @@ class RegistryDeserializer:
         return parsed
 
     def __call__(self, data: Any, ctx: Any = None) -> Any:
-        schema_id, body = unframe(data)
+        raw = _as_bytes(data)
+        if self.fallback is not None and raw[:1] != b"\x00":
+            # Written before the registry was introduced (schemaless, fingerprint header or
+            # single-object marker): readable, so a topic can move to the registry in place.
+            # Bytes with neither mark still fail below, as not framed.
+            if header_value(ctx, FINGERPRINT_HEADER) is not None or raw[:2] == _SINGLE_OBJECT:
+                return self.fallback(raw, ctx)
+        schema_id, body = unframe(raw)
         writer = self.writer(schema_id)
         return _decode(body, writer, self.reader_schema, f"(schema id {schema_id})")
 
@@ -397,10 +413,11 @@ def alert_codec(
     ser = RegistrySerializer(
         registry, subject, load_json("diffstream.alert"), register=register, check=check
     )
+    fallback = SchemalessDeserializer(ALERT_SCHEMA, reader_schema=reader)
     return Codec(
         mode="registry",
         serialize=ser,
-        deserialize=RegistryDeserializer(registry, reader),
+        deserialize=RegistryDeserializer(registry, reader, fallback=fallback),
         headers=ser.headers,
         subject=subject,
     )
@@ -447,3 +464,21 @@ def reencode(
     """Decode with ``source`` and encode with ``target`` (e.g. registry-framed events to the
     single-object bytes the worker reads); returns (value, headers to send)."""
     return target.serialize(source.deserialize(data, ctx), None), target.headers
+
+
+def worker_codecs(settings: Any) -> tuple[Codec, Codec]:
+    """(events codec for ``settings.input_topic``, alerts codec for ``settings.output_topic``).
+
+    With ``settings.schema_registry_url`` both use the Confluent wire format and the alert
+    schema is checked for compatibility and registered *now* (call this at start-up, before
+    consuming: an incompatible schema raises :class:`stream.registry.SchemaIncompatible`).
+    Without it: single-object events and schemaless alerts with the fingerprint header,
+    byte-identical to :func:`stream.events.decode_event` / :func:`stream.alerts.serialize_alert`.
+    """
+    from stream.registry import client_from_settings
+
+    client = client_from_settings(settings)
+    events = event_codec(settings.input_topic, registry=client, register=False, check=False)
+    alerts = alert_codec(settings.output_topic, registry=client)
+    alerts.ensure()
+    return events, alerts

@@ -76,9 +76,7 @@ def stamp_normal_equations(conv, target, weight, q, b, sw, stats):
     stats[2] = npix
 
 
-@njit(
-    "void(float64[:, :], float64[:], int64[:, :], float64[:, :], float64[:, :], float64[:])"
-)
+@njit("void(float64[:, :], float64[:], int64[:, :], float64[:, :], float64[:, :], float64[:])")
 def expand_spatial(qc, bc, idx, coef, q, b):
     """q += A^T qc A and b += A^T bc, with A[k, idx[k, a]] = coef[k, a] (accumulates).
 

@@ -133,14 +133,14 @@ class Workers:
         self.tmp, self.bootstrap, self.topics, self.data_root = tmp, bootstrap, topics, data_root
         self.started: list[WorkerProc] = []
 
-    def start(self, *extra: str, pause: float | None = None) -> WorkerProc:
+    def start(self, *extra: str, pause: float | None = None, verbose: bool = False) -> WorkerProc:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFSTREAM_")}
         if pause:
             env[FAULT_PAUSE_ENV] = str(pause)
         log = self.tmp / f"worker-{len(self.started)}.log"
         t = self.topics
         cmd = [
-            sys.executable, "-m", "stream.cli", "run",
+            sys.executable, "-m", "stream.cli", *(["-v"] if verbose else []), "run",
             "--bootstrap-servers", self.bootstrap, "--input-topic", t["input"],
             "--output-topic", t["alerts"], "--dlq-topic", t["dlq"],
             "--metadata-topic", t["metadata"], "--group-id", t["group"],

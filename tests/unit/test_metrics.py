@@ -127,7 +127,9 @@ def test_start_metrics_without_port_serves_nothing():
 
 
 def test_serve_rejects_a_bad_port():
-    with pytest.raises(ValueError, match="metrics port must be an integer in \\[0, 65535\\], got 70000"):
+    with pytest.raises(
+        ValueError, match="metrics port must be an integer in \\[0, 65535\\], got 70000"
+    ):
         PrometheusMetrics().serve(70000)
 
 
@@ -170,9 +172,15 @@ def test_counters_match_what_the_worker_did(tmp_path):
 
     def event(sci, offset):
         value = encode_event(
-            make_event(str(tmp_path / sci), str(tmp_path / "tmpl.fits"), visit=1, detector=2,
-                       exposure_id=offset, request_id=f"r{offset}")
-        )  # fmt: skip
+            make_event(
+                str(tmp_path / sci),
+                str(tmp_path / "tmpl.fits"),
+                visit=1,
+                detector=2,
+                exposure_id=offset,
+                request_id=f"r{offset}",
+            )
+        )
         return SourceMessage(value=value, topic="in", partition=offset % 2, offset=offset)
 
     messages = [

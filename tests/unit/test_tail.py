@@ -60,7 +60,9 @@ def test_alert_json_nan_becomes_null():
 
 
 def test_alert_json_rejects_unknown_bytes_mode():
-    with pytest.raises(ValueError, match="bytes_as must be one of \\('length', 'base64'\\), got 'hex'"):
+    with pytest.raises(
+        ValueError, match="bytes_as must be one of \\('length', 'base64'\\), got 'hex'"
+    ):
         alert_json(make_test_alert(), bytes_as="hex")
 
 
@@ -77,14 +79,19 @@ def test_tail_file_prints_every_alert(alert_file):
     stats = tail_file(alert_file, out=out)
     lines = out.getvalue().splitlines()
     assert stats.printed == 3 and len(lines) == 3
-    assert [line.split()[0] for line in lines] == [f"diaSourceId={1_099_511_627_776 + i}" for i in range(3)]
+    assert [line.split()[0] for line in lines] == [
+        f"diaSourceId={1_099_511_627_776 + i}" for i in range(3)
+    ]
 
 
 def test_tail_file_max_and_json(alert_file):
     out = io.StringIO()
     stats = tail_file(alert_file, out=out, as_json=True, max_alerts=2)
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert stats.printed == 2 and [r["diaSourceId"] for r in rows] == [1_099_511_627_776, 1_099_511_627_777]
+    assert stats.printed == 2 and [r["diaSourceId"] for r in rows] == [
+        1_099_511_627_776,
+        1_099_511_627_777,
+    ]
 
 
 def test_cli_tail_file(alert_file, capsys):
@@ -177,9 +184,14 @@ def test_tail_topic_prints_and_reports_undecodable_messages():
     consumer = FakeConsumer(messages)
     out, err = io.StringIO(), io.StringIO()
     stats = tail_topic(
-        consumer, "alerts", {0: 8, 1: 5}, deserialize=codec.deserialize,
-        idle_timeout=0.05, out=out, err=err,
-    )  # fmt: skip
+        consumer,
+        "alerts",
+        {0: 8, 1: 5},
+        deserialize=codec.deserialize,
+        idle_timeout=0.05,
+        out=out,
+        err=err,
+    )
     assert consumer.assigned == [(0, 8), (1, 5)]
     assert (stats.printed, stats.failed) == (2, 2)
     lines = out.getvalue().splitlines()
@@ -187,7 +199,9 @@ def test_tail_topic_prints_and_reports_undecodable_messages():
     assert lines[1].startswith("alerts[0]@8  diaSourceId=1099511627778")
     errors = err.getvalue().splitlines()
     assert errors[0].startswith("alerts[1]@6: cannot decode: ")
-    assert "alerts[1]@7: cannot decode: message was written with schema fingerprint 0000" in errors[1]
+    assert (
+        "alerts[1]@7: cannot decode: message was written with schema fingerprint 0000" in errors[1]
+    )
 
 
 def test_tail_topic_json_carries_the_position_and_max_stops():
@@ -196,9 +210,15 @@ def test_tail_topic_json_carries_the_position_and_max_stops():
     messages = [FakeMessage(serialize_alert(make_test_alert(i)), i, 0, hdr) for i in range(5)]
     out = io.StringIO()
     stats = tail_topic(
-        FakeConsumer(messages), "alerts", {0: 0}, deserialize=codec.deserialize,
-        as_json=True, max_alerts=2, out=out, err=io.StringIO(),
-    )  # fmt: skip
+        FakeConsumer(messages),
+        "alerts",
+        {0: 0},
+        deserialize=codec.deserialize,
+        as_json=True,
+        max_alerts=2,
+        out=out,
+        err=io.StringIO(),
+    )
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
     assert stats.printed == 2 and [r["_where"] for r in rows] == ["alerts[0]@0", "alerts[0]@1"]
 
@@ -227,7 +247,9 @@ def test_parse_position_time_matches_datetime():
 
 
 def test_parse_position_rejects_garbage():
-    with pytest.raises(ValueError, match="earliest, latest, an offset or an ISO-8601 time; got 'soon'"):
+    with pytest.raises(
+        ValueError, match="earliest, latest, an offset or an ISO-8601 time; got 'soon'"
+    ):
         parse_position("soon")
 
 
@@ -268,9 +290,22 @@ def test_progress_lines_are_printed_when_not_a_tty():
 
 
 def test_summary_table():
-    stats = ReplayStats(mode="events", source="ev", output="out", group_id="g1", read=5,
-                        done=3, no_work=1, failed=1, alerts=12, seconds=2.0)  # fmt: skip
-    stats.partitions = {0: PartitionStats(0, 3, read=3, alerts=12), 1: PartitionStats(4, 6, 2, 0, 1)}
+    stats = ReplayStats(
+        mode="events",
+        source="ev",
+        output="out",
+        group_id="g1",
+        read=5,
+        done=3,
+        no_work=1,
+        failed=1,
+        alerts=12,
+        seconds=2.0,
+    )
+    stats.partitions = {
+        0: PartitionStats(0, 3, read=3, alerts=12),
+        1: PartitionStats(4, 6, 2, 0, 1),
+    }
     text = summary_table(stats)
     lines = text.splitlines()
     assert lines[0] == "replay (events) ev -> out, group g1"

@@ -10,10 +10,10 @@ import json
 import struct
 
 import pytest
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
     MockSchemaRegistryClient,
 )
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -46,6 +46,7 @@ from stream.wire import (
     header_value,
     reencode,
     unframe,
+    worker_codecs,
 )
 
 pytestmark = pytest.mark.unit
@@ -270,7 +271,9 @@ def test_schemaless_reader_accepts_single_object_alerts():
 
 def test_schemaless_reader_hints_at_the_registry_for_framed_bytes():
     data = frame(3, serialize_alert(make_test_alert()))
-    with pytest.raises(WireError, match=r"Confluent wire format \(schema id 3\).*--schema-registry"):
+    with pytest.raises(
+        WireError, match=r"Confluent wire format \(schema id 3\).*--schema-registry"
+    ):
         SchemalessDeserializer(ALERT_SCHEMA)(data, None)
 
 
@@ -417,9 +420,10 @@ def test_ensure_schema_lookup_only_needs_a_registered_schema(mock_registry):
     with pytest.raises(RegistryError, match="refused to look up lsst.v11_1.alert under x-value"):
         ensure_schema(mock_registry, "x-value", avro_schema("diffstream.alert"), register=False)
     sid = ensure_schema(mock_registry, "x-value", avro_schema("diffstream.alert"))
-    assert ensure_schema(
-        mock_registry, "x-value", avro_schema("diffstream.alert"), register=False
-    ) == sid
+    assert (
+        ensure_schema(mock_registry, "x-value", avro_schema("diffstream.alert"), register=False)
+        == sid
+    )
 
 
 def test_subject_for_uses_topic_name_strategy():
@@ -460,3 +464,33 @@ def test_avro_schema_text_is_the_file_json():
     schema = avro_schema("diffstream.event")
     assert schema.schema_type == "AVRO"
     assert json.loads(schema.schema_str) == load_json("diffstream.event")
+
+
+def test_registry_reader_also_reads_marked_schemaless_alerts(mock_registry):
+    # A topic moving to the registry: older schemaless alerts (with the fingerprint header)
+    # stay readable; framed ones are read through the registry.
+    alert = make_test_alert()
+    plain = alert_codec("alerts")
+    reader = alert_codec("alerts", registry=mock_registry)
+    assert reader.deserialize(plain.serialize(alert, None), list(plain.headers)) == alert
+    assert reader.deserialize(reader.serialize(alert, None), list(reader.headers)) == alert
+
+
+def test_worker_codecs_without_a_registry_match_the_worker_encoding():
+    from stream.settings import Settings
+
+    events, alerts = worker_codecs(Settings())
+    event, alert = make_test_event(), make_test_alert()
+    assert events.serialize(event, None) == encode_event(event)
+    assert alerts.serialize(alert, None) == serialize_alert(alert)
+    assert alerts.headers == ((FINGERPRINT_HEADER, ALERT_FP.encode()),)
+
+
+def test_worker_codecs_with_a_registry_register_the_alert_schema_at_start():
+    from stream.settings import Settings
+
+    events, alerts = worker_codecs(Settings(schema_registry_url="mock://w", output_topic="out"))
+    assert (events.mode, alerts.mode) == ("registry", "registry")
+    assert alerts.serialize.client.get_subjects() == ["out-value"]  # registered at start
+    data = alerts.serialize(make_test_alert(), None)
+    assert unframe(data)[0] == alerts.ensure()
