@@ -64,7 +64,7 @@ from jitcore.tiles import (
 )
 from jitcore.zogy import FOOTPRINT_TOL, ZogyResult, ZogyTile
 
-__all__ = ["DECORRELATION_EPSILON", "decorrelate", "decorrelation_spectrum"]
+__all__ = ["DECORRELATION_EPSILON", "decorrelate", "decorrelation_spectrum", "thread_count"]
 
 # Relative floor of the filter's denominator (see _kernels/decorrelate.py): caps phi^ at 1e5.
 # Reached only by a pre-convolved science far beyond its band limit, where |P^|^2 < 1e-10;
@@ -104,8 +104,8 @@ def decorrelation_spectrum(
     return out
 
 
-def _threads(workers: int | None, ntiles: int) -> int:
-    """Tile threads for scipy.fft-style ``workers`` (same rule as jitcore.zogy)."""
+def thread_count(workers: int | None, ntasks: int) -> int:
+    """Threads for scipy.fft-style ``workers`` over ``ntasks`` tasks (jitcore.zogy's rule)."""
     if workers is None:
         return 1
     if isinstance(workers, bool) or not isinstance(workers, int | np.integer):
@@ -114,7 +114,7 @@ def _threads(workers: int | None, ntiles: int) -> int:
     n = int(workers) if workers > 0 else ncpu + 1 + int(workers)
     if workers == 0 or n < 1:
         raise ValueError(f"workers must be >= 1 or in [-{ncpu}, -1], got {workers}")
-    return max(1, min(n, ntiles))
+    return max(1, min(n, ntasks))
 
 
 @dataclass
@@ -311,7 +311,7 @@ def decorrelate(
         border = max(reach, 1)
     if isinstance(border, bool) or not isinstance(border, int | np.integer) or border < 1:
         raise ValueError(f"border must be an int >= 1 or None, got {border!r}")
-    n_threads = _threads(workers, len(cores))
+    n_threads = thread_count(workers, len(cores))
     sigma_s = robust_sigma(svar, good)
     sigma_t = robust_sigma(tvar, good)
     if not (sigma_s > 0 and sigma_t > 0):

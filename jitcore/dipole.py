@@ -28,6 +28,14 @@ fit's weighted normal matrix counts the same photons twice (its errors were 10-3
 seeded simulations, pull std 1.1-1.3; the S+T Fisher matrix gives 0.9-1.0,
 tests/science/test_dipole_science.py).
 
+Limits of the difference alone: below ~1 PSF sigma of separation the lobes' fluxes and
+their separation are degenerate (large, honest errors on dipoleLength and the fluxes;
+give the science and template).  And the PSF stamp moved by sub-pixel interpolation is not
+the PSF at that position when the PSF is near critical sampling; the small difference of
+two overlapping lobes amplifies that: noise-free 1.5 px dipoles come out 6% short at PSF
+sigma 1.0 px, 3% at 1.3 px, 0.8% at 1.8 px (tests/science/test_dipole_science.py).  The
+joint fit is free of both.
+
 Units: fluxes as the images (nJy), lengths in pixels, angles in degrees in the pixel frame
 (counter-clockwise from +x, from the negative to the positive lobe).  The LSST schema wants
 dipoleLength in arcsec and dipoleAngle as a bearing on the sky;
@@ -166,7 +174,8 @@ def fit_dipoles(
     psfFlux start the fit; scienceFlux/templateFlux, when present and the planes are given,
     start the fluxes).  ``difference``/``difference_variance`` (nJy, nJy^2) with PSF
     ``psf_d_at(x, y)``; ``science``/``template`` (each with variance and PSF, on the same
-    grid and in the same unit) are optional extra planes weighted by ``rel_weight``.
+    grid, background-subtracted, in the same unit; both or neither) are optional extra
+    planes weighted by ``rel_weight``.
     ``mask``/``mask_planes``/``bad_mask_planes`` pick the pixels the fit skips, as in
     jitcore.measure.  ``max_separation`` is in units of PSF_D's sigma, ``max_area`` in
     pixels.  Returns one :data:`DIPOLE_DTYPE` row per source (both lobes of a pair carry the
@@ -265,7 +274,7 @@ def fit_dipoles(
     res = np.empty((pos.size, _k.NOUT))
     cov = np.empty((pos.size, _k.NPAR, _k.NPAR))
     _k.fit_dipole_pairs(
-        diff, dvar, s_img, s_var, t_img, t_var, mask, bits(planes, tuple(bad_mask_planes)),
+        diff, dvar, s_img, s_var, t_img, t_var, mask, bits(dict(planes), tuple(bad_mask_planes)),
         psf_d, np.ascontiguousarray(psf_s), np.ascontiguousarray(psf_t), w_s, w_t, start,
         boxes, bound, max_iter, max_step, tol, work(psf_d, 2), work(psf_s), work(psf_t), res,
         cov,
@@ -391,7 +400,9 @@ def merge_dipoles(
     dropped.  The kept row is moved to the dipole: x, y, xErr, yErr <- the dipole centroid
     and its errors; psfFlux, psfFluxErr <- dipoleFluxDiff and its error (the net flux change
     between template and science, what a forced PSF fit at the centroid estimates);
-    snr <- their ratio; isNegative <- False; bboxSize grown to hold both lobes.  Every other
+    snr <- dipoleSnr (the dipole's detection significance on the difference, as snr is the
+    S/N at which a source was detected); isNegative <- False; bboxSize grown to hold both
+    lobes.  Every other
     field keeps the positive lobe's measurement.  Returns ``(rows, dipoles, index)``: the
     merged rows and dipole rows, and the original row index of each (use it to select the
     matching detections, e.g. ``sources[index]``).  ``dipolePartner`` is renumbered to the
@@ -421,9 +432,8 @@ def merge_dipoles(
     for field, source in updates.items():
         if field in names:
             merged[field][kept] = dip[source][kept]
-    if "snr" in names and "psfFlux" in names and "psfFluxErr" in names:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            merged["snr"][kept] = merged["psfFlux"][kept] / merged["psfFluxErr"][kept]
+    if "snr" in names:
+        merged["snr"][kept] = dip["dipoleSnr"][kept]
     if "isNegative" in names:
         merged["isNegative"][kept] = False
     if "bboxSize" in names:

@@ -37,6 +37,13 @@ def _add_settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tile-size", type=int, default=None)
     g.add_argument("--exposure-bits", type=int, default=None)
     g.add_argument("--allow-uncalibrated", action="store_true", default=None)
+    g.add_argument(
+        "--refit-astrometry",
+        action="store_true",
+        default=None,
+        help="refit the template->science mapping from matched stars",
+    )
+    g.add_argument("--astrometry-order", type=int, default=None)
     g.add_argument("--data-root", action="append", dest="data_roots", default=None)
 
 
@@ -94,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--visit", type=int)
     p.add_argument("--detector", type=int)
     p.add_argument("--exposure-id", type=int)
+    p.add_argument("--science-psf", help="external PSF for the science (FITS stamp)")
+    p.add_argument("--template-psf", help="external PSF for the template (FITS stamp)")
+    p.add_argument("--science-background", help="background to add back to the science (FITS)")
     _add_provenance_args(p)
     _add_settings_args(p)
 
@@ -143,6 +153,9 @@ def cmd_subtract(args: argparse.Namespace) -> int:
                 detector=args.detector,
                 exposure_id=args.exposure_id,
                 metadata=meta,
+                science_psf=args.science_psf,
+                template_psf=args.template_psf,
+                science_background=args.science_background,
             )
             paths = write_products(result, out)
     except NoWorkFound as exc:

@@ -15,6 +15,7 @@ worker stopped on an error (fatal Kafka error, error policy STOP), 2 bad setting
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -148,6 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGUSR1 prints every thread's stack to stderr: where a stuck worker is stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     transport: Any = None
     try:
         if settings.bootstrap_servers:

@@ -30,7 +30,7 @@ from jitcore.masks import UNUSABLE_PLANES, bits
 from jitcore.matched_filter import matched_filter_score
 from jitcore.measure import measure
 from jitcore.noise import noise_scale_factor
-from jitcore.psf import PsfModel, psf_moments
+from jitcore.psf import PsfModel
 from stream import __version__
 from stream.alerts import dia_source_record, make_alert, write_alert_file
 from stream.calibrated import apply_external
@@ -42,7 +42,7 @@ from stream.fitsio import load_exposure
 from stream.outputs import write_planes
 from stream.pipeline import mjd_now
 from stream.settings import Settings, config_hash
-from stream.skycoords import pixel_to_sky
+from stream.skycoords import moments_to_sky, pixel_to_sky
 from stream.taskmeta import TaskMetadata
 from stream.versions import package_versions, versions_hash
 
@@ -201,7 +201,11 @@ def detect_exposure(
             psf_d_at=psf.at,
             mask=mask,
             mask_planes=planes,
+            ap_radius=settings.ap_radius,
         )
+        # As in stream.pipeline: the schema's snr is the S/N at which the source was detected.
+        if len(rows):
+            rows["snr"] = np.abs(found["peak_score"])
     with meta.timer("dipoles"):
         step = measure_dipoles(
             found, rows, difference=image, difference_variance=var_meas, psf_d_at=psf.at,
@@ -214,8 +218,12 @@ def detect_exposure(
         exp_id = difference.exposure_id if difference.exposure_id is not None else 0
         ids = IdFactory(exp_id, settings.exposure_bits).make_ids(len(rows))
         sky = pixel_to_sky(difference.wcs, rows["x"], rows["y"], rows["xErr"], rows["yErr"])
-        psf_c = psf.at(cx, cy)
-        ixx_p, iyy_p, ixy_p = psf_moments(psf_c)
+        # Moments in arcsec^2 as the schema documents them (measure() gives px^2).
+        for suffix in ("", "PSF"):
+            sky[f"ixx{suffix}"], sky[f"iyy{suffix}"], sky[f"ixy{suffix}"] = moments_to_sky(
+                difference.wcs, rows["x"], rows["y"],
+                rows[f"ixx{suffix}"], rows[f"iyy{suffix}"], rows[f"ixy{suffix}"],
+            )  # fmt: skip
         processed = mjd_now()
         names = rows.dtype.names or ()
         dia_sources: list[dict[str, Any]] = []
@@ -224,9 +232,6 @@ def detect_exposure(
             row.update({k: v[i] for k, v in sky.items()})
             row.update(step.row_fields(i))
             row["diaSourceId"] = int(ids[i])
-            row.setdefault("ixxPSF", ixx_p)
-            row.setdefault("iyyPSF", iyy_p)
-            row.setdefault("ixyPSF", ixy_p)
             row.setdefault("trailNdata", 0)
             # No science or template here: their forced fluxes are not measured (null).
             for key in ("scienceFlux", "scienceFluxErr", "templateFlux", "templateFluxErr"):

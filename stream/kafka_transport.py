@@ -156,7 +156,7 @@ class KafkaTransport:
         consumer_conf, producer_conf = client_configs(settings, worker=worker)
         for conf in (consumer_conf, producer_conf):
             conf.setdefault("error_cb", _error_cb)
-            pass  # conf.setdefault("logger", _rdkafka_log)
+            conf.setdefault("logger", _rdkafka_log)
         self._assigned: set[tuple[str, int]] = set()
         self._in_hand: SourceMessage | None = None
         self._abandoned = False

@@ -32,7 +32,10 @@ from jitcore.warp import warp_stamp
 from jitcore.zogy import ZogyResult, zogy
 from stream import __version__
 from stream.alerts import dia_source_record, make_alert
+from stream.astrometry import refit_mapping
+from stream.calibrated import apply_external
 from stream.cutouts import make_cutout
+from stream.dipoles import dipole_options, measure_dipoles
 from stream.errors import BadExposure, KernelFailure, NoWorkFound
 from stream.exposure import Exposure
 from stream.fitsio import load_exposure
@@ -76,6 +79,9 @@ def subtract_files(
     detector: int | None = None,
     exposure_id: int | None = None,
     metadata: TaskMetadata | None = None,
+    science_psf: str | None = None,
+    template_psf: str | None = None,
+    science_background: str | None = None,
 ) -> SubtractResult:
     """Load both files and run :func:`subtract_exposures` (load timed as ``*.load``)."""
     meta = metadata or TaskMetadata()
@@ -99,6 +105,8 @@ def subtract_files(
             max_nonfinite_fraction=settings.max_nonfinite_fraction,
             psf_degree=0,
         )
+        science = apply_external(science, psf_path=science_psf, background_path=science_background)
+        template = apply_external(template, psf_path=template_psf)
     meta.set(
         "science",
         {"path": science.path, "sha256": science.sha256, "layout": science.layout},
@@ -122,7 +130,8 @@ def _template_psf(
     rotation and the small blur of the Lanczos resampling, which a PSF from the file lacks.
     Otherwise the file's PSF is resampled through the local Jacobian of the mapping.
     """
-    if settings.psf_from_stars:
+    external = template.psf is not None and template.psf.source == "external"
+    if settings.psf_from_stars and not external:
         try:
             return measure_psf(
                 image, variance, mask_bad.astype(np.int32), bad_bits=1,
@@ -179,9 +188,18 @@ def subtract_exposures(
     planes = science.mask_planes
     no_data = science.bitmask("NO_DATA")
 
+    mapping = None
+    if settings.refit_astrometry:
+        with meta.timer("fitAstrometry"):
+            mapping, astrometry = refit_mapping(science, template, order=settings.astrometry_order)
+            note("astrometry", astrometry)
     with meta.timer("warp"):
         t_img, t_var, t_mask, jacobian = warp_template(
-            template, science, step=settings.warp_grid_step, order=settings.lanczos_order
+            template,
+            science,
+            step=settings.warp_grid_step,
+            order=settings.lanczos_order,
+            mapping=mapping,
         )
         # The warped mask is in the template's plane layout; everything downstream uses the
         # science layout (files that do not name their planes may differ).
@@ -278,6 +296,7 @@ def subtract_exposures(
             z.valid,
             threshold=settings.detection_threshold,
             min_area=settings.detection_min_area,
+            dipole_radius=float(dipole_options(settings)["dipole_radius"]),
         )
         # Stable order => stable ids across reruns of the same exposure.
         if len(found):
@@ -305,6 +324,27 @@ def subtract_exposures(
         # The schema's snr is "the S/N at which this source was detected": the score peak.
         if len(rows):
             rows["snr"] = np.abs(found["peak_score"])
+    with meta.timer("dipoles"):
+        dipoles = measure_dipoles(
+            found,
+            rows,
+            difference=z.difference,
+            difference_variance=z.difference_variance,
+            psf_d_at=lambda x, y: z.tile_at(x, y).psf_d,
+            wcs=science.wcs,
+            settings=settings,
+            science=s_img,
+            science_variance=s_var,
+            psf_science_at=psf_s.at,
+            template=t_img,
+            template_variance=t_var,
+            psf_template_at=psf_t.at,
+            mask=mask,
+            mask_planes=planes,
+        )
+        found, rows = dipoles.sources, dipoles.rows
+        note("dipoles", dipoles.summary)
+    with meta.timer("ids"):
         exp_id = science.exposure_id if science.exposure_id is not None else 0
         ids = IdFactory(exp_id, settings.exposure_bits).make_ids(len(rows))
         sky = pixel_to_sky(science.wcs, rows["x"], rows["y"], rows["xErr"], rows["yErr"])
@@ -324,10 +364,10 @@ def subtract_exposures(
         for i in range(len(rows)):
             row = {n: rows[n][i] for n in names}
             row.update({k: v[i] for k, v in sky.items()})
+            row.update(dipoles.row_fields(i))
             row["diaSourceId"] = int(ids[i])
             # Measured by later stages (trails, dipoles); 0 data points until then.
             row.setdefault("trailNdata", 0)
-            row.setdefault("dipoleNdata", 0)
             dia_sources.append(
                 dia_source_record(
                     row,

@@ -43,7 +43,15 @@ def write_metadata(
         "steps": {k: v for k, v in meta.steps().items() if k != meta.name},
         "fullMetadata": meta.full_metadata(),
     }  # fmt: skip
-    for key in ("psf", "starMatch", "photoCalib", "totalWallTime"):
+    for key in (
+        "psf",
+        "starMatch",
+        "photoCalib",
+        "totalWallTime",
+        "astrometry",
+        "dipoles",
+        "varianceScale",
+    ):
         if key in root:
             doc[key] = root[key]
     if error is not None:

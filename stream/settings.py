@@ -49,6 +49,22 @@ class Settings(BaseSettings):
         True, description="rescale score/difference variance to the measured pixel scatter"
     )
     astrometric_noise: bool = Field(True, description="include ZOGY's astrometric-noise term")
+    refit_astrometry: bool = Field(
+        False, description="refit the template->science mapping from matched stars before warping"
+    )
+    astrometry_order: int = Field(
+        1, ge=1, le=3, description="polynomial order of the astrometric correction (1: affine)"
+    )
+    dipole_fit: bool = Field(True, description="fit dipoles to adjacent +/- source pairs")
+    dipole_merge: bool = Field(True, description="report a classified dipole as one diaSource")
+    dipole_snr_min: float = Field(5 * 2**0.5, ge=0, description="min dipole S/N (LSST: 5 sqrt 2)")
+    dipole_max_flux_ratio: float = Field(
+        0.65, ge=0.5, lt=1.0, description="max lobe flux / total (LSST: 0.65)"
+    )
+    dipole_max_area: int = Field(1200, ge=2, description="max footprint area of a pair (px)")
+    dipole_max_separation: float = Field(5.0, gt=0, description="max lobe separation (PSF sigmas)")
+    dipole_rel_weight: float = Field(0.5, gt=0, description="weight of science+template in fit")
+    dipole_radius: float = Field(10.0, ge=0, description="pairing radius of +/- detections (px)")
     allow_uncalibrated: bool = Field(False, description="accept exposures without photo calib")
     max_pixels: int = Field(64 * 2**20, ge=1, description="largest image accepted (pixels)")
     max_nonfinite_fraction: float = Field(0.5, ge=0.0, le=1.0)
@@ -121,7 +137,9 @@ class Settings(BaseSettings):
             "method", "required_template_fraction", "detection_threshold", "detection_min_area",
             "tile_size", "warp_grid_step", "lanczos_order", "psf_from_stars", "psf_degree",
             "psf_error_fraction", "scale_variance", "astrometric_noise", "ap_radius", "cutout_size",
-            "exposure_bits",
+            "exposure_bits", "refit_astrometry", "astrometry_order", "dipole_fit", "dipole_merge",
+            "dipole_snr_min", "dipole_max_flux_ratio", "dipole_max_area", "dipole_max_separation",
+            "dipole_rel_weight", "dipole_radius",
         ]  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 

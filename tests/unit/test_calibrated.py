@@ -133,7 +133,9 @@ def test_background_checks(tmp_path):
     exp = _exposure()
     path = tmp_path / "small.fits"
     fits.PrimaryHDU(np.zeros((40, 49))).writeto(path)
-    with pytest.raises(BadExposure, match=r"background shape \(40, 49\) differs from .* \(40, 50\)"):
+    with pytest.raises(
+        BadExposure, match=r"background shape \(40, 49\) differs from .* \(40, 50\)"
+    ):
         apply_external(exp, background_path=path)
     holes = np.zeros(exp.shape)
     holes[10, 10] = np.inf

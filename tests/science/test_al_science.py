@@ -1,0 +1,181 @@
+"""Science acceptance of Alard-Lupton subtraction on the ZOGY tests' simulations (issue 5).
+
+Same simulator setups, seeds and thresholds as tests/science/test_zogy_science.py: 1024^2
+pairs (deeper, rotated, offset template with other seeing and photometric scale; PSF width
+varying 10% over the field; transients, brightening and fading variables, saturated stars,
+cosmic rays, bad columns), written as FITS and run through the pipeline of
+``diffstream subtract`` with the subtraction step swapped for :func:`al_subtract`.  Until the
+pipeline has its ``method='al'`` switch, the swap is a monkeypatch of ``stream.pipeline.zogy``
+by a wrapper with zogy's call signature that returns AL's ZogyResult (everything after it --
+variance scaling, detection on the score, measurement, alerts -- is the pipeline's own).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import stream.pipeline as pipeline
+from jitcore.alardlupton import al_subtract
+from stream.demo import match_truth
+from stream.settings import Settings
+from stream.simulate import simulate_pair, write_pair
+
+pytestmark = [pytest.mark.science, pytest.mark.slow]
+
+SEEDS = (101, 202, 303)
+NOISE_SEEDS = (11, 22, 33, 44)
+CASES = {
+    "template_sharper": {"science_fwhm": 3.6, "template_fwhm": 2.8},
+    "science_sharper": {"science_fwhm": 2.8, "template_fwhm": 3.6},
+}
+DIRECTION = {"template_sharper": "convolveTemplate", "science_sharper": "convolveScience"}
+
+
+def _al_as_zogy(infos):
+    def run(s_img, s_var, t_img, t_var, bad, psf_s, psf_t, *, workers=None,
+            psf_error_fraction=0.0, **_zogy_only):  # fmt: skip
+        # f_n = f_r = 1 (both in nJy: AL fits the ratio itself), sigma_astrometric (no AL
+        # counterpart) and tile_size (ZOGY's tiles; AL decorrelates in its own) are unused.
+        z, info = al_subtract(s_img, s_var, t_img, t_var, bad, psf_s, psf_t, workers=workers,
+                              psf_error_fraction=psf_error_fraction)  # fmt: skip
+        infos.append(info)
+        return z
+
+    return run
+
+
+def _write(tmp_path_factory, seed, case, transients=True):
+    pair = simulate_pair(seed=seed, shape=(1024, 1024), transients=transients, **CASES[case])
+    d = tmp_path_factory.mktemp(f"al-{case}-{seed}-{int(transients)}")
+    sci, tmpl = write_pair(pair, d)
+    return pair, str(sci), str(tmpl)
+
+
+def _subtract(sci, tmpl, seed, *, method, infos=None):
+    if method == "zogy":
+        return pipeline.subtract_files(sci, tmpl, settings=Settings(), exposure_id=seed)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "zogy", _al_as_zogy(infos if infos is not None else []))
+        return pipeline.subtract_files(sci, tmpl, settings=Settings(), exposure_id=seed)
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def pooled(request, tmp_path_factory):
+    """Truth rows with their AL and ZOGY diaSources (or None), pooled over seeds."""
+    case = request.param
+    rows, n_false, infos = [], [], []
+    for seed in SEEDS:
+        pair, sci, tmpl = _write(tmp_path_factory, seed, case)
+        res_al = _subtract(sci, tmpl, seed, method="al", infos=infos)
+        res_z = _subtract(sci, tmpl, seed, method="zogy")
+        truth = pair.truth
+        hit_al = match_truth(res_al, truth)
+        hit_z = match_truth(res_z, truth)
+        for i in range(len(truth["x"])):
+            rows.append(
+                {
+                    "kind": truth["kind"][i],
+                    "flux": float(truth["flux_diff_njy"][i]),
+                    "snr": float(truth["snr_expected"][i]),
+                    "src": res_al.dia_sources[hit_al[i]] if hit_al[i] >= 0 else None,
+                    "zogy": res_z.dia_sources[hit_z[i]] if hit_z[i] >= 0 else None,
+                }
+            )
+        n_false.append(len(res_al.dia_sources) - len(set(hit_al[hit_al >= 0].tolist())))
+    return case, rows, n_false, infos
+
+
+def _completeness(rows, lo, hi):
+    sel = [r for r in rows if lo <= r["snr"] < hi]
+    return sum(r["src"] is not None for r in sel), len(sel)
+
+
+def test_direction_and_kernel_fit(pooled):
+    case, _, _, infos = pooled
+    assert len(infos) == len(SEEDS)
+    for info in infos:
+        assert info.direction == DIRECTION[case]
+        # Both images are in nJy: the fitted photometric scale is 1.
+        assert info.kernel_sum == pytest.approx(1.0, abs=0.02), case
+        assert info.n_stars_used >= 20
+        assert 0.9 < info.residual_rms < 1.2
+
+
+def test_completeness_snr_7_to_10(pooled):
+    case, rows, _, _ = pooled
+    k, n = _completeness(rows, 7, 10)
+    assert n >= 20, f"too few injected sources in the bin ({n}) for the test to mean anything"
+    assert k / n >= 0.85, f"{case}: completeness at S/N 7-10 = {k}/{n}"
+
+
+def test_completeness_snr_above_10(pooled):
+    case, rows, _, _ = pooled
+    k, n = _completeness(rows, 10, np.inf)
+    assert n >= 50
+    assert k / n >= 0.97, f"{case}: completeness at S/N >= 10 = {k}/{n}"
+
+
+def test_false_positives_with_injected_sources(pooled):
+    case, rows, n_false, _ = pooled
+    assert 60 <= len(rows) / len(SEEDS) <= 100
+    assert max(n_false) <= 5, f"{case}: false positives per pair {n_false}"
+
+
+def test_flux_bias_and_pulls(pooled):
+    case, rows, _, _ = pooled
+    bright = [r for r in rows if r["src"] is not None and r["snr"] > 20]
+    assert len(bright) >= 30
+    ratio = np.array([r["src"]["psfFlux"] / r["flux"] for r in bright])
+    bias = np.median(ratio) - 1.0
+    assert abs(bias) <= 0.03, f"{case}: PSF-flux bias {bias:+.3%} at S/N > 20"
+    found = [r for r in rows if r["src"] is not None]
+    pulls = np.array([(r["src"]["psfFlux"] - r["flux"]) / r["src"]["psfFluxErr"] for r in found])
+    q75, q25 = np.percentile(pulls, [75, 25])
+    robust_std = (q75 - q25) / 1.349
+    assert 0.8 <= robust_std <= 1.25, f"{case}: pull robust std {robust_std:.3f}"
+    assert abs(np.median(pulls)) < 5 * 1.2533 * robust_std / np.sqrt(len(pulls)) + 0.3
+
+
+def test_fading_variables_are_negative(pooled):
+    case, rows, _, _ = pooled
+    fading = [r for r in rows if r["kind"] == "fading" and r["src"] is not None]
+    rising = [r for r in rows if r["kind"] != "fading" and r["src"] is not None]
+    assert len(fading) >= 10
+    assert all(r["src"]["isNegative"] for r in fading), case
+    assert not any(r["src"]["isNegative"] for r in rising), case
+
+
+def test_al_and_zogy_psf_fluxes_agree_within_errors(pooled):
+    """Same sources, two methods: the difference is within the quadrature sum of the errors.
+
+    The two measurements share the pixels' noise, so they are correlated and the pull of
+    their difference is narrower than 1; an excess over 1.2 would be a real disagreement.
+    """
+    case, rows, _, _ = pooled
+    both = [r for r in rows if r["src"] is not None and r["zogy"] is not None]
+    assert len(both) >= 100
+    a = np.array([r["src"]["psfFlux"] for r in both])
+    ea = np.array([r["src"]["psfFluxErr"] for r in both])
+    z = np.array([r["zogy"]["psfFlux"] for r in both])
+    ez = np.array([r["zogy"]["psfFluxErr"] for r in both])
+    pull = (a - z) / np.sqrt(ea**2 + ez**2)
+    q75, q25 = np.percentile(pull, [75, 25])
+    assert (q75 - q25) / 1.349 < 1.2, f"{case}: AL-ZOGY pull robust std {(q75 - q25) / 1.349:.3f}"
+    assert np.std(pull) < 1.2, f"{case}: AL-ZOGY pull std {np.std(pull):.3f}"
+    snr = np.array([r["snr"] for r in both])
+    ratio = a[snr > 10] / z[snr > 10]
+    assert abs(np.median(ratio) - 1.0) < 0.02, f"{case}: median AL/ZOGY {np.median(ratio):.4f}"
+    # The errors themselves agree: both methods reach nearly the same S/N.
+    assert abs(np.median(ea / ez) - 1.0) < 0.15, f"{case}: median err ratio {np.median(ea / ez)}"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_pure_noise_pairs_false_positive_rate(tmp_path_factory, case):
+    total = 0
+    for seed in NOISE_SEEDS:
+        pair, sci, tmpl = _write(tmp_path_factory, seed, case, transients=False)
+        assert len(pair.truth["x"]) == 0
+        total += len(_subtract(sci, tmpl, seed, method="al").dia_sources)
+    mpix = len(NOISE_SEEDS) * 1024 * 1024 / 1e6
+    assert total / mpix <= 1.0, f"{case}: {total} detections on {mpix:.1f} Mpix of pure noise"
