@@ -23,6 +23,8 @@ demo: install
 ## make test: the whole suite; starts a local Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set,
 ## and stops it again even when tests fail.
 test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	@set -u; \
 	if [ -n "$${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then \
 	  echo "using Kafka at $$KAFKA_BOOTSTRAP_SERVERS"; \

@@ -4,16 +4,22 @@ Inputs as for :func:`jitcore.zogy.zogy`: one pixel grid, background-subtracted, 
 
 1. Direction (``mode``).  ``convolveTemplate``: fit kappa with S ~ kappa (x) T + bg, then
    D = S - kappa (x) T - bg.  ``convolveScience``: T ~ kappa (x) S + bg, then
-   D = (kappa (x) S + bg - T) / ksum (back on the science's flux scale).  ``preconvolve``:
-   S' = P_sci (x) S (each pixel with its own PSF), fit S' ~ kappa (x) T + bg, then
-   D = S' - kappa (x) T - bg: the pre-convolved science is broader than the template as long
-   as sigma_t < sqrt(2) sigma_s, so the sharper science need not be blurred by a fitted
-   kernel (whose noise would then enter the regressor: convolving the shallower image is
-   an errors-in-variables fit) and no deconvolution is needed.  ``auto``: convolveTemplate
-   when the template PSF is the narrower (ip_diffim's auto mode), else preconvolve, or
-   convolveScience when even the pre-convolved science is narrower than the template.
+   D = (kappa (x) S + bg - T) / ksum (the whole difference back on the science's flux
+   scale; ip_diffim divides only the matched science).  ``auto`` (ip_diffim's auto mode):
+   convolveTemplate when the template PSF is not wider than the science's, else
+   convolveScience.  ``preconvolve`` (explicit only): S' = P_sci (x) S, each pixel with its
+   own PSF, fit S' ~ kappa (x) T + bg, D = S' - kappa (x) T - bg (no deconvolution while
+   sigma_t < sqrt(2) sigma_s, and the deep template stays the regressor).  Rejected as the
+   ``auto`` choice for a sharper science: whitening a pre-convolved difference divides by
+   |P_sci^|, which is tiny at high frequencies; with the filter bounded
+   (jitcore.decorrelate.DECORRELATION_EPSILON) its score is N(0, 1) and its detections as
+   good as convolveScience's, but its difference keeps a lag-1 noise correlation of ~0.4,
+   so PSF fits on it (psfFluxErr) assume independent pixels wrongly: pull std 1.47-1.87 on
+   tests/science/test_al_science.py's pairs against 1.19 for convolveScience.  Unbounded,
+   the filter is not compact and the variance plane was 17% off.
 2. Basis and kernel box from the PSF widths at the image centre (jitcore.albasis).
-3. Kernel stars (jitcore.alstars): S/N 10-500, isolated, on good pixels, <= 5 per 128 px cell.
+3. Kernel stars (jitcore.alstars): S/N 10-500, isolated, on good pixels, <= 5 per 128 px
+   cell, <= 1000 in all.
 4. Per-stamp normal equations (Numba, jitcore._kernels.alardlupton), each stamp with its own
    constant background and inverse-variance weights 1 / (V_target + g V_ref), g = sum of the
    squared Gaussian of the kernel width (the convolved image's noise, scaled as kappa scales
@@ -25,8 +31,14 @@ Inputs as for :func:`jitcore.zogy.zogy`: one pixel grid, background-subtracted, 
    of the other stamps, refitting up to MAX_ITER times.  The relative limit keeps a uniformly
    imperfect basis from rejecting every star; the absolute one keeps a few bad stamps from
    widening the distribution they are judged against.
-5. Apply the spatially varying kernel exactly (jitcore.albasis), subtract, decorrelate per
-   tile (jitcore.decorrelate), which also gives the score and the PSF flux.
+5. Errors in variables.  Least squares treats the convolved image as noiseless; its noise
+   shrinks the kernel.  With the science as the convolved image the kernel sum came out
+   ~1.1% low, and S/N ~400 stars left 5-8 sigma residuals (3.8 detections per Mpix of pure
+   noise).  The spatial fit therefore subtracts the expected noise term from the normal
+   matrix (:func:`fit_kernel`), keeping only well-determined eigen-directions (EIG_TOL).
+6. Apply the spatially varying kernel exactly (jitcore.albasis), subtract, decorrelate per
+   tile (jitcore.decorrelate), which also gives the score and the PSF flux, with the
+   ``psf_error_fraction`` term for imperfect cancellation of bright stars.
 """
 
 from __future__ import annotations
@@ -390,8 +402,10 @@ def al_subtract(
     either.  ``psf_science`` / ``psf_template``: objects with ``.at(x, y)`` (unit-sum odd
     stamps; jitcore.psf.PsfModel, whose spatial model is used exactly for preconvolve).
     ``kernel_size``: odd, >= 3 (default from the PSFs).  ``stamp_cell``: the star-selection
-    cell (px).  ``tile_size``: decorrelation tile core (px).  ``workers``: scipy.fft threads
-    (None: 1, -1: all cores) for the whole-image convolutions and the decorrelation tiles.
+    cell (px).  ``tile_size``: decorrelation tile core (px).  ``psf_error_fraction``: e of
+    the score's e^2 (N_s^2 + N_t^2) term (jitcore.decorrelate; the pipeline's setting, 0.01,
+    suits AL as it suits ZOGY).  ``workers``: threads (scipy.fft convention; None: 1, -1: all
+    cores) for the whole-image convolutions, the stamps and the decorrelation tiles.
     Returns the decorrelated difference as a :class:`jitcore.zogy.ZogyResult` and an
     :class:`ALInfo`.  Raises ValueError (with the counts) when fewer than ``min_stars``
     kernel stars are found or survive rejection, and ValueError / TypeError on bad input.

@@ -184,17 +184,19 @@ def convolve_many(
 
     One padded forward FFT of the image serves every kernel (scipy.fft, ``workers``
     threads); the frame is padded by the largest kernel half-size so nothing wraps around.
-    The result array passed to ``emit`` is reused by the next call: copy it to keep it.
+    Single precision: 2-3x faster than double on 4k frames, and its rounding (~1e-7 of the
+    frame's RMS, dominated by the stars) is ~1e-5 of the sky noise; the results are
+    combined in double.  The float32 array passed to ``emit`` is reused by the next call.
     """
     ny, nx = image.shape
     kh = max(k.shape[0] for k in kernels) // 2
     fy = sfft.next_fast_len(ny + kh, real=True)
     fx = sfft.next_fast_len(nx + kh, real=True)
-    frame = np.zeros((fy, fx))
+    frame = np.zeros((fy, fx), np.float32)
     frame[:ny, :nx] = image
     spec = sfft.rfft2(frame, workers=workers)
     for i, k in enumerate(kernels):
-        embed_centred(np.asarray(k, dtype=np.float64), frame)
+        embed_centred(np.asarray(k, dtype=np.float32), frame)
         kspec = sfft.rfft2(frame, workers=workers)
         kspec *= spec
         out = sfft.irfft2(kspec, s=(fy, fx), workers=workers)

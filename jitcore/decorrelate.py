@@ -29,7 +29,7 @@ N_t = N_s - N the template's: jitcore.zogy's V_psf, here for a matching kernel t
 wrong by a fraction e (kernel model and spatial interpolation errors leave residuals at
 static stars in proportion to their brightness; negligible on empty sky).
 
-(products of kernels are convolutions; squares are pixel-wise).  The variances are the exact
+(Products of kernels are convolutions; squares are pixel-wise.)  The variances are the exact
 propagation of independent pixel noise with the variance planes V_s, V_t, so they follow the
 stars' own noise, unlike a white-noise approximation; on empty sky the score is the matched
 filter of D' with its PSF, N(0, 1).  Unusable pixels enter as 0 in data and variance (see
@@ -66,9 +66,12 @@ from jitcore.zogy import FOOTPRINT_TOL, ZogyResult, ZogyTile
 
 __all__ = ["DECORRELATION_EPSILON", "decorrelate", "decorrelation_spectrum", "thread_count"]
 
-# Relative floor of the filter's denominator (see _kernels/decorrelate.py): caps phi^ at 1e5.
-# Reached only by a pre-convolved science far beyond its band limit, where |P^|^2 < 1e-10;
-# rounding in D there is ~1e-16 of the image, so the capped filter keeps it at ~1e-11.
+# phi^ = sqrt(num / (den + eps num)) is bounded by 1 / sqrt(eps) = 31.6.  With the template
+# or the science convolved, den >= var_s a^2 (or var_t b^2), a large fraction of num, so eps
+# changes phi^ by < 0.1%.  It matters only for a pre-convolved science, whose den ~ |P^|^2
+# vanishes at high frequencies: unbounded (eps = 1e-10) phi was not compact and the cut
+# kernels left the noise of D' 17% wider than its variance plane; 1e-4 gave 1.01, 1e-3 1.003
+# (with a lag-1 correlation of 0.38 left: that direction's known limit, jitcore.alardlupton).
 DECORRELATION_EPSILON = 1e-3
 
 KernelsAt = Callable[[float, float], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -142,19 +145,20 @@ class _Ctx:
 def _tile_kernels(ctx: _Ctx, a, b, p, var_s: float, var_t: float):
     """One tile's kernels as frame spectra, its psf_d, white variance and mask radius.
 
-    Spectra: (phi / a0, conj(psf_d^), F[kA^2], F[kB^2], F[kA_s^2], F[kB_s^2]) with
-    kA = phi A / a0, kA_s = kA (x) flip(psf_d) and likewise for B.  Everything is made on
-    the frame itself rather than on a small grid and cropped: with a pre-convolved science
-    phi^ ~ 1 / |P^| grows by orders of magnitude towards high frequencies, so phi is not
-    compact, and a cropped phi left the decorrelated noise ~20% wider than its variance
-    plane (tests/unit/test_decorrelate.py::test_difference_is_white).  What wraps around
-    the frame lands in the discarded border and is counted alike in the variances.
+    Spectra: (phi / a0, conj(psf_d^), F[kA^2], F[kB^2], F[kA_s^2], F[kB_s^2], F[kA_s] or
+    None) with kA = phi A / a0, kA_s = kA (x) flip(psf_d) and likewise for B.  They are made
+    on a small grid of 4 border + 1 pixels, cut to the central (2 border + 1)^2 box and only
+    then put on the frame: 7 frame FFTs per tile instead of 15.  That needs compact kernels,
+    which DECORRELATION_EPSILON guarantees: with a pre-convolved science and no bound, phi^
+    ~ 1 / |P^| grows by orders of magnitude towards high frequencies, and the cut phi left
+    the decorrelated noise 17% wider than its variance plane.
     """
-    frame = np.empty(ctx.frame)
+    m = sfft.next_fast_len(4 * ctx.border + 1, real=True)
+    small = np.empty((m, m))
     spectra = []
     for k in (a, b, p):
-        embed_centred(k, frame)
-        spectra.append(ctx.rfft(frame))
+        embed_centred(k, small)
+        spectra.append(sfft.rfft2(small))
     ah, bh, ph = spectra
     a0 = float(a.sum())
     num = var_s * a0**2 + var_t * float(b.sum()) ** 2
@@ -163,19 +167,26 @@ def _tile_kernels(ctx: _Ctx, a, b, p, var_s: float, var_t: float):
     phi /= a0
     pa = phi * ah
     pb = phi * bh
-    pd_full = ctx.irfft(pa * ph)
-    half_d = max(p.shape[0] // 2, footprint_radius([pd_full], ctx.border, tol=1e-3))
+    b_ = ctx.border
+    pd_full = sfft.irfft2(pa * ph, s=(m, m))
+    half_d = max(p.shape[0] // 2, footprint_radius([pd_full], b_, tol=1e-3))
     psf_d = crop_centred(pd_full, half_d)
     psf_d = psf_d / psf_d.sum()
-    embed_centred(psf_d, frame)
-    pdc = np.conj(ctx.rfft(frame))
-    images = [ctx.irfft(spec) for spec in (pa, pb, pa * pdc, pb * pdc)]
-    radius = min(footprint_radius(images[2:], ctx.border, tol=FOOTPRINT_TOL), ctx.border)
-    squares = []
-    for img in images:
-        np.multiply(img, img, out=img)
-        squares.append(ctx.rfft(img))
-    return (phi, pdc, *squares, pa * pdc), psf_d, num / a0**2, radius
+    embed_centred(psf_d, small)
+    pdc = np.conj(sfft.rfft2(small))
+    images = [sfft.irfft2(spec, s=(m, m)) for spec in (phi, pa, pb, pa * pdc, pb * pdc)]
+    radius = min(footprint_radius(images[3:], b_, tol=FOOTPRINT_TOL), b_)
+    frame = np.empty(ctx.frame)
+
+    def on_frame(stamp: np.ndarray) -> np.ndarray:
+        embed_centred(stamp, frame)
+        return ctx.rfft(frame)
+
+    cut = [crop_centred(img, b_) for img in images]
+    out = [on_frame(cut[0]), np.conj(on_frame(psf_d))]
+    out += [on_frame(c * c) for c in cut[1:]]
+    out.append(on_frame(cut[3]) if ctx.e2 > 0 else None)
+    return tuple(out), psf_d, num / a0**2, radius
 
 
 def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarray) -> ZogyTile:

@@ -3,6 +3,7 @@
     diffstream run --bootstrap-servers B --data-root D [--input-topic T --output-topic T
         --dlq-topic T --metadata-topic T --group-id G --instance-id NAME --exactly-once
         --max-messages N --exit-when-idle S -X key=value ... --config run.toml]
+        [--metrics-port P --schema-registry-url U]
     diffstream run --input-dir IN --output-dir OUT --data-root D     (no Kafka)
     diffstream publish-event SCIENCE TEMPLATE --bootstrap-servers B --topic T
         [--visit N --detector N --exposure-id N ...]       (or --to-dir DIR instead of Kafka)
@@ -15,7 +16,9 @@ worker stopped on an error (fatal Kafka error, error policy STOP), 2 bad setting
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
+import io
 import logging
 import signal
 import sys
@@ -56,6 +59,15 @@ def _add_kafka_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_registry_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--schema-registry-url",
+        dest="schema_registry_url",
+        default=None,
+        help="Confluent-compatible schema registry: events and alerts in its wire format",
+    )
+
+
 def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``run`` and ``publish-event`` to the ``diffstream`` subparsers."""
     r = sub.add_parser(
@@ -84,6 +96,15 @@ def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], No
     )
     r.add_argument("--max-messages", dest="max_messages", type=int, default=None)
     r.add_argument("--exit-when-idle", dest="exit_when_idle", type=float, default=None)
+    r.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics on this port (0: any free port)",
+    )
+    r.add_argument("--metrics-addr", dest="metrics_addr", default=None)
+    _add_registry_arg(r)
     r.add_argument("--input-dir", dest="input_dir", default=None, help="directory transport in")
     r.add_argument("--output-dir", dest="output_dir", default=None, help="directory transport out")
     add_settings_args(r)
@@ -99,6 +120,7 @@ def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], No
     _add_kafka_args(pe)
     pe.add_argument("--topic", dest="input_topic", default=None, help="default: the input topic")
     pe.add_argument("--to-dir", default=None, help="write an event file here instead of Kafka")
+    _add_registry_arg(pe)
     pe.add_argument("--visit", type=int, default=None, help="default: the VISIT keyword")
     pe.add_argument("--detector", type=int, default=None, help="default: the DETECTOR keyword")
     pe.add_argument("--exposure-id", type=int, default=None, help="default: EXPID, else visit")
@@ -121,10 +143,29 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _make_metrics(settings: Settings) -> Any:
-    """The metrics hook of ``run`` (the no-op one; a Prometheus exporter plugs in here)."""
-    from stream.service import NullMetrics
+    """The metrics hook of ``run``: Prometheus (stream.metrics), served on ``metrics_port``
+    when one is given."""
+    from stream.metrics import start_metrics
 
-    return NullMetrics()
+    return start_metrics(settings.metrics_port, addr=settings.metrics_addr)
+
+
+def _codecs(settings: Settings) -> dict[str, Any]:
+    """Worker keyword arguments for the value encodings: the registry's wire format when a
+    schema registry is configured (the alert schema is checked and registered now, before
+    anything is consumed), else the defaults (single-object events, schemaless alerts)."""
+    if not settings.schema_registry_url:
+        return {}
+    from stream.wire import worker_codecs
+
+    events, alerts = worker_codecs(settings)
+    return {"event_decoder": events.deserialize, "alert_serializer": alerts.serialize}
+
+
+def _close_metrics(metrics: Any) -> None:
+    close = getattr(metrics, "close", None)
+    if close is not None:
+        close()
 
 
 # -- run ------------------------------------------------------------------------------------
@@ -139,8 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             "run needs --bootstrap-servers (Kafka) or both --input-dir and --output-dir "
             "(directory transport)"
         )
-    metrics = _make_metrics(settings)
-    worker = Worker(settings, metrics=metrics)
+    worker = Worker(settings, **_codecs(settings))  # refuses a run without data roots
+    metrics = worker.metrics = _make_metrics(settings)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -150,7 +191,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     # SIGUSR1 prints every thread's stack to stderr: where a stuck worker is stuck.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if sys.__stderr__ is not None:
+        with contextlib.suppress(io.UnsupportedOperation, AttributeError, ValueError):
+            faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     transport: Any = None
     try:
         if settings.bootstrap_servers:
@@ -163,7 +206,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             from stream.dir_transport import DirTransport
 
-            transport = DirTransport(settings.input_dir, settings.output_dir, metrics=metrics)
+            inp, out = str(settings.input_dir), str(settings.output_dir)  # both checked above
+            transport = DirTransport(inp, out, metrics=metrics)
             where = f"directory {settings.input_dir}"
         mode = "exactly-once" if settings.exactly_once and settings.bootstrap_servers else ""
         log.info("worker %s consuming %s %s", worker.worker_id, where, mode)
@@ -185,6 +229,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             transport.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
+        faulthandler.unregister(signal.SIGUSR1)
+        _close_metrics(metrics)
     log.info("%s", stats.line())
     print(stats.line())
     return EXIT_OK
@@ -255,10 +301,18 @@ def cmd_publish_event(args: argparse.Namespace) -> int:
         path = write_event_file(out / f"{event['requestId']}.avro", [event])
         print(f"requestId {event['requestId']} -> {path}")
         return EXIT_OK
+    if settings.schema_registry_url:
+        from stream.registry import client_from_settings
+        from stream.wire import event_codec
+
+        codec = event_codec(settings.input_topic, registry=client_from_settings(settings))
+        return _publish_kafka(settings, event, codec.serialize(event, None), codec.headers)
     return _publish_kafka(settings, event, encode_event(event))
 
 
-def _publish_kafka(settings: Settings, event: dict[str, Any], value: bytes) -> int:
+def _publish_kafka(
+    settings: Settings, event: dict[str, Any], value: bytes, headers: Any = ()
+) -> int:
     from confluent_kafka import Producer
 
     from stream.kafka_transport import client_configs
@@ -271,6 +325,7 @@ def _publish_kafka(settings: Settings, event: dict[str, Any], value: bytes) -> i
             settings.input_topic,
             key=str(event["exposureId"]).encode(),
             value=value,
+            headers=list(headers),
             on_delivery=lambda err, msg: result.update(err=err, msg=msg),
         )
         left = producer.flush(60.0)

@@ -108,7 +108,7 @@ class DirTransport:
         try:
             with path.open("rb") as fh:
                 reader = fastavro.reader(fh)
-                writer = reader.writer_schema
+                writer: Any = reader.writer_schema
                 fp = fingerprint(writer)
                 for record in reader:
                     if n_read >= start:

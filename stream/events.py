@@ -290,4 +290,6 @@ def decode_event(data: Any, ctx: Any = None) -> dict[str, Any]:
             reason="undecodable",
             fingerprint=fp,
         )
+    if not isinstance(record, dict):  # a foreign writer schema that is not a record
+        raise BadEvent(f"decoded a {type(record).__name__}, not an event record", reason="invalid")
     return validate_event(record)

@@ -112,6 +112,13 @@ def client_configs(settings: Settings, *, worker: str | None = None) -> tuple[di
     if settings.exactly_once:
         tid = settings.instance_id or f"{name}".replace(":", "-")
         producer["transactional.id"] = f"diffstream-{settings.group_id}-{tid}"
+        # When every broker is unreachable, librdkafka (>= 2.10) by default "re-bootstraps":
+        # it decommissions the known brokers, and a group coordinator cached on one of them
+        # makes send_offsets_to_transaction hang for ever, past its timeout (librdkafka
+        # issues #5511 and #5456, open in 2.16).  Keeping the brokers known avoids it;
+        # tests/integration/test_stream_broker_restart.py[exactly-once] hangs without this.
+        # The cost: a cluster whose every broker address changes needs a worker restart.
+        producer["metadata.recovery.strategy"] = "none"
     consumer.update(extra)
     producer.update(extra)
     # Re-pin after the passthrough (already checked above, so this changes nothing it allowed).
@@ -130,6 +137,12 @@ class _QuietConfWarn(logging.Filter):
 
 _rdkafka_log = logging.getLogger("diffstream.librdkafka")
 _rdkafka_log.addFilter(_QuietConfWarn())
+
+
+def _header_bytes(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).encode() if isinstance(value, str) else bytes(value)
 
 
 def _error_cb(err: KafkaError) -> None:
@@ -226,7 +239,8 @@ class KafkaTransport:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", err)
             return None
-        headers = tuple((k, v) for k, v in (msg.headers() or []))
+        raw_headers: Any = msg.headers() or []
+        headers = tuple((str(k), _header_bytes(v)) for k, v in raw_headers)
         ts_type, ts = msg.timestamp()
         source = SourceMessage(
             value=msg.value(),

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from astropy.time import Time
 
+from jitcore.alardlupton import ALInfo, al_subtract
 from jitcore.background import estimate_background
 from jitcore.coverage import template_coverage
 from jitcore.detect import detect
@@ -64,6 +65,7 @@ class SubtractResult:
     # The PSF models ZOGY used (debug plots, diagnostics); None for results built elsewhere.
     psf_science: PsfModel | None = None
     psf_template: PsfModel | None = None
+    al: ALInfo | None = None  # Alard-Lupton products (matched image, kernels) with method="al"
 
 
 def mjd_now() -> float:
@@ -263,16 +265,39 @@ def subtract_exposures(
              "fluxRatio": stars.flux_ratio, "fluxRatioErr": stars.flux_ratio_err},
         )  # fmt: skip
 
-    with meta.timer("zogy"):
-        sig_ast = (stars.sigma_x, stars.sigma_y) if settings.astrometric_noise else (0.0, 0.0)
-        try:
-            z = zogy(
-                s_img, s_var, t_img, t_var, bad, psf_s, psf_t,
-                f_n=1.0, f_r=1.0, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
-                workers=settings.fft_workers, psf_error_fraction=settings.psf_error_fraction,
-            )  # fmt: skip
-        except ValueError as exc:
-            raise KernelFailure(f"ZOGY failed: {exc}") from exc
+    al_info: ALInfo | None = None
+    with meta.timer("alardLupton" if settings.method == "al" else "zogy"):
+        if settings.method == "al":
+            # AL decorrelates in its own tiles and has no astrometric term (see al_subtract).
+            try:
+                z, al_info = al_subtract(
+                    s_img, s_var, t_img, t_var, bad, psf_s, psf_t, mode=settings.al_mode,
+                    spatial_order=settings.al_spatial_order,
+                    background_order=settings.al_background_order,
+                    min_stars=settings.al_min_stars,
+                    psf_error_fraction=settings.psf_error_fraction,
+                    workers=settings.fft_workers,
+                )  # fmt: skip
+            except ValueError as exc:
+                raise KernelFailure(f"Alard-Lupton failed: {exc}") from exc
+            note("alardLupton", {
+                "direction": al_info.direction, "kernelSum": al_info.kernel_sum,
+                "nStarsUsed": al_info.n_stars_used, "nStarsFound": al_info.n_stars_found,
+                "residualRms": al_info.residual_rms,
+                "basisSigmas": [float(b) for b in al_info.basis_sigmas],
+                "kernelSize": al_info.kernel_size,
+                "backgroundCoeffs": [float(c) for c in al_info.background_coeffs],
+            })  # fmt: skip
+        else:
+            sig_ast = (stars.sigma_x, stars.sigma_y) if settings.astrometric_noise else (0.0, 0.0)
+            try:
+                z = zogy(
+                    s_img, s_var, t_img, t_var, bad, psf_s, psf_t,
+                    f_n=1.0, f_r=1.0, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
+                    workers=settings.fft_workers, psf_error_fraction=settings.psf_error_fraction,
+                )  # fmt: skip
+            except ValueError as exc:
+                raise KernelFailure(f"ZOGY failed: {exc}") from exc
 
     with meta.timer("scaleDiffimVariance"):
         # Stated noise must match the measured scatter for 5 sigma to mean 5 sigma (see
@@ -419,6 +444,7 @@ def subtract_exposures(
         summary=summary_meta,
         psf_science=psf_s,
         psf_template=psf_t,
+        al=al_info,
     )
 
 

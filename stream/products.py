@@ -89,6 +89,19 @@ def write_products(result: SubtractResult, outdir: str | Path) -> dict[str, Path
             wcs=sci.wcs,
             bunit="",
         )
+        if result.al is not None:
+            al = result.al
+            paths["matched"] = write_planes(
+                out / "matched.fits",
+                image=al.matched,
+                variance=al.matched_variance,
+                mask=result.mask,
+                mask_planes=planes,
+                wcs=sci.wcs,
+                header={"VISIT": sci.visit or 0, "DETECTOR": sci.detector or 0,
+                        "ALDIR": al.direction, "ALKSUM": float(al.kernel_sum),
+                        "ALKSIZE": int(al.kernel_size)},
+            )  # fmt: skip
         paths["alerts"] = out / "alerts.avro"
         write_alert_file(paths["alerts"], result.alerts)
     paths["metadata"] = write_metadata(out, result.metadata, status="done")

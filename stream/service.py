@@ -250,6 +250,10 @@ def _finite(value: Any) -> Any:
     return str(value)
 
 
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -278,6 +282,8 @@ class Worker:
         error_policy: ErrorPolicy | None = None,
         subtract: Callable[..., Any] | None = None,
         worker: str | None = None,
+        event_decoder: Callable[[Any, Any], dict[str, Any]] | None = None,
+        alert_serializer: Callable[[Any, Any], bytes] | None = None,
     ) -> None:
         if not settings.data_roots:
             from stream.errors import ConfigError
@@ -294,6 +300,11 @@ class Worker:
 
             subtract = subtract_files
         self._subtract = subtract
+        # (bytes, ctx) -> validated event, raising BadEvent; and (alert, ctx) -> bytes.  The
+        # defaults are the single-object events and schemaless alerts; stream.wire's registry
+        # codecs (the Confluent wire format) plug in here.
+        self._decode: Callable[[Any, Any], dict[str, Any]] = event_decoder or decode_event
+        self._serialize: Callable[[Any, Any], bytes] = alert_serializer or serialize_alert
         self.worker_id = worker or worker_id()
         self._settings_by_bits: dict[int, Settings] = {settings.exposure_bits: settings}
 
@@ -327,7 +338,7 @@ class Worker:
         out = []
         for alert in alerts:
             try:
-                value = serialize_alert(alert)
+                value = self._serialize(alert, None)
             except ValueError as exc:
                 raise ProduceError(
                     f"alert {alert.get('diaSourceId')} cannot be encoded: {exc}",
@@ -441,7 +452,7 @@ class Worker:
         event: dict[str, Any] | None = None
         notes: list[str] = []
         try:
-            event = decode_event(msg.value)
+            event = self._decode(msg.value, msg)
             paths = self._resolve(event)
             settings = self._settings_for(event)
             with meta.timer():
@@ -453,6 +464,9 @@ class Worker:
                     detector=event["detector"],
                     exposure_id=event["exposureId"],
                     metadata=meta,
+                    science_psf=_opt_str(paths.get("sciencePsfLocation")),
+                    template_psf=_opt_str(paths.get("templatePsfLocation")),
+                    science_background=_opt_str(paths.get("backgroundLocation")),
                 )
             records = self._encode_alerts(result.alerts, event)
             notes = self._notes(event, result)

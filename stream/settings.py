@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     )
     detection_threshold: float = Field(5.0, gt=0, description="S_corr threshold, in sigma")
     detection_min_area: int = Field(1, ge=1, description="min pixels above threshold")
+    al_mode: Literal["auto", "convolveTemplate", "convolveScience", "preconvolve"] = Field(
+        "auto", description="AL convolution direction (auto: convolve the sharper image)"
+    )
+    al_spatial_order: int = Field(1, ge=0, le=3, description="AL kernel spatial order")
+    al_background_order: int = Field(1, ge=0, le=3, description="AL differential background order")
+    al_min_stars: int = Field(3, ge=1, description="AL: fewest kernel stars accepted")
     tile_size: int = Field(512, ge=64, description="ZOGY tile core size (px)")
     warp_grid_step: int = Field(32, ge=4, description="coarse WCS mapping grid step (px)")
     lanczos_order: int = Field(3, ge=2, le=5, description="Lanczos kernel order for warping")
@@ -134,7 +140,8 @@ class Settings(BaseSettings):
     def science_config(self) -> dict[str, Any]:
         """The settings that change science results (hashed into every alert)."""
         keys = [
-            "method", "required_template_fraction", "detection_threshold", "detection_min_area",
+            "method", "al_mode", "al_spatial_order", "al_background_order", "al_min_stars",
+            "required_template_fraction", "detection_threshold", "detection_min_area",
             "tile_size", "warp_grid_step", "lanczos_order", "psf_from_stars", "psf_degree",
             "psf_error_fraction", "scale_variance", "astrometric_noise", "ap_radius", "cutout_size",
             "exposure_bits", "refit_astrometry", "astrometry_order", "dipole_fit", "dipole_merge",

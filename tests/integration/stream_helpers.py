@@ -276,8 +276,10 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
         c.close()
 
 
-_META_KEYS = ("pipelineVersion", "method", "configHash", "versionsHash", "exposureId", "visit",
-              "detector", "nDiaSources", "templateCoverage", "scienceSha256", "templateSha256")  # fmt: skip
+_META_KEYS = (
+    "pipelineVersion", "method", "configHash", "versionsHash", "exposureId", "visit",
+    "detector", "nDiaSources", "templateCoverage", "scienceSha256", "templateSha256",
+)  # fmt: skip
 
 
 def check_alert_matches_offline(got: dict, want: dict) -> None:

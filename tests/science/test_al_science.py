@@ -4,10 +4,8 @@ Same simulator setups, seeds and thresholds as tests/science/test_zogy_science.p
 pairs (deeper, rotated, offset template with other seeing and photometric scale; PSF width
 varying 10% over the field; transients, brightening and fading variables, saturated stars,
 cosmic rays, bad columns), written as FITS and run through the pipeline of
-``diffstream subtract`` with the subtraction step swapped for :func:`al_subtract`.  Until the
-pipeline has its ``method='al'`` switch, the swap is a monkeypatch of ``stream.pipeline.zogy``
-by a wrapper with zogy's call signature that returns AL's ZogyResult (everything after it --
-variance scaling, detection on the score, measurement, alerts -- is the pipeline's own).
+``diffstream subtract --method al`` (everything after the subtraction -- variance scaling,
+detection on the score, measurement, alerts -- is shared with ZOGY).
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import numpy as np
 import pytest
 
 import stream.pipeline as pipeline
-from jitcore.alardlupton import al_subtract
 from stream.demo import match_truth
 from stream.settings import Settings
 from stream.simulate import simulate_pair, write_pair
@@ -32,19 +29,6 @@ CASES = {
 DIRECTION = {"template_sharper": "convolveTemplate", "science_sharper": "convolveScience"}
 
 
-def _al_as_zogy(infos):
-    def run(s_img, s_var, t_img, t_var, bad, psf_s, psf_t, *, workers=None,
-            psf_error_fraction=0.0, **_zogy_only):  # fmt: skip
-        # f_n = f_r = 1 (both in nJy: AL fits the ratio itself), sigma_astrometric (no AL
-        # counterpart) and tile_size (ZOGY's tiles; AL decorrelates in its own) are unused.
-        z, info = al_subtract(s_img, s_var, t_img, t_var, bad, psf_s, psf_t, workers=workers,
-                              psf_error_fraction=psf_error_fraction)  # fmt: skip
-        infos.append(info)
-        return z
-
-    return run
-
-
 def _write(tmp_path_factory, seed, case, transients=True):
     pair = simulate_pair(seed=seed, shape=(1024, 1024), transients=transients, **CASES[case])
     d = tmp_path_factory.mktemp(f"al-{case}-{seed}-{int(transients)}")
@@ -53,11 +37,10 @@ def _write(tmp_path_factory, seed, case, transients=True):
 
 
 def _subtract(sci, tmpl, seed, *, method, infos=None):
-    if method == "zogy":
-        return pipeline.subtract_files(sci, tmpl, settings=Settings(), exposure_id=seed)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "zogy", _al_as_zogy(infos if infos is not None else []))
-        return pipeline.subtract_files(sci, tmpl, settings=Settings(), exposure_id=seed)
+    result = pipeline.subtract_files(sci, tmpl, settings=Settings(method=method), exposure_id=seed)
+    if method == "al" and infos is not None:
+        infos.append(result.al)
+    return result
 
 
 @pytest.fixture(scope="module", params=list(CASES))

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
+import jitcore.alardlupton as alardlupton
 from jitcore._kernels.alardlupton import expand_spatial, poly_accumulate, stamp_normal_equations
 from jitcore.alardlupton import ALInfo, al_subtract, resolve_mode
 from jitcore.albasis import (
@@ -27,6 +28,7 @@ from jitcore.albasis import (
     kernel_size_for,
     monomials,
 )
+from jitcore.alstars import select_kernel_stars
 from jitcore.psf import PsfModel, gaussian_psf, psf_moments
 
 pytestmark = pytest.mark.unit
@@ -167,7 +169,8 @@ def test_spatially_varying_convolution_matches_direct_sum(dtype, shape):
     image = rng.normal(size=shape).astype(dtype)
     got = convolve_spatial(image, kernel)
     ref = ref_convolve_varying(image.astype(np.float64), kernel.at)
-    assert_allclose(got, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+    # Single-precision transforms (jitcore.albasis.convolve_many): ~1e-7 of the frame's scale.
+    assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
 
 
 def test_spatially_varying_variance_uses_the_squared_kernel():
@@ -177,7 +180,7 @@ def test_spatially_varying_variance_uses_the_squared_kernel():
     var = rng.uniform(1.0, 3.0, size=shape).astype(np.float32)
     got = convolve_spatial_variance(var, kernel)
     ref = ref_convolve_varying(var.astype(np.float64), kernel.at, square=True)
-    assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+    assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
 
 
 def test_preconvolution_uses_the_psf_of_each_pixel():
@@ -188,7 +191,7 @@ def test_preconvolution_uses_the_psf_of_each_pixel():
     image = np.random.default_rng(9).normal(size=shape)
     got = convolve_psf_model(image, psf)
     ref = ref_convolve_varying(image, psf.at)
-    assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+    assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
     # An object with only .at(): the PSF at the image centre everywhere.
 
     class AtOnly:
@@ -196,7 +199,7 @@ def test_preconvolution_uses_the_psf_of_each_pixel():
             return g0
 
     const = convolve_psf_model(image, AtOnly())
-    assert_allclose(const, ref_convolve_varying(image, lambda x, y: g0), atol=1e-12)
+    assert_allclose(const, ref_convolve_varying(image, lambda x, y: g0), atol=2e-6)
 
 
 # --- basis -----------------------------------------------------------------------------
@@ -240,10 +243,11 @@ def test_basis_first_has_unit_sum_others_orthonormal_zero_sum():
         (lambda: al_basis((1.0,), (1,), 10), "kernel size must be odd and >= 3"),
         (lambda: al_basis((1.0,), (-1,), 11), "degrees must be >= 0"),
         (
-            lambda: convolve_spatial(np.zeros((5, 5)), random_kernel(np.random.default_rng(0),
-                                                                     (6, 6))),
+            lambda: convolve_spatial(
+                np.zeros((5, 5)), random_kernel(np.random.default_rng(0), (6, 6))
+            ),
             "image shape",
-        ),  # fmt: skip
+        ),
         (
             lambda: convolve_spatial_variance(
                 np.zeros((5, 5)), random_kernel(np.random.default_rng(0), (6, 6))
@@ -366,13 +370,83 @@ def test_new_source_appears_with_its_flux():
     xs, ys, f = [40, 200, 120], [210, 50, 128], 4000.0
     for x, y in zip(xs, ys, strict=True):
         s[y - 12 : y + 13, x - 12 : x + 13] += f * ps.at(x, y)
-        s[y - 12 : y + 13, x - 12 : x + 13] += rng.normal(size=(25, 25)) * np.sqrt(
-            f * ps.at(x, y)
-        )
+        s[y - 12 : y + 13, x - 12 : x + 13] += rng.normal(size=(25, 25)) * np.sqrt(f * ps.at(x, y))
     z, _ = al_subtract(s, vs, t, vt, bad, ps, pt)
     for x, y in zip(xs, ys, strict=True):
         assert z.score[y, x] > 10
         assert z.flux[y, x] == pytest.approx(f, abs=4 * float(np.sqrt(z.flux_variance[y, x])))
+
+
+def test_errors_in_variables_correction_removes_kernel_sum_shrinkage(monkeypatch):
+    """A noisy convolved image (here the shallow science, convolveScience) shrinks a plain
+    least-squares kernel; the corrected normal equations give the true sum (1 here)."""
+    runs = {"corrected": [], "plain": []}
+    plain = alardlupton.stamp_systems
+
+    def no_correction(*a, **k):
+        systems = plain(*a, **k)
+        systems.noise[:] = 0.0
+        return systems
+
+    for seed in range(4):
+        pair = star_field(30 + seed, shape=(512, 512), sigma_s=1.2, sigma_t=1.8, sky_s=80.0,
+                          sky_t=3.0, n_stars=400)  # fmt: skip
+        runs["corrected"].append(al_subtract(*pair)[1].kernel_sum)
+        with monkeypatch.context() as mp:
+            mp.setattr(alardlupton, "stamp_systems", no_correction)
+            runs["plain"].append(al_subtract(*pair)[1].kernel_sum)
+    assert abs(np.mean(runs["corrected"]) - 1.0) < 0.003
+    assert np.mean(runs["plain"]) < np.mean(runs["corrected"]) - 0.004
+
+
+def test_kernel_star_selection_cuts():
+    shape = (256, 256)
+    rng = np.random.default_rng(21)
+    psf = gaussian_psf(1.5, 25)
+    s = rng.normal(size=shape) * 10.0
+    t = rng.normal(size=shape) * 5.0
+    bad = np.zeros(shape, bool)
+    stars = {(40, 40): 3e4, (120, 40): 3e4, (200, 40): 1e3, (40, 200): 3e4, (200, 200): 3e4,
+             (120, 200): 3e4, (128, 205): 1e5}  # fmt: skip
+    for (x, y), f in stars.items():
+        s[y - 12 : y + 13, x - 12 : x + 13] += f * psf
+        if (x, y) != (120, 40):  # a new source: no template counterpart
+            t[y - 12 : y + 13, x - 12 : x + 13] += f * psf
+    bad[200, 190] = True  # within the stamp of (200, 200)
+    vs, vt = np.full(shape, 100.0), np.full(shape, 25.0)
+    kw = {"fwhm": 3.5, "stamp_half": 15, "margin": 10}
+    got = select_kernel_stars(s, vs, t, vt, bad, **kw)
+    # (120, 40) has no template counterpart, (200, 200) a bad pixel in its stamp,
+    # (128, 205) S/N > 500 and (120, 200) a brighter neighbour.
+    assert sorted(zip(got.x.tolist(), got.y.tolist(), strict=True)) == [
+        (40, 40), (40, 200), (200, 40)
+    ]  # fmt: skip
+    assert got.n_detected >= 5 and np.all((got.snr >= 10) & (got.snr <= 500))
+    # The S/N window: the faint star has S/N ~15, the bright ones ~440.
+    bright = select_kernel_stars(s, vs, t, vt, bad, snr_range=(20.0, 500.0), **kw)
+    assert sorted(zip(bright.x.tolist(), bright.y.tolist(), strict=True)) == [(40, 40), (40, 200)]
+    faint = select_kernel_stars(s, vs, t, vt, bad, snr_range=(10.0, 300.0), **kw)
+    assert list(zip(faint.x.tolist(), faint.y.tolist(), strict=True)) == [(200, 40)]
+    # Isolation: (120, 200) has a brighter neighbour in its stamp; that one (S/N ~1400)
+    # is kept once the window allows it, as nothing brighter is near it.
+    wide = select_kernel_stars(s, vs, t, vt, bad, snr_range=(10.0, 2000.0), **kw)
+    assert (128, 205) in zip(wide.x.tolist(), wide.y.tolist(), strict=True)
+    assert (120, 200) not in zip(wide.x.tolist(), wide.y.tolist(), strict=True)
+    # Per-cell and total caps keep the highest S/N.
+    one = select_kernel_stars(s, vs, t, vt, bad, cell=256, per_cell=1, **kw)
+    assert len(one.x) == 1
+    capped = select_kernel_stars(s, vs, t, vt, bad, max_stars=1, **kw)
+    assert len(capped.x) == 1 and capped.snr[0] == got.snr.max()
+
+
+def test_threads_give_the_same_result():
+    pair = star_field(22)
+    z1, i1 = al_subtract(*pair)
+    z2, i2 = al_subtract(*pair, workers=2)
+    assert i1.n_stars_used == i2.n_stars_used
+    assert_allclose(i1.kernel.coeffs, i2.kernel.coeffs, rtol=1e-6, atol=1e-9)
+    assert_allclose(z1.score, z2.score, rtol=1e-4, atol=1e-4)
+    assert_allclose(z1.difference, z2.difference, rtol=1e-4, atol=1e-3)
 
 
 def test_too_few_stars_names_the_counts():
@@ -438,9 +512,17 @@ def _with(pair, **changes):
         ({"stamp_cell": 8}, ValueError, "stamp_cell must be >= 16"),
         ({"min_stars": 0}, ValueError, "min_stars must be >= 1"),
         ({"psf_template": object()}, TypeError, r"psf_template must have an \.at"),
-        ({"science": np.zeros((20, 20)), "science_variance": np.ones((20, 20)),
-          "template": np.zeros((20, 20)), "template_variance": np.ones((20, 20)),
-          "bad": np.zeros((20, 20), bool)}, ValueError, "at least 32 x 32"),  # fmt: skip
+        (
+            {
+                "science": np.zeros((20, 20)),
+                "science_variance": np.ones((20, 20)),
+                "template": np.zeros((20, 20)),
+                "template_variance": np.ones((20, 20)),
+                "bad": np.zeros((20, 20), bool),
+            },
+            ValueError,
+            "at least 32 x 32",
+        ),
         ({"bad": np.ones((96, 96), bool)}, ValueError, "no usable pixels"),
         ({"psf_error_fraction": 1.0}, ValueError, r"psf_error_fraction must be in \[0, 1\)"),
     ],

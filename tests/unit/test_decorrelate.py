@@ -227,10 +227,16 @@ def _call(**changes):
         ({"good": np.ones((64, 64), int)}, TypeError, "good must be a bool array"),
         ({"tile_size": 8}, ValueError, "tile_size must be >= 16"),
         ({"tile_size": 32.0}, TypeError, "tile_size must be an int"),
-        ({"kernels_at": lambda x, y: (np.ones((2, 2)), DELTA, gaussian_psf(1.0, 7))},
-         ValueError, "kernel A must be square with odd size"),  # fmt: skip
-        ({"kernels_at": lambda x, y: (np.zeros((3, 3)), DELTA, gaussian_psf(1.0, 7))},
-         ValueError, "kernel A must have a non-zero sum"),  # fmt: skip
+        (
+            {"kernels_at": lambda x, y: (np.ones((2, 2)), DELTA, gaussian_psf(1.0, 7))},
+            ValueError,
+            "kernel A must be square with odd size",
+        ),
+        (
+            {"kernels_at": lambda x, y: (np.zeros((3, 3)), DELTA, gaussian_psf(1.0, 7))},
+            ValueError,
+            "kernel A must have a non-zero sum",
+        ),
         ({"psf_error_fraction": 0.1}, ValueError, "needs the science image"),
         ({"psf_error_fraction": -0.1}, ValueError, r"must be in \[0, 1\)"),
         ({"science": np.zeros((3, 3))}, ValueError, "science shape"),
@@ -293,14 +299,26 @@ def test_variance_scale_factor_is_limited():
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: variance_scale_factor(np.zeros((9, 9)), np.ones((9, 9)), np.ones((9, 9), bool),
-                                       limit=1.0), "limit must be > 1"),  # fmt: skip
-        (lambda: source_free_mask(np.zeros((9, 9)), np.ones((8, 9)), np.ones((9, 9), bool)),
-         "shapes differ"),  # fmt: skip
-        (lambda: source_free_mask(np.zeros((9, 9)), np.ones((9, 9)), np.ones((9, 9), bool),
-                                  threshold=0.0), "need threshold > 0"),  # fmt: skip
-        (lambda: variance_scale_factor(np.zeros((5, 5)), np.ones((5, 5)), np.ones((5, 5), bool)),
-         "needs >= 100 finite values"),  # fmt: skip
+        (
+            lambda: variance_scale_factor(
+                np.zeros((9, 9)), np.ones((9, 9)), np.ones((9, 9), bool), limit=1.0
+            ),
+            "limit must be > 1",
+        ),
+        (
+            lambda: source_free_mask(np.zeros((9, 9)), np.ones((8, 9)), np.ones((9, 9), bool)),
+            "shapes differ",
+        ),
+        (
+            lambda: source_free_mask(
+                np.zeros((9, 9)), np.ones((9, 9)), np.ones((9, 9), bool), threshold=0.0
+            ),
+            "need threshold > 0",
+        ),
+        (
+            lambda: variance_scale_factor(np.zeros((5, 5)), np.ones((5, 5)), np.ones((5, 5), bool)),
+            "needs >= 100 finite values",
+        ),
     ],
 )
 def test_variance_scale_validation(call, match):

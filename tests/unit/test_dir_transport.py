@@ -160,3 +160,13 @@ def test_cli_rejects_malformed_x_option(capsys):
         main(["run", "-X", "no-equals-sign"])
     assert info.value.code == 2
     assert "-X takes key=value" in capsys.readouterr().err
+
+
+def test_cli_run_serves_metrics_when_asked(data, tmp_path, capsys):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    code = main(["run", "--input-dir", str(inp), "--output-dir", str(tmp_path / "o"),
+                 "--data-root", str(data), "--exit-when-idle", "0.2",
+                 "--metrics-port", "0"])  # fmt: skip
+    assert code == 0
+    assert "consumed 0" in capsys.readouterr().out

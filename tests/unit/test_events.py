@@ -59,8 +59,9 @@ def test_single_object_framing_is_marker_fingerprint_then_plain_avro():
 
 
 def test_defaults_request_id_and_produced_at():
-    a, b = make_event("/a", "/b", visit=1, detector=0, exposure_id=1), make_event(
-        "/a", "/b", visit=1, detector=0, exposure_id=1
+    a, b = (
+        make_event("/a", "/b", visit=1, detector=0, exposure_id=1),
+        make_event("/a", "/b", visit=1, detector=0, exposure_id=1),
     )
     assert a["requestId"] != b["requestId"] and len(a["requestId"]) == 36
     assert a["producedAt"] > 1_600_000_000_000

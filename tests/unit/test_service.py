@@ -313,7 +313,8 @@ def test_client_configs_pass_every_property_through():
 
 
 def test_client_configs_secret_password_and_instance_id():
-    s = _kafka_settings(sasl_password="hunter2", instance_id="w1", exactly_once=True)
+    secret = "hunter2"  # noqa: S105 - a test value, not a credential
+    s = _kafka_settings(sasl_password=secret, instance_id="w1", exactly_once=True)
     consumer, producer = client_configs(s, worker="h:1")
     assert consumer["sasl.password"] == producer["sasl.password"] == "hunter2"
     assert consumer["group.instance.id"] == "w1"
@@ -337,3 +338,59 @@ def test_client_configs_refuse_transactional_id_without_exactly_once():
 def test_client_configs_need_bootstrap_servers():
     with pytest.raises(ConfigError, match="needs bootstrap servers"):
         client_configs(Settings())
+
+
+def test_transactional_producer_keeps_its_brokers_known():
+    # librdkafka #5511/#5456: re-bootstrapping hangs send_offsets_to_transaction after an
+    # outage (tests/integration/test_stream_broker_restart.py); -X can still choose otherwise.
+    _, producer = client_configs(_kafka_settings(exactly_once=True))
+    assert producer["metadata.recovery.strategy"] == "none"
+    _, alo = client_configs(_kafka_settings())
+    assert "metadata.recovery.strategy" not in alo
+    extra = {"metadata.recovery.strategy": "rebootstrap"}
+    _, chosen = client_configs(_kafka_settings(exactly_once=True, kafka=extra))
+    assert chosen["metadata.recovery.strategy"] == "rebootstrap"
+
+
+def test_optional_locations_reach_the_pipeline_resolved(pair_dir, real_result):
+    seen = {}
+
+    def capture(*a, **k):
+        seen.update(k)
+        return real_result
+
+    data = _event_bytes(pair_dir, science_psf=str(pair_dir / "p" / ".." / "p" / "psf.fits"),
+                        background=str(pair_dir / "p" / "bkg.fits"))  # fmt: skip
+    out = _worker(pair_dir, subtract=capture).process(_msg(data))
+    assert out.status == "done"
+    assert seen["science_psf"] == str((pair_dir / "p" / "psf.fits").resolve())
+    assert seen["science_background"] == str((pair_dir / "p" / "bkg.fits").resolve())
+    assert seen["template_psf"] is None
+    assert (seen["visit"], seen["detector"], seen["exposure_id"]) == (5, 7, 99)
+
+
+def test_injected_codecs_decode_events_and_encode_alerts(pair_dir, real_result):
+    event = make_event(str(pair_dir / "p/science.fits"), str(pair_dir / "p/template.fits"),
+                       visit=5, detector=7, exposure_id=99, request_id="r-codec")  # fmt: skip
+    ctxs = []
+
+    def decoder(data, ctx):
+        ctxs.append(ctx)
+        if data != b"framed":
+            from stream.errors import BadEvent
+
+            raise BadEvent("not framed", reason="undecodable")
+        return event
+
+    def serializer(alert, ctx):
+        return b"A%d" % alert["diaSourceId"]
+
+    w = Worker(Settings(data_roots=[str(pair_dir)]), subtract=lambda *a, **k: real_result,
+               event_decoder=decoder, alert_serializer=serializer)  # fmt: skip
+    out = w.process(_msg(b"framed"))
+    assert out.status == "done" and ctxs[0].where == "in[1]@3"  # the message is the context
+    assert [r.value for r in out.alert_records] == [
+        b"A%d" % a["diaSourceId"] for a in real_result.alerts
+    ]
+    rec = _dead(w.process(_msg(b"plain")))
+    assert rec["message"] == "not framed"
