@@ -25,7 +25,7 @@ from jitcore.detect import detect
 from jitcore.ids import IdFactory
 from jitcore.masks import UNUSABLE_PLANES, bits, remap
 from jitcore.measure import measure
-from jitcore.noise import noise_scale_factor
+from jitcore.noise import noise_scale_factor, variance_scale_factor
 from jitcore.psf import PsfModel
 from jitcore.psfmeasure import measure_psf
 from jitcore.starmatch import StarMatch, match_stars
@@ -241,6 +241,18 @@ def subtract_exposures(
         t_img = np.where(bad, 0.0, t_img - t_bkg).astype(np.float32)
         s_var = np.where(bad, np.nan, s_var).astype(np.float32)
         t_var = np.where(bad, np.nan, t_var).astype(np.float32)
+
+    if settings.scale_template_variance:
+        with meta.timer("scaleTemplateVariance"):
+            # The seed's doScaleTemplateVariance / doScaleScienceVariance: stated noise to the
+            # measured pixel scatter.  Off by default: warping lowers the template's pixel
+            # scatter without lowering the noise a matched filter sees (jitcore/noise.py).
+            good = ~bad
+            f_s = variance_scale_factor(s_img, s_var, good)
+            f_t = variance_scale_factor(t_img, t_var, good)
+            s_var = (s_var * np.float32(f_s)).astype(np.float32)
+            t_var = (t_var * np.float32(f_t)).astype(np.float32)
+            note("inputVarianceScale", {"science": f_s, "template": f_t})
 
     with meta.timer("psf"):
         psf_s = _science_psf(science, s_img, s_var, bad, settings)

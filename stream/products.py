@@ -51,6 +51,8 @@ def write_metadata(
         "astrometry",
         "dipoles",
         "varianceScale",
+        "inputVarianceScale",
+        "alardLupton",
     ):
         if key in root:
             doc[key] = root[key]

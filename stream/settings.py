@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     scale_variance: bool = Field(
         True, description="rescale score/difference variance to the measured pixel scatter"
     )
+    scale_template_variance: bool = Field(
+        False, description="rescale science/template variance planes to their pixel scatter"
+    )
     astrometric_noise: bool = Field(True, description="include ZOGY's astrometric-noise term")
     refit_astrometry: bool = Field(
         False, description="refit the template->science mapping from matched stars before warping"
@@ -143,7 +146,8 @@ class Settings(BaseSettings):
             "method", "al_mode", "al_spatial_order", "al_background_order", "al_min_stars",
             "required_template_fraction", "detection_threshold", "detection_min_area",
             "tile_size", "warp_grid_step", "lanczos_order", "psf_from_stars", "psf_degree",
-            "psf_error_fraction", "scale_variance", "astrometric_noise", "ap_radius", "cutout_size",
+            "psf_error_fraction", "scale_variance", "scale_template_variance", "astrometric_noise",
+            "ap_radius", "cutout_size",
             "exposure_bits", "refit_astrometry", "astrometry_order", "dipole_fit", "dipole_merge",
             "dipole_snr_min", "dipole_max_flux_ratio", "dipole_max_area", "dipole_max_separation",
             "dipole_rel_weight", "dipole_radius",

@@ -143,3 +143,17 @@ def test_plain_single_hdu_files(tmp_path):
     bright = pair.truth["snr_expected"] > 10
     found = [np.min(np.hypot(*(xy - t).T)) < 2.0 for t in truth[bright]]
     assert np.mean(found) >= 0.9
+
+
+def test_variance_scaling_factors_in_metadata(pair_files, tmp_path):
+    _, sci, tmpl = pair_files
+    out = tmp_path / "out"
+    env_cfg = tmp_path / "scale.toml"
+    env_cfg.write_text("scale_template_variance = true\n")
+    assert main(["subtract", str(sci), str(tmpl), "--out", str(out), "--config", str(env_cfg)]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    f = meta["inputVarianceScale"]
+    # The simulator writes the true variance: the measured factors are close to 1.
+    assert 0.9 < f["science"] < 1.1 and 0.8 < f["template"] < 1.1
+    assert 0.9 < meta["varianceScale"]["score"] < 1.15
+    assert "imageDifference.scaleTemplateVariance" in meta["timings"]
