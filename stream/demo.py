@@ -28,26 +28,58 @@ def match_truth(result, truth, *, radius: float = 2.0) -> np.ndarray:
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Simulate, then run the stream worker over the directory transport (the embedded
+    default: the same Worker as ``diffstream run`` on Kafka; only the transport differs)."""
     from stream.cli import _print_summary
+    from stream.dir_transport import DirTransport, write_event_file
+    from stream.events import make_event
     from stream.pipeline import subtract_files
     from stream.products import write_products
+    from stream.service import Worker, run_loop
     from stream.simulate import simulate_pair, write_pair
-    from stream.taskmeta import TaskMetadata
 
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     inputs = out / "inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
+    events = out / "events"
+    for d in (inputs, events):
+        d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pair = simulate_pair(seed=args.seed, shape=(args.size, args.size))
     sci_path, tmpl_path = write_pair(pair, inputs)
     print(f"simulated {args.size}x{args.size} pair (seed {args.seed}) in "
           f"{time.perf_counter() - t0:.1f} s: {sci_path}, {tmpl_path}")  # fmt: skip
-    meta = TaskMetadata()
-    with meta.timer():
-        result = subtract_files(
-            str(sci_path), str(tmpl_path), settings=settings, exposure_id=args.seed, metadata=meta
-        )
-        paths = write_products(result, out)
+
+    sim = pair.science
+    event = make_event(
+        str(sci_path), str(tmpl_path), visit=sim.visit, detector=sim.detector,
+        exposure_id=args.seed, band=sim.band,
+    )  # fmt: skip
+    write_event_file(events / f"visit{sim.visit}-det{sim.detector}.avro", [event])
+    print(f"exposure-ready event written to {events}")
+
+    # The worker's subtract step also writes the offline products (difference.fits, ...).
+    kept: dict[str, object] = {}
+
+    def subtract_and_write(*a, **kw):
+        result = subtract_files(*a, **kw)
+        kept["paths"] = write_products(result, out)
+        kept["result"] = result
+        return result
+
+    settings = settings.model_copy(update={"data_roots": [str(out)]})
+    worker = Worker(settings, subtract=subtract_and_write, worker="demo")
+    transport = DirTransport(events, out / "stream")
+    try:
+        stats = run_loop(worker, transport, exit_when_idle=0.5)
+    finally:
+        transport.close()
+    print(f"stream worker (directory transport): {stats.line()}")
+    if "result" not in kept:
+        print(f"no result: see {out / 'stream'} (summaries, dead letters)")
+        return 1
+    result = kept["result"]
+    paths = dict(kept["paths"])  # type: ignore[call-overload]
+    paths["stream"] = out / "stream"
     _print_summary(result, paths)
 
     truth = pair.truth
