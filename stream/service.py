@@ -40,6 +40,7 @@ from stream.errors import (
 )
 from stream.events import decode_event, now_ms
 from stream.paths import resolve_data_path
+from stream.provenance import full_record
 from stream.records import (
     dead_letter_record,
     encode_dead_letter,
@@ -387,8 +388,16 @@ class Worker:
             "eventProducedAt": None if event is None else int(event["producedAt"]),
             "processedAt": now_ms(),
             "notes": list(notes or []),
+            # The full record (docs/metadata.md): config, versions, per-step wall/CPU/RSS,
+            # counts, diagnostics; the alerts themselves carry only the compact summary.
             "taskMetadataJson": (
-                json.dumps(_finite(meta.full_metadata()), sort_keys=True) if ran else None
+                json.dumps(
+                    full_record(meta, status=status, settings=self.settings, error=error),
+                    sort_keys=True,
+                    allow_nan=False,
+                )
+                if ran
+                else None
             ),
         }
 

@@ -164,7 +164,9 @@ def test_counters_match_what_the_worker_did(tmp_path):
         (tmp_path / name).write_bytes(b"")
     per_event = 3
 
-    def fake_subtract(science, template, *, settings, visit, detector, exposure_id, metadata):
+    def fake_subtract(
+        science, template, *, settings, visit, detector, exposure_id, metadata, **external
+    ):  # science_psf, template_psf, science_background
         with metadata.timer("zogy"):
             if science.endswith("nowork.fits"):
                 raise NoWorkFound("template covers 1% < required 10%")
