@@ -63,8 +63,9 @@ from jitcore.albasis import (
     monomials,
 )
 from jitcore.alstars import select_kernel_stars
-from jitcore.decorrelate import decorrelate, thread_count
+from jitcore.decorrelate import decorrelate
 from jitcore.psf import normalise_psf, psf_moments
+from jitcore.tiles import thread_count
 from jitcore.zogy import ZogyResult
 
 __all__ = ["ALInfo", "MODES", "al_subtract", "fit_kernel", "stamp_systems"]

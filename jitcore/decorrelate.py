@@ -40,7 +40,6 @@ jitcore.zogy for why); ``valid`` is False within the footprint of the score kern
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from jitcore.tiles import (
     frame_shape,
     overlap,
     robust_sigma,
+    thread_count,
     tile_cores,
 )
 from jitcore.zogy import FOOTPRINT_TOL, ZogyResult, ZogyTile
@@ -105,19 +105,6 @@ def decorrelation_spectrum(
     out = np.empty(ah.shape)
     decorrelation_filter(ah, bh, var_science, var_template, num, DECORRELATION_EPSILON, out)
     return out
-
-
-def thread_count(workers: int | None, ntasks: int) -> int:
-    """Threads for scipy.fft-style ``workers`` over ``ntasks`` tasks (jitcore.zogy's rule)."""
-    if workers is None:
-        return 1
-    if isinstance(workers, bool) or not isinstance(workers, int | np.integer):
-        raise TypeError(f"workers must be an int or None, got {type(workers).__name__}")
-    ncpu = os.cpu_count() or 1
-    n = int(workers) if workers > 0 else ncpu + 1 + int(workers)
-    if workers == 0 or n < 1:
-        raise ValueError(f"workers must be >= 1 or in [-{ncpu}, -1], got {workers}")
-    return max(1, min(n, ntasks))
 
 
 @dataclass

@@ -9,6 +9,7 @@ so neighbouring tiles join without seams as long as the kernels fall off within 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from scipy import fft as sfft
@@ -142,3 +143,19 @@ def robust_sigma(variance: np.ndarray, good: np.ndarray, *, max_samples: int = 6
     if v.size == 0:
         return math.nan
     return float(math.sqrt(max(float(np.median(v)), 0.0)))
+
+
+def thread_count(workers: int | None, ntasks: int) -> int:
+    """Threads for scipy.fft-style ``workers`` over ``ntasks`` independent tiles.
+
+    Shared by ZOGY and the AL decorrelation (see jitcore.zogy for why whole tiles run
+    concurrently rather than threading inside each FFT)."""
+    if workers is None:
+        return 1
+    if isinstance(workers, bool) or not isinstance(workers, int | np.integer):
+        raise TypeError(f"workers must be an int or None, got {type(workers).__name__}")
+    ncpu = os.cpu_count() or 1
+    n = int(workers) if workers > 0 else ncpu + 1 + int(workers)
+    if workers == 0 or n < 1:
+        raise ValueError(f"workers must be >= 1 or in [-{ncpu}, -1], got {workers}")
+    return max(1, min(n, ntasks))

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -95,6 +94,7 @@ from jitcore.tiles import (
     frame_shape,
     overlap,
     robust_sigma,
+    thread_count,
     tile_cores,
 )
 
@@ -322,15 +322,7 @@ def _threads(workers: int | None, ntiles: int) -> int:
     1.50 ms with 2; a 4096^2 zogy ran ~2x faster on 2 tile threads).  A single tile gets
     ``workers`` for its FFTs instead.
     """
-    if workers is None:
-        return 1
-    if isinstance(workers, bool) or not isinstance(workers, int | np.integer):
-        raise TypeError(f"workers must be an int or None, got {type(workers).__name__}")
-    ncpu = os.cpu_count() or 1
-    n = int(workers) if workers > 0 else ncpu + 1 + int(workers)
-    if workers == 0 or n < 1:
-        raise ValueError(f"workers must be >= 1 or in [-{ncpu}, -1], got {workers}")
-    return max(1, min(n, ntiles))
+    return thread_count(workers, ntiles)
 
 
 @dataclass

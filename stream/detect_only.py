@@ -25,16 +25,16 @@ from typing import Any
 import numpy as np
 
 from jitcore.detect import detect
-from jitcore.ids import IdFactory
 from jitcore.masks import UNUSABLE_PLANES, bits
 from jitcore.matched_filter import matched_filter_score
 from jitcore.measure import measure
 from jitcore.noise import noise_scale_factor
 from jitcore.psf import PsfModel
 from stream import __version__
-from stream.alerts import dia_source_record, make_alert, write_alert_file
+from stream.alerts import make_alert, write_alert_file
 from stream.calibrated import apply_external
 from stream.cutouts import make_cutout
+from stream.diasources import assign_ids, dia_source_records
 from stream.dipoles import DipoleStep, dipole_options, measure_dipoles
 from stream.errors import BadExposure, NoWorkFound
 from stream.exposure import Exposure
@@ -42,7 +42,6 @@ from stream.fitsio import load_exposure
 from stream.outputs import write_planes
 from stream.pipeline import mjd_now
 from stream.settings import Settings, config_hash
-from stream.skycoords import moments_to_sky, pixel_to_sky
 from stream.taskmeta import TaskMetadata
 from stream.versions import package_versions, versions_hash
 
@@ -215,39 +214,13 @@ def detect_exposure(
         note("dipoles", step.summary)
 
     with meta.timer("alerts"):
-        exp_id = difference.exposure_id if difference.exposure_id is not None else 0
-        ids = IdFactory(exp_id, settings.exposure_bits).make_ids(len(rows))
-        sky = pixel_to_sky(difference.wcs, rows["x"], rows["y"], rows["xErr"], rows["yErr"])
-        # Moments in arcsec^2 as the schema documents them (measure() gives px^2).
-        for suffix in ("", "PSF"):
-            sky[f"ixx{suffix}"], sky[f"iyy{suffix}"], sky[f"ixy{suffix}"] = moments_to_sky(
-                difference.wcs, rows["x"], rows["y"],
-                rows[f"ixx{suffix}"], rows[f"iyy{suffix}"], rows[f"ixy{suffix}"],
-            )  # fmt: skip
-        processed = mjd_now()
-        names = rows.dtype.names or ()
-        dia_sources: list[dict[str, Any]] = []
-        for i in range(len(rows)):
-            row = {n: rows[n][i] for n in names}
-            row.update({k: v[i] for k, v in sky.items()})
-            row.update(step.row_fields(i))
-            row["diaSourceId"] = int(ids[i])
-            row.setdefault("trailNdata", 0)
-            # No science or template here: their forced fluxes are not measured (null).
-            for key in ("scienceFlux", "scienceFluxErr", "templateFlux", "templateFluxErr"):
-                row[key] = None
-            dia_sources.append(
-                dia_source_record(
-                    row,
-                    visit=difference.visit or 0,
-                    detector=difference.detector or 0,
-                    midpoint_mjd_tai=difference.midpoint_mjd_tai or 0.0,
-                    band=difference.band,
-                    time_processed_mjd_tai=processed,
-                    exposure_time=difference.exposure_time,
-                    ignore_extra=True,
-                )
-            )
+        ids = assign_ids(difference, len(rows), exposure_bits=settings.exposure_bits)
+        # No science or template here: their forced fluxes are not measured (null).
+        dia_sources = dia_source_records(
+            rows, ids, difference, processed_mjd_tai=mjd_now(), row_fields=step.row_fields,
+            overrides={k: None for k in ("scienceFlux", "scienceFluxErr", "templateFlux",
+                                         "templateFluxErr")},
+        )  # fmt: skip
         cutouts = [
             make_cutout(
                 image, variance, mask, difference.wcs, s["x"], s["y"],
@@ -265,7 +238,7 @@ def detect_exposure(
         "method": settings.method,
         "configHash": meta.get("configHash", step=meta.name),
         "versionsHash": meta.get("versionsHash", step=meta.name),
-        "exposureId": int(exp_id),
+        "exposureId": int(difference.exposure_id or 0),
         "visit": int(difference.visit or 0),
         "detector": int(difference.detector or 0),
         "timings": {k: float(v) for k, v in meta.timings().items()},

@@ -22,7 +22,6 @@ from jitcore.alardlupton import ALInfo, al_subtract
 from jitcore.background import estimate_background
 from jitcore.coverage import template_coverage
 from jitcore.detect import detect
-from jitcore.ids import IdFactory
 from jitcore.masks import UNUSABLE_PLANES, bits, remap
 from jitcore.measure import measure
 from jitcore.noise import noise_scale_factor, variance_scale_factor
@@ -32,16 +31,16 @@ from jitcore.starmatch import StarMatch, match_stars
 from jitcore.warp import warp_stamp
 from jitcore.zogy import ZogyResult, zogy
 from stream import __version__
-from stream.alerts import dia_source_record, make_alert
+from stream.alerts import make_alert
 from stream.astrometry import refit_mapping
 from stream.calibrated import apply_external
 from stream.cutouts import make_cutout
+from stream.diasources import assign_ids, dia_source_records
 from stream.dipoles import dipole_options, measure_dipoles
 from stream.errors import BadExposure, KernelFailure, NoWorkFound
 from stream.exposure import Exposure
 from stream.fitsio import load_exposure
 from stream.settings import Settings, config_hash
-from stream.skycoords import moments_to_sky, pixel_to_sky
 from stream.taskmeta import TaskMetadata
 from stream.versions import package_versions, versions_hash
 from stream.warping import warp_template
@@ -382,41 +381,14 @@ def subtract_exposures(
         found, rows = dipoles.sources, dipoles.rows
         note("dipoles", dipoles.summary)
     with meta.timer("ids"):
-        exp_id = science.exposure_id if science.exposure_id is not None else 0
-        ids = IdFactory(exp_id, settings.exposure_bits).make_ids(len(rows))
-        sky = pixel_to_sky(science.wcs, rows["x"], rows["y"], rows["xErr"], rows["yErr"])
-        # Moments to arcsec^2 as the schema documents them (measure() gives px^2).
-        for suffix in ("", "PSF"):
-            sky[f"ixx{suffix}"], sky[f"iyy{suffix}"], sky[f"ixy{suffix}"] = moments_to_sky(
-                science.wcs, rows["x"], rows["y"],
-                rows[f"ixx{suffix}"], rows[f"iyy{suffix}"], rows[f"ixy{suffix}"],
-            )  # fmt: skip
+        ids = assign_ids(science, len(rows), exposure_bits=settings.exposure_bits)
 
     with meta.timer("alerts"):
-        processed = mjd_now()
-        dia_sources: list[dict[str, Any]] = []
         alerts: list[dict[str, Any]] = []
         summary_meta = None  # filled below, after the timings of this step are known
-        names = rows.dtype.names or ()
-        for i in range(len(rows)):
-            row = {n: rows[n][i] for n in names}
-            row.update({k: v[i] for k, v in sky.items()})
-            row.update(dipoles.row_fields(i))
-            row["diaSourceId"] = int(ids[i])
-            # Measured by later stages (trails, dipoles); 0 data points until then.
-            row.setdefault("trailNdata", 0)
-            dia_sources.append(
-                dia_source_record(
-                    row,
-                    visit=science.visit or 0,
-                    detector=science.detector or 0,
-                    midpoint_mjd_tai=science.midpoint_mjd_tai or 0.0,
-                    band=science.band,
-                    time_processed_mjd_tai=processed,
-                    exposure_time=science.exposure_time,
-                    ignore_extra=True,
-                )
-            )
+        dia_sources = dia_source_records(
+            rows, ids, science, processed_mjd_tai=mjd_now(), row_fields=dipoles.row_fields
+        )
         for src in dia_sources:
             x, y = src["x"], src["y"]
             cut = {
