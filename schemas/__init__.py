@@ -86,3 +86,21 @@ def fingerprint(schema: Any) -> str:
     """
     canonical = to_parsing_canonical_form(schema)
     return str(_fingerprint(canonical, "CRC-64-AVRO"))
+
+
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    import struct
+
+    from fastavro.read import SchemaResolutionError
+
+    return (
+        EOFError, IndexError, KeyError, ValueError, TypeError, OverflowError,
+        UnicodeDecodeError,
+        MemoryError,  # a garbled length prefix can ask for a huge allocation
+        struct.error, SchemaResolutionError,
+    )  # fmt: skip
+
+
+# What fastavro raises on bytes that do not decode (truncated, garbled, another schema):
+# every decoder turns exactly these into its own clear error.
+AVRO_DECODE_ERRORS: tuple[type[BaseException], ...] = _decode_errors()

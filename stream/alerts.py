@@ -23,10 +23,9 @@ from typing import Any, cast
 
 import fastavro
 import numpy as np
-from fastavro.read import SchemaResolutionError
 from fastavro.validation import ValidationError, validate
 
-from schemas import fingerprint, load_parsed, lsst_alert_name
+from schemas import AVRO_DECODE_ERRORS, fingerprint, load_parsed, lsst_alert_name
 
 __all__ = [
     "ALERT_SCHEMA",
@@ -277,17 +276,7 @@ def make_alert(
 
 
 # -- serializers ----------------------------------------------------------------------------
-# What fastavro raises on bytes that do not decode (truncated, garbled, wrong schema).
-_DECODE_ERRORS = (
-    EOFError,
-    IndexError,
-    KeyError,
-    ValueError,
-    TypeError,
-    OverflowError,
-    struct.error,
-    SchemaResolutionError,
-)
+_DECODE_ERRORS = AVRO_DECODE_ERRORS
 
 
 def _describe_invalid(alert: Any, exc: Exception) -> str:

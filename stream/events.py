@@ -25,9 +25,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import fastavro
-from fastavro.read import SchemaResolutionError
 
-from schemas import fingerprint, load_parsed
+from schemas import AVRO_DECODE_ERRORS, fingerprint, load_parsed
 from stream.errors import BadEvent
 
 __all__ = [
@@ -60,19 +59,7 @@ _MAX_REQUEST_ID = 256
 _INT32 = 2**31 - 1
 _INT64 = 2**63 - 1
 
-# What fastavro raises on bytes that do not decode (truncated, garbled, wrong schema).
-_DECODE_ERRORS = (
-    EOFError,
-    IndexError,
-    KeyError,
-    ValueError,
-    TypeError,
-    OverflowError,
-    UnicodeDecodeError,
-    MemoryError,  # a garbled length prefix can ask for a huge allocation
-    struct.error,
-    SchemaResolutionError,
-)
+_DECODE_ERRORS = AVRO_DECODE_ERRORS
 
 
 def now_ms() -> int:

@@ -34,7 +34,7 @@ from typing import Any
 import fastavro
 from fastavro.read import SchemaResolutionError
 
-from schemas import fingerprint
+from schemas import AVRO_DECODE_ERRORS, fingerprint
 from stream.alerts import ALERT_SCHEMA
 from stream.errors import BadEvent
 
@@ -64,18 +64,7 @@ FINGERPRINT_HEADER = "diffstream.schema.fingerprint"
 _SINGLE_OBJECT = b"\xc3\x01"  # Avro single-object encoding marker (stream.events)
 _MAX_ID = 2**32 - 1
 
-# What fastavro raises on bytes that do not decode (truncated, garbled, another schema).
-_DECODE_ERRORS = (
-    EOFError,
-    IndexError,
-    KeyError,
-    ValueError,
-    TypeError,
-    OverflowError,
-    UnicodeDecodeError,
-    MemoryError,
-    struct.error,
-)
+_DECODE_ERRORS = AVRO_DECODE_ERRORS
 
 
 class WireError(BadEvent):

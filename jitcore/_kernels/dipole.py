@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from jitcore._jit import njit
-from jitcore._kernels.psffit import MAX_HALVINGS, NTAPS, PAD, shift_stamp
+from jitcore._kernels.psffit import MAX_HALVINGS, NTAPS, PAD, _good, _nearest, shift_stamp
 
 __all__ = [
     "NPAR",
@@ -56,18 +56,6 @@ DIPOLE_SINGULAR = 2
 DIPOLE_OUT_OF_BOUNDS = 3
 DIPOLE_NOT_CONVERGED = 4
 DIPOLE_NONPOSITIVE_FLUX = 5
-
-
-@njit(inline="always")
-def _nearest(x):
-    return int(math.floor(x + 0.5))
-
-
-@njit(inline="always")
-def _good(img, var, mask, badbits, j, i):
-    v = var[j, i]
-    d = img[j, i]
-    return (mask[j, i] & badbits) == 0 and math.isfinite(d) and math.isfinite(v) and v > 0.0
 
 
 @njit
