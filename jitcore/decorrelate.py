@@ -52,8 +52,8 @@ from jitcore._kernels.zogy import zogy_finalize
 from jitcore.psf import normalise_psf
 from jitcore.tiles import (
     crop_centred,
-    dilate,
     embed_centred,
+    fill_core_valid,
     fill_frame,
     footprint_radius,
     frame_shape,
@@ -212,16 +212,7 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     else:
         vx = np.zeros((h, w))
 
-    ry0, ry1 = max(y0 - radius, 0), min(y1 + radius, ny)
-    rx0, rx1 = max(x0 - radius, 0), min(x1 + radius, nx)
-    grown = dilate(~ctx.good[ry0:ry1, rx0:rx1], radius)
-    vcore = valid[y0:y1, x0:x1]
-    np.logical_not(grown[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0], out=vcore)
-    if ctx.mask_edges and radius > 0:
-        vcore[: max(radius - y0, 0)] = False
-        vcore[max(ny - radius - y0, 0) :] = False
-        vcore[:, : max(radius - x0, 0)] = False
-        vcore[:, max(nx - radius - x0, 0) :] = False
+    vcore = fill_core_valid(ctx.good, valid, core, radius, mask_edges=ctx.mask_edges)
     o = {k: v[y0:y1, x0:x1] for k, v in out.items()}
     sum_pd2 = float((psf_d * psf_d).sum())
     zogy_finalize(d[cs], vd[cs], n[cs], vn[cs], vx, vcore, 1.0, sum_pd2,

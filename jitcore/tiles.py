@@ -159,3 +159,30 @@ def thread_count(workers: int | None, ntasks: int) -> int:
     if workers == 0 or n < 1:
         raise ValueError(f"workers must be >= 1 or in [-{ncpu}, -1], got {workers}")
     return max(1, min(n, ntasks))
+
+
+def fill_core_valid(
+    good: np.ndarray,
+    valid: np.ndarray,
+    core: tuple[int, int, int, int],
+    radius: int,
+    *,
+    mask_edges: bool,
+) -> np.ndarray:
+    """Write the tile core's part of ``valid``: good pixels not within ``radius`` of a bad one
+    (nor, with ``mask_edges``, of the image edge, which behaves like bad data: a star cut by
+    the edge does not cancel).  Returns the core view of ``valid``."""
+    ny, nx = good.shape
+    y0, y1, x0, x1 = core
+    ry0, ry1 = max(y0 - radius, 0), min(y1 + radius, ny)
+    rx0, rx1 = max(x0 - radius, 0), min(x1 + radius, nx)
+    grown = dilate(~good[ry0:ry1, rx0:rx1], radius)
+    vcore = valid[y0:y1, x0:x1]
+    np.logical_not(grown[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0], out=vcore)
+    if mask_edges and radius > 0:
+        # Chebyshev distance to the outside: rows/columns < radius from either edge.
+        vcore[: max(radius - y0, 0)] = False
+        vcore[max(ny - radius - y0, 0) :] = False
+        vcore[:, : max(radius - x0, 0)] = False
+        vcore[:, max(nx - radius - x0, 0) :] = False
+    return vcore
