@@ -116,7 +116,7 @@ def al_basis(sigmas: tuple[float, ...], degrees: tuple[int, ...], size: int) -> 
     half = size // 2
     y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
     u, v = x / half, y / half
-    funcs = []
+    funcs: list[np.ndarray] = []
     for s, d in zip(sigmas, degrees, strict=True):
         g = np.exp(-(x * x + y * y) / (2.0 * s * s))
         funcs.extend(g * u**px * v**py for px, py in monomials(d))

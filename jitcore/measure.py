@@ -182,7 +182,7 @@ def _check_mask(mask, mask_planes, shape) -> tuple[np.ndarray, Mapping[str, int]
         isinstance(k, str)
         and isinstance(v, numbers.Integral)
         and not isinstance(v, bool)
-        and 0 <= v < 32
+        and 0 <= int(v) < 32
         for k, v in planes.items()
     ):
         raise TypeError(f"mask_planes must map plane names to bits 0..31, got {planes!r}")

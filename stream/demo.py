@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"exposure-ready event written to {events}")
 
     # The worker's subtract step also writes the offline products (difference.fits, ...).
-    kept: dict[str, object] = {}
+    kept: dict[str, Any] = {}
 
     def subtract_and_write(*a, **kw):
         result = subtract_files(*a, **kw)
@@ -78,7 +79,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         print(f"no result: see {out / 'stream'} (summaries, dead letters)")
         return 1
     result = kept["result"]
-    paths = dict(kept["paths"])  # type: ignore[call-overload]
+    paths = dict(kept["paths"])
     paths["stream"] = out / "stream"
     _print_summary(result, paths)
 
