@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +58,7 @@ from jitcore.tiles import (
     frame_shape,
     overlap,
     robust_sigma,
+    run_tiles,
     thread_count,
     tile_cores,
 )
@@ -318,9 +318,5 @@ def decorrelate(
     def run(i: int) -> ZogyTile:
         return _tile(ctx, cores[i], kernels[i], out, valid)
 
-    if n_threads == 1:
-        tiles = [run(i) for i in range(len(cores))]
-    else:
-        with ThreadPoolExecutor(n_threads) as pool:
-            tiles = list(pool.map(run, range(len(cores))))
+    tiles = run_tiles(run, len(cores), n_threads)
     return ZogyResult(**out, valid=valid, tiles=tiles)

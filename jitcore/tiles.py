@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
+
 from scipy import fft as sfft
 from scipy import ndimage
+
+T = TypeVar("T")
 
 __all__ = [
     "split_axis",
@@ -186,3 +192,15 @@ def fill_core_valid(
         vcore[:, : max(radius - x0, 0)] = False
         vcore[:, max(nx - radius - x0, 0) :] = False
     return vcore
+
+
+def run_tiles(run: Callable[[int], T], ntiles: int, n_threads: int) -> list[T]:
+    """``[run(i) for i in range(ntiles)]``, on ``n_threads`` threads when more than one.
+
+    Tiles write disjoint parts of shared outputs, and scipy.fft and the Numba kernels
+    release the GIL, so threads give real parallelism here.
+    """
+    if n_threads == 1:
+        return [run(i) for i in range(ntiles)]
+    with ThreadPoolExecutor(n_threads) as pool:
+        return list(pool.map(run, range(ntiles)))

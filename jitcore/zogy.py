@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -94,6 +93,7 @@ from jitcore.tiles import (
     frame_shape,
     overlap,
     robust_sigma,
+    run_tiles,
     thread_count,
     tile_cores,
 )
@@ -302,11 +302,7 @@ def zogy(
     def run(i: int) -> ZogyTile:
         return _tile(ctx, cores[i], stamps[i], out, valid)
 
-    if n_threads == 1:
-        tiles = [run(i) for i in range(len(cores))]
-    else:
-        with ThreadPoolExecutor(n_threads) as pool:
-            tiles = list(pool.map(run, range(len(cores))))
+    tiles = run_tiles(run, len(cores), n_threads)
     return ZogyResult(**out, valid=valid, tiles=tiles)
 
 
