@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
-
 from scipy import fft as sfft
 from scipy import ndimage
 
