@@ -73,8 +73,16 @@ def _add_provenance_args(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    """The settings object for a parsed command line (defaults < files < env < CLI)."""
-    return _settings_from(args)
+    """The settings object for a parsed command line (defaults < files < env < CLI).
+
+    ``-X key=value`` (dest ``kafka_overrides``) adds to, and wins over, the ``kafka`` table of
+    the TOML file / env, key by key: any librdkafka property passes through unchanged.
+    """
+    settings = _settings_from(args)
+    overrides = dict(getattr(args, "kafka_overrides", None) or [])
+    if overrides:
+        settings = settings.model_copy(update={"kafka": {**settings.kafka, **overrides}})
+    return settings
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:

@@ -30,7 +30,14 @@ from typing import Any
 from stream.errors import EXIT_BAD_INPUT, EXIT_OK, BadEvent, ConfigError
 from stream.settings import Settings
 
-__all__ = ["register", "cmd_run", "cmd_publish_event", "parse_kv"]
+__all__ = [
+    "register",
+    "cmd_run",
+    "cmd_publish_event",
+    "parse_kv",
+    "add_kafka_args",
+    "add_registry_arg",
+]
 
 log = logging.getLogger("diffstream.run")
 
@@ -45,8 +52,10 @@ def parse_kv(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def _add_kafka_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap-servers", dest="bootstrap_servers", default=None)
+def add_kafka_args(p: Any, *, required: bool = False) -> None:
+    """``--bootstrap-servers`` and ``-X key=value`` (a parser or an argument group); shared
+    by every command that talks to Kafka."""
+    p.add_argument("--bootstrap-servers", dest="bootstrap_servers", default=None, required=required)
     p.add_argument(
         "-X",
         dest="kafka_overrides",
@@ -59,7 +68,7 @@ def _add_kafka_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_registry_arg(p: argparse.ArgumentParser) -> None:
+def add_registry_arg(p: Any) -> None:
     p.add_argument(
         "--schema-registry-url",
         dest="schema_registry_url",
@@ -75,7 +84,7 @@ def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], No
         help="stream worker: events in, alerts out (Kafka, or a directory without Kafka)",
         description="Consume exposure events, subtract, publish alerts, summaries, dead letters.",
     )
-    _add_kafka_args(r)
+    add_kafka_args(r)
     r.add_argument("--input-topic", dest="input_topic", default=None)
     r.add_argument("--output-topic", dest="output_topic", default=None)
     r.add_argument("--dlq-topic", dest="dlq_topic", default=None)
@@ -104,7 +113,7 @@ def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], No
         help="serve Prometheus /metrics on this port (0: any free port)",
     )
     r.add_argument("--metrics-addr", dest="metrics_addr", default=None)
-    _add_registry_arg(r)
+    add_registry_arg(r)
     r.add_argument("--input-dir", dest="input_dir", default=None, help="directory transport in")
     r.add_argument("--output-dir", dest="output_dir", default=None, help="directory transport out")
     add_settings_args(r)
@@ -117,10 +126,10 @@ def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], No
     )
     pe.add_argument("science")
     pe.add_argument("template")
-    _add_kafka_args(pe)
+    add_kafka_args(pe)
     pe.add_argument("--topic", dest="input_topic", default=None, help="default: the input topic")
     pe.add_argument("--to-dir", default=None, help="write an event file here instead of Kafka")
-    _add_registry_arg(pe)
+    add_registry_arg(pe)
     pe.add_argument("--visit", type=int, default=None, help="default: the VISIT keyword")
     pe.add_argument("--detector", type=int, default=None, help="default: the DETECTOR keyword")
     pe.add_argument("--exposure-id", type=int, default=None, help="default: EXPID, else visit")
@@ -134,12 +143,7 @@ def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], No
 def _settings(args: argparse.Namespace) -> Settings:
     from stream.cli import settings_from
 
-    settings = settings_from(args)
-    overrides = dict(getattr(args, "kafka_overrides", None) or [])
-    if overrides:
-        # -X adds to (and wins over) the kafka table of the TOML file / env, key by key.
-        settings = settings.model_copy(update={"kafka": {**settings.kafka, **overrides}})
-    return settings
+    return settings_from(args)
 
 
 def _make_metrics(settings: Settings) -> Any:

@@ -33,15 +33,6 @@ __all__ = ["register", "cmd_tail", "cmd_replay", "cmd_check"]
 log = logging.getLogger("diffstream.tools")
 
 
-def _kv(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(
-            f"-X takes key=value (a librdkafka property), got {text!r}"
-        )
-    return key.strip(), value
-
-
 def _position(text: str) -> Any:
     from stream.replay import parse_position
 
@@ -52,26 +43,11 @@ def _position(text: str) -> Any:
 
 
 def _add_common(p: argparse.ArgumentParser, *, kafka_required: bool = False) -> None:
+    from stream.cli_stream import add_kafka_args, add_registry_arg
+
     g = p.add_argument_group("Kafka, registry, logs")
-    g.add_argument(
-        "--bootstrap-servers", dest="bootstrap_servers", default=None, required=kafka_required
-    )
-    g.add_argument(
-        "-X",
-        dest="kafka_overrides",
-        action="append",
-        type=_kv,
-        default=None,
-        metavar="KEY=VALUE",
-        help="any librdkafka property, passed through unchanged (repeatable)",
-    )
-    g.add_argument(
-        "--schema-registry-url",
-        dest="schema_registry_url",
-        default=None,
-        help="Confluent-compatible registry: values in the Confluent wire format, "
-        "subjects <topic>-value",
-    )
+    add_kafka_args(g, required=kafka_required)
+    add_registry_arg(g)
     g.add_argument(
         "--log-json", dest="log_json", action="store_true", default=None, help="JSON log lines"
     )
@@ -165,9 +141,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     from stream.logs import setup_logging
 
     settings = settings_from(args)
-    overrides = dict(getattr(args, "kafka_overrides", None) or [])
-    if overrides:
-        settings = settings.model_copy(update={"kafka": {**settings.kafka, **overrides}})
     setup_logging(json_lines=settings.log_json, verbose=bool(getattr(args, "verbose", False)))
     return settings
 
