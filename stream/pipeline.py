@@ -339,45 +339,31 @@ def subtract_exposures(
             found = found[np.lexsort((found["peak_x"], found["peak_y"]))]
         note("nDetections", int(len(found)))
 
+    # The images every measurement step reads: the difference with its PSF, and the
+    # (calibrated, background-subtracted) science and warped template with theirs.
+    images: dict[str, Any] = {
+        "difference": z.difference,
+        "difference_variance": z.difference_variance,
+        "psf_d_at": lambda x, y: z.tile_at(x, y).psf_d,
+        "science": s_img,
+        "science_variance": s_var,
+        "psf_science_at": psf_s.at,
+        "template": t_img,
+        "template_variance": t_var,
+        "psf_template_at": psf_t.at,
+        "mask": mask,
+        "mask_planes": planes,
+    }
     with meta.timer("measurement"):
         rows = measure(
-            found,
-            difference=z.difference,
-            difference_variance=z.difference_variance,
-            psf_d_at=lambda x, y: z.tile_at(x, y).psf_d,
-            flux=z.flux,
-            flux_variance=z.flux_variance,
-            science=s_img,
-            science_variance=s_var,
-            psf_science_at=psf_s.at,
-            template=t_img,
-            template_variance=t_var,
-            psf_template_at=psf_t.at,
-            mask=mask,
-            mask_planes=planes,
-            ap_radius=settings.ap_radius,
-        )
+            found, flux=z.flux, flux_variance=z.flux_variance, ap_radius=settings.ap_radius,
+            **images,
+        )  # fmt: skip
         # The schema's snr is "the S/N at which this source was detected": the score peak.
         if len(rows):
             rows["snr"] = np.abs(found["peak_score"])
     with meta.timer("dipoles"):
-        dipoles = measure_dipoles(
-            found,
-            rows,
-            difference=z.difference,
-            difference_variance=z.difference_variance,
-            psf_d_at=lambda x, y: z.tile_at(x, y).psf_d,
-            wcs=science.wcs,
-            settings=settings,
-            science=s_img,
-            science_variance=s_var,
-            psf_science_at=psf_s.at,
-            template=t_img,
-            template_variance=t_var,
-            psf_template_at=psf_t.at,
-            mask=mask,
-            mask_planes=planes,
-        )
+        dipoles = measure_dipoles(found, rows, wcs=science.wcs, settings=settings, **images)
         found, rows = dipoles.sources, dipoles.rows
         note("dipoles", dipoles.summary)
     with meta.timer("ids"):
