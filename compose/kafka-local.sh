@@ -59,12 +59,9 @@ DATA="$STATE/data"
 LOG="$STATE/broker.log"
 PIDFILE="$STATE/broker.pid"
 
-log() { printf 'kafka-local: %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+SERVICE=kafka-local
+# shellcheck source=compose/local-service.sh
+source "$HERE/local-service.sh"
 
 [[ "$CPORT" =~ ^[0-9]+$ ]] || die "KAFKA_CONTROLLER_PORT must be a port number, got '$CPORT'"
 [[ "$START_TIMEOUT" =~ ^[0-9]+$ ]] || die "KAFKA_START_TIMEOUT must be whole seconds, got '$START_TIMEOUT'"
@@ -73,44 +70,14 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
 # --- the broker process --------------------------------------------------------------------------
 
-# The pid file alone is not proof: after a reboot or a long pause the number may belong to another
-# process. Ours is the JVM running kafka.Kafka on *this* state dir's config; a zombie has an empty
-# command line and so does not count either.
-pid_cmdline() {
-    if [[ -r "/proc/$1/cmdline" ]]; then
-        tr '\0' ' ' <"/proc/$1/cmdline"
-    else
-        ps -ww -o args= -p "$1" 2>/dev/null || true
-    fi
-}
-
-running_pid() {
-    local pid cmd
-    [[ -f "$PIDFILE" ]] || return 1
-    pid="$(<"$PIDFILE")"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    cmd="$(pid_cmdline "$pid")"
-    [[ "$cmd" == *kafka.Kafka* && "$cmd" == *"$CONF"* ]] || return 1
-    echo "$pid"
-}
+# Ours is the JVM running kafka.Kafka on *this* state dir's config (compose/local-service.sh).
+owns_cmdline() { [[ "$1" == *kafka.Kafka* && "$1" == *"$CONF"* ]]; }
 
 # The address a running broker actually serves, read from its own config (it may have been
 # started with another KAFKA_PORT than the one in this shell).
 running_bootstrap() {
     sed -n 's#^advertised.listeners=PLAINTEXT://##p' "$CONF" 2>/dev/null | head -n 1
 }
-
-show_log_tail() {
-    local file="${1:-$LOG}"
-    if [[ -s "$file" ]]; then
-        log "last 40 lines of $file:"
-        tail -n 40 "$file" >&2
-    else
-        log "$file is empty or missing"
-    fi
-}
-
-port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # Ready means a client gets metadata with at least one broker in it, not merely an open port: the
 # port opens before the KRaft controller has elected itself and the broker has registered.
@@ -378,35 +345,6 @@ cmd_start() {
     fi
     trap - INT TERM
     report_ready "$pid" "$(elapsed "$t0" "$EPOCHREALTIME")"
-}
-
-stop_pid() {
-    local pid="$1" t0="$EPOCHREALTIME" i
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-        running_pid >/dev/null || break
-        sleep 0.1
-    done
-    if running_pid >/dev/null; then
-        log "pid $pid still running after ${STOP_TIMEOUT} s: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            running_pid >/dev/null || break
-            sleep 0.1
-        done
-    fi
-    rm -f "$PIDFILE"
-    log "stopped pid $pid in $(elapsed "$t0" "$EPOCHREALTIME") s"
-}
-
-cmd_stop() {
-    local pid
-    if pid="$(running_pid)"; then
-        stop_pid "$pid"
-    else
-        rm -f "$PIDFILE"
-        log "not running (state dir $STATE)"
-    fi
 }
 
 cmd_status() {

@@ -47,12 +47,9 @@ LOG="$STATE/registry.log"
 PIDFILE="$STATE/registry.pid"
 PORTFILE="$STATE/registry.port"
 
-log() { printf 'registry-local: %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+SERVICE=registry-local
+# shellcheck source=compose/local-service.sh
+source "$HERE/local-service.sh"
 
 [[ "$PORT" =~ ^[0-9]+$ ]] || die "REGISTRY_PORT must be a port number, got '$PORT'"
 [[ "$START_TIMEOUT" =~ ^[0-9]+$ ]] || die "REGISTRY_START_TIMEOUT must be whole seconds, got '$START_TIMEOUT'"
@@ -60,42 +57,15 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
 # --- the process ---------------------------------------------------------------------------------
 
-pid_cmdline() {
-    if [[ -r "/proc/$1/cmdline" ]]; then
-        tr '\0' ' ' <"/proc/$1/cmdline"
-    else
-        ps -ww -o args= -p "$1" 2>/dev/null || true
-    fi
-}
-
-# Ours is the JVM running an Apicurio runner with this state dir's marker property; a recycled pid
-# (after a reboot) or a zombie (empty command line) does not count.
-running_pid() {
-    local pid cmd
-    [[ -f "$PIDFILE" ]] || return 1
-    pid="$(<"$PIDFILE")"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    cmd="$(pid_cmdline "$pid")"
-    [[ "$cmd" == *"-Ddiffstream.registry.state=$STATE "* ]] || return 1
-    echo "$pid"
-}
+# Ours is the JVM running an Apicurio runner with this state dir's marker property
+# (compose/local-service.sh).
+owns_cmdline() { [[ "$1" == *"-Ddiffstream.registry.state=$STATE "* ]]; }
 
 running_url() {
     local port
     port="$(cat "$PORTFILE" 2>/dev/null || echo "$PORT")"
     echo "http://$HOST:$port$API_PATH"
 }
-
-show_log_tail() {
-    if [[ -s "$LOG" ]]; then
-        log "last 40 lines of $LOG:"
-        tail -n 40 "$LOG" >&2
-    else
-        log "$LOG is empty or missing"
-    fi
-}
-
-port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # Ready means the ccompat API answers GET /subjects with a JSON list (the port opens before the
 # storage is initialised). Exit codes: 0 ready, 1 timed out, 2 the process went away.
@@ -252,35 +222,6 @@ cmd_start() {
     fi
     trap - INT TERM
     echo "registry-local: Apicurio Registry $VERSION ready at $(running_url) (pid $pid, start-up $(elapsed "$t0" "$EPOCHREALTIME") s)"
-}
-
-stop_pid() {
-    local pid="$1" t0="$EPOCHREALTIME" i
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-        running_pid >/dev/null || break
-        sleep 0.1
-    done
-    if running_pid >/dev/null; then
-        log "pid $pid still running after ${STOP_TIMEOUT} s: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            running_pid >/dev/null || break
-            sleep 0.1
-        done
-    fi
-    rm -f "$PIDFILE"
-    log "stopped pid $pid in $(elapsed "$t0" "$EPOCHREALTIME") s"
-}
-
-cmd_stop() {
-    local pid
-    if pid="$(running_pid)"; then
-        stop_pid "$pid"
-    else
-        rm -f "$PIDFILE"
-        log "not running (state dir $STATE)"
-    fi
 }
 
 cmd_status() {
