@@ -97,3 +97,20 @@ def variance_scale_factor(
         normalised = image / np.sqrt(variance)
     factor = noise_scale_factor(normalised, free, limit=float("inf")) ** 2
     return float(min(max(factor, 1.0 / limit), limit))
+
+
+def diffim_scale_factors(
+    score: np.ndarray, difference: np.ndarray, difference_variance: np.ndarray, valid: np.ndarray
+) -> tuple[float, float]:
+    """(score factor, difference-noise factor): the measured spread of the score and of
+    difference / sqrt(variance) over valid pixels (the seed's doScaleDiffimVariance).
+
+    Too few valid pixels to measure gives (1, 1): keep the stated noise.
+    """
+    try:
+        f_score = noise_scale_factor(score, valid)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f_diff = noise_scale_factor(difference / np.sqrt(difference_variance), valid)
+    except ValueError:
+        return 1.0, 1.0
+    return f_score, f_diff

@@ -28,7 +28,7 @@ from jitcore.detect import detect
 from jitcore.masks import UNUSABLE_PLANES, bits
 from jitcore.matched_filter import matched_filter_score
 from jitcore.measure import measure
-from jitcore.noise import noise_scale_factor
+from jitcore.noise import diffim_scale_factors
 from jitcore.psf import PsfModel
 from stream import __version__
 from stream.alerts import make_alert, write_alert_file
@@ -168,12 +168,7 @@ def detect_exposure(
             )
 
     with meta.timer("scaleDiffimVariance"):
-        try:
-            f_score = noise_scale_factor(score, valid)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                f_diff = noise_scale_factor(image / np.sqrt(variance), valid)
-        except ValueError:
-            f_score = f_diff = 1.0
+        f_score, f_diff = diffim_scale_factors(score, image, variance, valid)
         if settings.scale_variance:
             score = (score / np.float32(f_score)).astype(np.float32)
             variance = (variance * np.float32(f_diff**2)).astype(np.float32)

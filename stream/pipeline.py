@@ -24,7 +24,7 @@ from jitcore.coverage import template_coverage
 from jitcore.detect import detect
 from jitcore.masks import UNUSABLE_PLANES, bits, remap
 from jitcore.measure import measure
-from jitcore.noise import noise_scale_factor, variance_scale_factor
+from jitcore.noise import diffim_scale_factors, variance_scale_factor
 from jitcore.psf import PsfModel
 from jitcore.psfmeasure import measure_psf
 from jitcore.starmatch import StarMatch, match_stars
@@ -313,12 +313,9 @@ def subtract_exposures(
     with meta.timer("scaleDiffimVariance"):
         # Stated noise must match the measured scatter for 5 sigma to mean 5 sigma (see
         # jitcore/noise.py for why the raw ZOGY score is a few per cent wide).
-        try:
-            f_score = noise_scale_factor(z.score, z.valid)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                f_diff = noise_scale_factor(z.difference / np.sqrt(z.difference_variance), z.valid)
-        except ValueError:
-            f_score = f_diff = 1.0  # too few valid pixels to measure: keep the stated noise
+        f_score, f_diff = diffim_scale_factors(
+            z.score, z.difference, z.difference_variance, z.valid
+        )
         if settings.scale_variance:
             z.score /= np.float32(f_score)
             z.flux_variance *= np.float32(f_score**2)

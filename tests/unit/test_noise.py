@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from jitcore.noise import diffim_scale_factors, noise_scale_factor, robust_sigma
+
+pytestmark = pytest.mark.unit
+
+
+def test_diffim_scale_factors_measure_both_spreads():
+    rng = np.random.default_rng(3)
+    score = rng.normal(0, 1.1, (300, 300)).astype(np.float32)
+    var = np.full((300, 300), 4.0, np.float32)
+    diff = rng.normal(0, 2.0 * 0.9, (300, 300)).astype(np.float32)
+    valid = np.ones((300, 300), bool)
+    f_score, f_diff = diffim_scale_factors(score, diff, var, valid)
+    assert f_score == pytest.approx(1.1, rel=0.02)
+    assert f_diff == pytest.approx(0.9, rel=0.02)
+
+
+def test_diffim_scale_factors_keep_stated_noise_without_pixels():
+    z = np.zeros((5, 5), np.float32)
+    assert diffim_scale_factors(z, z, z + 1, np.zeros((5, 5), bool)) == (1.0, 1.0)
+
+
+def test_noise_checks_refuse_bad_input():
+    with pytest.raises(ValueError, match="needs >= 100 finite values"):
+        robust_sigma(np.zeros(10))
+    with pytest.raises(ValueError, match="shapes differ"):
+        noise_scale_factor(np.zeros((3, 3)), np.ones((2, 2), bool))
+    with pytest.raises(ValueError, match="limit must be > 1"):
+        noise_scale_factor(np.zeros((3, 3)), np.ones((3, 3), bool), limit=1.0)
