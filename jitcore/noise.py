@@ -28,8 +28,11 @@ def robust_sigma(values: np.ndarray) -> float:
     return float((q75 - q25) * _IQR_TO_SIGMA)
 
 
+_SAMPLE = 2_000_000  # pixels: the IQR of 2M N(0, 1) values is good to ~0.1%
+
+
 def noise_scale_factor(
-    normalised: np.ndarray, valid: np.ndarray, *, limit: float = 10.0, sample: int = 2_000_000
+    normalised: np.ndarray, valid: np.ndarray, *, limit: float = 10.0, sample: int = _SAMPLE
 ) -> float:
     """Factor by which a noise-normalised image's spread exceeds 1, from its valid pixels.
 
@@ -107,10 +110,26 @@ def diffim_scale_factors(
 
     Too few valid pixels to measure gives (1, 1): keep the stated noise.
     """
+    if not score.shape == difference.shape == difference_variance.shape == valid.shape:
+        raise ValueError(
+            f"shapes differ: score {score.shape}, difference {difference.shape}, "
+            f"variance {difference_variance.shape}, valid {valid.shape}"
+        )
+    # A strided subsample of the pixels, masked by ``valid`` afterwards: on a 4k x 4k image
+    # the full-frame quotient, boolean indexing and index arrays cost 10x the quantiles,
+    # and every 8th pixel measures the spread to ~0.1% just as well.
+    step = max(1, valid.size // _SAMPLE)
+    keep = np.ascontiguousarray(valid).ravel()[::step]
+
+    def sample(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a).ravel()[::step][keep]
+
+    ones = np.ones(int(keep.sum()), dtype=bool)
     try:
-        f_score = noise_scale_factor(score, valid)
+        f_score = noise_scale_factor(sample(score), ones)
         with np.errstate(invalid="ignore", divide="ignore"):
-            f_diff = noise_scale_factor(difference / np.sqrt(difference_variance), valid)
+            ratio = sample(difference) / np.sqrt(sample(difference_variance))
+        f_diff = noise_scale_factor(ratio, ones)
     except ValueError:
         return 1.0, 1.0
     return f_score, f_diff

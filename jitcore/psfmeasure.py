@@ -34,7 +34,9 @@ from jitcore.background import estimate_background
 from jitcore.psf import PsfModel, psf_moments
 from jitcore.psfmodes import fit_mode_model
 
-__all__ = ["measure_psf", "stars_needed", "subpixel_shift", "stamp_size_for_sigma"]
+__all__ = [
+    "find_stars", "measure_psf", "stars_needed", "subpixel_shift", "stamp_size_for_sigma",
+]  # fmt: skip
 
 _GAUSS_RHALF = float(np.sqrt(2.0 * np.log(2.0)))  # half-light radius / sigma of a Gaussian
 _FWHM_PER_SIGMA = float(2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -77,14 +79,72 @@ def _robust_sigma(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
-def _detect(sub: np.ndarray, det_var: np.ndarray, bad: np.ndarray, thresh: float):
+def _detect(
+    sub: np.ndarray,
+    det_var: np.ndarray,
+    bad: np.ndarray,
+    thresh: float,
+    *,
+    smooth: bool = True,
+    segmentation: bool = True,
+):
     # sep keeps global buffers; a crowded field overflows the defaults (300k pixels).
     if sep.get_extract_pixstack() < sub.size:
         sep.set_extract_pixstack(int(sub.size))
+    # sep's default 3x3 smoothing helps faint detections only; without it extraction is ~2x
+    # faster, which the pipeline takes (find_stars: it wants bright stars).
+    extra = {} if smooth else {"filter_kernel": None}
     try:
-        return sep.extract(sub, thresh, var=det_var, mask=bad, minarea=5, segmentation_map=True)
+        return sep.extract(
+            sub,
+            thresh,
+            var=det_var,
+            mask=bad,
+            minarea=5,
+            segmentation_map=segmentation,
+            **extra,
+        )
     except Exception as exc:  # sep raises plain Exception subclasses on buffer overflows
         raise ValueError(f"source detection failed: {exc}") from exc
+
+
+def find_stars(
+    image: np.ndarray, variance: np.ndarray, bad: np.ndarray, *, threshold: float = 5.0
+) -> np.ndarray:
+    """sep's catalogue of a background-subtracted image (``bad``: bool, True = ignore).
+
+    :func:`measure_psf`'s detection (``threshold`` sigma per pixel, 5 pixels) without sep's
+    3x3 smoothing (it only helps faint sources, and halves the cost), exposed so that one
+    extraction per image serves both the PSF measurement and the star matching
+    (jitcore.starmatch): on a 4k x 4k image it is most of either step.  Masked pixels need
+    no particular value; sep never reads them.
+    """
+    img = np.asarray(image)
+    var = np.asarray(variance)
+    msk = np.asarray(bad)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    if var.shape != img.shape or msk.shape != img.shape:
+        raise ValueError(f"shapes differ: image {img.shape}, variance {var.shape}, bad {msk.shape}")
+    if msk.dtype != np.bool_:
+        raise TypeError(f"bad must be a bool array, got dtype {msk.dtype}")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+    img = np.ascontiguousarray(img, dtype=np.float32)
+    det_var = np.array(var, dtype=np.float32, order="C", copy=True)
+    unusable = msk | ~(det_var > 0)  # also catches NaN
+    if unusable.all():
+        raise ValueError("no pixel has a positive finite variance: cannot detect stars")
+    # Masked pixels are ignored by sep but must hold finite numbers; a strided subsample
+    # gives the typical variance at a fraction of a full median's cost.
+    good_var = det_var[::7, ::7][~unusable[::7, ::7]]
+    det_var[unusable] = float(np.median(good_var)) if good_var.size else 1.0
+    data = img if not (msk & ~np.isfinite(img)).any() else np.where(msk, 0.0, img)
+    return _detect(
+        np.ascontiguousarray(data, dtype=np.float32), det_var,
+        np.ascontiguousarray(unusable).view(np.uint8), threshold, smooth=False,
+        segmentation=False,
+    )  # fmt: skip
 
 
 def measure_psf(
@@ -103,6 +163,7 @@ def measure_psf(
     clip_sigma: float = 4.0,
     background_box: int = 128,
     subtract_background: bool = True,
+    sources: np.ndarray | None = None,
 ) -> PsfModel:
     """Measure a PSF model from the image's stars.
 
@@ -116,6 +177,10 @@ def measure_psf(
     ``nstars`` and ``info`` (fwhm in pixels at the image centre, residual_rms as a fraction
     of the centre model's peak, selection counts).  Raises ValueError when fewer than
     ``min_stars`` usable stars are found (message gives found and required counts).
+
+    ``sources``, a :func:`find_stars` catalogue of this image, replaces the detection; it
+    needs ``subtract_background=False`` (the catalogue was found on the image as given).
+    ``mask`` may also be a bool array (True = bad), with ``bad_bits=1``.
     """
     img = np.asarray(image)
     var = np.asarray(variance)
@@ -126,8 +191,10 @@ def measure_psf(
         raise ValueError(f"variance shape {var.shape} != image shape {img.shape}")
     if msk.shape != img.shape:
         raise ValueError(f"mask shape {msk.shape} != image shape {img.shape}")
-    if not np.issubdtype(msk.dtype, np.integer):
-        raise TypeError(f"mask must be an integer array, got dtype {msk.dtype}")
+    if not (np.issubdtype(msk.dtype, np.integer) or msk.dtype == np.bool_):
+        raise TypeError(f"mask must be an integer or bool array, got dtype {msk.dtype}")
+    if sources is not None and subtract_background:
+        raise ValueError("sources need subtract_background=False: they were found as given")
     if not 0 <= degree <= 3:
         raise ValueError(f"degree must be in 0..3, got {degree}")
     if min_stars < 1:
@@ -143,11 +210,25 @@ def measure_psf(
     if not clip_sigma > 0:
         raise ValueError(f"clip_sigma must be > 0, got {clip_sigma}")
 
-    img = np.ascontiguousarray(img, dtype=np.float64)
-    var = np.ascontiguousarray(var, dtype=np.float64)
-    bad = ((msk.astype(np.int64) & int(bad_bits)) != 0) | ~np.isfinite(img)
-    bad |= ~np.isfinite(var) | (var < 0)
-    ny, nx = img.shape
+    if sources is not None:
+        # The pipeline's path: float32 planes, bad pixels already zeroed; sep and the stamp
+        # code take float32 as is, and full-frame float64 copies are most of the cost.
+        img = np.ascontiguousarray(img, dtype=np.float32)
+        var = np.ascontiguousarray(var, dtype=np.float32)
+    else:
+        img = np.ascontiguousarray(img, dtype=np.float64)
+        var = np.ascontiguousarray(var, dtype=np.float64)
+    if msk.dtype == np.bool_:
+        bad = msk & bool(int(bad_bits) & 1)  # a new array: True is bit value 1
+    else:
+        bad = (msk.astype(np.int64) & int(bad_bits)) != 0
+    bad |= ~np.isfinite(img)
+    bad |= ~(var >= 0)  # NaN and negative variances
+    opts = dict(saturation=saturation, size=size, degree=degree, min_stars=min_stars,
+                max_stars=max_stars, snr_min=snr_min, clip_sigma=clip_sigma)  # fmt: skip
+    if sources is not None:
+        # sep never reads masked pixels, so the variance plane serves as is (NaN there).
+        return _measure_from(img, var, var, bad, sources, img, **opts)
 
     # Background: a first pass, then again with the detected sources (dilated) masked so
     # that star wings do not lift the sky; second moments are very sensitive to it.
@@ -172,6 +253,15 @@ def measure_psf(
     if objmask is not None and (bad | objmask).mean() < 0.9:
         bkg, _ = estimate_background(img, bad | objmask, box=background_box)
         sub = np.where(bad, 0.0, img - bkg)
+    return _measure_from(sub, var, det_var, bad, objs, img, **opts)
+
+
+def _measure_from(sub, var, det_var, bad, objs, img, *, saturation, size, degree, min_stars,
+                  max_stars, snr_min, clip_sigma) -> PsfModel:  # fmt: skip
+    """Select, register and fit the stars of catalogue ``objs`` on the background-subtracted
+    ``sub`` (``det_var``: the variance sep sees; ``img``: raw values for saturation)."""
+    ny, nx = sub.shape
+    bad_u8 = bad.view(np.uint8)
     counts: dict[str, int] = {"detected": len(objs)}
 
     def fail(stage: str, found: int) -> ValueError:

@@ -38,9 +38,27 @@ def _find(image: np.ndarray, rms: np.ndarray, bad: np.ndarray, thresh: float) ->
     return objs[good]
 
 
+def _bright(cat: np.ndarray, variance: np.ndarray, thresh: float) -> np.ndarray:
+    """Clean, compact catalogue entries whose peak pixel is >= ``thresh`` sigma.
+
+    The selection :func:`_find` makes by detecting at ``thresh``, applied to a catalogue
+    found at a lower threshold (jitcore.psfmeasure.find_stars), so one extraction serves.
+    """
+    if len(cat) == 0:
+        return cat
+    ny, nx = variance.shape
+    iy = np.clip(cat["ycpeak"], 0, ny - 1)
+    ix = np.clip(cat["xcpeak"], 0, nx - 1)
+    with np.errstate(invalid="ignore"):
+        sig = np.sqrt(variance[iy, ix].astype(np.float64))
+        good = (cat["flag"] == 0) & (cat["npix"] < 400) & (cat["peak"] >= thresh * sig)
+    return cat[good]
+
+
 def _aperture(image: np.ndarray, bad: np.ndarray, x, y, r: float) -> np.ndarray:
-    data = np.ascontiguousarray(np.where(bad, 0.0, image), dtype=np.float64)
-    flux, _, flag = sep.sum_circle(data, x, y, r, mask=bad)
+    # sep never reads masked pixels, so any finite-or-not values there are fine.
+    data = image if image.dtype in (np.float32, np.float64) else image.astype(np.float64)
+    flux, _, flag = sep.sum_circle(np.ascontiguousarray(data), x, y, r, mask=bad)
     return np.where(flag == 0, flux, np.nan)
 
 
@@ -55,6 +73,7 @@ def match_stars(
     radius: float = 1.5,
     aperture: float = 8.0,
     max_stars: int = 500,
+    sources: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> StarMatch:
     """Match bright, clean stars of two background-subtracted images on one pixel grid.
 
@@ -62,14 +81,21 @@ def match_stars(
     centroid noise of the stars themselves, which is what ZOGY's term wants (the noise of the
     registration actually achieved).  With fewer than 5 matches the scatter is reported as 0
     and the flux ratio as 1: no evidence beats weak evidence here.
+
+    ``sources`` (science, template catalogues of jitcore.psfmeasure.find_stars on these very
+    images) replaces the two detections at ``threshold`` by a selection of their entries.
     """
     if science.shape != template.shape or science.shape != bad.shape:
         raise ValueError(
             f"shapes must agree: science {science.shape}, template {template.shape}, "
             f"bad {bad.shape}"
         )
-    sci = _find(science, np.sqrt(science_variance), bad, threshold)
-    tmp = _find(template, np.sqrt(template_variance), bad, threshold)
+    if sources is not None:
+        sci = _bright(sources[0], science_variance, threshold)
+        tmp = _bright(sources[1], template_variance, threshold)
+    else:
+        sci = _find(science, np.sqrt(science_variance), bad, threshold)
+        tmp = _find(template, np.sqrt(template_variance), bad, threshold)
     if len(sci) == 0 or len(tmp) == 0:
         return StarMatch(0, np.zeros(0), np.zeros(0), 0.0, 0.0, 1.0, 0.0)
     order = np.argsort(-sci["flux"])[:max_stars]

@@ -19,14 +19,15 @@ import numpy as np
 from astropy.time import Time
 
 from jitcore.alardlupton import ALInfo, al_subtract
-from jitcore.background import estimate_background
+from jitcore.background import subtract_background
 from jitcore.coverage import template_coverage
 from jitcore.detect import detect
 from jitcore.masks import UNUSABLE_PLANES, bits, remap
 from jitcore.measure import measure
 from jitcore.noise import diffim_scale_factors, variance_scale_factor
+from jitcore.planes import combine_planes
 from jitcore.psf import PsfModel
-from jitcore.psfmeasure import measure_psf
+from jitcore.psfmeasure import find_stars, measure_psf
 from jitcore.starmatch import StarMatch, match_stars
 from jitcore.warp import warp_stamp
 from jitcore.zogy import ZogyResult, zogy
@@ -118,12 +119,13 @@ def subtract_files(
 
 
 def _calibrate(image: np.ndarray, variance: np.ndarray, calib: float | None):
-    c = 1.0 if calib is None else float(calib)
-    return (image * c).astype(np.float32), (variance * (c * c)).astype(np.float32)
+    c = np.float32(1.0 if calib is None else calib)
+    # One float32 pass per plane (a float64 intermediate would double the memory traffic).
+    return np.multiply(image, c, dtype=np.float32), np.multiply(variance, c * c, dtype=np.float32)
 
 
 def _template_psf(
-    template: Exposure, image, variance, mask_bad, jacobian, settings: Settings, shape
+    template: Exposure, image, variance, mask_bad, jacobian, settings: Settings, shape, sources
 ) -> PsfModel:
     """The template PSF on the science grid.
 
@@ -135,8 +137,8 @@ def _template_psf(
     if settings.psf_from_stars and not external:
         try:
             return measure_psf(
-                image, variance, mask_bad.astype(np.int32), bad_bits=1,
-                saturation=None, degree=settings.psf_degree, subtract_background=False,
+                image, variance, mask_bad, bad_bits=1, saturation=None,
+                degree=settings.psf_degree, subtract_background=False, sources=sources,
             )  # fmt: skip
         except ValueError:
             pass
@@ -146,7 +148,9 @@ def _template_psf(
     return PsfModel.constant(warp_stamp(stamp, jacobian), shape, source="warped")
 
 
-def _science_psf(science: Exposure, image, variance, mask_bad, settings: Settings) -> PsfModel:
+def _science_psf(
+    science: Exposure, image, variance, mask_bad, settings: Settings, sources
+) -> PsfModel:
     """The science PSF; a file PSF (one stamp) is refined into a spatial model from stars.
 
     The loader already measured a spatial model when the file had no PSF HDU, so only an HDU
@@ -156,8 +160,8 @@ def _science_psf(science: Exposure, image, variance, mask_bad, settings: Setting
     if settings.psf_from_stars and (psf is None or psf.source == "hdu"):
         try:
             return measure_psf(
-                image, variance, mask_bad.astype(np.int32), bad_bits=1,
-                saturation=None, degree=settings.psf_degree, subtract_background=False,
+                image, variance, mask_bad, bad_bits=1, saturation=None,
+                degree=settings.psf_degree, subtract_background=False, sources=sources,
             )  # fmt: skip
         except ValueError:
             pass
@@ -229,17 +233,11 @@ def subtract_exposures(
         note("photoCalib", {"science": science.photo_calib, "template": template.photo_calib})
 
     unusable = bits(planes, list(UNUSABLE_PLANES))
-    mask = (science.mask | t_mask).astype(np.int32)
-    bad = ((mask & unusable) != 0) | ~np.isfinite(s_img) | ~np.isfinite(t_img)
-    bad |= ~np.isfinite(s_var) | ~np.isfinite(t_var)
+    mask, bad = combine_planes(science.mask, t_mask, unusable, s_img, t_img, s_var, t_var)
 
     with meta.timer("background"):
-        s_bkg, _ = estimate_background(s_img, bad)
-        t_bkg, _ = estimate_background(t_img, bad)
-        s_img = np.where(bad, 0.0, s_img - s_bkg).astype(np.float32)
-        t_img = np.where(bad, 0.0, t_img - t_bkg).astype(np.float32)
-        s_var = np.where(bad, np.nan, s_var).astype(np.float32)
-        t_var = np.where(bad, np.nan, t_var).astype(np.float32)
+        s_img, s_var = subtract_background(s_img, s_var, bad)
+        t_img, t_var = subtract_background(t_img, t_var, bad)
 
     if settings.scale_template_variance:
         with meta.timer("scaleTemplateVariance"):
@@ -254,8 +252,16 @@ def subtract_exposures(
             note("inputVarianceScale", {"science": f_s, "template": f_t})
 
     with meta.timer("psf"):
-        psf_s = _science_psf(science, s_img, s_var, bad, settings)
-        psf_t = _template_psf(template, t_img, t_var, bad, jacobian, settings, science.shape)
+        # One detection per image serves the PSF measurement and the star matching.
+        try:
+            sources = (find_stars(s_img, s_var, bad), find_stars(t_img, t_var, bad))
+        except ValueError:
+            sources = None  # nothing usable: the PSF fallbacks and match_stars' own search
+        psf_s = _science_psf(science, s_img, s_var, bad, settings, sources and sources[0])
+        psf_t = _template_psf(
+            template, t_img, t_var, bad, jacobian, settings, science.shape,
+            sources and sources[1],
+        )  # fmt: skip
         cy, cx = (science.shape[0] - 1) / 2.0, (science.shape[1] - 1) / 2.0
         note(
             "psf",
@@ -269,7 +275,9 @@ def subtract_exposures(
 
     with meta.timer("matchStars"):
         fwhm = max(psf_s.fwhm_at(cx, cy), psf_t.fwhm_at(cx, cy))
-        stars: StarMatch = match_stars(s_img, s_var, t_img, t_var, bad, aperture=3.0 * fwhm)
+        stars: StarMatch = match_stars(
+            s_img, s_var, t_img, t_var, bad, aperture=3.0 * fwhm, sources=sources
+        )
         note(
             "starMatch",
             {"n": stars.n_matched, "sigmaX": stars.sigma_x, "sigmaY": stars.sigma_y,
@@ -306,6 +314,7 @@ def subtract_exposures(
                     s_img, s_var, t_img, t_var, bad, psf_s, psf_t,
                     f_n=1.0, f_r=1.0, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
                     workers=settings.fft_workers, psf_error_fraction=settings.psf_error_fraction,
+                    precision=settings.zogy_precision,
                 )  # fmt: skip
             except ValueError as exc:
                 raise KernelFailure(f"ZOGY failed: {exc}") from exc

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     al_background_order: int = Field(1, ge=0, le=3, description="AL differential background order")
     al_min_stars: int = Field(3, ge=1, description="AL: fewest kernel stars accepted")
     tile_size: int = Field(512, ge=64, description="ZOGY tile core size (px)")
+    zogy_precision: Literal["single", "double"] = Field(
+        "single", description="float width of ZOGY's frame FFTs (kernels stay double)"
+    )
     warp_grid_step: int = Field(32, ge=4, description="coarse WCS mapping grid step (px)")
     lanczos_order: int = Field(3, ge=2, le=5, description="Lanczos kernel order for warping")
     psf_from_stars: bool = Field(
@@ -145,7 +148,8 @@ class Settings(BaseSettings):
         keys = [
             "method", "al_mode", "al_spatial_order", "al_background_order", "al_min_stars",
             "required_template_fraction", "detection_threshold", "detection_min_area",
-            "tile_size", "warp_grid_step", "lanczos_order", "psf_from_stars", "psf_degree",
+            "tile_size", "zogy_precision", "warp_grid_step", "lanczos_order", "psf_from_stars",
+            "psf_degree",
             "psf_error_fraction", "scale_variance", "scale_template_variance", "astrometric_noise",
             "ap_radius", "cutout_size",
             "exposure_bits", "refit_astrometry", "astrometry_order", "dipole_fit", "dipole_merge",

@@ -17,6 +17,24 @@ def test_diffim_scale_factors_measure_both_spreads():
     assert f_diff == pytest.approx(0.9, rel=0.02)
 
 
+def test_diffim_scale_factors_subsample_large_images_and_ignore_invalid_pixels():
+    # 2400^2 > the 2M-pixel sample, so the strided path runs; invalid pixels hold garbage.
+    rng = np.random.default_rng(4)
+    shape = (2400, 2400)
+    score = rng.normal(0, 1.04, shape).astype(np.float32)
+    diff = rng.normal(0, 3.0 * 1.02, shape).astype(np.float32)
+    var = np.full(shape, 9.0, np.float32)
+    valid = rng.random(shape) > 0.3
+    score[~valid] = 1e6
+    diff[~valid] = -1e6
+    var[~valid] = np.nan
+    f_score, f_diff = diffim_scale_factors(score, diff, var, valid)
+    assert f_score == pytest.approx(1.04, rel=0.005)
+    assert f_diff == pytest.approx(1.02, rel=0.005)
+    with pytest.raises(ValueError, match="shapes differ"):
+        diffim_scale_factors(score, diff, var, valid[:-1])
+
+
 def test_diffim_scale_factors_keep_stated_noise_without_pixels():
     z = np.zeros((5, 5), np.float32)
     assert diffim_scale_factors(z, z, z + 1, np.zeros((5, 5), bool)) == (1.0, 1.0)

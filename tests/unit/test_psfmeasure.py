@@ -284,7 +284,7 @@ def _small():
         (
             {"mask": np.zeros((40, 40))},
             TypeError,
-            r"mask must be an integer array, got dtype float64",
+            r"mask must be an integer or bool array, got dtype float64",
         ),
         ({"degree": 4}, ValueError, r"degree must be in 0..3, got 4"),
         ({"degree": -1}, ValueError, r"degree must be in 0..3, got -1"),

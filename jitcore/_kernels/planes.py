@@ -1,0 +1,51 @@
+"""Full-frame element-wise passes of the pipeline, fused so each plane is read once.
+
+On a 4k x 4k pair every NumPy expression over the planes is a 64-128 MB temporary; chains of
+them (mask OR, finite checks, background subtraction, masking) cost more than the FFTs.
+No checks here (jitcore.background / jitcore.masks check and allocate).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from jitcore._jit import njit
+
+__all__ = ["subtract_masked", "combine_masks"]
+
+
+@njit
+def subtract_masked(image, variance, back, bad, out_image, out_variance):
+    """out_image = image - back and out_variance = variance; 0 and NaN where bad."""
+    ny, nx = image.shape
+    nan = np.float32(np.nan)
+    zero = np.float32(0.0)
+    for j in range(ny):
+        for i in range(nx):
+            if bad[j, i]:
+                out_image[j, i] = zero
+                out_variance[j, i] = nan
+            else:
+                out_image[j, i] = image[j, i] - back[j, i]
+                out_variance[j, i] = variance[j, i]
+
+
+@njit
+def combine_masks(
+    mask_a, mask_b, unusable, image_a, image_b, variance_a, variance_b, out_mask, out_bad
+):
+    """out_mask = a | b; out_bad = unusable bits set, or any plane value non-finite."""
+    ny, nx = mask_a.shape
+    for j in range(ny):
+        for i in range(nx):
+            m = mask_a[j, i] | mask_b[j, i]
+            out_mask[j, i] = m
+            out_bad[j, i] = (
+                (m & unusable) != 0
+                or not math.isfinite(image_a[j, i])
+                or not math.isfinite(image_b[j, i])
+                or not math.isfinite(variance_a[j, i])
+                or not math.isfinite(variance_b[j, i])
+            )

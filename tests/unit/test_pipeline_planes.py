@@ -1,0 +1,180 @@
+"""The pipeline's fused plane passes and its one-detection-per-image path.
+
+jitcore.planes.combine_planes and jitcore.background.subtract_background against NumPy
+references; jitcore.psfmeasure.find_stars feeding measure_psf and match_stars, compared with
+the functions' own detections.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from jitcore.background import estimate_background, subtract_background
+from jitcore.masks import DEFAULT_PLANES, bits
+from jitcore.planes import combine_planes
+from jitcore.psf import gaussian_psf, psf_moments
+from jitcore.psfmeasure import find_stars, measure_psf
+from jitcore.starmatch import match_stars
+
+pytestmark = pytest.mark.unit
+
+UNUSABLE = bits(DEFAULT_PLANES, ("BAD", "SAT", "NO_DATA"))
+
+
+def _planes(seed, shape, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(100.0, 5.0, shape).astype(dtype)
+    var = np.full(shape, 25.0, dtype)
+    mask = rng.integers(0, 1 << 9, shape).astype(np.int32) * (rng.random(shape) < 0.1)
+    img[rng.random(shape) < 0.01] = np.nan
+    var[rng.random(shape) < 0.01] = np.inf
+    return img, var, mask.astype(np.int32)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 33)])
+def test_combine_planes_matches_numpy(shape):
+    si, sv, sm = _planes(1, shape)
+    ti, tv, tm = _planes(2, shape, np.float64)
+    mask, bad = combine_planes(sm, tm, UNUSABLE, si, ti, sv, tv)
+    ref_mask = sm | tm
+    ref_bad = ((ref_mask & UNUSABLE) != 0) | ~np.isfinite(si) | ~np.isfinite(ti)
+    ref_bad |= ~np.isfinite(sv) | ~np.isfinite(tv)
+    assert mask.dtype == np.int32 and bad.dtype == np.bool_
+    assert_array_equal(mask, ref_mask)
+    assert_array_equal(bad, ref_bad)
+
+
+@pytest.mark.parametrize(
+    ("change", "exc", "match"),
+    [
+        ({"sm": np.zeros(4, np.int32)}, ValueError, r"masks must be 2-D, got shape \(4,\)"),
+        ({"tv": np.zeros((4, 5))}, ValueError, r"all planes must have shape \(4, 4\)"),
+        ({"unusable": 1.5}, TypeError, "unusable must be an int bit mask, got float"),
+        ({"unusable": -1}, ValueError, r"unusable must be in \[0, 2\*\*31\), got -1"),
+    ],
+)
+def test_combine_planes_validation(change, exc, match):
+    z = np.zeros((4, 4))
+    zi = np.zeros((4, 4), np.int32)
+    args = {"sm": zi, "tm": zi, "unusable": 1, "si": z, "ti": z, "sv": z, "tv": z} | change
+    with pytest.raises(exc, match=match):
+        combine_planes(*args.values())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_subtract_background_matches_estimate_background(dtype):
+    rng = np.random.default_rng(3)
+    shape = (300, 260)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = (50.0 + 0.02 * xx + rng.normal(0.0, 2.0, shape)).astype(dtype)
+    var = np.full(shape, 4.0, dtype)
+    bad = np.zeros(shape, bool)
+    bad[100:120, :] = True
+    img[100:110, :] = np.nan  # non-finite pixels are covered by ``bad``
+    var[110:120, :] = np.nan
+    out_img, out_var = subtract_background(img, var, bad, box=64)
+    # NumPy reference: the same sep mesh (float64 path), then subtract and mask.
+    ref_bkg, _ = estimate_background(img, bad, box=64)
+    ref_img = np.where(bad, 0.0, img - ref_bkg)
+    ref_var = np.where(bad, np.nan, var)
+    assert out_img.dtype == np.float32 and out_var.dtype == np.float32
+    assert_allclose(out_img, ref_img, atol=1e-3)
+    assert_allclose(out_var, ref_var, equal_nan=True)
+    assert np.abs(np.median(out_img[~bad])) < 0.1
+    assert np.isnan(img[100, 0])  # inputs untouched
+
+
+@pytest.mark.parametrize(
+    ("change", "exc", "match"),
+    [
+        ({"image": np.zeros(5)}, ValueError, r"non-empty 2-D array, got shape \(5,\)"),
+        ({"variance": np.zeros((8, 9))}, ValueError, "shapes differ"),
+        ({"bad": np.zeros((8, 8), np.uint8)}, TypeError, "bad must be a bool array, got dtype uint8"),
+        ({"box": 0}, ValueError, "box must be >= 1 pixel, got 0"),
+        ({"filter_size": 4}, ValueError, "filter_size must be odd and >= 1, got 4"),
+        ({"bad": np.ones((8, 8), bool)}, ValueError, "every pixel is masked"),
+    ],
+)
+def test_subtract_background_validation(change, exc, match):
+    args = {"image": np.zeros((8, 8)), "variance": np.ones((8, 8)),
+            "bad": np.zeros((8, 8), bool)} | change  # fmt: skip
+    kw = {k: args.pop(k) for k in ("box", "filter_size") if k in args}
+    with pytest.raises(exc, match=match):
+        subtract_background(args["image"], args["variance"], args["bad"], **kw)
+
+
+def _star_pair(seed=7, shape=(600, 600), nstars=120, sigma=1.6, shift=(0.0, 0.0)):
+    """Background-subtracted science/template pair on one grid (template shifted a little)."""
+    rng = np.random.default_rng(seed)
+    xs = rng.uniform(20, shape[1] - 20, nstars)
+    ys = rng.uniform(20, shape[0] - 20, nstars)
+    flux = 10 ** rng.uniform(4.0, 5.5, nstars)
+    out = []
+    for k, (dx, dy) in enumerate(((0.0, 0.0), shift)):
+        img = np.zeros(shape)
+        for x, y, f in zip(xs + dx, ys + dy, flux, strict=True):
+            ix, iy = int(round(x)), int(round(y))
+            img[iy - 10 : iy + 11, ix - 10 : ix + 11] += f * gaussian_psf(
+                sigma * (1.0 + 0.2 * k), 21, dx=x - ix, dy=y - iy
+            )
+        var = 100.0 + img
+        img = img + rng.normal(size=shape) * np.sqrt(var)
+        out += [img.astype(np.float32), var.astype(np.float32)]
+    bad = np.zeros(shape, bool)
+    bad[:, 300] = True  # a bad column, zeroed as the pipeline does
+    out[0][bad] = 0.0
+    out[2][bad] = 0.0
+    return (*out, bad)
+
+
+def test_find_stars_feeds_measure_psf_like_its_own_detection():
+    s_img, s_var, _, _, bad = _star_pair()
+    cat = find_stars(s_img, s_var, bad)
+    assert len(cat) >= 100
+    assert not np.any(np.abs(cat["x"] - 300) < 0.5)  # nothing on the masked column
+    fed = measure_psf(s_img, s_var, bad, bad_bits=1, subtract_background=False, sources=cat)
+    own = measure_psf(s_img, s_var, bad.astype(np.int32), bad_bits=1, subtract_background=False)
+    truth = psf_moments(gaussian_psf(1.6, fed.at(300, 300).shape[0]))
+    for model in (fed, own):
+        m = psf_moments(model.at(300, 300))
+        assert m[0] / truth[0] == pytest.approx(1.0, abs=0.03)
+        assert m[1] / truth[1] == pytest.approx(1.0, abs=0.03)
+    assert abs(fed.nstars - own.nstars) <= 0.2 * own.nstars
+
+
+def test_match_stars_from_catalogues_agrees_with_its_own_search():
+    s_img, s_var, t_img, t_var, bad = _star_pair(shift=(0.05, -0.03))
+    cats = (find_stars(s_img, s_var, bad), find_stars(t_img, t_var, bad))
+    fed = match_stars(s_img, s_var, t_img, t_var, bad, sources=cats)
+    own = match_stars(s_img, s_var, t_img, t_var, bad)
+    assert fed.n_matched >= 30
+    assert np.median(fed.dx) == pytest.approx(0.05, abs=0.02)
+    assert np.median(fed.dy) == pytest.approx(-0.03, abs=0.02)
+    assert fed.flux_ratio == pytest.approx(own.flux_ratio, rel=0.01)
+    assert fed.sigma_x == pytest.approx(own.sigma_x, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"bad": np.zeros((8, 8), np.int32)}, TypeError, "bad must be a bool array, got dtype int32"),
+        ({"bad": np.zeros((8, 9), bool)}, ValueError, "shapes differ"),
+        ({"image": np.zeros(8)}, ValueError, r"image must be 2-D, got shape \(8,\)"),
+        ({"threshold": 0.0}, ValueError, "threshold must be > 0, got 0.0"),
+        ({"variance": np.zeros((8, 8))}, ValueError, "no pixel has a positive finite variance"),
+    ],
+)
+def test_find_stars_validation(kwargs, exc, match):
+    args = {"image": np.zeros((8, 8)), "variance": np.ones((8, 8)),
+            "bad": np.zeros((8, 8), bool)} | kwargs  # fmt: skip
+    thr = {"threshold": args.pop("threshold")} if "threshold" in args else {}
+    with pytest.raises(exc, match=match):
+        find_stars(args["image"], args["variance"], args["bad"], **thr)
+
+
+def test_measure_psf_sources_need_the_image_as_given():
+    img = np.zeros((32, 32), np.float32)
+    with pytest.raises(ValueError, match="sources need subtract_background=False"):
+        measure_psf(img, img + 1, np.zeros((32, 32), bool), bad_bits=1, sources=np.zeros(0))
