@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jitcore._kernels.bitplanes import any_bits, remap_bytes
+
 MASK_DTYPE = np.int32
 
 # LSST afw's default plane order.
@@ -36,10 +38,51 @@ def bits(planes: dict[str, int], names: tuple[str, ...] | list[str]) -> int:
     return value
 
 
+MAX_PLANE = 30  # bit 31 is the sign bit of the int32 mask (stream.fitsio allows 0..30)
+
+
+def _plane_bits(name: str, planes: dict[str, int]) -> None:
+    for plane, bit in planes.items():
+        if isinstance(bit, bool) or not isinstance(bit, int | np.integer):
+            raise TypeError(f"{name} plane {plane!r} must map to an int bit, got {bit!r}")
+        if not 0 <= bit <= MAX_PLANE:
+            raise ValueError(f"{name} plane {plane!r} bit must be in 0..{MAX_PLANE}, got {bit}")
+
+
 def remap(mask: np.ndarray, src: dict[str, int], dst: dict[str, int]) -> np.ndarray:
-    """Translate a mask from one plane mapping to another (planes missing in dst dropped)."""
-    out = np.zeros(mask.shape, dtype=MASK_DTYPE)
+    """Translate a mask from one plane mapping to another (planes missing in dst dropped).
+
+    Bits that no plane of ``src`` names are dropped too.  Returns an int32 array; when the
+    translation changes nothing (every src plane has the same bit in dst and no other bit
+    is set) that is ``mask`` itself, not a copy: the usual case, both exposures using
+    LSST's default planes, then costs one read of the mask instead of a new 64 MB array
+    at 4k x 4k.  Masks of another integer dtype must hold values in [0, 2**31).
+    """
+    mask = np.asarray(mask)
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise TypeError(f"mask must have an integer dtype, got {mask.dtype}")
+    _plane_bits("src", src)
+    _plane_bits("dst", dst)
+    if mask.dtype != MASK_DTYPE:
+        if mask.size and (mask.min() < 0 or mask.max() > 2**31 - 1):
+            rng = f"[{mask.min()}, {mask.max()}]"
+            raise ValueError(f"mask values must fit int32 bit planes, got range {rng}")
+        mask = mask.astype(MASK_DTYPE)
+    mask = np.ascontiguousarray(mask)
+    flat = mask.reshape(-1)
+    named = 0
+    for bit in src.values():
+        named |= 1 << bit
+    if all(dst.get(name) == bit for name, bit in src.items()):
+        # Identity on every named plane: only stray (unnamed) bits could change.
+        if not any_bits(flat, np.int32(~named)):
+            return mask
+    # Any other translation is a bit permutation with drops: a lookup per byte.
+    lut = np.zeros((4, 256), dtype=np.int64)
+    values = np.arange(256)
     for name, sbit in src.items():
         if name in dst:
-            out |= ((mask >> sbit) & 1).astype(MASK_DTYPE) << dst[name]
+            lut[sbit // 8] |= ((values >> (sbit % 8)) & 1) << dst[name]
+    out = np.empty(mask.shape, dtype=MASK_DTYPE)
+    remap_bytes(flat, lut.astype(MASK_DTYPE), out.reshape(-1))
     return out

@@ -2,12 +2,16 @@
 stream.warping).
 
 The science-pixel -> template-pixel map is evaluated on a coarse grid of nodes and
-interpolated with a bicubic spline (:func:`mapping_grid`): evaluating a TAN-SIP pair at
-every pixel of a 4k x 4k image takes ~6 s, the nodes plus spline ~0.3 s, and for
+interpolated with a bicubic spline (:func:`map_spline`): evaluating a TAN-SIP pair at
+every pixel of a 4k x 4k image takes ~6 s, the nodes plus the fit ~5 ms, and for
 TAN/SIP/TPV pairs the spline's error is far below 0.01 px (tests/unit/test_warping_wcs.py).
 
-:func:`warp_image` then resamples image, variance and mask with a Lanczos kernel
-(jitcore._kernels.lanczos).  Conventions, chosen here and relied on downstream:
+:func:`warp_image` resamples image, variance and mask at full-frame template positions
+(xt, yt) (e.g. :func:`mapping_grid`) with a Lanczos kernel (jitcore._kernels.lanczos);
+:func:`warp_image_spline` does the same from the :class:`MapSpline`, evaluating the map
+row by row inside the kernel, bit for bit the same result without the full-frame arrays.
+Both share the output rows among ``workers`` threads.  Conventions, chosen here and
+relied on downstream:
 
 * output pixels without data (footprint leaves the template, touches a non-finite pixel or
   one of ``bad_bits``, or the map is non-finite there) have the NO_DATA bit set and **NaN**
@@ -29,15 +33,27 @@ returns), not plane indices.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from jitcore._kernels.lanczos import lanczos_warp
+from jitcore._kernels.bspline import spline_grid
+from jitcore._kernels.lanczos import lanczos_warp, lanczos_warp_spline
 from jitcore.masks import MASK_DTYPE
 from jitcore.psf import normalise_psf
+from jitcore.tiles import run_tiles, split_axis, thread_count
 
-__all__ = ["mapping_grid", "warp_image", "warp_stamp", "local_jacobian"]
+__all__ = [
+    "MapSpline",
+    "map_spline",
+    "mapping_grid",
+    "warp_image",
+    "warp_image_spline",
+    "warp_stamp",
+    "local_jacobian",
+]
 
 Mapping = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -93,17 +109,72 @@ def _fill_invalid(
     return filled[0], filled[1]
 
 
-def mapping_grid(
-    mapping: Mapping, shape: tuple[int, int], *, step: int = 32
-) -> tuple[np.ndarray, np.ndarray]:
-    """Template pixel coordinates (xt, yt) of every science pixel, float64 arrays of ``shape``.
+@dataclass(frozen=True, eq=False)
+class MapSpline:
+    """A science pixel -> template pixel map as a bicubic spline (from :func:`map_spline`).
+
+    ``coef_x``/``coef_y`` are the B-spline coefficients of xt and yt; per science row
+    (column) ``row_start``/``row_w`` (``col_start``/``col_w``) give the first of the 4
+    non-zero basis functions and their values; ``cell_bad[cell_row[j], cell_col[i]]`` marks
+    pixels whose coarse-grid cell touches a node where the mapping was not finite (NaN).
+    Images shorter than 4 px on an axis keep the directly evaluated map in ``direct``.
+    """
+
+    shape: tuple[int, int]
+    coef_x: np.ndarray
+    coef_y: np.ndarray
+    row_start: np.ndarray
+    row_w: np.ndarray
+    col_start: np.ndarray
+    col_w: np.ndarray
+    cell_row: np.ndarray
+    cell_col: np.ndarray
+    cell_bad: np.ndarray
+    direct: tuple[np.ndarray, np.ndarray] | None = None
+
+    def grid(
+        self, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(xt, yt) float64 on the window ``rows`` x ``cols`` (half-open; None: all).
+
+        The same numbers as the full grid at those pixels, whatever the window.
+        """
+        ny, nx = self.shape
+        y0, y1 = _window("rows", rows, ny)
+        x0, x1 = _window("cols", cols, nx)
+        if self.direct is not None:
+            xt, yt = self.direct
+            return xt[y0:y1, x0:x1].copy(), yt[y0:y1, x0:x1].copy()
+        xt = np.empty((y1 - y0, x1 - x0), dtype=np.float64)
+        yt = np.empty_like(xt)
+        spline_grid(
+            self.coef_x, self.coef_y, self.row_start[y0:y1], self.row_w[y0:y1],
+            self.col_start[x0:x1], self.col_w[x0:x1], self.cell_row[y0:y1],
+            self.cell_col[x0:x1], self.cell_bad, xt, yt,
+        )  # fmt: skip
+        return xt, yt
+
+
+def _window(name: str, span: tuple[int, int] | None, n: int) -> tuple[int, int]:
+    if span is None:
+        return 0, n
+    lo, hi = (int(v) for v in span)
+    if not 0 <= lo < hi <= n:
+        raise ValueError(f"{name} must satisfy 0 <= start < stop <= {n}, got {span!r}")
+    return lo, hi
+
+
+def map_spline(mapping: Mapping, shape: tuple[int, int], *, step: int = 32) -> MapSpline:
+    """Fit the bicubic spline of ``mapping`` over a science image of ``shape``.
 
     ``mapping(x, y) -> (xt, yt)`` is called once, vectorised, on nodes every ``step`` px
-    (the last row/column always included); a bicubic interpolating spline fills the rest.
-    Images shorter than 4 px on an axis are evaluated directly (one vectorised call).
-    Where the mapping is non-finite at a node (e.g. a sky position a TAN template cannot
-    project) the pixels of the cells touching that node come back NaN, which
-    :func:`warp_image` turns into NO_DATA.
+    (the last row/column always included); a bicubic interpolating spline (FITPACK,
+    RectBivariateSpline with s=0: it passes through the nodes) fills the rest.  Images
+    shorter than 4 px on an axis are evaluated directly (one vectorised call).  Where the
+    mapping is non-finite at a node (e.g. a sky position a TAN template cannot project)
+    the pixels of the cells touching that node map to NaN, which the warp turns into
+    NO_DATA.  Nothing full-frame is allocated: :meth:`MapSpline.grid` evaluates the map,
+    :func:`warp_image_spline` evaluates it row by row as it warps.
     """
     if len(shape) != 2:
         raise ValueError(f"shape must be (ny, nx), got {shape!r}")
@@ -119,7 +190,13 @@ def mapping_grid(
 
     if ny < 4 or nx < 4:
         yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
-        return _call(mapping, xx, yy)
+        direct = _call(mapping, xx, yy)
+        empty = np.zeros((0, 0))
+        idx = np.zeros(0, dtype=np.int64)
+        return MapSpline(
+            (ny, nx), empty, empty, idx, empty, idx, empty, idx, idx,
+            np.zeros((0, 0), np.uint8), direct=direct,
+        )  # fmt: skip
 
     xn = _nodes(nx, int(step))
     yn = _nodes(ny, int(step))
@@ -127,45 +204,61 @@ def mapping_grid(
     gx, gy = _call(mapping, xx, yy)
     good = np.isfinite(gx) & np.isfinite(gy)
     if good.sum() < 3:
-        nan = np.full((ny, nx), np.nan)
-        return nan, nan.copy()
-    if not good.all():
+        # Nothing to fit: every cell is bad, so every pixel maps to NaN.
+        good[:] = False
+        gx = np.zeros_like(gx)
+        gy = np.zeros_like(gy)
+    elif not good.all():
         gx, gy = _fill_invalid(xx, yy, gx, gy, good)
 
-    xs = np.arange(nx, dtype=np.float64)
-    ys = np.arange(ny, dtype=np.float64)
-    xt = _spline_on_grid(yn, xn, gx, ys, xs)
-    yt = _spline_on_grid(yn, xn, gy, ys, xs)
-    if not good.all():
-        # Cells with a bad corner: pixel p lies in cell c = searchsorted(nodes, p) - 1.
-        cy = np.clip(np.searchsorted(yn, ys, side="right") - 1, 0, yn.size - 2)
-        cx = np.clip(np.searchsorted(xn, xs, side="right") - 1, 0, xn.size - 2)
-        bad = ~good
-        cell_bad = bad[:-1, :-1] | bad[1:, :-1] | bad[:-1, 1:] | bad[1:, 1:]
-        pix_bad = cell_bad[np.ix_(cy, cx)]
-        xt[pix_bad] = np.nan
-        yt[pix_bad] = np.nan
-    return np.ascontiguousarray(xt), np.ascontiguousarray(yt)
+    from scipy.interpolate import RectBivariateSpline
+
+    coefs = []
+    for values in (gx, gy):
+        spline = RectBivariateSpline(yn, xn, values, kx=3, ky=3, s=0)
+        ty, tx = spline.get_knots()
+        coefs.append(np.ascontiguousarray(spline.get_coeffs().reshape(ty.size - 4, tx.size - 4)))
+    # An interpolating fit (s=0) puts its knots by the nodes alone, so xt and yt share
+    # them and one basis serves both.
+    row_start, row_w = _basis(np.arange(ny, dtype=np.float64), ty)
+    col_start, col_w = _basis(np.arange(nx, dtype=np.float64), tx)
+    # Pixel p lies in cell c = searchsorted(nodes, p) - 1; a cell is bad if a corner is.
+    cell_row = np.clip(np.searchsorted(yn, np.arange(ny), side="right") - 1, 0, yn.size - 2)
+    cell_col = np.clip(np.searchsorted(xn, np.arange(nx), side="right") - 1, 0, xn.size - 2)
+    bad = ~good
+    cell_bad = bad[:-1, :-1] | bad[1:, :-1] | bad[:-1, 1:] | bad[1:, 1:]
+    return MapSpline(
+        (ny, nx), coefs[0], coefs[1], row_start, row_w, col_start, col_w,
+        cell_row.astype(np.int64), cell_col.astype(np.int64),
+        np.ascontiguousarray(cell_bad, dtype=np.uint8),
+    )  # fmt: skip
 
 
-def _spline_on_grid(
-    yn: np.ndarray, xn: np.ndarray, values: np.ndarray, ys: np.ndarray, xs: np.ndarray
-) -> np.ndarray:
-    """Bicubic interpolating spline through ``values`` at nodes (yn, xn), on the full grid.
+def _basis(points: np.ndarray, knots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per point: index of its first non-zero cubic B-spline and the 4 non-zero values."""
+    from scipy.interpolate import BSpline
 
-    The spline is fitted by FITPACK (RectBivariateSpline, s=0: it passes through the nodes)
-    but evaluated as B_y @ C @ B_x.T with dense B-spline design matrices: the same numbers
-    (to 1e-12 px) at half the cost of FITPACK's per-point evaluation for a 4k x 4k grid,
-    because the product runs in BLAS.
+    design = BSpline.design_matrix(points, knots, 3).tocsr()
+    index = design.indices.reshape(-1, 4) if design.nnz == 4 * points.size else None
+    if index is None or np.any(index != index[:, :1] + np.arange(4)):
+        # scipy builds the design matrix with exactly k + 1 consecutive entries per row;
+        # if that ever changes, this code must learn the new layout.
+        msg = "unexpected B-spline design matrix layout (want 4 consecutive entries per row)"
+        raise RuntimeError(msg)
+    weights = np.ascontiguousarray(design.data.reshape(-1, 4), dtype=np.float64)
+    return np.ascontiguousarray(index[:, 0], dtype=np.int64), weights
+
+
+def mapping_grid(
+    mapping: Mapping, shape: tuple[int, int], *, step: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Template pixel coordinates (xt, yt) of every science pixel, float64 arrays of ``shape``.
+
+    The full-frame evaluation of :func:`map_spline` (see there for the nodes, the spline and
+    NaN cells).  Where only the warp is needed, :func:`warp_image_spline` with the
+    :class:`MapSpline` avoids these two full-frame arrays.
     """
-    from scipy.interpolate import BSpline, RectBivariateSpline
-
-    spline = RectBivariateSpline(yn, xn, values, kx=3, ky=3, s=0)
-    ty, tx = spline.get_knots()
-    coef = spline.get_coeffs().reshape(ty.size - 4, tx.size - 4)
-    by = BSpline.design_matrix(ys, ty, 3).toarray()
-    bx = BSpline.design_matrix(xs, tx, 3).toarray()
-    return np.ascontiguousarray((by @ coef) @ bx.T)
+    return map_spline(mapping, shape, step=step).grid()
 
 
 def _call(mapping: Mapping, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +312,53 @@ def _check_order(order: int) -> int:
     return int(order)
 
 
+# Output rows are split into bands run on a thread pool (the kernels release the GIL), a few
+# bands per thread so a thread slowed by another process, or given a cheap all-NO_DATA
+# band, does not leave the other idle at the end.  Numba's own parallel layer is not used
+# (jitcore._jit: the stream runs kernels from Python threads already).  Pixels are
+# independent, so the result does not depend on the banding (tests/unit/test_warp.py::
+# test_threaded_warp_equals_single_thread).
+_BANDS_PER_THREAD = 4
+_MIN_BAND_ROWS = 32
+
+
+def _run_bands(ny: int, workers: int | None, run: Callable[[int, int], None]) -> None:
+    """``run(j0, j1)`` over bands of ``range(ny)`` on ``workers`` threads (scipy.fft style)."""
+    n_threads = thread_count(workers, max(1, ny // _MIN_BAND_ROWS))
+    if n_threads == 1:
+        run(0, ny)
+        return
+    rows = max(_MIN_BAND_ROWS, math.ceil(ny / (_BANDS_PER_THREAD * n_threads)))
+    bands = split_axis(ny, rows)
+    run_tiles(lambda k: run(*bands[k]), len(bands), n_threads)
+
+
+def _check_warp_inputs(
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    no_data_bit: int,
+    edge_bit: int | None,
+    bad_bits: int,
+    order: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.int32, np.int32, np.int32], int]:
+    image, variance = _float_pair(image, variance)
+    mask = _check_mask(mask, image.shape)
+    no_data = _check_single_bit("no_data_bit", no_data_bit)
+    edge = 0 if edge_bit is None else _check_single_bit("edge_bit", edge_bit)
+    bad = _check_bits("bad_bits", bad_bits)
+    order = _check_order(order)
+    return image, variance, mask, (np.int32(no_data), np.int32(edge), np.int32(bad)), order
+
+
+def _outputs(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.empty(shape, dtype=np.float32),
+        np.empty(shape, dtype=np.float32),
+        np.empty(shape, dtype=MASK_DTYPE),
+    )
+
+
 def warp_image(
     image: np.ndarray,
     variance: np.ndarray,
@@ -230,6 +370,7 @@ def warp_image(
     edge_bit: int | None = None,
     bad_bits: int = 0,
     order: int = 3,
+    workers: int | None = -1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lanczos-``order`` resampling of (image, variance, mask) at template positions (xt, yt).
 
@@ -240,10 +381,14 @@ def warp_image(
 
     Variance is propagated as sum(w^2 V) / (sum w)^2 (neighbouring output pixels become
     correlated; that covariance is not returned).  See the module docstring for NO_DATA,
-    EDGE and mask rules.  Bits are bit values (``1 << plane``).
+    EDGE and mask rules.  Bits are bit values (``1 << plane``).  ``workers`` threads share
+    the rows (scipy.fft convention: -1 all cores, None one thread); the result is the same
+    for any value.  :func:`warp_image_spline` does the same from a :class:`MapSpline`
+    without full-frame xt/yt.
     """
-    image, variance = _float_pair(image, variance)
-    mask = _check_mask(mask, image.shape)
+    image, variance, mask, bits, order = _check_warp_inputs(
+        image, variance, mask, no_data_bit, edge_bit, bad_bits, order
+    )
     xt = np.asarray(xt)
     yt = np.asarray(yt)
     for name, arr in (("xt", xt), ("yt", yt)):
@@ -253,29 +398,60 @@ def warp_image(
             raise ValueError(f"{name} must be a non-empty 2-D array, got shape {arr.shape}")
     if xt.shape != yt.shape:
         raise ValueError(f"xt shape {xt.shape} != yt shape {yt.shape}")
-    no_data = _check_single_bit("no_data_bit", no_data_bit)
-    edge = 0 if edge_bit is None else _check_single_bit("edge_bit", edge_bit)
-    bad = _check_bits("bad_bits", bad_bits)
-    order = _check_order(order)
+    xt = np.ascontiguousarray(xt, dtype=np.float64)
+    yt = np.ascontiguousarray(yt, dtype=np.float64)
+    out = _outputs(xt.shape)
 
-    out_img = np.empty(xt.shape, dtype=np.float32)
-    out_var = np.empty(xt.shape, dtype=np.float32)
-    out_mask = np.empty(xt.shape, dtype=MASK_DTYPE)
-    lanczos_warp(
-        image,
-        variance,
-        mask,
-        np.ascontiguousarray(xt, dtype=np.float64),
-        np.ascontiguousarray(yt, dtype=np.float64),
-        order,
-        np.int32(no_data),
-        np.int32(edge),
-        np.int32(bad),
-        out_img,
-        out_var,
-        out_mask,
+    def run(j0: int, j1: int) -> None:
+        lanczos_warp(
+            image, variance, mask, xt[j0:j1], yt[j0:j1], order, *bits,
+            *(o[j0:j1] for o in out),
+        )  # fmt: skip
+
+    _run_bands(xt.shape[0], workers, run)
+    return out
+
+
+def warp_image_spline(
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    spline: MapSpline,
+    *,
+    no_data_bit: int,
+    edge_bit: int | None = None,
+    bad_bits: int = 0,
+    order: int = 3,
+    workers: int | None = -1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`warp_image` at ``spline.grid()``, evaluating the map row by row as it goes.
+
+    Bit for bit the result of ``warp_image(..., *spline.grid(), ...)``, without the two
+    float64 full-frame arrays (256 MB at 4k x 4k) or the time to fill them.
+    """
+    if not isinstance(spline, MapSpline):
+        raise TypeError(f"spline must be a MapSpline, got {type(spline).__name__}")
+    if spline.direct is not None:
+        # Tiny images (< 4 px on an axis) were evaluated directly: nothing to save.
+        return warp_image(
+            image, variance, mask, *spline.direct, no_data_bit=no_data_bit,
+            edge_bit=edge_bit, bad_bits=bad_bits, order=order, workers=workers,
+        )  # fmt: skip
+    image, variance, mask, bits, order = _check_warp_inputs(
+        image, variance, mask, no_data_bit, edge_bit, bad_bits, order
     )
-    return out_img, out_var, out_mask
+    out = _outputs(spline.shape)
+    sp = spline
+
+    def run(j0: int, j1: int) -> None:
+        lanczos_warp_spline(
+            image, variance, mask, sp.coef_x, sp.coef_y, sp.row_start[j0:j1],
+            sp.row_w[j0:j1], sp.col_start, sp.col_w, sp.cell_row[j0:j1], sp.cell_col,
+            sp.cell_bad, order, *bits, *(o[j0:j1] for o in out),
+        )  # fmt: skip
+
+    _run_bands(spline.shape[0], workers, run)
+    return out
 
 
 def _check_jacobian(jacobian: np.ndarray) -> np.ndarray:
@@ -319,6 +495,7 @@ def warp_stamp(stamp: np.ndarray, jacobian: np.ndarray, *, order: int = 3) -> np
         yt,
         no_data_bit=1,
         order=order,
+        workers=None,  # a stamp is a few dozen rows: threads would cost more than they save
     )
     # Off the padded stamp the zero-padded PSF interpolates to exactly zero.
     result = np.where(out_mask & 1, 0.0, out.astype(np.float64))

@@ -17,7 +17,10 @@ import io
 import math
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+import zlib
+from collections import deque
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -329,6 +332,37 @@ def deserialize_alert(
 
 
 # -- Avro container files -------------------------------------------------------------------
+# Deflate dominated writing an exposure's alerts (fastavro, zlib level 6, one thread: 0.8 s
+# for 1250 alerts, 87 MB of mostly float32 noise).  We encode the records with fastavro and
+# write the container blocks ourselves, each ~1 MiB block compressed at level 1 on a thread
+# pool (zlib releases the GIL): the same codec, so every Avro reader (fastavro,
+# lsst.alert.packet, Java) reads the file, < 1 % larger than fastavro's level 6 file.
+# Rejected: codec "null" (fastest, but 3.7x larger: 87 MB instead of 24 MB at 4k x 4k) and
+# zlib's RLE strategy (a third less CPU, 25 % larger).  tests/unit/test_alerts.py reads
+# multi-block files back with fastavro and lsst.alert.packet.
+_BLOCK_BYTES = 2**20
+_DEFLATE_LEVEL = 1
+_ENCODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError, struct.error)
+
+
+def _avro_long(value: int) -> bytes:
+    """Avro's zig-zag varint encoding of a long."""
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _deflate_block(records: bytes, count: int, sync: bytes) -> list[bytes]:
+    """One container block: record count, size, raw-deflate data (RFC 1951), sync marker."""
+    z = zlib.compressobj(_DEFLATE_LEVEL, zlib.DEFLATED, -15, 9)  # memLevel 9: a bit faster
+    data = z.compress(records) + z.flush()
+    return [_avro_long(count), _avro_long(len(data)), data, sync]
+
+
 def write_alert_file(path: str | os.PathLike[str], alerts: Iterable[dict[str, Any]]) -> int:
     """Write alerts to an Avro object container file (deflate, our schema); returns the count.
 
@@ -338,20 +372,32 @@ def write_alert_file(path: str | os.PathLike[str], alerts: Iterable[dict[str, An
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     count = 0
-
-    def counted() -> Iterator[dict[str, Any]]:
-        nonlocal count
-        for alert in alerts:
-            count += 1
-            yield alert
-
+    sync = os.urandom(16)
+    workers = max(1, min(4, os.cpu_count() or 1))
     try:
-        with tmp.open("wb") as out:
-            fastavro.writer(out, ALERT_SCHEMA, counted(), codec="deflate")
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, struct.error) as exc:
-        tmp.unlink(missing_ok=True)
-        msg = f"alert #{count} does not match schema {ALERT_SCHEMA['name']}: {exc}"
-        raise ValueError(msg) from exc
+        with tmp.open("wb") as out, ThreadPoolExecutor(workers, "alert-deflate") as pool:
+            # fastavro writes the header (magic, schema, codec, our sync marker); no records.
+            fastavro.writer(out, ALERT_SCHEMA, [], codec="deflate", sync_marker=sync)
+            pending: deque[Future[list[bytes]]] = deque()
+            buf, in_block = io.BytesIO(), 0
+            for alert in alerts:
+                count += 1
+                try:
+                    fastavro.schemaless_writer(buf, ALERT_SCHEMA, alert)
+                except _ENCODE_ERRORS as exc:
+                    msg = f"alert #{count} does not match schema {ALERT_SCHEMA['name']}: {exc}"
+                    raise ValueError(msg) from exc
+                in_block += 1
+                if buf.tell() >= _BLOCK_BYTES:
+                    pending.append(pool.submit(_deflate_block, buf.getvalue(), in_block, sync))
+                    buf, in_block = io.BytesIO(), 0
+                # Blocks go out in order; a bounded queue keeps memory at a few blocks.
+                while pending and (pending[0].done() or len(pending) > 2 * workers):
+                    out.writelines(pending.popleft().result())
+            if in_block:
+                pending.append(pool.submit(_deflate_block, buf.getvalue(), in_block, sync))
+            while pending:
+                out.writelines(pending.popleft().result())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

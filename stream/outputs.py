@@ -36,23 +36,70 @@ def write_planes(
     bunit: str = "nJy",
 ) -> Path:
     path = Path(path)
+    shape = np.shape(image)
+    if len(shape) != 2 or np.shape(variance) != shape or np.shape(mask) != shape:
+        msg = (
+            f"image {shape}, variance {np.shape(variance)} and mask {np.shape(mask)} "
+            "must be 2-D arrays of one shape"
+        )
+        raise ValueError(msg)
     primary = fits.PrimaryHDU()
     for key, value in (header or {}).items():
         primary.header[key[:8].upper()] = value
     wcs_header = wcs.to_header(relax=True)
-    img = fits.ImageHDU(np.asarray(image, dtype=np.float32), header=wcs_header, name="IMAGE")
+    img = fits.ImageHDU(_shape_only(shape, np.float32), header=wcs_header, name="IMAGE")
     img.header["BUNIT"] = bunit
-    msk = fits.ImageHDU(np.asarray(mask, dtype=np.int32), header=wcs_header, name="MASK")
+    msk = fits.ImageHDU(_shape_only(shape, np.int32), header=wcs_header, name="MASK")
     for name, bit in sorted(mask_planes.items(), key=lambda kv: kv[1]):
         key = f"MP_{name}"
         # Plane names longer than FITS's 8 characters go in HIERARCH cards, as afw writes them.
         msk.header[key if len(key) <= 8 else f"HIERARCH {key}"] = bit
-    var = fits.ImageHDU(np.asarray(variance, dtype=np.float32), header=wcs_header, name="VARIANCE")
+    var = fits.ImageHDU(_shape_only(shape, np.float32), header=wcs_header, name="VARIANCE")
     var.header["BUNIT"] = f"{bunit}^2" if bunit else ""
     tmp = atomic_path(path)
-    fits.HDUList([primary, img, msk, var]).writeto(tmp, overwrite=True)
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(_header_bytes(primary))
+            for hdu, data in ((img, image), (msk, mask), (var, variance)):
+                fh.write(_header_bytes(hdu))
+                _write_data(fh, data, hdu.data.dtype)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return path
+
+
+# astropy's HDUList.writeto byte-swaps each plane in place, writes it, and swaps it back (two
+# passes over the data besides the write); here astropy builds the headers from a zero-stride
+# stand-in of the right shape and dtype, and the pixels are cast into big-endian chunks as they
+# are written (one pass).  tests/unit/test_outputs.py checks the bytes against astropy's.
+_CHUNK_BYTES = 4 * 2**20
+
+
+def _shape_only(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """A read-only array of ``shape`` and ``dtype`` that takes no memory (for headers)."""
+    return np.broadcast_to(np.zeros((), dtype=dtype), shape)
+
+
+def _header_bytes(hdu: Any) -> bytes:
+    header = hdu.header.tostring(sep="", endcard=True, padding=True)
+    return header.encode("ascii")
+
+
+def _write_data(fh: Any, data: np.ndarray, dtype: np.dtype) -> None:
+    """``data`` as big-endian ``dtype`` (cast as ``astype`` does), padded to FITS blocks."""
+    data = np.asarray(data)
+    big = np.dtype(dtype).newbyteorder(">")
+    ny, nx = data.shape
+    rows = max(1, _CHUNK_BYTES // max(1, nx * big.itemsize))
+    chunk = np.empty((min(rows, ny), nx), dtype=big)
+    for start in range(0, ny, rows):
+        part = data[start : start + rows]
+        out = chunk[: len(part)]
+        np.copyto(out, part, casting="unsafe")
+        fh.write(out.data.cast("B"))
+    fh.write(bytes(-(ny * nx * big.itemsize) % 2880))
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:

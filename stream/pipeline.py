@@ -12,6 +12,7 @@ measurement -> ids -> alerts.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,7 @@ from stream import __version__
 from stream.alerts import make_alert
 from stream.astrometry import refit_mapping
 from stream.calibrated import apply_external
-from stream.cutouts import make_cutout
+from stream.cutouts import CutoutMaker
 from stream.diasources import assign_ids, dia_source_records
 from stream.dipoles import dipole_options, measure_dipoles
 from stream.errors import BadExposure, KernelFailure, NoWorkFound
@@ -88,25 +89,30 @@ def subtract_files(
     """Load both files and run :func:`subtract_exposures` (load timed as ``*.load``)."""
     meta = metadata or TaskMetadata()
     with meta.timer("load"):
-        science = load_exposure(
-            science_path,
-            allow_uncalibrated=settings.allow_uncalibrated,
-            visit=visit,
-            detector=detector,
-            exposure_id=exposure_id,
-            max_pixels=settings.max_pixels,
-            max_nonfinite_fraction=settings.max_nonfinite_fraction,
-            psf_degree=settings.psf_degree,
-        )
-        # The template's own PSF is only a fallback (the PSF on the science grid is measured
-        # on the warped template), so a constant one is enough here.
-        template = load_exposure(
-            template_path,
-            allow_uncalibrated=settings.allow_uncalibrated,
-            max_pixels=settings.max_pixels,
-            max_nonfinite_fraction=settings.max_nonfinite_fraction,
-            psf_degree=0,
-        )
+        # The template loads on a second thread while the science loads here: reading,
+        # hashing and decoding a file mostly run outside the GIL.
+        with ThreadPoolExecutor(1, "load-template") as pool:
+            # The template's own PSF is only a fallback (the PSF on the science grid is
+            # measured on the warped template), so a constant one is enough here.
+            template_loaded = pool.submit(
+                load_exposure,
+                template_path,
+                allow_uncalibrated=settings.allow_uncalibrated,
+                max_pixels=settings.max_pixels,
+                max_nonfinite_fraction=settings.max_nonfinite_fraction,
+                psf_degree=0,
+            )
+            science = load_exposure(
+                science_path,
+                allow_uncalibrated=settings.allow_uncalibrated,
+                visit=visit,
+                detector=detector,
+                exposure_id=exposure_id,
+                max_pixels=settings.max_pixels,
+                max_nonfinite_fraction=settings.max_nonfinite_fraction,
+                psf_degree=settings.psf_degree,
+            )
+            template = template_loaded.result()
         science = apply_external(science, psf_path=science_psf, background_path=science_background)
         template = apply_external(template, psf_path=template_psf)
     meta.set(
@@ -205,9 +211,11 @@ def subtract_exposures(
             step=settings.warp_grid_step,
             order=settings.lanczos_order,
             mapping=mapping,
+            workers=settings.fft_workers,
         )
         # The warped mask is in the template's plane layout; everything downstream uses the
-        # science layout (files that do not name their planes may differ).
+        # science layout (files that do not name their planes may differ).  remap returns
+        # t_mask itself when the layouts agree (a fresh array here, so that is safe).
         t_mask = remap(t_mask, template.mask_planes, planes)
 
     with meta.timer("checkTemplateIsSufficient"):
@@ -381,22 +389,20 @@ def subtract_exposures(
         dia_sources = dia_source_records(
             rows, ids, science, processed_mjd_tai=mjd_now(), row_fields=dipoles.row_fields
         )
+        # One local WCS and one set of header cards per source for its three cutouts.
+        maker = CutoutMaker(science.wcs, size=settings.cutout_size, mask_planes=planes)
+        images = [
+            (z.difference, z.difference_variance, mask),
+            (s_img, s_var, science.mask),
+            (t_img, t_var, t_mask),
+        ]
         for src in dia_sources:
-            x, y = src["x"], src["y"]
+            diff_cut, sci_cut, tmpl_cut = maker.make(images, src["x"], src["y"])
             cut = {
-                "cutoutDifference": make_cutout(
-                    z.difference, z.difference_variance, mask, science.wcs, x, y,
-                    size=settings.cutout_size, mask_planes=planes,
-                ),
-                "cutoutScience": make_cutout(
-                    s_img, s_var, science.mask, science.wcs, x, y,
-                    size=settings.cutout_size, mask_planes=planes,
-                ),
-                "cutoutTemplate": make_cutout(
-                    t_img, t_var, t_mask, science.wcs, x, y,
-                    size=settings.cutout_size, mask_planes=planes,
-                ),
-            }  # fmt: skip
+                "cutoutDifference": diff_cut,
+                "cutoutScience": sci_cut,
+                "cutoutTemplate": tmpl_cut,
+            }
             alerts.append(make_alert(src, cutouts=cut, task_metadata=summary_meta))
 
     note("nDiaSources", len(dia_sources))

@@ -4,6 +4,7 @@ operator always finds out what happened to a pair."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,10 @@ def write_products(result: SubtractResult, outdir: str | Path) -> dict[str, Path
     sci = result.science
     planes = sci.mask_planes
     paths: dict[str, Path] = {}
-    with result.metadata.timer("write"):
+    with result.metadata.timer("write"), ThreadPoolExecutor(1, "write-alerts") as pool:
+        # The alerts (Avro encoding, then deflate on threads) are written while the FITS
+        # planes go out: both spend most of their time outside the GIL.
+        alerts_written = pool.submit(write_alert_file, out / "alerts.avro", result.alerts)
         paths["difference"] = write_planes(
             out / "difference.fits",
             image=z.difference,
@@ -81,7 +85,7 @@ def write_products(result: SubtractResult, outdir: str | Path) -> dict[str, Path
             header={"VISIT": sci.visit or 0, "DETECTOR": sci.detector or 0},
         )
         # score.fits: IMAGE is S_corr (unitless, ~N(0,1)); VARIANCE is 1 where valid.
-        score_var = np.where(z.valid, 1.0, np.nan).astype(np.float32)
+        score_var = np.where(z.valid, np.float32(1.0), np.float32(np.nan))
         paths["score"] = write_planes(
             out / "score.fits",
             image=z.score,
@@ -104,7 +108,7 @@ def write_products(result: SubtractResult, outdir: str | Path) -> dict[str, Path
                         "ALDIR": al.direction, "ALKSUM": float(al.kernel_sum),
                         "ALKSIZE": int(al.kernel_size)},
             )  # fmt: skip
+        alerts_written.result()
         paths["alerts"] = out / "alerts.avro"
-        write_alert_file(paths["alerts"], result.alerts)
     paths["metadata"] = write_metadata(out, result.metadata, status="done")
     return paths

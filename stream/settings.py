@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     exposure_bits: int = Field(
         40, ge=1, le=62, description="bits of the exposure id in diaSourceIds"
     )
-    fft_workers: int = Field(-1, description="scipy.fft workers (-1: all cores)")
+    fft_workers: int = Field(
+        -1, description="threads for FFTs, ZOGY tiles and the warp (-1: all cores)"
+    )
     data_roots: list[str] = Field(default_factory=list, description="readable data roots")
 
     # --- stream (Kafka) -----------------------------------------------------------------

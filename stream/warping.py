@@ -12,7 +12,7 @@ import numpy as np
 from astropy.wcs import WCS, NoConvergence
 
 from jitcore.masks import bits
-from jitcore.warp import local_jacobian, mapping_grid, warp_image
+from jitcore.warp import MapSpline, local_jacobian, map_spline, warp_image_spline
 from stream.errors import BadExposure
 from stream.exposure import Exposure
 
@@ -83,6 +83,7 @@ def warp_template(
     order: int = 3,
     bad_planes: tuple[str, ...] = BAD_PLANES,
     mapping: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+    workers: int | None = -1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The template resampled onto the science pixel grid.
 
@@ -94,6 +95,8 @@ def warp_template(
     units; NaN where NO_DATA), the int32 mask in the *template's* plane layout
     (``template.mask_planes``), and the 2x2 d(template pix)/d(science pix) at the science
     image centre (for jitcore.warp.warp_stamp of a template PSF given in template pixels).
+    ``workers`` threads share the Lanczos loop (scipy.fft convention: -1 all cores, None
+    one thread); the result does not depend on it.
     """
     planes = template.mask_planes
     if "NO_DATA" not in planes:
@@ -112,34 +115,42 @@ def warp_template(
             f"mapping must be callable (x, y) -> (xt, yt), got {type(mapping).__name__}"
         )
     ny, nx = science.shape
-    xt, yt = mapping_grid(mapping, (ny, nx), step=step)
+    # The map stays a spline evaluated row by row inside the warp: full-frame xt/yt would
+    # cost 256 MB and ~0.2 s at 4k x 4k (jitcore.warp.warp_image_spline).
+    spline = map_spline(mapping, (ny, nx), step=step)
     edge = bits(planes, ("EDGE",))
-    image, variance, mask = warp_image(
+    image, variance, mask = warp_image_spline(
         template.image,
         template.variance,
         template.mask,
-        xt,
-        yt,
+        spline,
         no_data_bit=bits(planes, ("NO_DATA",)),
         edge_bit=edge or None,
         bad_bits=bits(planes, tuple(bad_planes)),
         order=order,
+        workers=workers,
     )
-    return image, variance, mask, _centre_jacobian(xt, yt)
+    return image, variance, mask, _centre_jacobian(spline)
 
 
-def _centre_jacobian(xt: np.ndarray, yt: np.ndarray) -> np.ndarray:
+def _centre_jacobian(spline: MapSpline) -> np.ndarray:
     """Jacobian at the science centre, or at the nearest pixel where the map is finite.
 
     All-NaN (no template anywhere) gives a NaN matrix; coverage is then 0 and the pipeline
     stops with NoWorkFound before any PSF is warped.
     """
-    ny, nx = xt.shape
+    ny, nx = spline.shape
     cx, cy = (nx - 1) // 2, (ny - 1) // 2
+    # local_jacobian reads only the 3 x 3 pixels around (cx, cy): evaluate just those
+    # (the same numbers as the full grid there).
+    y0, x0 = max(cy - 1, 0), max(cx - 1, 0)
+    xt, yt = spline.grid((y0, min(cy + 2, ny)), (x0, min(cx + 2, nx)))
     try:
-        return local_jacobian(xt, yt, cx, cy)
+        return local_jacobian(xt, yt, cx - x0, cy - y0)
     except ValueError:
         pass
+    # Rare (the centre has no template): search the full grid.
+    xt, yt = spline.grid()
     finite = np.isfinite(xt) & np.isfinite(yt)
     # Interior finite pixels whose four neighbours are finite too (central differences).
     ok = np.zeros_like(finite)

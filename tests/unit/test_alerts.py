@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream import alerts as alerts_module
 from stream.alerts import (
     ALERT_SCHEMA,
     DIA_SOURCE_FIELDS,
@@ -504,3 +505,51 @@ def test_float32_fields_survive_round_trip_exactly(make_row):
     alert = make_alert(source, cutouts={}, task_metadata=None)
     buf = io.BytesIO(serialize_alert(alert))
     assert fastavro.schemaless_reader(buf, ALERT_SCHEMA)["diaSource"] == source
+
+
+# -- container blocks written by write_alert_file (parallel deflate) -------------------------
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
+def test_avro_long_matches_fastavro(value):
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, "long", value)
+    assert alerts_module._avro_long(value) == buf.getvalue()
+
+
+def test_container_file_many_blocks(tmp_path, make_test_alert, monkeypatch):
+    # Tiny blocks: one alert each, compressed on the pool and written back in order.
+    monkeypatch.setattr(alerts_module, "_BLOCK_BYTES", 1)
+    alerts = [make_test_alert(i, metadata=i % 3 != 0) for i in range(40)]
+    path = tmp_path / "alerts.avro"
+    assert write_alert_file(path, iter(alerts)) == 40
+    with path.open("rb") as fh:
+        reader = fastavro.block_reader(fh)
+        assert reader.codec == "deflate"
+        assert [block.num_records for block in reader] == [1] * 40
+    assert read_alert_file(path) == alerts
+    lsst_schema = lsst_packet.Schema.from_file()
+    with path.open("rb") as fh:
+        _, records = lsst_schema.retrieve_alerts(fh)
+        assert list(records) == [without_metadata(a) for a in alerts]
+
+
+def test_container_file_blocks_of_several_alerts(tmp_path, make_test_alert, monkeypatch):
+    size = len(serialize_alert(make_test_alert(0)))
+    monkeypatch.setattr(alerts_module, "_BLOCK_BYTES", 3 * size)
+    alerts = [make_test_alert(i) for i in range(10)]
+    path = tmp_path / "alerts.avro"
+    write_alert_file(path, alerts)
+    with path.open("rb") as fh:
+        assert [b.num_records for b in fastavro.block_reader(fh)] == [3, 3, 3, 1]
+    assert read_alert_file(path) == alerts
+
+
+def test_write_alert_file_invalid_alert_in_a_later_block(tmp_path, make_test_alert, monkeypatch):
+    monkeypatch.setattr(alerts_module, "_BLOCK_BYTES", 1)
+    bad = make_test_alert(5)
+    bad["diaSource"] = {**bad["diaSource"], "ra": None}
+    good = [make_test_alert(i) for i in range(5)]
+    path = tmp_path / "alerts.avro"
+    with pytest.raises(ValueError, match=rf"alert #6 does not match schema {NAME}"):
+        write_alert_file(path, [*good, bad])
+    assert list(tmp_path.iterdir()) == []

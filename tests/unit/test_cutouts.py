@@ -274,3 +274,71 @@ def test_full_alert_with_three_cutouts_fits_the_lsst_limit(planes):
     back = deserialize_alert(packet)
     hdul, _ = decode(back["cutoutTemplate"])
     assert hdul[0].data.shape == (30, 30)
+
+
+# --- CutoutMaker: several images per source, one local WCS ----------------------------------
+
+
+@pytest.mark.parametrize("sip", [False, True])
+@pytest.mark.parametrize(
+    ("x", "y"), [(201.3, 150.8), (0.5, 0.5), (2.2, 3.9), (399.4, 299.6), (-14.2, 40.0)]
+)
+def test_maker_bytes_equal_make_cutout(planes, sip, x, y):
+    wcs = make_wcs(sip=sip)
+    triples = [planes(seed=0), planes(dtype=np.float64, seed=1), planes(seed=2)]
+    triples[1][2][:] = triples[1][2] | (1 << 20)  # one mask needs int32
+    maker = cutouts.CutoutMaker(wcs, size=30, mask_planes=DEFAULT_PLANES)
+    made = maker.make(triples, x, y)
+    assert len(made) == 3
+    for (image, variance, mask), data in zip(triples, made, strict=True):
+        assert data == make_cutout(image, variance, mask, wcs, x, y)
+        assert data == maker(image, variance, mask, x, y)
+    hdul, _ = decode(made[1])
+    assert hdul[2].data.dtype == np.dtype(">i4")
+
+
+@pytest.mark.parametrize("size", [30, 31, 7])
+def test_cutout_geometry_matches_cutout2d(planes, size):
+    # The slicing replaced astropy's Cutout2D (partial mode): same origin, same pixels, same
+    # NaN/NO_DATA fill, for positions at pixel centres, half pixels and off the edges.
+    from astropy.nddata import Cutout2D, NoOverlapError
+
+    image, variance, mask = planes()
+    wcs = make_wcs(sip=False)
+    rng = np.random.default_rng(11)
+    xs = np.concatenate([rng.uniform(-20, NX + 20, 60), [0.5, 1.5, -0.5, NX - 0.5, 14.5, 15.0]])
+    ys = np.concatenate([rng.uniform(-20, NY + 20, 60), [0.5, 2.5, 299.5, -0.5, 14.5, 15.0]])
+    for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
+        try:
+            ref = Cutout2D(image, (x, y), (size, size), mode="partial", fill_value=np.nan)
+        except NoOverlapError:
+            with pytest.raises(ValueError, match="does not overlap"):
+                make_cutout(image, variance, mask, wcs, x, y, size=size)
+            continue
+        hdul, _ = decode(make_cutout(image, variance, mask, wcs, x, y, size=size))
+        cx, cy = ref.input_position_cutout
+        assert (-hdul[0].header["LTV1"], -hdul[0].header["LTV2"]) == (round(x - cx), round(y - cy))
+        np.testing.assert_array_equal(hdul[0].data, ref.data)
+        var = np.full((size, size), np.nan, np.float32)
+        var[ref.slices_cutout] = variance[ref.slices_original]
+        np.testing.assert_array_equal(hdul[1].data, var)
+        msk = np.full((size, size), NO_DATA, np.int32)
+        msk[ref.slices_cutout] = mask[ref.slices_original]
+        np.testing.assert_array_equal(hdul[2].data, msk)
+
+
+def test_maker_checks_wcs_and_size_once():
+    with pytest.raises(TypeError, match="wcs must be a 2-axis celestial astropy WCS"):
+        cutouts.CutoutMaker(None)
+    with pytest.raises(ValueError, match="size must be a positive integer .* got 0"):
+        cutouts.CutoutMaker(make_wcs(sip=False), size=0)
+
+
+def test_maker_checks_every_triple(planes):
+    image, variance, mask = planes()
+    maker = cutouts.CutoutMaker(make_wcs(sip=False))
+    with pytest.raises(ValueError, match=r"variance \(300, 399\) and mask .* must match image"):
+        maker.make([(image, variance, mask), (image, variance[:, 1:], mask)], 5.0, 5.0)
+    small = (image[:20, :20], variance[:20, :20], mask[:20, :20])
+    with pytest.raises(ValueError, match=r"cutout at \(100.0, 100.0\) does not overlap image \(20"):
+        maker.make([(image, variance, mask), small], 100.0, 100.0)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from astropy.io.fits import Header
 from astropy.wcs import WCS, FITSFixedWarning
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 from jitcore.coverage import template_coverage
 from jitcore.masks import DEFAULT_PLANES
-from jitcore.warp import mapping_grid
+from jitcore.warp import local_jacobian, mapping_grid, warp_image
 from stream.errors import BadExposure
 from stream.exposure import Exposure
-from stream.warping import warp_template, wcs_mapping
+from stream.warping import BAD_PLANES, warp_template, wcs_mapping
 
 pytestmark = pytest.mark.unit
 
@@ -279,3 +279,52 @@ def test_wcs_mapping_validation_and_shapes():
     mapping = wcs_mapping(sci, tpl)
     xt, yt = mapping(np.zeros((3, 4)), np.ones((3, 4)))
     assert xt.shape == (3, 4) and yt.shape == (3, 4)
+
+
+# --- warp_template: the fused, threaded warp against the full-frame path ------------------
+def full_frame_warp(template, science, mapping):
+    """warp_template as it was built before the fused kernel: full-frame xt/yt, then
+    warp_image on one thread, and the Jacobian searched on the full grid."""
+    planes = template.mask_planes
+    xt, yt = mapping_grid(mapping, science.shape)
+    edge = 1 << planes["EDGE"]
+    bad = sum(1 << planes[p] for p in BAD_PLANES)
+    out = warp_image(template.image, template.variance, template.mask, xt, yt,
+                     no_data_bit=1 << planes["NO_DATA"], edge_bit=edge, bad_bits=bad,
+                     workers=None)  # fmt: skip
+    ny, nx = xt.shape
+    cx, cy = (nx - 1) // 2, (ny - 1) // 2
+    finite = np.isfinite(xt) & np.isfinite(yt)
+    ok = np.zeros_like(finite)
+    ok[1:-1, 1:-1] = (finite[1:-1, 1:-1] & finite[:-2, 1:-1] & finite[2:, 1:-1]
+                      & finite[1:-1, :-2] & finite[1:-1, 2:])  # fmt: skip
+    jj, ii = np.nonzero(ok)
+    k = int(np.argmin((ii - cx) ** 2 + (jj - cy) ** 2))
+    return (*out, local_jacobian(xt, yt, int(ii[k]), int(jj[k])))
+
+
+@pytest.mark.parametrize("workers", [None, 2, -1])
+@pytest.mark.parametrize("left_half_missing", [False, True])
+def test_warp_template_equals_full_frame_path(workers, left_half_missing):
+    template, science, _ = star_field("sip", nstars=10)
+    wcs_map = wcs_mapping(science.wcs, template.wcs)
+
+    def mapping(x, y):
+        # Optionally no template left of x = 140: the centre (x = 114) has no map, so the
+        # Jacobian comes from the nearest pixel that has one.
+        xt, yt = wcs_map(x, y)
+        return (np.where(x < 140, np.nan, xt), yt) if left_half_missing else (xt, yt)
+
+    got = warp_template(template, science, mapping=mapping, workers=workers)
+    want = full_frame_warp(template, science, mapping)
+    for a, b in zip(got[:3], want[:3], strict=True):
+        assert_array_equal(a, b)
+    assert_array_equal(got[3], want[3])
+    assert np.all(np.isfinite(got[3]))
+    assert np.isnan(got[0]).any() == left_half_missing
+
+
+def test_warp_template_workers_validation():
+    template, science, _ = star_field("tan", nstars=1)
+    with pytest.raises(TypeError, match="workers must be an int or None, got str"):
+        warp_template(template, science, workers="2")

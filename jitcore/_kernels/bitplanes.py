@@ -1,0 +1,33 @@
+"""Mask bit-plane loops for :func:`jitcore.masks.remap`.  No checks here."""
+
+from __future__ import annotations
+
+from jitcore._jit import njit
+
+__all__ = ["any_bits", "remap_bytes"]
+
+
+@njit("boolean(int32[::1], int32)")
+def any_bits(mask, bits):
+    """True if some element of the flat ``mask`` has one of ``bits`` set (stops at the first)."""
+    for k in range(mask.size):
+        if mask[k] & bits:
+            return True
+    return False
+
+
+@njit("void(int32[::1], int32[:, ::1], int32[::1])")
+def remap_bytes(mask, lut, out):
+    """out = OR over the 4 bytes b of each value of lut[b, byte b]: any bit permutation.
+
+    ``lut[b, v]`` is the output for byte ``b`` (bits 8b .. 8b + 7) equal to ``v``; four
+    lookups per pixel replace one shift/and/or pass over the image per plane.
+    """
+    for k in range(mask.size):
+        v = mask[k]
+        out[k] = (
+            lut[0, v & 0xFF]
+            | lut[1, (v >> 8) & 0xFF]
+            | lut[2, (v >> 16) & 0xFF]
+            | lut[3, (v >> 24) & 0xFF]
+        )
