@@ -95,6 +95,11 @@ def simulate(size: int, seed: int = 0):
 
 
 def main() -> None:
+    from stream.memory import configure_from_env
+
+    # As the CLI does: freed arrays stay in the heap (stream/memory.py); both the pipeline
+    # and the reference run under it.
+    print(f"keep freed memory (glibc mallopt): {configure_from_env()}")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=3)

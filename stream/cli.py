@@ -18,6 +18,7 @@ from typing import Any
 
 from stream import __version__
 from stream.errors import EXIT_BAD_INPUT, EXIT_NO_WORK, EXIT_OK, DiffstreamError, NoWorkFound
+from stream.memory import configure_from_env
 from stream.settings import Settings, load_settings
 
 log = logging.getLogger("diffstream")
@@ -214,6 +215,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Before any large array exists: freed exposures stay in the heap (stream/memory.py).
+    configure_from_env()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
