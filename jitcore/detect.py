@@ -1,17 +1,26 @@
 """Detection of positive and negative sources on the ZOGY score image.
 
 The score S_corr is already the matched-filter output of the difference, normalised to unit
-variance on empty sky, so detection is a plain threshold on it: sep.extract with ``err=1``,
-``thresh=threshold`` and no filter kernel (filtering S again would correlate it twice and
-break the N(0, 1) calibration of the threshold; tests/unit/test_detect.py checks the false
-detection rate on pure noise against Gaussian-field theory).  Deblending is off by default:
-a difference image is mostly isolated point sources, and deblending noise peaks of one
-transient into several alerts is worse than merging a rare blended pair.  Cleaning
-(SExtractor's removal of faint objects in bright wings) is off as well, for the same reason.
+variance on empty sky, so detection is a plain threshold on it, with no filter kernel
+(filtering S again would correlate it twice and break the N(0, 1) calibration of the
+threshold; tests/unit/test_detect.py checks the false detection rate on pure noise against
+Gaussian-field theory).  A source is an 8-connected footprint of valid pixels above
+``threshold`` (jitcore._kernels.label, a run-based union-find that reads the score once and
+holds no full-frame temporaries).  Deblending is off by default: a difference image is mostly
+isolated point sources, and deblending noise peaks of one transient into several alerts is
+worse than merging a rare blended pair.  ``deblend=True`` takes sep.extract (``err=1``, no
+filter, no cleaning, 32-level multi-threshold deblending), which the labeller does not
+replicate; without deblending the two paths give the same footprints and peaks
+(tests/unit/test_detect.py compares them), the labeller being ~10x faster, free of the GIL
+and of sep's failure on a huge footprint (sep builds its sub-threshold tree even without
+deblending and raises past 1024 pieces).  Peak ties (equal score in one footprint) go to
+the first pixel in raster order; sep takes the first in its pixel-list order, which is the
+same for simple shapes.  For float64 scores the peak is the maximum in float64, sep's in
+float32.
 
-Both polarities are extracted separately (on S and on -S) and never merged: a dipole gives
-two sources, and ``adjacent_opposite`` points each to its nearest opposite-polarity
-neighbour within ``dipole_radius`` so that a later dipole fit can pair them.
+Both polarities are found separately and never merged: a dipole gives two sources, and
+``adjacent_opposite`` points each to its nearest opposite-polarity neighbour within
+``dipole_radius`` so that a later dipole fit can pair them.
 
 The sub-pixel position is the maximum of a least-squares quadratic through the 3x3 pixels
 around the peak of ``sign * S``: S is the log-likelihood ratio of a point source at each
@@ -29,6 +38,7 @@ import numbers
 import numpy as np
 import sep
 
+from jitcore._kernels.label import COMP_COLUMNS, RUN_COLUMNS, find_runs, label_runs
 from jitcore._kernels.measure import refine_peaks
 
 __all__ = ["SOURCE_DTYPE", "detect"]
@@ -48,8 +58,16 @@ SOURCE_DTYPE = np.dtype(
 )
 
 # sep keeps "active" above-threshold pixels in a fixed buffer (default 300000); a bad
-# subtraction can exceed it.  We grow it on demand up to this many pixels.
+# subtraction can exceed it.  We grow it on demand up to this many pixels.  Only the
+# deblending path uses sep.
 _MAX_PIXSTACK = 1 << 26
+
+# First size of the run table, in runs per pixel of the image (floored at _MIN_RUNS): a
+# difference image has ~1e-3 runs per pixel, so one scan nearly always suffices; a bad
+# subtraction with more runs costs a second scan with a table of the exact size.  np.empty
+# leaves untouched pages unmapped, so the generous first size costs no memory traffic.
+_RUNS_PER_PIXEL = 1 / 256
+_MIN_RUNS = 4096
 
 
 def _extract(data: np.ndarray, mask: np.ndarray, threshold: float, min_area: int, deblend: bool):
@@ -70,6 +88,56 @@ def _extract(data: np.ndarray, mask: np.ndarray, threshold: float, min_area: int
             if "pixel buffer full" not in str(exc) or size >= _MAX_PIXSTACK:
                 raise
             sep.set_extract_pixstack(min(4 * size, _MAX_PIXSTACK))
+
+
+def _footprints_sep(
+    data: np.ndarray, valid: np.ndarray, threshold: float, min_area: int, deblend: bool
+) -> np.ndarray:
+    """Footprints from sep.extract, both polarities: SOURCE_DTYPE with peak_x, peak_y, sign,
+    npix and bbox filled, unsorted.  ``data`` native-order and C-contiguous."""
+    finite = np.isfinite(data)
+    invalid = ~(valid & finite)
+    # Masked pixels are zeroed by sep, but NaNs must not reach its arithmetic at all.
+    if not finite.all():
+        data = np.where(finite, data, 0).astype(data.dtype)
+    parts = []
+    for sgn in (1, -1):
+        img = data if sgn > 0 else np.negative(data)
+        obj = _extract(img, invalid, float(threshold), int(min_area), deblend)
+        part = np.zeros(len(obj), dtype=SOURCE_DTYPE)
+        part["peak_x"] = obj["xpeak"]
+        part["peak_y"] = obj["ypeak"]
+        part["sign"] = sgn
+        part["npix"] = obj["npix"]
+        part["bbox"] = np.column_stack([obj["xmin"], obj["xmax"], obj["ymin"], obj["ymax"]])
+        parts.append(part)
+    return np.concatenate(parts)
+
+
+def _footprints(data: np.ndarray, valid: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
+    """Footprints from the run labeller; same contract as :func:`_footprints_sep` without
+    deblending.  ``data`` native-order and C-contiguous, ``valid`` C-contiguous."""
+    thr = np.float32(threshold)  # sep compares in float32 (jitcore._kernels.label)
+    cap = max(_MIN_RUNS, int(data.size * _RUNS_PER_PIXEL))
+    runs = np.empty((cap, len(RUN_COLUMNS)), dtype=np.int64)
+    peak = np.empty(cap)
+    nruns = find_runs(data, valid, thr, runs, peak)
+    if nruns > cap:
+        runs = np.empty((nruns, len(RUN_COLUMNS)), dtype=np.int64)
+        peak = np.empty(nruns)
+        find_runs(data, valid, thr, runs, peak)
+    comp = np.empty((nruns, len(COMP_COLUMNS)), dtype=np.int64)
+    ncomp = label_runs(
+        runs, peak, nruns, int(min_area), np.empty(nruns, np.int64), np.empty(nruns), comp
+    )
+    comp = comp[:ncomp]
+    out = np.zeros(ncomp, dtype=SOURCE_DTYPE)
+    out["peak_x"] = comp[:, 0]
+    out["peak_y"] = comp[:, 1]
+    out["sign"] = comp[:, 2]
+    out["npix"] = comp[:, 3]
+    out["bbox"] = comp[:, 4:8]
+    return out
 
 
 def _check(score: np.ndarray, valid: np.ndarray, threshold: float, min_area: int) -> None:
@@ -146,34 +214,21 @@ def detect(
     if not (_is_real(dipole_radius) and math.isfinite(dipole_radius) and dipole_radius >= 0):
         raise ValueError(f"dipole_radius must be a finite number >= 0, got {dipole_radius!r}")
     data = np.ascontiguousarray(score, dtype=score.dtype.newbyteorder("="))
-    finite = np.isfinite(data)
-    good = np.ascontiguousarray(valid & finite)
-    invalid = ~good
-    # Masked pixels are zeroed by sep, but NaNs must not reach its arithmetic at all.
-    if not finite.all():
-        data = np.where(finite, data, 0).astype(data.dtype)
-
-    parts = []
-    for sgn in (1, -1):
-        img = data if sgn > 0 else np.negative(data)
-        obj = _extract(img, invalid, float(threshold), int(min_area), deblend)
-        part = np.zeros(len(obj), dtype=SOURCE_DTYPE)
-        part["peak_x"] = obj["xpeak"]
-        part["peak_y"] = obj["ypeak"]
-        part["sign"] = sgn
-        part["npix"] = obj["npix"]
-        part["bbox"] = np.column_stack([obj["xmin"], obj["xmax"], obj["ymin"], obj["ymax"]])
-        parts.append(part)
-    src = np.concatenate(parts)
+    valid = np.ascontiguousarray(valid)
+    if deblend:
+        src = _footprints_sep(data, valid, threshold, min_area, deblend=True)
+    else:
+        src = _footprints(data, valid, threshold, min_area)
     src = src[np.lexsort((src["peak_x"], src["peak_y"]))]
     if src.size == 0:
         return src
 
     src["peak_score"] = data[src["peak_y"], src["peak_x"]]
     refined = np.empty((src.size, 2), dtype=np.float64)
+    # refine_peaks treats non-finite pixels as invalid itself: no valid & isfinite frame.
     refine_peaks(
         data,
-        good,
+        valid,
         np.ascontiguousarray(src["peak_x"]),
         np.ascontiguousarray(src["peak_y"]),
         src["sign"].astype(np.float64),

@@ -12,7 +12,7 @@ from scipy import fft, ndimage
 from scipy.special import erfc
 
 from jitcore._kernels.measure import refine_peaks
-from jitcore.detect import SOURCE_DTYPE, detect
+from jitcore.detect import _MIN_RUNS, SOURCE_DTYPE, _footprints, _footprints_sep, detect
 from jitcore.psf import gaussian_psf
 
 pytestmark = pytest.mark.unit
@@ -219,11 +219,156 @@ def test_sep_pixel_buffer_grows_on_demand():
     try:
         score = np.zeros((100, 100), np.float32)
         score[20:80, 20:80] = 6.0  # 3600 active pixels > 300
-        src = detect(score, np.ones(score.shape, bool))
+        src = detect(score, np.ones(score.shape, bool), deblend=True)  # sep's path
         assert len(src) == 1 and src["npix"][0] == 3600
         assert sep.get_extract_pixstack() >= 3600
+        # The labeller has no pixel buffer: sep's setting is neither needed nor touched.
+        sep.set_extract_pixstack(300)
+        src = detect(score, np.ones(score.shape, bool))
+        assert len(src) == 1 and src["npix"][0] == 3600
+        assert sep.get_extract_pixstack() == 300
     finally:
         sep.set_extract_pixstack(before)
+
+
+# --- labeller vs sep ---------------------------------------------------------------------
+
+
+def footprint_set(src):
+    """What both paths must agree on, as a sorted list of tuples."""
+    return sorted(
+        (int(s["peak_x"]), int(s["peak_y"]), int(s["sign"]), int(s["npix"]), *s["bbox"].tolist())
+        for s in src
+    )
+
+
+def scene(dtype):
+    """Correlated noise, point sources of both signs (some at the edges and corners, some
+    half under invalid pixels or NaNs), and hand-placed diagonal contacts; float scores, so
+    no two pixels of a footprint tie (sep's tie order is its pixel list's, not raster)."""
+    rng = np.random.default_rng(7)
+    shape = (150, 170)
+    diff = rng.normal(size=shape)
+    psf = gaussian_psf(1.5, 15)
+    for x, y, f in [
+        (30.3, 40.6, 300.0), (100.0, 80.2, -300.0), (60.0, 90.0, 200.0), (63.5, 90.0, -200.0),
+        (0.4, 70.0, 250.0), (169.2, 20.0, -250.0), (80.0, 0.3, 250.0), (120.0, 149.4, -250.0),
+        (0.2, 0.3, 250.0), (168.8, 148.9, 250.0), (45.0, 120.0, 250.0), (140.0, 60.0, -250.0),
+    ]:  # fmt: skip
+        cx, cy = round(x), round(y)
+        h = 7
+        ys, xs = slice(max(cy - h, 0), cy + h + 1), slice(max(cx - h, 0), cx + h + 1)
+        stamp = gaussian_psf(1.5, 15, dx=x - cx, dy=y - cy)
+        sy0, sx0 = ys.start - (cy - h), xs.start - (cx - h)
+        sub = stamp[sy0 : sy0 + diff[ys, xs].shape[0], sx0 : sx0 + diff[ys, xs].shape[1]]
+        diff[ys, xs] += f * sub
+    score = score_from_difference(diff, 1.0, psf)
+    valid = np.ones(shape, bool)
+    valid[115:125, 40:46] = False  # cuts the source at (45, 120)
+    score[55:66, 140:143] = np.nan  # cuts the source at (140, 60)
+    score[58, 145] = np.inf
+    score[62, 136] = -np.inf
+    # Diagonal-only contacts: one positive chain, one negative pair, and an opposite-sign
+    # diagonal pair that must stay two sources.
+    score[10:13, 130:140] = 0.0
+    score[10, 130], score[11, 131], score[12, 132] = 6.0, 7.5, 6.5
+    score[10, 135], score[11, 136] = -6.0, -8.0
+    score[12, 138], score[11, 139] = 7.0, -7.0
+    return score.astype(dtype), valid
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("threshold", "min_area"), [(5.0, 1), (3.0, 1), (3.0, 4)])
+def test_labeller_matches_sep(dtype, threshold, min_area):
+    score, valid = scene(dtype)
+    new = _footprints(score, valid, threshold, min_area)
+    old = _footprints_sep(score, valid, threshold, min_area, deblend=False)
+    assert len(new) > 10
+    assert footprint_set(new) == footprint_set(old)
+    if min_area == 1:  # the diagonal contacts: three pixels joined, two, opposite signs apart
+        got = {(s[0], s[1], s[2]): s[3] for s in footprint_set(new)}
+        assert got[(131, 11, 1)] == 3 and got[(136, 11, -1)] == 2
+        assert got[(138, 12, 1)] == 1 and got[(139, 11, -1)] == 1
+
+
+def test_labeller_matches_sep_on_noise_with_holes():
+    # Many small components near threshold: pure correlated noise at 2.5 sigma, 5 % of the
+    # pixels invalid at random (footprints broken and rejoined around them).
+    rng = np.random.default_rng(12)
+    score = noise_score(rng, (256, 300), 1.2)
+    valid = rng.random(score.shape) > 0.05
+    new = _footprints(score, valid, 2.5, 1)
+    assert len(new) > 200
+    assert footprint_set(new) == footprint_set(_footprints_sep(score, valid, 2.5, 1, False))
+
+
+def test_float64_threshold_is_compared_in_float32_like_sep():
+    score = np.zeros((5, 5))
+    score[1, 1] = 5.0 + 1e-12  # float32 rounds it to the threshold: not above, in both
+    score[3, 3] = -(5.0 + 1e-12)
+    valid = np.ones(score.shape, bool)
+    assert len(_footprints_sep(score, valid, 5.0, 1, False)) == 0
+    assert len(detect(score, valid)) == 0
+    score[2, 2] = 5.0 + 1e-6
+    assert footprint_set(detect(score, valid)) == [(2, 2, 1, 1, 2, 2, 2, 2)]
+
+
+def test_run_table_grows_past_first_guess():
+    # A checkerboard of opposite signs: every pixel a run of its own, far more runs than
+    # the first table holds (_MIN_RUNS); 8-connected, each sign is one diagonal net.
+    n = int(np.ceil(np.sqrt(4 * _MIN_RUNS)))
+    yy, xx = np.mgrid[0:n, 0:n]
+    # Distinct values (no tied peaks), all within 1e-3: sep's 32 sub-thresholds, which it
+    # builds even without deblending, then see one component each (see the next test).
+    jitter = np.random.default_rng(1).uniform(0.0, 1e-3, (n, n))
+    score = np.where((xx + yy) % 2 == 0, 6.0, -6.0) + jitter
+    valid = np.ones(score.shape, bool)
+    src = _footprints(score, valid, 5.0, 1)
+    assert n * n > _MIN_RUNS and len(src) == 2 and src["npix"].sum() == n * n
+    assert footprint_set(src) == footprint_set(_footprints_sep(score, valid, 5.0, 1, False))
+
+
+def test_labeller_has_no_sub_object_limit():
+    # sep builds its deblending tree even with deblend_cont=1, and a large footprint that
+    # falls apart into > sep.set_sub_object_limit() (1024) pieces at a higher sub-threshold
+    # makes it raise (whether it does here depends on sep's process-wide buffers, which
+    # other tests change, so only the labeller is asserted).  The labeller only labels.
+    n = 128
+    yy, xx = np.mgrid[0:n, 0:n]
+    jitter = np.random.default_rng(1).uniform(0.0, 1.0, (n, n))
+    score = np.where((xx + yy) % 2 == 0, 6.0, -6.0) + jitter
+    valid = np.ones(score.shape, bool)
+    src = _footprints(score, valid, 5.0, 1)
+    assert len(src) == 2 and src["npix"].sum() == n * n
+
+
+def test_noncontiguous_inputs():
+    score, valid = scene(np.float32)
+    ref = detect(score, valid)
+    wide = np.zeros((score.shape[0], 2 * score.shape[1]), np.float32)
+    wide[:, ::2] = score
+    wvalid = np.zeros(wide.shape, bool)
+    wvalid[:, ::2] = valid
+    np.testing.assert_array_equal(detect(wide[:, ::2], wvalid[:, ::2]), ref)
+
+
+def test_all_invalid_gives_empty():
+    score, valid = scene(np.float64)
+    for v, s in ((np.zeros_like(valid), score), (valid, np.full(score.shape, np.nan))):
+        empty = detect(s, v)
+        assert empty.dtype == SOURCE_DTYPE and empty.shape == (0,)
+
+
+def test_peak_ties_go_to_first_pixel_in_raster_order():
+    # Exact ties need constant patches (never seen in a real float score).  sep takes the
+    # first pixel of its pixel list, which is raster order for this block but not for every
+    # shape (see jitcore.detect); the labeller's rule is raster order always.
+    score = np.zeros((30, 40), np.float32)
+    score[20:23, 20:24] = 7.0
+    score[5:9, 3] = -6.0
+    score[5, 3:9] = -6.0
+    src = detect(score, np.ones(score.shape, bool))
+    assert [(s["peak_x"], s["peak_y"]) for s in src] == [(3, 5), (20, 20)]
 
 
 # --- statistics (seeded) -----------------------------------------------------------------
