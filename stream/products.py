@@ -71,10 +71,23 @@ def write_products(result: SubtractResult, outdir: str | Path) -> dict[str, Path
     sci = result.science
     planes = sci.mask_planes
     paths: dict[str, Path] = {}
-    with result.metadata.timer("write"), ThreadPoolExecutor(1, "write-alerts") as pool:
-        # The alerts (Avro encoding, then deflate on threads) are written while the FITS
-        # planes go out: both spend most of their time outside the GIL.
+    with result.metadata.timer("write"), ThreadPoolExecutor(2, "write") as pool:
+        # The alerts (Avro encoding, then deflate on threads) and score.fits are written while
+        # difference.fits goes out here: byte swapping, deflate and file writes all run
+        # outside the GIL.
         alerts_written = pool.submit(write_alert_file, out / "alerts.avro", result.alerts)
+        # score.fits: IMAGE is S_corr (unitless, ~N(0,1)); VARIANCE is 1 where valid.
+        score_var = np.where(z.valid, np.float32(1.0), np.float32(np.nan))
+        score_written = pool.submit(
+            write_planes,
+            out / "score.fits",
+            image=z.score,
+            variance=score_var,
+            mask=result.mask,
+            mask_planes=planes,
+            wcs=sci.wcs.deepcopy(),  # wcslib structs are not safe to share between threads
+            bunit="",
+        )
         paths["difference"] = write_planes(
             out / "difference.fits",
             image=z.difference,
@@ -83,17 +96,6 @@ def write_products(result: SubtractResult, outdir: str | Path) -> dict[str, Path
             mask_planes=planes,
             wcs=sci.wcs,
             header={"VISIT": sci.visit or 0, "DETECTOR": sci.detector or 0},
-        )
-        # score.fits: IMAGE is S_corr (unitless, ~N(0,1)); VARIANCE is 1 where valid.
-        score_var = np.where(z.valid, np.float32(1.0), np.float32(np.nan))
-        paths["score"] = write_planes(
-            out / "score.fits",
-            image=z.score,
-            variance=score_var,
-            mask=result.mask,
-            mask_planes=planes,
-            wcs=sci.wcs,
-            bunit="",
         )
         if result.al is not None:
             al = result.al
@@ -108,6 +110,7 @@ def write_products(result: SubtractResult, outdir: str | Path) -> dict[str, Path
                         "ALDIR": al.direction, "ALKSUM": float(al.kernel_sum),
                         "ALKSIZE": int(al.kernel_size)},
             )  # fmt: skip
+        paths["score"] = score_written.result()
         alerts_written.result()
         paths["alerts"] = out / "alerts.avro"
     paths["metadata"] = write_metadata(out, result.metadata, status="done")
