@@ -38,7 +38,7 @@ from stream.diasources import assign_ids, dia_source_records
 from stream.dipoles import DipoleStep, dipole_options, measure_dipoles
 from stream.errors import BadExposure, NoWorkFound
 from stream.exposure import Exposure
-from stream.fitsio import load_exposure
+from stream.fitsio import load_exposure, load_options
 from stream.outputs import write_planes
 from stream.pipeline import mjd_now
 from stream.settings import Settings, config_hash
@@ -86,12 +86,10 @@ def detect_difference(
         try:
             diff = load_exposure(
                 path,
-                allow_uncalibrated=settings.allow_uncalibrated,
                 visit=visit,
                 detector=detector,
                 exposure_id=exposure_id,
-                max_pixels=settings.max_pixels,
-                max_nonfinite_fraction=settings.max_nonfinite_fraction,
+                **load_options(settings),
                 # Measuring a PSF that psf_path replaces anyway would be wasted work.
                 measure_psf=psf_path is None and settings.psf_from_stars,
                 psf_degree=settings.psf_degree,

@@ -62,7 +62,7 @@ from stream.fitsread import (
     read_mef,
 )
 
-__all__ = ["load_exposure", "PSF_BAD_PLANES"]
+__all__ = ["load_exposure", "load_options", "PSF_BAD_PLANES"]
 
 # Planes that disqualify a star's stamp for PSF measurement.
 PSF_BAD_PLANES = ("BAD", "SAT", "CR", "NO_DATA", "EDGE", "INTRP", "SUSPECT")
@@ -89,6 +89,15 @@ _STRUCTURAL = {
     "HISTORY",
     "",
 }
+
+
+def load_options(settings: Any) -> dict[str, Any]:
+    """The :func:`load_exposure` keywords that come from the settings (every caller's)."""
+    return {
+        "allow_uncalibrated": settings.allow_uncalibrated,
+        "max_pixels": settings.max_pixels,
+        "max_nonfinite_fraction": settings.max_nonfinite_fraction,
+    }
 
 
 def load_exposure(

@@ -41,7 +41,7 @@ from stream.diasources import assign_ids, dia_source_records
 from stream.dipoles import dipole_options, measure_dipoles
 from stream.errors import BadExposure, KernelFailure, NoWorkFound
 from stream.exposure import Exposure
-from stream.fitsio import load_exposure
+from stream.fitsio import load_exposure, load_options
 from stream.settings import Settings, config_hash
 from stream.taskmeta import TaskMetadata
 from stream.versions import package_versions, versions_hash
@@ -97,20 +97,16 @@ def subtract_files(
             template_loaded = pool.submit(
                 load_exposure,
                 template_path,
-                allow_uncalibrated=settings.allow_uncalibrated,
-                max_pixels=settings.max_pixels,
-                max_nonfinite_fraction=settings.max_nonfinite_fraction,
                 psf_degree=0,
+                **load_options(settings),
             )
             science = load_exposure(
                 science_path,
-                allow_uncalibrated=settings.allow_uncalibrated,
                 visit=visit,
                 detector=detector,
                 exposure_id=exposure_id,
-                max_pixels=settings.max_pixels,
-                max_nonfinite_fraction=settings.max_nonfinite_fraction,
                 psf_degree=settings.psf_degree,
+                **load_options(settings),
             )
             template = template_loaded.result()
         science = apply_external(science, psf_path=science_psf, background_path=science_background)
