@@ -14,7 +14,9 @@ writes one row per horizontal run; :func:`label_runs` joins runs with union-find
 is in the number of runs, not of pixels.  Connectivity is 8-neighbour, as in SExtractor's
 Lutz algorithm: two runs on consecutive rows touch when their x ranges overlap after widening
 one of them by a pixel on each side (tests/unit/test_label.py checks diagonal contacts
-against scipy.ndimage.label and against sep).
+against scipy.ndimage.label and against sep).  :func:`star_moments` then measures the
+positive components (sep.extract's isophotal fields) in one more pass over the runs, for
+jitcore.psfmeasure.find_stars.
 """
 
 from __future__ import annotations
@@ -25,12 +27,25 @@ import numpy as np
 
 from jitcore._jit import njit
 
-__all__ = ["COMP_COLUMNS", "RUN_COLUMNS", "find_runs", "label_runs"]
+__all__ = [
+    "COMP_COLUMNS", "RUN_COLUMNS", "STAR_COLUMNS", "STAR_WORK", "find_runs", "label_runs",
+    "star_moments",
+]  # fmt: skip
 
 # Columns of the run table written by find_runs (int64).
 RUN_COLUMNS = ("y", "x0", "x1", "sign", "peak_x")
 # Columns of the component table written by label_runs (int64).
 COMP_COLUMNS = ("peak_x", "peak_y", "sign", "npix", "x0", "x1", "y0", "y1")
+# Columns of the positive-component table written by star_moments (float64); the names are
+# sep.extract's, and so are the formulas (x2, y2, xy about the barycentre, a, b, theta).
+STAR_COLUMNS = (
+    "x", "y", "x2", "y2", "xy", "a", "b", "theta", "flux", "peak", "xpeak", "ypeak", "npix",
+    "xmin", "xmax", "ymin", "ymax", "flag",
+)  # fmt: skip
+# Columns star_moments needs per run as workspace (its table has max(this, STAR_COLUMNS)).
+STAR_WORK = 19
+# sep's flag for a footprint cut by the image edge or by unusable pixels.
+_TRUNCATED = 2
 # Pixels tested at once by find_runs before it looks at any of them one by one.
 _BLOCK = 32
 
@@ -183,6 +198,140 @@ def _label_runs(runs, peak, nruns, min_area, parent, best, comp):
     return k
 
 
+def _star_moments(image, score, invalid, runs, nruns, parent, min_area, table):
+    """sep.extract's isophotal measurements of the positive components, from the runs.
+
+    ``parent[r]`` must hold run r's root (as :func:`label_runs` leaves it); ``table`` has
+    ``nruns`` rows and ``max(STAR_WORK, len(STAR_COLUMNS))`` columns.  Row k <- STAR_COLUMNS
+    of the k-th positive component with npix >= min_area (raster order of its first pixel);
+    returns their number.  Sums use ``image``; the peak is the pixel of largest ``score``
+    (ties: first in raster order) and ``peak`` the image there.  flag is 2 when the
+    footprint touches the image edge or a pixel 8-adjacent to it is ``invalid``: sep's
+    "truncated", for a footprint that may continue where it could not be seen.
+
+    Sums are accumulated in the root's row relative to the root run's first pixel, so the
+    second moments lose no digits to the cancellation sum(v x^2)/sum(v) - xbar^2 at x ~ 4000.
+    """
+    ny, nx = image.shape
+    for r in range(nruns):
+        root = parent[r]
+        if runs[root, 3] <= 0:
+            continue  # negative components are not wanted
+        y = runs[r, 0]
+        x0 = runs[r, 1]
+        x1 = runs[r, 2]
+        if root == r:
+            for c in range(STAR_WORK):
+                table[r, c] = 0.0
+            table[r, 7] = -np.inf
+            table[r, 12] = x0
+            table[r, 13] = x1
+            table[r, 14] = y
+            table[r, 17] = x0
+            table[r, 18] = y
+        ox = table[root, 17]
+        oy = table[root, 18]
+        dy = y - oy
+        sv = 0.0
+        svx = 0.0
+        svxx = 0.0
+        flux = 0.0
+        for i in range(x0, x1 + 1):
+            v = np.float64(image[y, i])
+            flux += v
+            s = np.float64(score[y, i])
+            # Strictly greater, raster order: ties keep the first pixel.
+            if s > table[root, 7]:
+                table[root, 7] = s
+                table[root, 8] = v
+                table[root, 9] = i
+                table[root, 10] = y
+            if v > 0:  # SExtractor weights the barycentre by positive values only
+                dx = i - ox
+                sv += v
+                svx += v * dx
+                svxx += v * dx * dx
+        table[root, 0] += sv
+        table[root, 1] += svx
+        table[root, 2] += sv * dy
+        table[root, 3] += svxx
+        table[root, 4] += sv * dy * dy
+        table[root, 5] += svx * dy
+        table[root, 6] += flux
+        table[root, 11] += x1 - x0 + 1
+        table[root, 12] = min(table[root, 12], x0)
+        table[root, 13] = max(table[root, 13], x1)
+        table[root, 15] = y  # runs come in raster order
+        if table[root, 16] == 0.0:
+            if x0 == 0 or x1 == nx - 1 or y == 0 or y == ny - 1:
+                table[root, 16] = _TRUNCATED
+            else:
+                # The union of the 3x3 neighbourhoods of a run is this 3-row rectangle.
+                for j in range(y - 1, y + 2):
+                    for i in range(x0 - 1, x1 + 2):
+                        if invalid[j, i]:
+                            table[root, 16] = _TRUNCATED
+
+    k = 0
+    for r in range(nruns):
+        if parent[r] != r or runs[r, 3] <= 0 or table[r, 11] < min_area:
+            continue
+        tv = table[r, 0]
+        if tv > 0:
+            xm = table[r, 1] / tv
+            ym = table[r, 2] / tv
+            x2 = table[r, 3] / tv - xm * xm
+            y2 = table[r, 4] / tv - ym * ym
+            xy = table[r, 5] / tv - xm * ym
+        else:
+            xm = ym = x2 = y2 = xy = np.nan
+        # sep/SExtractor: a footprint one pixel wide has a singular moment matrix; add the
+        # variance of a uniform pixel (1/12) to both axes.
+        if abs(x2 * y2 - xy * xy) < 0.00694:
+            x2 += 0.0833333
+            y2 += 0.0833333
+        d = x2 - y2
+        # sep's pi/4 for round moments; NaN moments (no positive pixel) give a NaN angle.
+        theta = math.pi / 4.0 if d == 0 else math.atan2(2.0 * xy, d) / 2.0
+        half = math.sqrt(0.25 * d * d + xy * xy)
+        mean = 0.5 * (x2 + y2)
+        a = math.sqrt(mean + half)
+        b = math.sqrt(max(mean - half, 0.0))
+        x = xm + table[r, 17]
+        y = ym + table[r, 18]
+        flux = table[r, 6]
+        peak = table[r, 8]
+        xpeak = table[r, 9]
+        ypeak = table[r, 10]
+        npix = table[r, 11]
+        xmin = table[r, 12]
+        xmax = table[r, 13]
+        ymin = table[r, 14]
+        ymax = table[r, 15]
+        flag = table[r, 16]
+        # Row k <= r: every value of row r is read above before row k is written.
+        table[k, 0] = x
+        table[k, 1] = y
+        table[k, 2] = x2
+        table[k, 3] = y2
+        table[k, 4] = xy
+        table[k, 5] = a
+        table[k, 6] = b
+        table[k, 7] = theta
+        table[k, 8] = flux
+        table[k, 9] = peak
+        table[k, 10] = xpeak
+        table[k, 11] = ypeak
+        table[k, 12] = npix
+        table[k, 13] = xmin
+        table[k, 14] = xmax
+        table[k, 15] = ymin
+        table[k, 16] = ymax
+        table[k, 17] = flag
+        k += 1
+    return k
+
+
 _I8_2 = "int64[:, ::1]"
 
 find_runs = njit(
@@ -196,3 +345,10 @@ _union = njit("void(int64[::1], int64, int64)")(_union)
 label_runs = njit(f"int64({_I8_2}, float64[::1], int64, int64, int64[::1], float64[::1], {_I8_2})")(
     _label_runs
 )
+star_moments = njit(
+    [
+        f"int64({t}[:, ::1], {t}[:, ::1], boolean[:, ::1], {_I8_2}, int64, int64[::1], int64, "
+        "float64[:, ::1])"
+        for t in ("float32", "float64")
+    ]
+)(_star_moments)

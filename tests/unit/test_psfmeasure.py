@@ -15,7 +15,13 @@ from numpy.testing import assert_allclose
 from jitcore.background import estimate_background
 from jitcore.masks import DEFAULT_PLANES, bits
 from jitcore.psf import gaussian_psf, psf_moments
-from jitcore.psfmeasure import measure_psf, stamp_size_for_sigma, stars_needed, subpixel_shift
+from jitcore.psfmeasure import (
+    find_stars,
+    measure_psf,
+    stamp_size_for_sigma,
+    stars_needed,
+    subpixel_shift,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -362,3 +368,56 @@ def test_background_mask_excludes_pixels():
 def test_background_validation(args, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         estimate_background(*args, **kwargs)
+
+
+def _sep_field(seed, shape=(400, 500), nstars=250, sigma=1.6):
+    """Gaussian stars (some blended, some on the edge) + Poisson-like noise, a bad column."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros(shape)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for x, y, f in zip(
+        rng.uniform(-3, shape[1] + 3, nstars), rng.uniform(-3, shape[0] + 3, nstars),
+        10 ** rng.uniform(2.3, 4.5, nstars), strict=True,
+    ):  # fmt: skip
+        sl = (slice(max(int(y) - 12, 0), int(y) + 13), slice(max(int(x) - 12, 0), int(x) + 13))
+        r2 = (xx[sl] - x) ** 2 + (yy[sl] - y) ** 2
+        img[sl] += f / (2 * np.pi * sigma**2) * np.exp(-r2 / (2 * sigma**2))
+    var = 50.0 + img
+    img = img + rng.normal(size=shape) * np.sqrt(var)
+    bad = np.zeros(shape, bool)
+    bad[:, 137] = True
+    img[bad] = np.nan  # never read
+    return img.astype(np.float32), var.astype(np.float32), bad
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_find_stars_matches_sep_extract(seed):
+    import sep
+
+    img, var, bad = _sep_field(seed)
+    got = find_stars(img, var, bad)
+    # sep without smoothing, deblending or cleaning (cleaning drops faint detections in a
+    # bright neighbour's wings, which find_stars keeps and measure_psf rejects later).
+    ref = sep.extract(
+        np.where(bad, 0, img), 5.0, var=var, mask=bad, minarea=5, filter_kernel=None,
+        deblend_cont=1.0, clean=False,
+    )  # fmt: skip
+    assert len(got) == len(ref) >= 100
+    got = got[np.lexsort((got["x"], got["y"]))]
+    ref = ref[np.lexsort((ref["x"], ref["y"]))]
+    assert_allclose(got["x"], ref["x"], atol=0.01)
+    assert_allclose(got["y"], ref["y"], atol=0.01)
+    assert_allclose(got["flux"], ref["flux"], rtol=1e-4)
+    np.testing.assert_array_equal(got["npix"], ref["npix"])
+    for name in ("a", "b", "x2", "y2", "xy", "xmin", "xmax", "ymin", "ymax"):
+        assert_allclose(got[name], ref[name], rtol=1e-4, atol=1e-4, err_msg=name)
+    # The peak is the highest-S/N pixel (sep's is the highest value): its S/N passes.
+    snr_peak = got["peak"] / np.sqrt(var[got["ycpeak"], got["xcpeak"]])
+    assert np.all(snr_peak > 5.0) and np.all(got["xpeak"] == got["xcpeak"])
+    # Truncated: on the edge or 8-adjacent to the bad column; sep flags only the edge.
+    edge = (got["xmin"] == 0) | (got["ymin"] == 0)
+    edge |= (got["xmax"] == img.shape[1] - 1) | (got["ymax"] == img.shape[0] - 1)
+    near_bad = (got["xmin"] <= 138) & (got["xmax"] >= 136)
+    assert edge.any() and near_bad.any()
+    np.testing.assert_array_equal(got["flag"], np.where(edge | near_bad, 2, 0))
+    np.testing.assert_array_equal(ref["flag"] & 2 > 0, edge)
