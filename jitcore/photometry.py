@@ -7,6 +7,8 @@ from collections.abc import Callable
 import numpy as np
 import sep
 
+from jitcore._kernels.planes import unusable_pixels
+
 __all__ = ["aperture_flux", "stack_psfs"]
 
 
@@ -59,10 +61,11 @@ def aperture_flux(
     Numba; sep's exact circle/pixel overlap is already compiled, tested and vectorised over
     sources.
     """
-    bad = (mask & badbits) != 0
-    bad |= ~np.isfinite(image)
-    bad |= ~(variance > 0)  # also catches NaN
-    bad |= ~np.isfinite(variance)
+    # One fused pass (a chain of NumPy masks is ~10x slower at 4k x 4k).
+    m = np.ascontiguousarray(mask)
+    bad = np.empty(m.shape, dtype=np.bool_)
+    unusable_pixels(m, m.dtype.type(badbits), np.ascontiguousarray(image),
+                    np.ascontiguousarray(variance), bad)  # fmt: skip
     flux, err, flag = sep.sum_circle(image, xs, ys, radius, var=variance, mask=bad, subpix=0)
     truncated = (flag & sep.APER_TRUNC) != 0
     masked = (flag & sep.APER_HASMASKED) != 0

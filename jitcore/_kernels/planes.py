@@ -13,7 +13,7 @@ import numpy as np
 
 from jitcore._jit import njit
 
-__all__ = ["subtract_masked", "combine_masks"]
+__all__ = ["subtract_masked", "combine_masks", "unusable_pixels"]
 
 
 @njit
@@ -48,4 +48,18 @@ def combine_masks(
                 or not math.isfinite(image_b[j, i])
                 or not math.isfinite(variance_a[j, i])
                 or not math.isfinite(variance_b[j, i])
+            )
+
+
+@njit
+def unusable_pixels(mask, badbits, image, variance, out):
+    """out = any of ``badbits`` set, image non-finite, or variance not finite and > 0."""
+    ny, nx = mask.shape
+    for j in range(ny):
+        for i in range(nx):
+            v = variance[j, i]
+            out[j, i] = (
+                (mask[j, i] & badbits) != 0
+                or not math.isfinite(image[j, i])
+                or not (v > 0.0 and math.isfinite(v))
             )

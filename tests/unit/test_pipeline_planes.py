@@ -178,3 +178,17 @@ def test_measure_psf_sources_need_the_image_as_given():
     img = np.zeros((32, 32), np.float32)
     with pytest.raises(ValueError, match="sources need subtract_background=False"):
         measure_psf(img, img + 1, np.zeros((32, 32), bool), bad_bits=1, sources=np.zeros(0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unusable_pixels_matches_numpy(dtype):
+    from jitcore._kernels.planes import unusable_pixels
+
+    img, var, mask = _planes(9, (37, 51), dtype)
+    var[3, :] = 0.0
+    var[4, :] = -1.0
+    var[5, :] = np.nan
+    out = np.empty(img.shape, bool)
+    unusable_pixels(mask, np.int32(UNUSABLE), img, var, out)
+    ref = ((mask & UNUSABLE) != 0) | ~np.isfinite(img) | ~(var > 0) | ~np.isfinite(var)
+    assert_array_equal(out, ref)
