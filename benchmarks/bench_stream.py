@@ -36,7 +36,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import (  # noqa: E402
+    OFFSET_END,
+    Consumer,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from stream.events import encode_event, make_event, now_ms  # noqa: E402
@@ -113,7 +119,15 @@ class Run:
             self.procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
-            d = self.admin.describe_consumer_groups([self.group])[self.group].result(timeout=30)
+            try:
+                d = self.admin.describe_consumer_groups([self.group])[self.group].result(30)
+            except KafkaException as exc:
+                # The group coordinator may still be loading (COORDINATOR_LOAD_IN_PROGRESS)
+                # right after the broker starts: retriable, so ask again.
+                if not exc.args[0].retriable():
+                    raise
+                time.sleep(0.2)
+                continue
             if len(d.members) == self.n and all(m.assignment.topic_partitions for m in d.members):
                 return
             time.sleep(0.2)

@@ -38,8 +38,8 @@ import numbers
 import numpy as np
 import sep
 
-from jitcore._kernels.label import COMP_COLUMNS, RUN_COLUMNS, find_runs, label_runs
 from jitcore._kernels.measure import refine_peaks
+from jitcore.labels import label_footprints
 
 __all__ = ["SOURCE_DTYPE", "detect"]
 
@@ -61,13 +61,6 @@ SOURCE_DTYPE = np.dtype(
 # subtraction can exceed it.  We grow it on demand up to this many pixels.  Only the
 # deblending path uses sep.
 _MAX_PIXSTACK = 1 << 26
-
-# First size of the run table, in runs per pixel of the image (floored at _MIN_RUNS): a
-# difference image has ~1e-3 runs per pixel, so one scan nearly always suffices; a bad
-# subtraction with more runs costs a second scan with a table of the exact size.  np.empty
-# leaves untouched pages unmapped, so the generous first size costs no memory traffic.
-_RUNS_PER_PIXEL = 1 / 256
-_MIN_RUNS = 4096
 
 
 def _extract(data: np.ndarray, mask: np.ndarray, threshold: float, min_area: int, deblend: bool):
@@ -117,20 +110,8 @@ def _footprints_sep(
 def _footprints(data: np.ndarray, valid: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
     """Footprints from the run labeller; same contract as :func:`_footprints_sep` without
     deblending.  ``data`` native-order and C-contiguous, ``valid`` C-contiguous."""
-    thr = np.float32(threshold)  # sep compares in float32 (jitcore._kernels.label)
-    cap = max(_MIN_RUNS, int(data.size * _RUNS_PER_PIXEL))
-    runs = np.empty((cap, len(RUN_COLUMNS)), dtype=np.int64)
-    peak = np.empty(cap)
-    nruns = find_runs(data, valid, thr, runs, peak)
-    if nruns > cap:
-        runs = np.empty((nruns, len(RUN_COLUMNS)), dtype=np.int64)
-        peak = np.empty(nruns)
-        find_runs(data, valid, thr, runs, peak)
-    comp = np.empty((nruns, len(COMP_COLUMNS)), dtype=np.int64)
-    ncomp = label_runs(
-        runs, peak, nruns, int(min_area), np.empty(nruns, np.int64), np.empty(nruns), comp
-    )
-    comp = comp[:ncomp]
+    comp = label_footprints(data, valid, threshold, min_area).comp
+    ncomp = len(comp)
     out = np.zeros(ncomp, dtype=SOURCE_DTYPE)
     out["peak_x"] = comp[:, 0]
     out["peak_y"] = comp[:, 1]

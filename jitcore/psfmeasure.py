@@ -30,16 +30,9 @@ import sep
 from scipy.ndimage import binary_dilation, shift
 from scipy.spatial import cKDTree
 
-from jitcore._kernels.label import (
-    COMP_COLUMNS,
-    RUN_COLUMNS,
-    STAR_COLUMNS,
-    STAR_WORK,
-    find_runs,
-    label_runs,
-    star_moments,
-)
+from jitcore._kernels.label import STAR_COLUMNS, STAR_WORK, star_moments
 from jitcore.background import estimate_background
+from jitcore.labels import label_footprints
 from jitcore.psf import PsfModel, psf_moments
 from jitcore.psfmodes import fit_mode_model
 
@@ -155,18 +148,8 @@ STAR_DTYPE = np.dtype(
 def _star_catalogue(img, snr, unusable, threshold: float, min_area: int) -> np.ndarray:
     """STAR_DTYPE rows of the positive components of ``snr > threshold`` (npix >= min_area)."""
     valid = ~unusable
-    cap = max(4096, snr.size // 256)  # as jitcore.detect: rarely too small, then exact
-    runs = np.empty((cap, len(RUN_COLUMNS)), dtype=np.int64)
-    peak = np.empty(cap)
-    thr = np.float32(threshold)
-    nruns = find_runs(snr, valid, thr, runs, peak)
-    if nruns > cap:
-        runs = np.empty((nruns, len(RUN_COLUMNS)), dtype=np.int64)
-        peak = np.empty(nruns)
-        find_runs(snr, valid, thr, runs, peak)
-    parent = np.empty(nruns, np.int64)
-    comp = np.empty((nruns, len(COMP_COLUMNS)), dtype=np.int64)
-    label_runs(runs, peak, nruns, min_area, parent, np.empty(nruns), comp)
+    fp = label_footprints(snr, valid, threshold, min_area)
+    runs, nruns, parent = fp.runs, fp.nruns, fp.parent
     table = np.empty((nruns, max(STAR_WORK, len(STAR_COLUMNS))))
     n = star_moments(img, snr, unusable, runs, nruns, parent, min_area, table)
     out = np.zeros(n, dtype=STAR_DTYPE)

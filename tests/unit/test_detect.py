@@ -12,7 +12,8 @@ from scipy import fft, ndimage
 from scipy.special import erfc
 
 from jitcore._kernels.measure import refine_peaks
-from jitcore.detect import _MIN_RUNS, SOURCE_DTYPE, _footprints, _footprints_sep, detect
+from jitcore.detect import SOURCE_DTYPE, _footprints, _footprints_sep, detect
+from jitcore.labels import _MIN_RUNS
 from jitcore.psf import gaussian_psf
 
 pytestmark = pytest.mark.unit
