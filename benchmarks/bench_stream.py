@@ -39,11 +39,17 @@ sys.path.insert(0, str(ROOT))
 from confluent_kafka import (  # noqa: E402
     OFFSET_END,
     Consumer,
+    KafkaError,
     KafkaException,
     Producer,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+_COORDINATOR_CODES = {
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.GROUP_ID_NOT_FOUND,
+}  # fmt: skip
 
 from stream.events import encode_event, make_event, now_ms  # noqa: E402
 from stream.records import decode_summary  # noqa: E402
@@ -122,9 +128,10 @@ class Run:
             try:
                 d = self.admin.describe_consumer_groups([self.group])[self.group].result(30)
             except KafkaException as exc:
-                # The group coordinator may still be loading (COORDINATOR_LOAD_IN_PROGRESS)
-                # right after the broker starts: retriable, so ask again.
-                if not exc.args[0].retriable():
+                # Right after the broker starts, or before the group exists, the coordinator
+                # may still be loading or elsewhere: ask again until the deadline.
+                err = exc.args[0]
+                if not (err.retriable() or err.code() in _COORDINATOR_CODES):
                     raise
                 time.sleep(0.2)
                 continue
