@@ -433,7 +433,7 @@ def _tile(
     del pn, pr, bden
     if ctx.spec is not np.complex128:
         kdn, kdr, kn, kr = (k.astype(ctx.spec) for k in (kdn, kdr, kn, kr))
-    frame = np.empty(ctx.frame, dtype=ctx.real)
+    frame: np.ndarray = np.empty(ctx.frame, dtype=ctx.real)
     k2 = []
     for k in k_small:
         embed_centred(crop_centred(k, b) ** 2, frame)
@@ -449,7 +449,7 @@ def _tile(
     for key, img in (("n", ctx.sci), ("r", ctx.tmpl), ("vn", ctx.svar), ("vr", ctx.tvar)):
         fill_frame(img, good, oy, ox, frame)
         spec[key] = ctx.rfft(frame)
-    tmp = np.empty(ctx.spec_shape, ctx.spec)
+    tmp: np.ndarray = np.empty(ctx.spec_shape, ctx.spec)
     spectral_combine(spec["n"], kdn, spec["r"], kdr, -1.0, tmp)
     d = ctx.irfft(tmp)
     spectral_combine(spec["vn"], kdn2, spec["vr"], kdr2, 1.0, tmp)
@@ -466,7 +466,7 @@ def _tile(
         s = s_n - s_r
         # One pixel of margin so the core's gradients are central differences.
         win = (slice(b - 1, b + h + 1), slice(b - 1, b + w + 1))
-        vx_win = np.empty((h + 2, w + 2), dtype=ctx.real)
+        vx_win: np.ndarray = np.empty((h + 2, w + 2), dtype=ctx.real)
         extra_variance(s_n[win], s_r[win], ctx.sx2, ctx.sy2, ctx.e2, vx_win)
         vx = vx_win[1:-1, 1:-1]
     else:

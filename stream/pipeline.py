@@ -387,13 +387,13 @@ def subtract_exposures(
         )
         # One local WCS and one set of header cards per source for its three cutouts.
         maker = CutoutMaker(science.wcs, size=settings.cutout_size, mask_planes=planes)
-        images = [
+        cutout_planes = [
             (z.difference, z.difference_variance, mask),
             (s_img, s_var, science.mask),
             (t_img, t_var, t_mask),
         ]
         for src in dia_sources:
-            diff_cut, sci_cut, tmpl_cut = maker.make(images, src["x"], src["y"])
+            diff_cut, sci_cut, tmpl_cut = maker.make(cutout_planes, src["x"], src["y"])
             cut = {
                 "cutoutDifference": diff_cut,
                 "cutoutScience": sci_cut,
