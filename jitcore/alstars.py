@@ -39,6 +39,18 @@ def _detect(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, thresh: fl
     return sep.extract(data, thresh, err=err, mask=bad, minarea=5)
 
 
+def _c(a: np.ndarray) -> np.ndarray:
+    """C-contiguous native float32/float64 as sep wants it (a copy only when needed)."""
+    dtype = a.dtype if a.dtype in (np.float32, np.float64) else np.float64
+    return np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("="))
+
+
+def _unusable(bad: np.ndarray, image: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """``bad`` plus every pixel whose image or variance is not finite (as uint8 for sep)."""
+    m = np.asarray(bad, dtype=bool) | ~np.isfinite(image) | ~np.isfinite(variance)
+    return m.view(np.uint8)
+
+
 def _box_has_bad(bad: np.ndarray, x: np.ndarray, y: np.ndarray, half: int) -> np.ndarray:
     """True where the (2 half + 1)^2 box centred on (x, y) holds a bad pixel (summed-area table)."""
     sat = np.zeros((bad.shape[0] + 1, bad.shape[1] + 1), dtype=np.int64)
@@ -75,10 +87,11 @@ def select_kernel_stars(
     sci = _detect(science, science_variance, bad, detect_threshold)
     if len(sci) == 0:
         return empty
-    data = np.ascontiguousarray(np.where(bad, 0.0, science), dtype=np.float64)
-    var = np.ascontiguousarray(np.where(bad | ~np.isfinite(science_variance), 0.0,
-                                        science_variance), dtype=np.float64)  # fmt: skip
-    flux, ferr, flag = sep.sum_circle(data, sci["x"], sci["y"], max(fwhm, 1.5), var=var, mask=bad)
+    # sep never reads masked pixels, so the planes go in as they are (no full-frame copies);
+    # the mask covers every non-finite value.
+    unusable = _unusable(bad, science, science_variance)
+    flux, ferr, flag = sep.sum_circle(_c(science), sci["x"], sci["y"], max(fwhm, 1.5),
+                                      var=_c(science_variance), mask=unusable)  # fmt: skip
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(ferr > 0, flux / ferr, 0.0)
     xi = np.floor(sci["x"] + 0.5).astype(np.int64)
@@ -93,11 +106,10 @@ def select_kernel_stars(
     if len(idx):
         # The template has the star too (aperture S/N at the science position): a cheap
         # stand-in for a second detection pass, which cost as much as the first.
-        tdata = np.ascontiguousarray(np.where(bad, 0.0, template), dtype=np.float64)
-        tvar = np.ascontiguousarray(np.where(bad | ~np.isfinite(template_variance), 0.0,
-                                             template_variance), dtype=np.float64)  # fmt: skip
-        tf, tfe, tflag = sep.sum_circle(tdata, sci["x"][idx], sci["y"][idx], max(fwhm, 1.5),
-                                        var=tvar, mask=bad)  # fmt: skip
+        t_unusable = _unusable(bad, template, template_variance)
+        tf, tfe, tflag = sep.sum_circle(_c(template), sci["x"][idx], sci["y"][idx],
+                                        max(fwhm, 1.5), var=_c(template_variance),
+                                        mask=t_unusable)  # fmt: skip
         with np.errstate(divide="ignore", invalid="ignore"):
             idx = idx[(tflag == 0) & (tfe > 0) & (tf >= template_snr * tfe)]
     # Isolation: no brighter detection within the stamp's circumradius.
