@@ -43,13 +43,15 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from jitcore._kernels import measure as _k
 from jitcore._kernels import psffit as _fit
 from jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, UNUSABLE_PLANES, bits
-from jitcore.photometry import aperture_flux, stack_psfs
+from jitcore.photometry import aperture_flux, stack_psfs, unusable_map
+from jitcore.tiles import thread_count
 
 __all__ = ["MEASURE_DTYPE", "measure"]
 
@@ -242,6 +244,7 @@ def measure(
     bad_mask_planes: tuple[str, ...] = UNUSABLE_PLANES,
     centroid_bound: float = 1.5,
     max_iter: int = 50,
+    workers: int | None = None,
 ) -> np.ndarray:
     """Measure each detected source; returns a structured array of :data:`MEASURE_DTYPE`.
 
@@ -252,7 +255,8 @@ def measure(
     (integer, planes named by ``mask_planes``, default LSST's) gives the pixel flags and, via
     ``bad_mask_planes``, the pixels every fit skips, on the difference, science and template
     alike (pass the union of the masks the pipeline carries).  Rows are in the order of
-    ``sources``.
+    ``sources``.  ``workers`` (scipy.fft convention; None: 1, -1: all cores) measures
+    chunks of the sources on that many threads, with the same rows as one thread.
     """
     _check_sources(sources)
     diff, dvar = _image_pair("difference", difference, difference_variance, None)
@@ -277,11 +281,43 @@ def measure(
     if unknown:
         raise TypeError(f"bad_mask_planes must be plane names, got {unknown!r}")
 
+    thread_count(workers, 1)  # checks workers even when there is nothing to measure
+    n = sources.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=MEASURE_DTYPE)
+    badbits = bits(planes, tuple(bad_mask_planes))
+    # The aperture sums' map of unusable pixels is full-frame: made once, shared by chunks.
+    ap_bad = unusable_map(mask, badbits, diff, dvar)
+    n_threads = thread_count(workers, max(1, n // _MIN_CHUNK))
+
+    def run(chunk: slice) -> np.ndarray:
+        return _measure_chunk(
+            sources[chunk], diff, dvar, psf_d_at, score_maps, sci, tpl, mask, planes,
+            badbits, ap_bad, ap_radius, centroid_bound, max_iter,
+        )  # fmt: skip
+
+    if n_threads == 1:
+        return run(slice(0, n))
+    # Sources are independent and the kernels release the GIL, so contiguous chunks run
+    # concurrently; only the per-source PSF stamps (psf_*_at, Python) serialise.
+    edges = np.linspace(0, n, n_threads + 1).astype(int)
+    chunks = [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    with ThreadPoolExecutor(n_threads, "measure") as pool:
+        return np.concatenate(list(pool.map(run, chunks)))
+
+
+# Fewer sources than this per thread do not pay for a thread.
+_MIN_CHUNK = 64
+
+
+def _measure_chunk(
+    sources, diff, dvar, psf_d_at, score_maps, sci, tpl, mask, planes, badbits, ap_bad,
+    ap_radius, centroid_bound, max_iter,
+) -> np.ndarray:  # fmt: skip
+    """:func:`measure` of ``sources`` (checked inputs); rows in the order of ``sources``."""
+    shape = diff.shape
     n = sources.shape[0]
     out = np.zeros(n, dtype=MEASURE_DTYPE)
-    if n == 0:
-        return out
-    badbits = bits(planes, tuple(bad_mask_planes))
     ny, nx = shape
     x0 = np.ascontiguousarray(sources["x"], dtype=np.float64)
     y0 = np.ascontiguousarray(sources["y"], dtype=np.float64)
@@ -346,7 +382,9 @@ def measure(
     else:
         radius = np.full(n, float(ap_radius))
     out["apRadius"] = radius
-    ap, ap_err, truncated, masked, failed = aperture_flux(diff, dvar, mask, badbits, x, y, radius)
+    ap, ap_err, truncated, masked, failed = aperture_flux(
+        diff, dvar, mask, badbits, x, y, radius, bad=ap_bad
+    )
     out["apFlux"], out["apFluxErr"] = ap, ap_err
     out["apFlux_flag_apertureTruncated"] = truncated
     out["apFlux_flag"] = truncated | masked | failed

@@ -31,6 +31,9 @@ SHAPE_NO_PIXELS = 1
 SHAPE_NOT_POSITIVE = 2
 SHAPE_NOT_CONVERGED = 3
 SHAPE_TOO_LARGE = 4
+# Adaptive-moment weights exp(-q / 2) are cut to 0 beyond q = 60 (exp(-30) ~ 1e-13 of the
+# peak), far below the double rounding of the sums they would join.
+MOMENT_QMAX = 60.0
 
 
 @njit
@@ -102,7 +105,8 @@ def _moments_one(img, var, mask, badbits, x, y, sgn, m0xx, m0yy, m0xy, half, max
 
     SDSS/Bernstein & Jarvis iteration: weight covariance M -> 2 x (weighted moments), whose
     fixed point is the source covariance for a Gaussian source.  The image is multiplied by
-    ``sgn`` so that negative sources are measured like positive ones.
+    ``sgn`` so that negative sources are measured like positive ones.  Weights beyond
+    q = MOMENT_QMAX are 0 (and those pixels do not count as data).
     res <- (ixx, iyy, ixy, code).
     """
     ny, nx = img.shape
@@ -126,13 +130,21 @@ def _moments_one(img, var, mask, badbits, x, y, sgn, m0xx, m0yy, m0xy, half, max
         syy = 0.0
         sxy = 0.0
         ngood = 0
-        for j in range(max(cy - half, 0), min(cy + half + 1, ny)):
+        # Only the bounding box of the ellipse q <= MOMENT_QMAX (|dx| <= sqrt(QMAX mxx), same
+        # in y) can carry weight: for a PSF-sized source that is ~15^2 pixels of the
+        # (2 half + 1)^2 window (49^2 for a 25 px PSF stamp), ~4x less work at equal results.
+        # (+2: the box is centred on the nearest pixel, not on (x, y).)
+        hx = int(min(float(half), math.sqrt(MOMENT_QMAX * mxx) + 2.0))
+        hy = int(min(float(half), math.sqrt(MOMENT_QMAX * myy) + 2.0))
+        for j in range(max(cy - hy, 0), min(cy + hy + 1, ny)):
             dy = j - y
-            for i in range(max(cx - half, 0), min(cx + half + 1, nx)):
+            for i in range(max(cx - hx, 0), min(cx + hx + 1, nx)):
                 if not _good(img, var, mask, badbits, j, i):
                     continue
                 dx = i - x
                 q = ixx * dx * dx + 2.0 * ixy * dx * dy + iyy * dy * dy
+                if q > MOMENT_QMAX:
+                    continue
                 wi = math.exp(-0.5 * q) * sgn * img[j, i]
                 ngood += 1
                 s0 += wi

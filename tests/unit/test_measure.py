@@ -14,6 +14,7 @@ from jitcore._kernels import psffit as F
 from jitcore.detect import SOURCE_DTYPE, detect
 from jitcore.masks import DEFAULT_PLANES
 from jitcore.measure import MEASURE_DTYPE, PIXEL_FLAG_PLANES, measure
+from jitcore.photometry import aperture_flux, unusable_map
 from jitcore.psf import gaussian_psf
 
 pytestmark = pytest.mark.unit
@@ -134,9 +135,10 @@ def moments_reference(img, var, mask, badbits, x, y, sgn, m0, half, max_iter=100
         if not (m[0, 0] > 0 and m[1, 1] > 0 and np.linalg.det(m) > 0):
             return (*m[[0, 1, 0], [0, 1, 1]], K.SHAPE_NOT_POSITIVE)
         inv = np.linalg.inv(m)
-        w = np.exp(-0.5 * (inv[0, 0] * dx**2 + 2 * inv[0, 1] * dx * dy + inv[1, 1] * dy**2)) * val
+        q = inv[0, 0] * dx**2 + 2 * inv[0, 1] * dx * dy + inv[1, 1] * dy**2
+        w = np.where(q <= K.MOMENT_QMAX, np.exp(-0.5 * q), 0.0) * val
         s0 = w.sum()
-        if good.sum() == 0 or not s0 > 0:
+        if (q <= K.MOMENT_QMAX).sum() == 0 or not s0 > 0:
             return (*m[[0, 1, 0], [0, 1, 1]], K.SHAPE_NO_PIXELS)
         new = 2 * np.array([[np.sum(w * dx * dx), np.sum(w * dx * dy)], [0, np.sum(w * dy * dy)]])
         new = new / s0
@@ -369,6 +371,28 @@ def test_adaptive_moments_match_reference(dtype, ny, nx, seed):
         np.testing.assert_allclose(out[i, :3], ref[:3], rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adaptive_moments_large_window_matches_reference(dtype):
+    # A PSF-sized source in a window far larger than its weight ellipse (the pipeline's
+    # case: half = 24 for 25 px stamps): the kernel visits only the ellipse's bounding box,
+    # the reference the whole window; both cut the weights at MOMENT_QMAX.
+    rng = np.random.default_rng(11)
+    img, var, mask = _random_scene(rng, dtype, 70, 64)
+    xs = np.array([31.3, 2.2, 60.7, 20.0])
+    ys = np.array([35.6, 40.1, 3.4, 66.5])
+    for x, y in zip(xs, ys, strict=True):
+        add_point(img, x, y, 400.0, 1.4, 21)
+    sgn = np.ones(4)
+    m0 = np.tile([2.0, 2.0, 0.1], (4, 1))
+    out = np.empty((4, 4))
+    K.adaptive_moments(img, var, mask, 0b11, xs, ys, sgn, m0, 24, 100, 1e-6, out)
+    for i in range(4):
+        ref = moments_reference(img, var, mask, 0b11, xs[i], ys[i], sgn[i], m0[i], 24)
+        assert out[i, 3] == ref[3]
+        np.testing.assert_allclose(out[i, :3], ref[:3], rtol=1e-7, atol=1e-9)
+    assert (out[:, 3] == K.SHAPE_OK).sum() >= 3
+
+
 def test_stamp_adaptive_moments_of_gaussians():
     psfs = np.stack([gaussian_psf(s, 21) for s in (1.0, 1.8, 2.5)])
     psfs[1] = gaussian_psf(1.8, 21, ellipticity=0.2)
@@ -534,6 +558,17 @@ def test_forced_photometry_on_science_and_template():
         template=tpl, template_variance=np.full(shape, vt), psf_template_at=lambda x, y: pt,
     )  # fmt: skip
     n = len(m)
+    assert n >= 2 * 64  # enough sources for two chunks
+    # Chunks on threads give the very rows of one thread (NaN fields compared as equal).
+    threaded = measure(
+        src, difference=diff, difference_variance=np.ones(shape),
+        psf_d_at=lambda x, y: pd,
+        science=sci, science_variance=np.full(shape, vs), psf_science_at=lambda x, y: ps,
+        template=tpl, template_variance=np.full(shape, vt), psf_template_at=lambda x, y: pt,
+        workers=3,
+    )  # fmt: skip
+    for name in MEASURE_DTYPE.names:
+        np.testing.assert_array_equal(threaded[name], m[name], err_msg=name)
     for name, col, flag in (
         ("scienceFlux", 2, "forced_PsfFlux_flag"),
         ("templateFlux", 3, "templateFlux_flag"),
@@ -756,6 +791,10 @@ def test_checks():
         _call(centroid_bound=0)
     with pytest.raises(ValueError, match="max_iter must be an integer >= 1"):
         _call(max_iter=0)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        _call(workers=0)
+    with pytest.raises(TypeError, match="workers must be an int or None"):
+        _call(workers=1.5)
     with pytest.raises(TypeError, match="bad_mask_planes must be a sequence of plane names"):
         _call(bad_mask_planes="CR")
     with pytest.raises(TypeError, match="bad_mask_planes must be plane names"):
@@ -795,3 +834,22 @@ def test_mixed_dtypes_and_ap_radius():
     ref, ref_err = aperture_reference(diff, np.ones(shape), m32["x"][0], m32["y"][0], 3.0)
     np.testing.assert_allclose(m32["apFlux"][0], ref, rtol=1e-3)
     np.testing.assert_allclose(m32["apFluxErr"][0], ref_err, rtol=1e-3)
+
+
+def test_aperture_flux_with_a_precomputed_bad_map():
+    rng = np.random.default_rng(5)
+    img = rng.normal(size=(50, 60))
+    var = np.ones_like(img)
+    var[10, 12] = 0.0
+    mask = np.zeros(img.shape, np.int32)
+    mask[20, 30] = 4
+    xs, ys, r = np.array([12.0, 30.2, 3.0]), np.array([10.0, 20.1, 48.0]), np.full(3, 4.0)
+    own = aperture_flux(img, var, mask, 4, xs, ys, r)
+    bad = unusable_map(mask, 4, img, var)
+    assert bad[10, 12] and bad[20, 30] and bad.sum() == 2
+    given = aperture_flux(img, var, mask, 4, xs, ys, r, bad=bad)
+    for a, b in zip(own, given, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert given[3][:2].all() and given[2][2]  # masked pixels seen; the third is truncated
+    with pytest.raises(ValueError, match="bad must be a bool array of the image's shape"):
+        aperture_flux(img, var, mask, 4, xs, ys, r, bad=bad[:-1])
