@@ -7,6 +7,7 @@ which multiplies by ``photo_calib`` (nJy per count).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,15 @@ class Exposure:
     layout: str = ""  # "lsst-mef" or "plain"
     header: Header = field(default_factory=Header)
     info: dict[str, Any] = field(default_factory=dict)
+    # Set by load_exposure(defer_checksum=True): the hash still running; see checksum().
+    pending_sha256: Callable[[], str] | None = field(default=None, repr=False)
+
+    def checksum(self) -> str:
+        """The file's SHA-256, waiting for a deferred hash to finish (then kept)."""
+        if self.pending_sha256 is not None:
+            self.sha256 = self.pending_sha256()
+            self.pending_sha256 = None
+        return self.sha256
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -111,6 +111,7 @@ def load_exposure(
     max_nonfinite_fraction: float = 0.5,
     measure_psf: bool = True,
     psf_degree: int = 1,
+    defer_checksum: bool = False,
 ) -> Exposure:
     """Read ``path`` (plain path; resolve it against the data roots first) into an Exposure.
 
@@ -120,7 +121,8 @@ def load_exposure(
     ``max_pixels`` bounds the image size, ``max_nonfinite_fraction`` the share of NaN/inf
     pixels.  ``measure_psf`` allows measuring the PSF from the stars when the file has no
     PSF HDU (``psf_degree`` is the requested polynomial degree); the PSF_FWHM/FWHM/SEEING
-    keyword Gaussian is the last resort.
+    keyword Gaussian is the last resort.  ``defer_checksum`` returns before the file's
+    SHA-256 is known: ``sha256`` is then empty until :meth:`Exposure.checksum` is called.
     """
     spath = str(path)
     if not max_pixels > 0:
@@ -240,10 +242,11 @@ def load_exposure(
         gain=gain,
         saturation=saturation,
         path=spath,
-        sha256=sha256(),
+        sha256="" if defer_checksum else sha256(),
         layout=layout,
         header=header,
         info=info,
+        pending_sha256=sha256 if defer_checksum else None,
     )
 
 

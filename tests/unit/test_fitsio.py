@@ -276,6 +276,11 @@ def test_mef_arrays_planes_psf_metadata(write_mef):
     assert (exp.visit, exp.detector, exp.exposure_id) == (1234, 42, 987)
     assert exp.gain == 1.7 and exp.saturation == 90000.0
     assert exp.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert exp.checksum() == exp.sha256 and exp.pending_sha256 is None
+    # Deferred: empty until asked for, then the same digest (and kept).
+    late = load_exposure(path, defer_checksum=True)
+    assert late.sha256 == "" and late.pending_sha256 is not None
+    assert late.checksum() == exp.sha256 == late.sha256 and late.pending_sha256 is None
     assert exp.path == str(path)
     assert exp.header["INSTRUME"] == "LSSTCam"  # primary keywords merged in
     assert exp.info["xy0"] == (2000, 4000)
