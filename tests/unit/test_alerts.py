@@ -6,6 +6,7 @@ import functools
 import io
 import math
 import re
+import zlib
 from pathlib import Path
 
 import fastavro
@@ -553,3 +554,33 @@ def test_write_alert_file_invalid_alert_in_a_later_block(tmp_path, make_test_ale
     with pytest.raises(ValueError, match=rf"alert #6 does not match schema {NAME}"):
         write_alert_file(path, [*good, bad])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("compressor", ["default", "zlib"])
+def test_container_blocks_are_plain_raw_deflate(tmp_path, make_test_alert, monkeypatch, compressor):
+    # Whichever compressor wrote them (ISA-L when installed, else zlib), the blocks are the
+    # Avro deflate codec: RFC 1951 raw deflate, which fastavro inflates with plain
+    # zlib.decompress(data, -15).
+    if compressor == "zlib":
+        monkeypatch.setattr(alerts_module, "_deflate_lib", zlib)
+    monkeypatch.setattr(alerts_module, "_BLOCK_BYTES", 1)
+    alerts = [make_test_alert(i) for i in range(4)]
+    path = tmp_path / "alerts.avro"
+    write_alert_file(path, alerts)
+    with path.open("rb") as fh:
+        reader = fastavro.block_reader(fh)
+        assert reader.codec == "deflate"
+        assert [b.num_records for b in reader] == [1] * 4
+    assert read_alert_file(path) == alerts
+
+
+def test_deflate_module_prefers_isal_and_falls_back_to_zlib(monkeypatch):
+    import importlib
+
+    assert alerts_module._deflate_module().__name__ in ("isal.isal_zlib", "zlib")
+
+    def missing(name):
+        raise ImportError(name)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    assert alerts_module._deflate_module() is zlib
