@@ -12,9 +12,10 @@ measurement -> ids -> alerts.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from astropy.time import Time
@@ -30,6 +31,7 @@ from jitcore.planes import combine_planes
 from jitcore.psf import PsfModel
 from jitcore.psfmeasure import find_stars, measure_psf
 from jitcore.starmatch import StarMatch, match_stars
+from jitcore.tiles import thread_count
 from jitcore.warp import warp_stamp
 from jitcore.zogy import ZogyResult, zogy
 from stream import __version__
@@ -48,6 +50,9 @@ from stream.versions import package_versions, versions_hash
 from stream.warping import warp_template
 
 __all__ = ["SubtractResult", "subtract_files", "subtract_exposures"]
+
+S = TypeVar("S")
+T = TypeVar("T")
 
 
 @dataclass
@@ -94,10 +99,14 @@ def subtract_files(
         with ThreadPoolExecutor(1, "load-template") as pool:
             # The template's own PSF is only a fallback (the PSF on the science grid is
             # measured on the warped template), so a constant one is enough here.
+            # The SHA-256s (0.2 s of CPU per 200 MB file) finish on their threads while the
+            # subtraction runs, filling the gaps where a step leaves a core idle; they are
+            # collected for the metadata at the end (Exposure.checksum).
             template_loaded = pool.submit(
                 load_exposure,
                 template_path,
                 psf_degree=0,
+                defer_checksum=True,
                 **load_options(settings),
             )
             science = load_exposure(
@@ -106,24 +115,55 @@ def subtract_files(
                 detector=detector,
                 exposure_id=exposure_id,
                 psf_degree=settings.psf_degree,
+                defer_checksum=True,
                 **load_options(settings),
             )
             template = template_loaded.result()
         science = apply_external(science, psf_path=science_psf, background_path=science_background)
         template = apply_external(template, psf_path=template_psf)
-    meta.set(
-        "science",
-        {"path": science.path, "sha256": science.sha256, "layout": science.layout},
-        step=meta.name,
-    )
-    meta.set("template", {"path": template.path, "sha256": template.sha256}, step=meta.name)
-    return subtract_exposures(science, template, settings=settings, metadata=meta)
+    try:
+        return subtract_exposures(science, template, settings=settings, metadata=meta)
+    finally:  # also for NoWorkFound and failures: their metadata names the inputs too
+        meta.set(
+            "science",
+            {"path": science.path, "sha256": science.checksum(), "layout": science.layout},
+            step=meta.name,
+        )
+        meta.set("template", {"path": template.path, "sha256": template.checksum()},
+                 step=meta.name)  # fmt: skip
 
 
 def _calibrate(image: np.ndarray, variance: np.ndarray, calib: float | None):
     c = np.float32(1.0 if calib is None else calib)
     # One float32 pass per plane (a float64 intermediate would double the memory traffic).
     return np.multiply(image, c, dtype=np.float32), np.multiply(variance, c * c, dtype=np.float32)
+
+
+class _Both:
+    """Run a science-side and a template-side callable, on two threads when ``workers``
+    (scipy.fft convention) allows more than one; returns both results, in that order.  An
+    exception of either side is raised here, after both have finished."""
+
+    def __init__(self, workers: int | None) -> None:
+        self.threads = thread_count(workers, 2)
+
+    def __call__(self, science: Callable[[], S], template: Callable[[], T]) -> tuple[S, T]:
+        if self.threads == 1:
+            return science(), template()
+        with ThreadPoolExecutor(1, "template-side") as pool:
+            t_future = pool.submit(template)
+            try:
+                s_result = science()
+            finally:
+                wait([t_future])
+            return s_result, t_future.result()
+
+
+def _find_stars_or_none(image, variance, bad) -> np.ndarray | None:
+    try:
+        return find_stars(image, variance, bad)
+    except ValueError:
+        return None
 
 
 def _template_psf(
@@ -239,9 +279,14 @@ def subtract_exposures(
     unusable = bits(planes, list(UNUSABLE_PLANES))
     mask, bad = combine_planes(science.mask, t_mask, unusable, s_img, t_img, s_var, t_var)
 
+    # Science and template go through background and star finding side by side: the
+    # kernels release the GIL, and these steps are single-threaded each.
+    both = _Both(settings.fft_workers)
     with meta.timer("background"):
-        s_img, s_var = subtract_background(s_img, s_var, bad)
-        t_img, t_var = subtract_background(t_img, t_var, bad)
+        (s_img, s_var), (t_img, t_var) = both(
+            lambda: subtract_background(s_img, s_var, bad),
+            lambda: subtract_background(t_img, t_var, bad),
+        )
 
     if settings.scale_template_variance:
         with meta.timer("scaleTemplateVariance"):
@@ -257,14 +302,19 @@ def subtract_exposures(
 
     with meta.timer("psf"):
         # One detection per image serves the PSF measurement and the star matching.
-        try:
-            sources = (find_stars(s_img, s_var, bad), find_stars(t_img, t_var, bad))
-        except ValueError:
-            sources = None  # nothing usable: the PSF fallbacks and match_stars' own search
-        psf_s = _science_psf(science, s_img, s_var, bad, settings, sources and sources[0])
-        psf_t = _template_psf(
-            template, t_img, t_var, bad, jacobian, settings, science.shape,
-            sources and sources[1],
+        cats = both(
+            lambda: _find_stars_or_none(s_img, s_var, bad),
+            lambda: _find_stars_or_none(t_img, t_var, bad),
+        )
+        # Nothing usable in either: the PSF fallbacks and match_stars' own search.
+        s_cat, t_cat = cats
+        sources = None if s_cat is None or t_cat is None else (s_cat, t_cat)
+        psf_s, psf_t = both(
+            lambda: _science_psf(science, s_img, s_var, bad, settings, sources and sources[0]),
+            lambda: _template_psf(
+                template, t_img, t_var, bad, jacobian, settings, science.shape,
+                sources and sources[1],
+            ),
         )  # fmt: skip
         cy, cx = (science.shape[0] - 1) / 2.0, (science.shape[1] - 1) / 2.0
         note(
@@ -367,7 +417,7 @@ def subtract_exposures(
     with meta.timer("measurement"):
         rows = measure(
             found, flux=z.flux, flux_variance=z.flux_variance, ap_radius=settings.ap_radius,
-            **images,
+            workers=settings.fft_workers, **images,
         )  # fmt: skip
         # The schema's snr is "the S/N at which this source was detected": the score peak.
         if len(rows):
@@ -405,6 +455,8 @@ def subtract_exposures(
     note("nPositive", int(sum(1 for s in dia_sources if not s.get("isNegative"))))
     note("nNegative", int(sum(1 for s in dia_sources if s.get("isNegative"))))
     note("totalWallTime", time.perf_counter() - t_start)
+    science.checksum()  # the deferred hashes of subtract_files (no-ops otherwise)
+    template.checksum()
     summary_meta = task_metadata_summary(meta, science, template, coverage, len(dia_sources))
     for alert in alerts:
         alert["diffstreamMetadata"] = summary_meta
