@@ -34,7 +34,7 @@ grid, one WCS) with one local WCS: ~30 us per cutout at 4k x 4k, against ~70 us 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -85,27 +85,44 @@ def _local_tan(wcs: WCS, x: float, y: float) -> tuple[float, float, list[float]]
     A gnomonic (TAN) projection tangent at the sky position of (x, y), with CD the Jacobian
     of ``wcs`` there (central differences in the tangent plane).
     """
-    world = wcs.pixel_to_world_values(x + _DX, y + _DY)
-    lng, lat = wcs.wcs.lng, wcs.wcs.lat
-    ra = np.radians(np.asarray(world[lng], dtype=float))
-    dec = np.radians(np.asarray(world[lat], dtype=float))
-    if not (np.isfinite(ra).all() and np.isfinite(dec).all()):
+    crval, cd = _local_tans(wcs, np.array([x], dtype=float), np.array([y], dtype=float))
+    if not np.isfinite(cd[0]).all():
         raise ValueError(f"wcs has no sky position at or near pixel ({x}, {y})")
+    return float(crval[0, 0]), float(crval[0, 1]), [float(v) for v in cd[0]]
+
+
+def _local_tans(wcs: WCS, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_local_tan` of many positions in one WCS call: CRVALs (n, 2) and CDs (n, 4),
+    NaN rows where the WCS has no sky position at or near the pixel.
+
+    One astropy call for all sources instead of one each (~40 us of call overhead per
+    source, a quarter of an alert's cutout time).
+    """
+    world = wcs.pixel_to_world_values(xs[:, None] + _DX, ys[:, None] + _DY)
+    lng, lat = wcs.wcs.lng, wcs.wcs.lat
+    ra = np.radians(np.asarray(world[lng], dtype=float)).reshape(-1, _DX.size)
+    dec = np.radians(np.asarray(world[lat], dtype=float)).reshape(-1, _DX.size)
+    ra0, dec0 = ra[:, :1], dec[:, :1]
     # Standard coordinates (xi, eta) of the points on the plane tangent at the source: the
     # TAN projection's intermediate world coordinates for the default LONPOLE (180).
-    dra = ra - ra[0]
-    cos_c = np.sin(dec[0]) * np.sin(dec) + np.cos(dec[0]) * np.cos(dec) * np.cos(dra)
-    xi = np.degrees(np.cos(dec) * np.sin(dra) / cos_c)
-    eta = np.degrees(
-        (np.cos(dec[0]) * np.sin(dec) - np.sin(dec[0]) * np.cos(dec) * np.cos(dra)) / cos_c
-    )
-    cd = [
-        float((xi[1] - xi[2]) / (2 * _STEP)),
-        float((xi[3] - xi[4]) / (2 * _STEP)),
-        float((eta[1] - eta[2]) / (2 * _STEP)),
-        float((eta[3] - eta[4]) / (2 * _STEP)),
-    ]
-    return math.degrees(ra[0]), math.degrees(dec[0]), cd
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dra = ra - ra0
+        cos_c = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(dra)
+        xi = np.degrees(np.cos(dec) * np.sin(dra) / cos_c)
+        eta = np.degrees(
+            (np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(dra)) / cos_c
+        )
+    cd = np.column_stack([
+        (xi[:, 1] - xi[:, 2]) / (2 * _STEP),
+        (xi[:, 3] - xi[:, 4]) / (2 * _STEP),
+        (eta[:, 1] - eta[:, 2]) / (2 * _STEP),
+        (eta[:, 3] - eta[:, 4]) / (2 * _STEP),
+    ])  # fmt: skip
+    crval = np.column_stack([np.degrees(ra0[:, 0]), np.degrees(dec0[:, 0])])
+    bad = ~(np.isfinite(ra).all(axis=1) & np.isfinite(dec).all(axis=1))
+    crval[bad] = np.nan
+    cd[bad] = np.nan
+    return crval, cd
 
 
 def _wcs_constants(wcs: WCS) -> tuple[str, str, tuple[Card, ...]]:
@@ -251,6 +268,26 @@ class CutoutMaker:
         """
         for image, variance, mask in triples:
             _check_arrays(image, variance, mask)
+        return self._make(triples, x, y, None)
+
+    def make_many(
+        self, triples: Sequence[Triple], xs: Sequence[float], ys: Sequence[float]
+    ) -> Iterator[list[bytes]]:
+        """``make(triples, x, y)`` for each position, in order, with the local WCSs of all
+        positions computed in one pass (a generator: cutouts are made as they are taken)."""
+        for image, variance, mask in triples:
+            _check_arrays(image, variance, mask)
+        x_arr = np.asarray(xs, dtype=float)
+        y_arr = np.asarray(ys, dtype=float)
+        if x_arr.shape != y_arr.shape or x_arr.ndim != 1:
+            raise ValueError(f"xs and ys must be 1-D of one length, got {x_arr.shape}, "
+                             f"{y_arr.shape}")  # fmt: skip
+        ok = np.isfinite(x_arr) & np.isfinite(y_arr)
+        crval, cd = _local_tans(self.wcs, np.where(ok, x_arr, 0.0), np.where(ok, y_arr, 0.0))
+        for i, (x, y) in enumerate(zip(x_arr.tolist(), y_arr.tolist(), strict=True)):
+            yield self._make(triples, x, y, (crval[i], cd[i]))
+
+    def _make(self, triples: Sequence[Triple], x: float, y: float, tan: Any) -> list[bytes]:
         if not (math.isfinite(x) and math.isfinite(y)):
             raise ValueError(f"cutout centre must be finite, got ({x}, {y})")
         size = self.size
@@ -264,11 +301,17 @@ class CutoutMaker:
                     f"a {size} px cutout at ({x:.1f}, {y:.1f}) does not overlap image {image.shape}"
                 )
                 raise ValueError(msg)
-        primary = self._primary(x, y, x0, y0)
+        primary = self._primary(x, y, x0, y0, tan)
         return [self._write(primary, *triple, x0, y0) for triple in triples]
 
-    def _primary(self, x: float, y: float, x0: int, y0: int) -> bytes:
-        crval1, crval2, cd = _local_tan(self.wcs, x, y)
+    def _primary(self, x: float, y: float, x0: int, y0: int, tan: Any) -> bytes:
+        if tan is None:
+            crval1, crval2, cd = _local_tan(self.wcs, x, y)
+        else:
+            if not np.isfinite(tan[1]).all():
+                raise ValueError(f"wcs has no sky position at or near pixel ({x}, {y})")
+            crval1, crval2 = float(tan[0][0]), float(tan[0][1])
+            cd = [float(v) for v in tan[1]]
         head, units, tail = self._primary_parts
         text = "".join((
             head,

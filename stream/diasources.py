@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from jitcore.ids import IdFactory
-from stream.alerts import dia_source_record
+from stream.alerts import dia_source_batch
 from stream.exposure import Exposure
 from stream.skycoords import moments_to_sky, pixel_to_sky
 
@@ -47,28 +47,29 @@ def dia_source_records(
             wcs, rows["x"], rows["y"],
             rows[f"ixx{suffix}"], rows[f"iyy{suffix}"], rows[f"ixy{suffix}"],
         )  # fmt: skip
-    names = rows.dtype.names or ()
-    out: list[dict[str, Any]] = []
-    for i in range(len(rows)):
-        row: dict[str, Any] = {n: rows[n][i] for n in names}
-        row.update({k: v[i] for k, v in sky.items()})
-        if row_fields is not None:
-            row.update(row_fields(i))
-        row["diaSourceId"] = int(ids[i])
-        # Trails are not measured yet: 0 data points (a required field of the schema).
-        row.setdefault("trailNdata", 0)
-        if overrides:
-            row.update(overrides)
-        out.append(
-            dia_source_record(
-                row,
-                visit=exposure.visit or 0,
-                detector=exposure.detector or 0,
-                midpoint_mjd_tai=exposure.midpoint_mjd_tai or 0.0,
-                band=exposure.band,
-                time_processed_mjd_tai=processed_mjd_tai,
-                exposure_time=exposure.exposure_time,
-                ignore_extra=True,
-            )
-        )
-    return out
+    n = len(rows)
+    columns: dict[str, Any] = {name: rows[name] for name in rows.dtype.names or ()}
+    columns.update(sky)
+    if row_fields is not None and n:
+        extra = [row_fields(i) for i in range(n)]
+        keys = list(extra[0])
+        if any(list(e) != keys for e in extra):
+            msg = "row_fields must give the same keys for every row"
+            raise ValueError(msg)
+        columns.update({key: [e[key] for e in extra] for key in keys})
+    columns["diaSourceId"] = np.asarray(ids[:n], dtype=np.int64)
+    # Trails are not measured yet: 0 data points (a required field of the schema).
+    columns.setdefault("trailNdata", np.zeros(n, dtype=np.int64))
+    for key, value in (overrides or {}).items():
+        columns[key] = [value] * n
+    return dia_source_batch(
+        columns,
+        n,
+        visit=exposure.visit or 0,
+        detector=exposure.detector or 0,
+        midpoint_mjd_tai=exposure.midpoint_mjd_tai or 0.0,
+        band=exposure.band,
+        time_processed_mjd_tai=processed_mjd_tai,
+        exposure_time=exposure.exposure_time,
+        ignore_extra=True,
+    )

@@ -442,8 +442,10 @@ def subtract_exposures(
             (s_img, s_var, science.mask),
             (t_img, t_var, t_mask),
         ]
-        for src in dia_sources:
-            diff_cut, sci_cut, tmpl_cut = maker.make(cutout_planes, src["x"], src["y"])
+        cutouts = maker.make_many(
+            cutout_planes, [s["x"] for s in dia_sources], [s["y"] for s in dia_sources]
+        )
+        for src, (diff_cut, sci_cut, tmpl_cut) in zip(dia_sources, cutouts, strict=True):
             cut = {
                 "cutoutDifference": diff_cut,
                 "cutoutScience": sci_cut,

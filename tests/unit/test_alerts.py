@@ -24,6 +24,7 @@ from stream.alerts import (
     LSST_SCHEMA,
     TASK_METADATA_FIELDS,
     deserialize_alert,
+    dia_source_batch,
     dia_source_record,
     make_alert,
     read_alert_file,
@@ -257,6 +258,104 @@ def test_dia_source_record_row_contradicts_keyword(make_row):
     # Agreeing values are fine.
     rec = dia_source_record(make_row(detector=np.int16(42)), **EXPOSURE)
     assert rec["detector"] == 42
+
+
+# -- dia_source_batch (the column-wise form) ------------------------------------------------
+def _columns(rows):
+    """Rows (dicts) as columns: numpy arrays where the values allow, else lists."""
+    cols = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        arr = np.array(values) if all(v is not None for v in values) else None
+        cols[key] = arr if arr is not None and arr.dtype.kind in "biuf" else values
+    return cols
+
+
+def _rows_with_variety(make_row, n=25):
+    rng = np.random.default_rng(8)
+    rows = []
+    for i in range(n):
+        row = make_row(i)
+        # NaN in nullable floats, values that round in float32, extreme but valid numbers.
+        row["psfFlux"] = np.float64(rng.normal(0, 1e4)) if i % 4 else np.float64(np.nan)
+        row["snr"] = np.float32(rng.uniform(5, 50))
+        row["xErr"] = np.float32(np.inf) if i % 7 == 3 else np.float32(rng.uniform(0, 1))
+        row["scienceFlux"] = np.float64(3.4e38 if i == 5 else rng.normal(0, 1e3) / 3)
+        row["isNegative"] = np.bool_(i % 2)
+        row["bboxSize"] = np.int64(15 + i)
+        row["isDipole"] = None if i % 3 else bool(i % 2)  # an object column (nullable bool)
+        rows.append(row)
+    return rows
+
+
+def test_dia_source_batch_equals_per_row_records(make_row):
+    rows = _rows_with_variety(make_row)
+    expected = [dia_source_record(r, **EXPOSURE) for r in rows]
+    got = dia_source_batch(_columns(rows), len(rows), **EXPOSURE)
+    assert got == expected
+    assert [list(g) for g in got] == [list(DIA_SOURCE_FIELDS)] * len(rows)
+    # Same Python types too (== would let 1 == 1.0 and True == 1 pass).
+    for g, e in zip(got, expected, strict=True):
+        assert {k: type(v) for k, v in g.items()} == {k: type(v) for k, v in e.items()}
+    assert dia_source_batch({}, 0, **EXPOSURE) == []
+
+
+def test_dia_source_batch_ignore_extra_and_length_check(make_row):
+    rows = [make_row(i, scoreSnr=7.5) for i in range(3)]
+    got = dia_source_batch(_columns(rows), 3, **EXPOSURE, ignore_extra=True)
+    assert got == [dia_source_record(r, **EXPOSURE, ignore_extra=True) for r in rows]
+    with pytest.raises(ValueError, match=r"columns must all hold n=4 values, got \{'x': 3"):
+        dia_source_batch({"x": np.zeros(3)}, 4, **EXPOSURE)
+
+
+@pytest.mark.parametrize(
+    ("change", "keywords"),
+    [
+        ({"ra": None}, {}),
+        ({"x": np.float32(np.nan)}, {}),
+        ({"psfNdata": 2**31}, {}),
+        ({"psfFlux": 1e39}, {}),
+        ({"psfFlux": "12.5"}, {}),
+        ({"bboxSize": 21.0}, {}),
+        ({"psfNdata": True}, {}),
+        ({"pixelFlags_edge": 1}, {}),
+        ({"psfflux": 1.0}, {}),
+        ({"detector": 7}, {}),
+        ({}, {"band": 3}),
+        ({}, {"midpoint_mjd_tai": None}),
+    ],
+)
+def test_dia_source_batch_raises_what_the_per_row_function_raises(make_row, change, keywords):
+    # The bad value in the third row only: the batch falls back to row by row and raises
+    # exactly the per-row error (or, where the columns absorb it, returns the same records).
+    rows = [make_row(i) for i in range(4)]
+    rows[2].update(change)
+    for r in rows:  # keep the columns rectangular
+        for key in change:
+            r.setdefault(key, change[key])
+    kwargs = {**EXPOSURE, **keywords}
+    cols = _columns(rows)
+
+    def outcome(fn):
+        try:
+            return fn()
+        except (TypeError, ValueError) as exc:
+            return type(exc), str(exc)
+
+    per_row = outcome(
+        lambda: [dia_source_record({k: v[i] for k, v in cols.items()}, **kwargs) for i in range(4)]
+    )
+    assert outcome(lambda: dia_source_batch(cols, len(rows), **kwargs)) == per_row
+    # Every case but one is an error (a bool in an int column becomes 1 in a numpy array).
+    assert isinstance(per_row, tuple) or change == {"psfNdata": True}
+
+
+def test_dia_source_batch_missing_required_column(make_row):
+    rows = [make_row(i) for i in range(2)]
+    for r in rows:
+        del r["dipoleNdata"]
+    with pytest.raises(ValueError, match="'dipoleNdata' is required but missing"):
+        dia_source_batch(_columns(rows), 2, **EXPOSURE)
 
 
 # -- make_alert -----------------------------------------------------------------------------

@@ -342,3 +342,33 @@ def test_maker_checks_every_triple(planes):
     small = (image[:20, :20], variance[:20, :20], mask[:20, :20])
     with pytest.raises(ValueError, match=r"cutout at \(100.0, 100.0\) does not overlap image \(20"):
         maker.make([(image, variance, mask), small], 100.0, 100.0)
+
+
+@pytest.mark.parametrize("sip", [False, True])
+def test_make_many_equals_make_per_source(planes, sip):
+    # One WCS call for all positions gives the very bytes of one call per position.
+    wcs = make_wcs(sip=sip)
+    triples = [planes(seed=0), planes(seed=2)]
+    maker = cutouts.CutoutMaker(wcs, size=30, mask_planes=DEFAULT_PLANES)
+    xs = [201.3, 0.5, 2.2, 399.4, -14.2, 150.0]
+    ys = [150.8, 0.5, 3.9, 299.6, 40.0, 20.5]
+    many = list(maker.make_many(triples, xs, ys))
+    assert many == [maker.make(triples, x, y) for x, y in zip(xs, ys, strict=True)]
+    assert list(maker.make_many(triples, [], [])) == []
+
+
+def test_make_many_errors_come_with_their_source(planes):
+    image, variance, mask = planes()
+    wcs = make_wcs(sip=False)
+    wcs.wcs.ctype = ["RA---SIN", "DEC--SIN"]
+    wcs.wcs.cd = np.eye(2)
+    maker = cutouts.CutoutMaker(wcs, size=30)
+    made = maker.make_many([(image, variance, mask)], [wcs.wcs.crpix[0] - 1, 399.0],
+                           [wcs.wcs.crpix[1] - 1, 150.0])  # fmt: skip
+    assert len(next(made)) == 1  # the first source is fine; the second has no sky position
+    with pytest.raises(ValueError, match=r"wcs has no sky position at or near pixel \(399.0"):
+        next(made)
+    with pytest.raises(ValueError, match=r"cutout centre must be finite, got \(nan, 1.0\)"):
+        next(maker.make_many([(image, variance, mask)], [float("nan")], [1.0]))
+    with pytest.raises(ValueError, match="xs and ys must be 1-D of one length"):
+        next(maker.make_many([(image, variance, mask)], [1.0, 2.0], [1.0]))
