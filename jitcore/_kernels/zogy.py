@@ -21,7 +21,6 @@ __all__ = [
     "zogy_spectral_kernels",
     "zogy_fs",
     "spectral_combine",
-    "square_into",
     "extra_variance",
     "zogy_finalize",
 ]
@@ -105,15 +104,6 @@ def spectral_combine(a, ka, b, kb, sign, out):
     for i in range(ny):
         for j in range(nx):
             out[i, j] = ka[i, j] * a[i, j] + sign * (kb[i, j] * b[i, j])
-
-
-@njit([f"void({r}, {r})" for r in _REAL])
-def square_into(k, out):
-    """out = k**2 (image-space kernel squared: the weights of a variance convolution)."""
-    ny, nx = out.shape
-    for i in range(ny):
-        for j in range(nx):
-            out[i, j] = k[i, j] * k[i, j]
 
 
 @njit([f"void({r}, {r}, float64, float64, float64, {r})" for r in _REAL])

@@ -15,7 +15,6 @@ from numpy.testing import assert_allclose
 from jitcore._kernels.zogy import (
     extra_variance,
     spectral_combine,
-    square_into,
     zogy_denominator,
     zogy_finalize,
     zogy_fs,
@@ -122,17 +121,6 @@ def test_spectral_combine(shape, seed, dtype, sign):
     assert_allclose(out, ka * a + sign * kb * b, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10)
     spectral_combine(a, ka, b, kb, sign, a)  # out may alias an input (used in place)
     assert_allclose(a, out, rtol=0, atol=0)
-
-
-@budget
-@given(shape=shapes, seed=seeds, dtype=dtypes)
-def test_square_into(shape, seed, dtype):
-    k = np.random.default_rng(seed).normal(size=shape).astype(dtype)
-    out = np.empty(shape, dtype)
-    square_into(k, out)
-    assert_allclose(out, k**2, rtol=RTOL[dtype])
-    square_into(k, k)
-    assert_allclose(k, out, rtol=0)
 
 
 @budget

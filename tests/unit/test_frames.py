@@ -1,0 +1,74 @@
+"""jitcore.tiles frame helpers against plain NumPy: fill_frame's kernel and stamp_spectrum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy import fft as sfft
+
+from jitcore.tiles import embed_centred, fill_frame, overlap, stamp_spectrum
+
+
+def fill_frame_reference(image, good, oy, ox, out):
+    """The obvious version: zero the frame, copy the good pixels of the overlap."""
+    y0, y1, x0, x1 = overlap(image.shape, oy, ox, *out.shape)
+    out.fill(0.0)
+    if y1 > y0 and x1 > x0:
+        dst = out[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+        np.copyto(dst, image[y0:y1, x0:x1], where=good, casting="unsafe")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ny=st.integers(1, 40),
+    nx=st.integers(1, 40),
+    fy=st.integers(1, 30),
+    fx=st.integers(1, 30),
+    oy=st.integers(-35, 45),
+    ox=st.integers(-35, 45),
+    seed=st.integers(0, 2**32 - 1),
+    img_dtype=st.sampled_from([np.float32, np.float64]),
+    out_dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_fill_frame_matches_reference(ny, nx, fy, fx, oy, ox, seed, img_dtype, out_dtype):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(ny, nx)).astype(img_dtype)
+    image[rng.random((ny, nx)) < 0.1] = np.nan  # under good=False they must not leak
+    y0, y1, x0, x1 = overlap(image.shape, oy, ox, fy, fx)
+    good = rng.random((max(y1 - y0, 0), max(x1 - x0, 0))) < 0.8
+    if y1 > y0 and x1 > x0:
+        good &= np.isfinite(image[y0:y1, x0:x1])
+    out = np.full((fy, fx), 7.0, out_dtype)  # stale values must all be overwritten
+    ref = np.full((fy, fx), 7.0, out_dtype)
+    fill_frame(image, good, oy, ox, out)
+    fill_frame_reference(image, good, oy, ox, ref)
+    assert_array_equal(out, ref)
+
+
+def test_fill_frame_other_dtypes_take_numpy_path():
+    image = np.arange(12, dtype=np.int32).reshape(3, 4)
+    out = np.full((5, 5), 9.0)
+    good = np.ones((3, 4), bool)
+    good[1, 1] = False
+    fill_frame(image, good, -1, -1, out)
+    ref = np.full((5, 5), 9.0)
+    fill_frame_reference(image, good, -1, -1, ref)
+    assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize(
+    ("shape", "k"),
+    [((540, 540), 25), ((540, 540), 1), ((61, 60), 25), ((61, 60), 3), ((32, 45), 15),
+     ((15, 16), 15), ((15, 16), 5)],
+)  # fmt: skip
+def test_stamp_spectrum_equals_rfft2_of_the_frame(shape, k):
+    stamp = np.random.default_rng(k).normal(size=(k, k))
+    frame = np.empty(shape)
+    embed_centred(stamp, frame)
+    ref = sfft.rfft2(frame)
+    got = stamp_spectrum(stamp, shape)
+    assert got.shape == ref.shape and got.dtype == np.complex128
+    assert_allclose(got, ref, rtol=0, atol=1e-12 * np.abs(stamp).sum())
