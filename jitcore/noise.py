@@ -11,6 +11,8 @@ short and the score spread a few per cent wide -- enough to double the 5 sigma f
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 __all__ = ["robust_sigma", "noise_scale_factor", "source_free_mask", "variance_scale_factor"]
@@ -125,11 +127,19 @@ def diffim_scale_factors(
         return np.ascontiguousarray(a).ravel()[::step][keep]
 
     ones = np.ones(int(keep.sum()), dtype=bool)
-    try:
-        f_score = noise_scale_factor(sample(score), ones)
+
+    def diff_factor() -> float:
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = sample(difference) / np.sqrt(sample(difference_variance))
-        f_diff = noise_scale_factor(ratio, ones)
+        return noise_scale_factor(ratio, ones)
+
+    try:
+        # The two factors on two threads (NumPy's sampling and partitioning release the
+        # GIL): each is a few strided copies and a 2M-value percentile, ~40 ms at 4k x 4k.
+        with ThreadPoolExecutor(1, "diffim-scale") as pool:
+            f_diff_future = pool.submit(diff_factor)
+            f_score = noise_scale_factor(sample(score), ones)
+            f_diff = f_diff_future.result()
     except ValueError:
         return 1.0, 1.0
     return f_score, f_diff

@@ -380,9 +380,14 @@ def subtract_exposures(
             z.score, z.difference, z.difference_variance, z.valid
         )
         if settings.scale_variance:
-            z.score /= np.float32(f_score)
-            z.flux_variance *= np.float32(f_score**2)
-            z.difference_variance *= np.float32(f_diff**2)
+
+            def scale_variances() -> None:
+                z.flux_variance *= np.float32(f_score**2)
+                z.difference_variance *= np.float32(f_diff**2)
+
+            # Three full-frame passes, the score's beside the two variances' (NumPy's
+            # in-place arithmetic releases the GIL).
+            both(lambda: np.divide(z.score, np.float32(f_score), out=z.score), scale_variances)
         note("varianceScale", {"score": f_score, "difference": f_diff,
                                "applied": settings.scale_variance})  # fmt: skip
 
