@@ -88,7 +88,9 @@ class Settings(BaseSettings):
         40, ge=1, le=62, description="bits of the exposure id in diaSourceIds"
     )
     fft_workers: int = Field(
-        -1, description="threads for FFTs, ZOGY tiles and the warp (-1: all cores)"
+        -1,
+        description="threads for FFTs, ZOGY tiles, the warp, measurement and the steps run "
+        "on science and template side by side (-1: all cores)",
     )
     data_roots: list[str] = Field(default_factory=list, description="readable data roots")
 
