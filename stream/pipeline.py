@@ -11,6 +11,7 @@ measurement -> ids -> alerts.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -270,18 +271,20 @@ def subtract_exposures(
                 required=settings.required_template_fraction,
             )
 
+    # Science and template go through calibration, background and star finding side by
+    # side: the kernels release the GIL, and these steps are single-threaded each.
+    both = _Both(settings.fft_workers)
     with meta.timer("scaleVariance"):
         # Photometric scaling: both exposures to nJy (one flux unit).
-        s_img, s_var = _calibrate(science.image, science.variance, science.photo_calib)
-        t_img, t_var = _calibrate(t_img, t_var, template.photo_calib)
+        (s_img, s_var), (t_img, t_var) = both(
+            lambda: _calibrate(science.image, science.variance, science.photo_calib),
+            functools.partial(_calibrate, t_img, t_var, template.photo_calib),
+        )
         note("photoCalib", {"science": science.photo_calib, "template": template.photo_calib})
 
     unusable = bits(planes, list(UNUSABLE_PLANES))
     mask, bad = combine_planes(science.mask, t_mask, unusable, s_img, t_img, s_var, t_var)
 
-    # Science and template go through background and star finding side by side: the
-    # kernels release the GIL, and these steps are single-threaded each.
-    both = _Both(settings.fft_workers)
     with meta.timer("background"):
         (s_img, s_var), (t_img, t_var) = both(
             lambda: subtract_background(s_img, s_var, bad),
