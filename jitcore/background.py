@@ -1,18 +1,63 @@
-"""Sky background and its RMS from a mesh of boxes (SExtractor's method, via sep).
+"""Sky background and its RMS from a mesh of boxes (SExtractor's method, as sep does it).
 
-sep is a compiled library, not a file or network touch, so it belongs in jitcore.  It wants
-C-contiguous native-endian arrays; FITS data arrive big-endian, and a wrong byte order would
-give garbage rather than an error, so the copy to native float64 happens here, once.
+The mesh, its median filter and the cubic interpolation are our Numba kernels
+(jitcore._kernels.background), written to reproduce sep's maps, quirks included (see that
+module), to float rounding.  sep itself did the same work until it was replaced because it
+holds the GIL: the science and template backgrounds could not run on two threads, and on
+a 4k x 4k float32 frame its mesh plus the full-frame ``back()`` array cost ~2x our whole
+:func:`subtract_background`.  tests/unit/test_background.py compares with sep (still a test
+dependency) on seeded star fields.
+
+The kernels take C-contiguous native-endian float32 or float64; FITS data arrive
+big-endian, and a wrong byte order would give garbage rather than an error, so the
+conversion happens here.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import sep
 
-from jitcore._kernels.planes import subtract_masked
+from jitcore._kernels.background import (
+    NMAXLEVELS,
+    background_map,
+    fill_mesh,
+    median_filter_mesh,
+    mesh_stats,
+    spline_y_derivs,
+    subtract_rows,
+)
 
 __all__ = ["estimate_background", "subtract_background"]
+
+
+def _mesh(
+    data: np.ndarray, bad: np.ndarray, box: int, filter_size: int
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(bw, bh, back, dback, sigma, dsigma)``: the filtered mesh and its y derivatives."""
+    ny, nx = data.shape
+    bw = int(min(box, nx))
+    bh = int(min(box, ny))
+    nbx = (nx - 1) // bw + 1
+    nby = (ny - 1) // bh + 1
+    raw_back = np.empty((nby, nbx))
+    raw_sigma = np.empty((nby, nbx))
+    buf = np.empty(bh * nbx * bw, data.dtype)
+    idx = np.empty(bw * bh, np.int32)
+    hist = np.empty(NMAXLEVELS + 1, np.int64)
+    mesh_stats(data, bad, bw, bh, buf, idx, hist, raw_back, raw_sigma)
+    filled_back = np.empty_like(raw_back)
+    filled_sigma = np.empty_like(raw_sigma)
+    fill_mesh(raw_back, raw_sigma, filled_back, filled_sigma)
+    back = np.empty_like(raw_back)
+    sigma = np.empty_like(raw_sigma)
+    window = np.empty(filter_size * filter_size)
+    median_filter_mesh(filled_back, filled_sigma, filter_size, filter_size, window, back, sigma)
+    col, dcol, u = np.empty(nby), np.empty(nby), np.empty(nby)
+    dback = np.empty_like(back)
+    dsigma = np.empty_like(sigma)
+    spline_y_derivs(back, col, dcol, u, dback)
+    spline_y_derivs(sigma, col, dcol, u, dsigma)
+    return bw, bh, back, dback, sigma, dsigma
 
 
 def estimate_background(
@@ -25,7 +70,7 @@ def estimate_background(
     """Return ``(background, rms)``, float64 arrays of the image's shape.
 
     ``mask_bool`` (True = ignore) excludes pixels from the statistics; non-finite image
-    pixels are always excluded (sep would otherwise propagate NaN into whole boxes).
+    pixels are always excluded (one NaN would otherwise spoil a whole box).
     ``box`` is the mesh size in pixels, shrunk to the image size for small images;
     ``filter_size`` the median filter over the mesh (odd, in boxes).
     """
@@ -40,8 +85,11 @@ def estimate_background(
         raise ValueError(f"box must be >= 1 pixel, got {box}")
     if filter_size < 1 or filter_size % 2 == 0:
         raise ValueError(f"filter_size must be odd and >= 1, got {filter_size}")
-    # Always a copy: masked pixels are zeroed below and the caller's array must not change.
-    data = np.array(arr, dtype=np.float64, order="C", copy=True)
+    # float32 stays float32 (no 2x larger copy); anything else, byte-swapped float32
+    # included, becomes native float64.  The kernels only read it: the caller's array is
+    # never changed.
+    dtype = np.float32 if arr.dtype.type is np.float32 else np.float64
+    data = np.ascontiguousarray(arr, dtype=dtype)
     bad = ~np.isfinite(data)
     if mask_bool is not None:
         mb = np.asarray(mask_bool)
@@ -50,18 +98,13 @@ def estimate_background(
         bad |= mb.astype(bool)
     if bad.all():
         raise ValueError("every pixel is masked or non-finite: no background can be estimated")
-    if bad.any():
-        data[bad] = 0.0
-    ny, nx = data.shape
-    bkg = sep.Background(
-        data,
-        mask=np.ascontiguousarray(bad, dtype=np.uint8),
-        bw=int(min(box, nx)),
-        bh=int(min(box, ny)),
-        fw=filter_size,
-        fh=filter_size,
-    )
-    return np.asarray(bkg.back(), dtype=np.float64), np.asarray(bkg.rms(), dtype=np.float64)
+    bw, bh, back, dback, sigma, dsigma = _mesh(data, bad, box, filter_size)
+    u, node, dnode = (np.empty(back.shape[1]) for _ in range(3))
+    out_back = np.empty(data.shape)
+    out_rms = np.empty(data.shape)
+    background_map(back, dback, bw, bh, u, node, dnode, out_back)
+    background_map(sigma, dsigma, bw, bh, u, node, dnode, out_rms)
+    return out_back, out_rms
 
 
 def subtract_background(
@@ -74,10 +117,12 @@ def subtract_background(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(image - background, variance)`` as new float32 arrays, bad pixels 0 and NaN.
 
-    The pipeline's form of :func:`estimate_background`: the same sep mesh, but no float64
-    copy, no RMS map, and the subtraction and masking fused into one pass (on a 4k x 4k
-    image those full-frame passes cost ~10x sep's own mesh).  ``bad`` (bool, True = ignore)
-    must cover every non-finite pixel of ``image`` and ``variance``.
+    The pipeline's form of :func:`estimate_background`: the same mesh, but no float64
+    copy, no RMS map, and the background evaluated row by row inside the one pass that
+    subtracts and masks (on a 4k x 4k image each full-frame pass costs about as much as
+    the whole mesh).  ``bad`` (bool, True = ignore) must cover every non-finite pixel of
+    ``image`` and ``variance``.  Safe to call from several threads at once: the kernels
+    release the GIL.
     """
     img = np.asarray(image)
     var = np.asarray(variance)
@@ -99,14 +144,13 @@ def subtract_background(
     img32 = np.ascontiguousarray(img, dtype=np.float32)
     var32 = np.ascontiguousarray(var, dtype=np.float32)
     mask_c = np.ascontiguousarray(mask)
-    ny, nx = img32.shape
-    # sep skips masked pixels, so the NaNs under ``bad`` never enter a box's statistics.
-    bkg = sep.Background(
-        img32, mask=mask_c.view(np.uint8), bw=int(min(box, nx)), bh=int(min(box, ny)),
-        fw=filter_size, fh=filter_size,
-    )  # fmt: skip
-    back = bkg.back(dtype=np.float32)
+    # The mesh skips pixels under ``bad`` (and any non-finite one), so NaNs never enter a
+    # box's statistics.
+    bw, bh, back, dback, _, _ = _mesh(img32, mask_c, box, filter_size)
+    u, node, dnode = (np.empty(back.shape[1]) for _ in range(3))
+    row = np.empty(img32.shape[1])
     out_img = np.empty_like(img32)
     out_var = np.empty_like(var32)
-    subtract_masked(img32, var32, back, mask_c, out_img, out_var)
+    subtract_rows(img32, var32, mask_c, back, dback, bw, bh, u, node, dnode, row, out_img,
+                  out_var)  # fmt: skip
     return out_img, out_var

@@ -9,27 +9,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from jitcore._jit import njit
 
-__all__ = ["subtract_masked", "combine_masks", "unusable_pixels"]
-
-
-@njit
-def subtract_masked(image, variance, back, bad, out_image, out_variance):
-    """out_image = image - back and out_variance = variance; 0 and NaN where bad."""
-    ny, nx = image.shape
-    nan = np.float32(np.nan)
-    zero = np.float32(0.0)
-    for j in range(ny):
-        for i in range(nx):
-            if bad[j, i]:
-                out_image[j, i] = zero
-                out_variance[j, i] = nan
-            else:
-                out_image[j, i] = image[j, i] - back[j, i]
-                out_variance[j, i] = variance[j, i]
+__all__ = ["combine_masks", "unusable_pixels"]
 
 
 @njit

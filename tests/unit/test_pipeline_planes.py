@@ -75,7 +75,9 @@ def test_subtract_background_matches_estimate_background(dtype):
     img[100:110, :] = np.nan  # non-finite pixels are covered by ``bad``
     var[110:120, :] = np.nan
     out_img, out_var = subtract_background(img, var, bad, box=64)
-    # NumPy reference: the same sep mesh (float64 path), then subtract and mask.
+    # Reference: estimate_background's map (the same mesh; for float64 input it sees the
+    # float64 pixels, subtract_background their float32 copy), then subtract and mask.
+    # Bit-for-bit on float32: tests/unit/test_background.py.
     ref_bkg, _ = estimate_background(img, bad, box=64)
     ref_img = np.where(bad, 0.0, img - ref_bkg)
     ref_var = np.where(bad, np.nan, var)
