@@ -24,15 +24,22 @@ def fill_frame_kernel(image, good, y0, y1, x0, x1, oy, ox, out):
     """out[j, i] = image[oy + j, ox + i] where (oy + j, ox + i) lies in the box
     [y0, y1) x [x0, x1) and ``good`` (which covers that box, from its corner) holds; else 0."""
     fy, fx = out.shape
+    # The frame columns inside the box, [ia, ib): the inner loop then has no bound tests
+    # and a select rather than a branch, which LLVM vectorises.
+    ia = min(max(x0 - ox, 0), fx)
+    ib = max(min(x1 - ox, fx), ia)
     for j in range(fy):
         y = oy + j
         if y < y0 or y >= y1:
             for i in range(fx):
                 out[j, i] = 0.0
             continue
-        for i in range(fx):
-            x = ox + i
-            if x >= x0 and x < x1 and good[y - y0, x - x0]:
-                out[j, i] = image[y, x]
-            else:
-                out[j, i] = 0.0
+        src = image[y, ox + ia : ox + ib]
+        ok = good[y - y0, ox + ia - x0 : ox + ib - x0]
+        dst = out[j, ia:ib]
+        for i in range(ia):
+            out[j, i] = 0.0
+        for i in range(ib - ia):
+            dst[i] = src[i] if ok[i] else 0.0
+        for i in range(ib, fx):
+            out[j, i] = 0.0
