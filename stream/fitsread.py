@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import io
 import numbers
+import os
 import threading
 import warnings
 from collections.abc import Callable
@@ -83,6 +84,20 @@ def read_file(path: str, limit: int) -> tuple[bytes, Callable[[], str]]:
     return raw, sha256
 
 
+def _yield_cpu() -> None:
+    """Lower the calling thread's priority (Linux: nice is per thread) to the lowest.
+
+    The hash of a deferred checksum (stream.pipeline) then takes the cores only when the
+    subtraction leaves one idle, instead of slowing the decode and the warp it runs beside;
+    when the pipeline finally waits for it, nothing else is running and it gets the core.
+    Elsewhere (no per-thread nice, or not allowed) this does nothing.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+
+
 def _sha256_of(raw: bytes) -> Callable[[], str]:
     if len(raw) < _HASH_THREAD_MIN_BYTES:
         digest = hashlib.sha256(raw).hexdigest()
@@ -90,6 +105,7 @@ def _sha256_of(raw: bytes) -> Callable[[], str]:
     box: dict[str, Any] = {}
 
     def run() -> None:
+        _yield_cpu()
         try:
             box["digest"] = hashlib.sha256(raw).hexdigest()
         except BaseException as exc:  # re-raised in the caller's thread by result()

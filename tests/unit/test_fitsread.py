@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -263,3 +265,28 @@ def test_read_bytes_kept_for_other_modules(tmp_path):
     assert raw == path.read_bytes() and sha == hashlib.sha256(raw).hexdigest()
     with _open_fits(raw, str(path)) as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "IMAGE", "MASK", "VARIANCE"]
+
+
+def test_hash_thread_runs_at_the_lowest_priority(monkeypatch):
+    # The deferred hash only takes idle cores (Linux: nice is per thread).
+    monkeypatch.setattr(fitsread, "_HASH_THREAD_MIN_BYTES", 0)
+    seen = {}
+    real = fitsread.hashlib.sha256
+
+    def spy(data):
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return real(data)
+
+    monkeypatch.setattr(fitsread.hashlib, "sha256", spy)
+    digest = fitsread._sha256_of(b"y" * 10)
+    assert digest() == real(b"y" * 10).hexdigest()
+    assert seen["nice"] == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # caller unchanged
+
+
+def test_lowering_priority_failing_is_harmless(monkeypatch):
+    def refuse(*args):
+        raise PermissionError("not allowed")
+
+    monkeypatch.setattr(fitsread.os, "setpriority", refuse)
+    fitsread._yield_cpu()  # no exception
