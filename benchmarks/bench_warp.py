@@ -9,8 +9,10 @@ rows), the way stream.warping.warp_template does: map_spline once, then the fuse
 on 1 thread and on all cores.  ``--reference`` takes another version of
 jitcore/_kernels/lanczos.py (e.g. ``git show REV:jitcore/_kernels/lanczos.py > /tmp/old.py``)
 and times it in the same process, alternating with the current one, and checks that both
-give the same mask.  Prints the best of ``--repeat`` calls after a warm-up (Numba's JIT cost
-excluded): wall seconds, ns per output pixel, and ns per pixel per thread.
+give the same mask.  The plain SciPy reference is ``scipy.ndimage.map_coordinates`` (cubic
+spline, image plane only) through the same map.  Prints the best of ``--repeat`` calls
+after a warm-up (Numba's JIT cost excluded): wall seconds, ns per output pixel, and ns per
+pixel per thread.
 """
 
 from __future__ import annotations
@@ -118,12 +120,31 @@ def main() -> None:
                 warp(name, t)
                 best[name, t] = min(best[name, t], time.perf_counter() - t0)
 
+    # The plain SciPy reference: scipy.ndimage.map_coordinates (cubic spline) of the image
+    # alone through the same map, evaluated full-frame (xt, yt) as NumPy code would.  It does
+    # less than the kernel (no variance, no mask, no NO_DATA/EDGE rules), on one thread.
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[0 : args.size, 0 : args.size].astype(np.float64)
+    t_ref = math.inf
+    for _ in range(max(1, args.repeat // 2)):
+        t0 = time.perf_counter()
+        xt, yt = mapping(xx, yy)
+        ndimage.map_coordinates(image, [yt, xt], order=3, mode="constant", cval=np.nan)
+        t_ref = min(t_ref, time.perf_counter() - t0)
+        del xt, yt
+
     npix = args.size * args.size
     print(f"{args.size} x {args.size}, order {args.order}, map_spline {t_map * 1e3:.1f} ms")
     print(f"{'kernel':10s} {'threads':>7s} {'best s':>8s} {'ns/px':>7s} {'ns/px/thread':>13s}")
     for (name, t), sec in best.items():
         per = sec / npix * 1e9
         print(f"{name:10s} {t:7d} {sec:8.3f} {per:7.1f} {per * t:13.1f}")
+    print(f"{'scipy':10s} {1:7d} {t_ref:8.3f} {t_ref / npix * 1e9:7.1f}   "
+          "(map_coordinates order 3, image only)")  # fmt: skip
+    for t in threads:
+        ratio = best["current", t] / t_ref
+        print(f"ratio current ({t} thread{'s' if t > 1 else ''}) / scipy reference: {ratio:.2f}")
 
 
 if __name__ == "__main__":

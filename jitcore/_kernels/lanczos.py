@@ -25,20 +25,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import uint64
+from numba import literally, uint64
 
 from jitcore._jit import njit
 from jitcore._kernels.bspline import mask_bad_cells, spline_fill_row
 
-__all__ = ["SNAP", "lanczos_warp", "lanczos_warp_spline", "sin_small"]
+__all__ = ["SNAP", "ORDERS", "lanczos_warp", "lanczos_warp_spline", "sin_small"]
 
 # A fractional offset closer than this to 0 or 1 is treated as an exact integer.
 SNAP = 1e-6
-
-_SIG = (
-    "void({img}[:, ::1], {img}[:, ::1], int32[:, ::1], float64[:, ::1], float64[:, ::1], "
-    "int64, int32, int32, int32, float32[:, ::1], float32[:, ::1], int32[:, ::1])"
-)
 
 
 # Taylor coefficients of sin(t) / t in t^2, highest first: (-1)^k / (2k + 1)!, k = 10 .. 1.
@@ -352,18 +347,25 @@ _row2 = _make_row(2)
 _row3 = _make_row(3)
 _row4 = _make_row(4)
 _row5 = _make_row(5)
+ORDERS = (2, 3, 4, 5)
 
 
-def _lanczos_warp(
+# ``literally(order)``: each entry point is compiled per order, as a literal, and Numba prunes
+# the other orders' branches, so a run compiles only the order it uses.  Dispatching all four
+# orders in one compiled kernel (and both dtypes, with eager signatures) cost a cold Numba
+# cache ~30 s of CPU at import.  Module-level kernels, unlike closures over the row
+# dispatchers, keep Numba's on-disk cache (tests/unit/test_jit_cache.py).
+@njit
+def lanczos_warp(
     image, variance, mask, xt, yt, order, no_data, edge, bad, out_img, out_var, out_mask
 ):
+    """Resample through full-frame template positions (xt, yt) into the out arrays."""
+    literally(order)
     nx = xt.shape[1]
     buf = np.empty((8, nx), dtype=np.float64)
     wx = np.empty((2 * order, nx), dtype=np.float64)
     wy = np.empty((2 * order, nx), dtype=np.float64)
     macc = np.empty(nx, dtype=np.int32)
-    # The order is dispatched here, in the kernels, not in a helper: every level of jitted
-    # calls is optimised again with its callees linked in (compile time).
     for j in range(xt.shape[0]):
         args = (image, variance, mask, xt[j], yt[j], no_data, edge, bad, buf, wx, wy, macc,
                 out_img[j], out_var[j], out_mask[j])  # fmt: skip
@@ -377,10 +379,13 @@ def _lanczos_warp(
             _row5(*args)
 
 
-def _lanczos_warp_spline(
+@njit
+def lanczos_warp_spline(
     image, variance, mask, coef_x, coef_y, row_start, row_w, col_start, col_w,
     cell_row, cell_col, cell_bad, order, no_data, edge, bad, out_img, out_var, out_mask,
 ):  # fmt: skip
+    """Resample through the coarse-grid spline map (jitcore._kernels.bspline) row by row."""
+    literally(order)
     # The map is evaluated one row at a time into two small buffers (the very numbers
     # jitcore._kernels.bspline.spline_grid writes out) instead of being read from
     # full-frame xt/yt arrays: at 4k x 4k those are 256 MB written and read back, and
@@ -407,16 +412,3 @@ def _lanczos_warp_spline(
             _row4(*args)
         else:
             _row5(*args)
-
-
-lanczos_warp = njit([_SIG.format(img="float32"), _SIG.format(img="float64")])(_lanczos_warp)
-
-_SIG_SPLINE = (
-    "void({img}[:, ::1], {img}[:, ::1], int32[:, ::1], float64[:, ::1], float64[:, ::1], "
-    "int64[::1], float64[:, ::1], int64[::1], float64[:, ::1], int64[::1], int64[::1], "
-    "uint8[:, ::1], int64, int32, int32, int32, float32[:, ::1], float32[:, ::1], "
-    "int32[:, ::1])"
-)
-lanczos_warp_spline = njit([_SIG_SPLINE.format(img=t) for t in ("float32", "float64")])(
-    _lanczos_warp_spline
-)
