@@ -25,12 +25,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import literally, uint64
+from numba import uint64
 
 from jitcore._jit import njit
 from jitcore._kernels.bspline import mask_bad_cells, spline_fill_row
 
-__all__ = ["SNAP", "ORDERS", "lanczos_warp", "lanczos_warp_spline", "sin_small"]
+__all__ = ["SNAP", "ORDERS", "KERNELS", "lanczos_warp", "lanczos_warp_spline", "sin_small"]
 
 # A fractional offset closer than this to 0 or 1 is treated as an exact integer.
 SNAP = 1e-6
@@ -350,65 +350,90 @@ _row5 = _make_row(5)
 ORDERS = (2, 3, 4, 5)
 
 
-# ``literally(order)``: each entry point is compiled per order, as a literal, and Numba prunes
-# the other orders' branches, so a run compiles only the order it uses.  Dispatching all four
-# orders in one compiled kernel (and both dtypes, with eager signatures) cost a cold Numba
-# cache ~30 s of CPU at import.  Module-level kernels, unlike closures over the row
-# dispatchers, keep Numba's on-disk cache (tests/unit/test_jit_cache.py).
-@njit
+def _make_entries(order):
+    """The two kernels for Lanczos-``order``: (map from xt/yt, map from the spline).
+
+    One pair per order, each compiled on its first call, so a run compiles only the order it
+    uses: dispatching all four orders inside two eagerly typed kernels cost a cold Numba
+    cache ~30 s of CPU at import.  ``order`` is a closure constant, so Numba drops the other
+    orders' branches before typing them; a plain int closure variable also keeps the on-disk
+    cache key stable across processes (tests/unit/test_jit_cache.py), which a closure over
+    the row dispatchers would not.  ``numba.literally`` was tried and rejected: every call
+    from Python retried the failed non-literal compile first (0.5 s and 1.8 GB more RSS per
+    4k exposure).
+    """
+
+    @njit
+    def warp(image, variance, mask, xt, yt, no_data, edge, bad, out_img, out_var, out_mask):
+        nx = xt.shape[1]
+        buf = np.empty((8, nx), dtype=np.float64)
+        wx = np.empty((2 * order, nx), dtype=np.float64)
+        wy = np.empty((2 * order, nx), dtype=np.float64)
+        macc = np.empty(nx, dtype=np.int32)
+        for j in range(xt.shape[0]):
+            args = (image, variance, mask, xt[j], yt[j], no_data, edge, bad, buf, wx, wy,
+                    macc, out_img[j], out_var[j], out_mask[j])  # fmt: skip
+            if order == 2:
+                _row2(*args)
+            elif order == 3:
+                _row3(*args)
+            elif order == 4:
+                _row4(*args)
+            else:
+                _row5(*args)
+
+    @njit
+    def warp_spline(
+        image, variance, mask, coef_x, coef_y, row_start, row_w, col_start, col_w,
+        cell_row, cell_col, cell_bad, no_data, edge, bad, out_img, out_var, out_mask,
+    ):  # fmt: skip
+        # The map is evaluated one row at a time into two small buffers (the very numbers
+        # jitcore._kernels.bspline.spline_grid writes out) instead of being read from
+        # full-frame xt/yt arrays: at 4k x 4k those are 256 MB written and read back, and
+        # evaluating them with dense BLAS products took ~0.2 s, more than this.
+        ny, nx = out_img.shape
+        rx = np.empty(coef_x.shape[1], dtype=np.float64)
+        xrow = np.empty(nx, dtype=np.float64)
+        yrow = np.empty(nx, dtype=np.float64)
+        buf = np.empty((8, nx), dtype=np.float64)
+        wx = np.empty((2 * order, nx), dtype=np.float64)
+        wy = np.empty((2 * order, nx), dtype=np.float64)
+        macc = np.empty(nx, dtype=np.int32)
+        for j in range(ny):
+            spline_fill_row(coef_x, row_start, row_w, col_start, col_w, j, rx, xrow)
+            spline_fill_row(coef_y, row_start, row_w, col_start, col_w, j, rx, yrow)
+            mask_bad_cells(cell_bad, cell_row[j], cell_col, xrow, yrow)
+            args = (image, variance, mask, xrow, yrow, no_data, edge, bad, buf, wx, wy,
+                    macc, out_img[j], out_var[j], out_mask[j])  # fmt: skip
+            if order == 2:
+                _row2(*args)
+            elif order == 3:
+                _row3(*args)
+            elif order == 4:
+                _row4(*args)
+            else:
+                _row5(*args)
+
+    return warp, warp_spline
+
+
+# Making the dispatchers compiles nothing; each compiles on its first call.
+KERNELS = {order: _make_entries(order) for order in ORDERS}
+
+
 def lanczos_warp(
     image, variance, mask, xt, yt, order, no_data, edge, bad, out_img, out_var, out_mask
 ):
     """Resample through full-frame template positions (xt, yt) into the out arrays."""
-    literally(order)
-    nx = xt.shape[1]
-    buf = np.empty((8, nx), dtype=np.float64)
-    wx = np.empty((2 * order, nx), dtype=np.float64)
-    wy = np.empty((2 * order, nx), dtype=np.float64)
-    macc = np.empty(nx, dtype=np.int32)
-    for j in range(xt.shape[0]):
-        args = (image, variance, mask, xt[j], yt[j], no_data, edge, bad, buf, wx, wy, macc,
-                out_img[j], out_var[j], out_mask[j])  # fmt: skip
-        if order == 2:
-            _row2(*args)
-        elif order == 3:
-            _row3(*args)
-        elif order == 4:
-            _row4(*args)
-        else:
-            _row5(*args)
+    KERNELS[order][0](image, variance, mask, xt, yt, no_data, edge, bad, out_img, out_var,
+                      out_mask)  # fmt: skip
 
 
-@njit
 def lanczos_warp_spline(
     image, variance, mask, coef_x, coef_y, row_start, row_w, col_start, col_w,
     cell_row, cell_col, cell_bad, order, no_data, edge, bad, out_img, out_var, out_mask,
 ):  # fmt: skip
     """Resample through the coarse-grid spline map (jitcore._kernels.bspline) row by row."""
-    literally(order)
-    # The map is evaluated one row at a time into two small buffers (the very numbers
-    # jitcore._kernels.bspline.spline_grid writes out) instead of being read from
-    # full-frame xt/yt arrays: at 4k x 4k those are 256 MB written and read back, and
-    # evaluating them with dense BLAS products took ~0.2 s, more than this.
-    ny, nx = out_img.shape
-    rx = np.empty(coef_x.shape[1], dtype=np.float64)
-    xrow = np.empty(nx, dtype=np.float64)
-    yrow = np.empty(nx, dtype=np.float64)
-    buf = np.empty((8, nx), dtype=np.float64)
-    wx = np.empty((2 * order, nx), dtype=np.float64)
-    wy = np.empty((2 * order, nx), dtype=np.float64)
-    macc = np.empty(nx, dtype=np.int32)
-    for j in range(ny):
-        spline_fill_row(coef_x, row_start, row_w, col_start, col_w, j, rx, xrow)
-        spline_fill_row(coef_y, row_start, row_w, col_start, col_w, j, rx, yrow)
-        mask_bad_cells(cell_bad, cell_row[j], cell_col, xrow, yrow)
-        args = (image, variance, mask, xrow, yrow, no_data, edge, bad, buf, wx, wy, macc,
-                out_img[j], out_var[j], out_mask[j])  # fmt: skip
-        if order == 2:
-            _row2(*args)
-        elif order == 3:
-            _row3(*args)
-        elif order == 4:
-            _row4(*args)
-        else:
-            _row5(*args)
+    KERNELS[order][1](image, variance, mask, coef_x, coef_y, row_start, row_w, col_start,
+                      col_w, cell_row, cell_col, cell_bad, no_data, edge, bad, out_img,
+                      out_var, out_mask)  # fmt: skip
