@@ -8,7 +8,7 @@ import platform
 from importlib import metadata
 
 PACKAGES = (
-    "numpy", "numba", "llvmlite", "scipy", "astropy", "sep", "fastavro",
+    "numpy", "numba", "llvmlite", "scipy", "astropy", "sep", "fastavro", "isal",
     "confluent-kafka", "pydantic-settings", "diffstream",
 )  # fmt: skip
 
