@@ -370,14 +370,17 @@ class _Context:
 
 def _spectra(
     stamps: tuple[np.ndarray, np.ndarray], shape: tuple[int, int], a_n: float, a_r: float,
-    f_n: float, f_r: float,
+    f_n: float, f_r: float, kernel_dtype: type = np.complex128,
 ) -> tuple[np.ndarray, ...]:  # fmt: skip
-    """PSF spectra on a frame of ``shape``, B and the four kernel spectra (kD_n, kD_r, k_n, k_r)."""
+    """PSF spectra on a frame of ``shape``, B and the four kernel spectra (kD_n, kD_r, k_n, k_r).
+
+    Everything is computed in double precision; the kernels are stored as ``kernel_dtype``.
+    """
     pn = stamp_spectrum(stamps[0], shape)
     pr = stamp_spectrum(stamps[1], shape)
     bden = np.empty(pn.shape)
     zogy_denominator(pn, pr, a_n, a_r, B_FLOOR * (a_n + a_r), bden)
-    ks = [np.empty_like(pn) for _ in range(4)]
+    ks = [np.empty(pn.shape, dtype=kernel_dtype) for _ in range(4)]
     zogy_spectral_kernels(pn, pr, bden, f_n, f_r, *ks)
     return (pn, pr, bden, *ks)
 
@@ -429,11 +432,11 @@ def _tile(
     r_d = min(2 * b, (min(ctx.frame) - 1) // 2)
 
     # --- frame kernels ------------------------------------------------------------------
-    pn, pr, bden, kdn, kdr, kn, kr = _spectra(stamps, ctx.frame, a_n, a_r, f_n, f_r)
+    pn, pr, bden, kdn, kdr, kn, kr = _spectra(
+        stamps, ctx.frame, a_n, a_r, f_n, f_r, kernel_dtype=ctx.spec
+    )
     f_s = zogy_fs(pn, pr, bden, f_n, f_r, fx)
     del pn, pr, bden
-    if ctx.spec is not np.complex128:
-        kdn, kdr, kn, kr = (k.astype(ctx.spec) for k in (kdn, kdr, kn, kr))
     frame: np.ndarray = np.empty(ctx.frame, dtype=ctx.real)
     k2 = []
     for k, r in ((k_small[0], b), (k_small[1], b), (kd_small[0], r_d), (kd_small[1], r_d)):

@@ -52,12 +52,17 @@ def zogy_denominator(pn, pr, a_n, a_r, floor, out):
 
 @njit(
     [
-        f"void({c}, {c}, {r}, float64, float64, {c}, {c}, {c}, {c})"
+        f"void({c}, {c}, {r}, float64, float64, {o}, {o}, {o}, {o})"
         for c, r in zip(_SPEC, _REAL, strict=True)
+        for o in _SPEC
     ]
 )
 def zogy_spectral_kernels(pn, pr, bden, f_n, f_r, kdn, kdr, kn, kr):
-    """The four ZOGY kernels' spectra from the PSF spectra and B (see module docstring)."""
+    """The four ZOGY kernels' spectra from the PSF spectra and B (see module docstring).
+
+    The outputs may be narrower than the inputs (complex64 from complex128): computed in
+    the inputs' precision, rounded once on the store, as a later astype would.
+    """
     ny, nx = bden.shape
     for i in range(ny):
         for j in range(nx):

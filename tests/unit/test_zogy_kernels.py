@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 from jitcore._kernels.zogy import (
     extra_variance,
@@ -89,6 +89,22 @@ def test_spectral_kernels(shape, seed, dtype):
     zogy_spectral_kernels(pn, pr, b, 1.3, 0.8, *outs)
     for got, want in zip(outs, ref_kernels(pn, pr, b, 1.3, 0.8), strict=True):
         assert_allclose(got, want, rtol=RTOL[dtype] * 10, atol=RTOL[dtype])
+
+
+@budget
+@given(shape=shapes, seed=seeds)
+def test_spectral_kernels_into_single_precision(shape, seed):
+    # Double-precision spectra in, complex64 kernels out (ZOGY's single precision): the
+    # double-precision kernels rounded once, exactly what .astype(np.complex64) gives.
+    rng = np.random.default_rng(seed)
+    pn, pr = cplx(rng, shape, np.complex128), cplx(rng, shape, np.complex128)
+    b = rng.uniform(0.5, 2.0, shape)
+    narrow = [np.empty(shape, np.complex64) for _ in range(4)]
+    wide = [np.empty(shape, np.complex128) for _ in range(4)]
+    zogy_spectral_kernels(pn, pr, b, 1.3, 0.8, *narrow)
+    zogy_spectral_kernels(pn, pr, b, 1.3, 0.8, *wide)
+    for got, want in zip(narrow, wide, strict=True):
+        assert_array_equal(got, want.astype(np.complex64))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
