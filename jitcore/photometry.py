@@ -8,6 +8,7 @@ import numpy as np
 import sep
 
 from jitcore._kernels.planes import unusable_pixels
+from jitcore.psf import PsfModel
 
 __all__ = ["aperture_flux", "stack_psfs", "unusable_map"]
 
@@ -18,30 +19,52 @@ def stack_psfs(
     """Evaluate ``psf_at`` at each position; return a (n, K, K) unit-sum cube and half-sizes.
 
     Stamps of different sizes are zero-padded to the largest (odd) size so the kernels see
-    one array; ``halves[n]`` is the half-size of the stamp before padding.
+    one array; ``halves[n]`` is the half-size of the stamp before padding.  A
+    :meth:`PsfModel.at <jitcore.psf.PsfModel.at>` is evaluated for all positions at once
+    (:meth:`PsfModel.stack`); other callables once per position, each distinct stamp they
+    return (e.g. one per ZOGY tile) checked and normalised once.
     """
-    stamps = []
+    model = getattr(psf_at, "__self__", None)
+    if isinstance(model, PsfModel) and getattr(psf_at, "__func__", None) is PsfModel.at:
+        stamps = model.stack(xs, ys)
+        sums = stamps.sum(axis=(1, 2))
+        ok = np.isfinite(stamps).all(axis=(1, 2)) & (sums > 0)
+        if not ok.all():  # the first offender, with the per-stamp message
+            n = int(np.flatnonzero(~ok)[0])
+            _check_stamp(stamps[n], name, xs[n], ys[n])
+        halves = np.full(len(stamps), stamps.shape[1] // 2, dtype=np.int64)
+        return stamps / sums[:, None, None], halves
+    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id -> (returned, normalised)
+    normalised = []
     for x, y in zip(xs, ys, strict=True):
         stamp = psf_at(float(x), float(y))
+        hit = seen.get(id(stamp))
+        if hit is not None and hit[0] is stamp:
+            normalised.append(hit[1])
+            continue
         arr = np.asarray(stamp, dtype=np.float64)
-        if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] % 2 == 0:
-            msg = (
-                f"{name}({x:.2f}, {y:.2f}) must return a square stamp of odd size, got {arr.shape}"
-            )
-            raise ValueError(msg)
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name}({x:.2f}, {y:.2f}) returned non-finite pixels")
-        total = arr.sum()
-        if not total > 0:
-            raise ValueError(f"{name}({x:.2f}, {y:.2f}) must have a positive sum, got {total:g}")
-        stamps.append(arr / total)
-    halves = np.array([s.shape[0] // 2 for s in stamps], dtype=np.int64)
+        _check_stamp(arr, name, x, y)
+        norm = arr / arr.sum()
+        seen[id(stamp)] = (stamp, norm)  # keeps ``stamp`` alive, so its id stays unique
+        normalised.append(norm)
+    halves = np.array([s.shape[0] // 2 for s in normalised], dtype=np.int64)
     k = 2 * int(halves.max(initial=0)) + 1
-    cube = np.zeros((len(stamps), k, k))
-    for n, s in enumerate(stamps):
+    cube = np.zeros((len(normalised), k, k))
+    for n, s in enumerate(normalised):
         pad = (k - s.shape[0]) // 2
         cube[n, pad : pad + s.shape[0], pad : pad + s.shape[0]] = s
     return cube, halves
+
+
+def _check_stamp(arr: np.ndarray, name: str, x: float, y: float) -> None:
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] % 2 == 0:
+        msg = f"{name}({x:.2f}, {y:.2f}) must return a square stamp of odd size, got {arr.shape}"
+        raise ValueError(msg)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}({x:.2f}, {y:.2f}) returned non-finite pixels")
+    total = arr.sum()
+    if not total > 0:
+        raise ValueError(f"{name}({x:.2f}, {y:.2f}) must have a positive sum, got {total:g}")
 
 
 def unusable_map(

@@ -119,6 +119,29 @@ class PsfModel:
                 out.append(u ** (total - j) * v**j)
         return np.array(out)
 
+    def stack(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """:meth:`at` of many positions at once: a (n, size, size) cube of unit-sum stamps.
+
+        One tensor product instead of a Python call per position (measurement evaluates
+        three PSFs at every diaSource: ~20 us a call, 75 ms for 1250 sources).
+        """
+        x = np.asarray(xs, dtype=np.float64).ravel()
+        y = np.asarray(ys, dtype=np.float64).ravel()
+        ny, nx = self.shape
+        u = 2.0 * x / max(nx - 1, 1) - 1.0
+        v = 2.0 * y / max(ny - 1, 1) - 1.0
+        terms = np.column_stack(
+            [u ** (total - j) * v**j for total in range(self.degree + 1) for j in range(total + 1)]
+        )
+        stamps = np.tensordot(terms, self.basis, axes=1)
+        totals = stamps.sum(axis=(1, 2))
+        flat = ~(totals > 0)
+        if flat.any():  # as at(): the constant term where the polynomial has no positive sum
+            stamps[flat] = self.basis[0]
+            totals[flat] = self.basis[0].sum()
+        stamps /= totals[:, None, None]
+        return stamps
+
     def at(self, x: float, y: float) -> np.ndarray:
         """PSF stamp (unit sum, float64) at pixel position (x, y), 0-based."""
         stamp = np.tensordot(self.terms(x, y), self.basis, axes=1)

@@ -14,8 +14,8 @@ from jitcore._kernels import psffit as F
 from jitcore.detect import SOURCE_DTYPE, detect
 from jitcore.masks import DEFAULT_PLANES
 from jitcore.measure import MEASURE_DTYPE, PIXEL_FLAG_PLANES, measure
-from jitcore.photometry import aperture_flux, unusable_map
-from jitcore.psf import gaussian_psf
+from jitcore.photometry import aperture_flux, stack_psfs, unusable_map
+from jitcore.psf import PsfModel, gaussian_psf
 
 pytestmark = pytest.mark.unit
 
@@ -853,3 +853,46 @@ def test_aperture_flux_with_a_precomputed_bad_map():
     assert given[3][:2].all() and given[2][2]  # masked pixels seen; the third is truncated
     with pytest.raises(ValueError, match="bad must be a bool array of the image's shape"):
         aperture_flux(img, var, mask, 4, xs, ys, r, bad=bad[:-1])
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_psf_model_stack_equals_at(degree):
+    rng = np.random.default_rng(degree)
+    nterms = (degree + 1) * (degree + 2) // 2
+    basis = np.stack([gaussian_psf(1.5, 15)] + [0.01 * rng.normal(size=(15, 15))] * (nterms - 1))
+    model = PsfModel(basis=basis, degree=degree, shape=(300, 400))
+    xs, ys = rng.uniform(-5, 405, 40), rng.uniform(-5, 305, 40)
+    cube = model.stack(xs, ys)
+    assert cube.shape == (40, 15, 15)
+    for n in range(40):
+        np.testing.assert_allclose(cube[n], model.at(xs[n], ys[n]), rtol=1e-13, atol=1e-16)
+
+
+def test_psf_model_stack_falls_back_like_at():
+    # A polynomial whose sum is not positive somewhere: the constant term there, as at().
+    basis = np.stack([gaussian_psf(1.5, 9), -2.0 * gaussian_psf(1.5, 9), np.zeros((9, 9))])
+    model = PsfModel(basis=basis, degree=1, shape=(100, 100))
+    xs, ys = np.array([0.0, 99.0]), np.array([50.0, 50.0])  # u = -1 (sum 3), u = +1 (sum -1)
+    cube = model.stack(xs, ys)
+    for n in range(2):
+        np.testing.assert_allclose(cube[n], model.at(xs[n], ys[n]), rtol=1e-13, atol=1e-16)
+    np.testing.assert_allclose(cube[1], gaussian_psf(1.5, 9) / gaussian_psf(1.5, 9).sum())
+
+
+def test_stack_psfs_paths_agree_and_check():
+    model = PsfModel(basis=np.stack([gaussian_psf(1.5, 11), 0.1 * gaussian_psf(2.5, 11),
+                                     np.zeros((11, 11))]), degree=1, shape=(200, 200))  # fmt: skip
+    xs, ys = np.array([10.0, 150.0, 199.0]), np.array([5.0, 100.0, 0.0])
+    fast, halves = stack_psfs(model.at, xs, ys, "psf_science_at")
+    slow, halves2 = stack_psfs(lambda x, y: model.at(x, y), xs, ys, "psf_science_at")
+    np.testing.assert_allclose(fast, slow, rtol=1e-13, atol=1e-16)
+    np.testing.assert_array_equal(halves, halves2)
+    # A callable returning one array object for many positions (ZOGY's per-tile psf_d):
+    # checked and normalised once, the same cube.
+    tiles = {0: 3.0 * gaussian_psf(1.2, 9), 1: gaussian_psf(2.0, 13)}
+    cube, h = stack_psfs(lambda x, y: tiles[int(x >= 100)], xs, ys, "psf_d_at")
+    assert cube.shape == (3, 13, 13) and h.tolist() == [4, 6, 6]
+    np.testing.assert_allclose(cube.sum(axis=(1, 2)), 1.0)
+    bad = PsfModel(basis=np.full((1, 5, 5), np.nan), degree=0, shape=(50, 50))
+    with pytest.raises(ValueError, match=r"psf_x\(10.00, 5.00\) returned non-finite pixels"):
+        stack_psfs(bad.at, xs, ys, "psf_x")
