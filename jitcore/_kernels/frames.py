@@ -12,8 +12,12 @@ from jitcore._jit import njit
 
 __all__ = ["fill_frame_kernel"]
 
+# C-contiguous signatures first: with every operand's inner stride known, LLVM vectorises
+# the in-box loop (ZOGY passes C arrays; any layout still works, slower).
 _SIGS = [
-    f"void({img}[:, :], boolean[:, :], int64, int64, int64, int64, int64, int64, {out}[:, :])"
+    f"void({img}[:, {lay}], boolean[:, {lay}], int64, int64, int64, int64, int64, int64, "
+    f"{out}[:, {lay}])"
+    for lay in ("::1", ":")
     for img in ("float32", "float64")
     for out in ("float32", "float64")
 ]
