@@ -380,7 +380,7 @@ def _spectra(
     pr = stamp_spectrum(stamps[1], shape)
     bden = np.empty(pn.shape)
     zogy_denominator(pn, pr, a_n, a_r, B_FLOOR * (a_n + a_r), bden)
-    ks = [np.empty(pn.shape, dtype=kernel_dtype) for _ in range(4)]
+    ks: list[np.ndarray] = [np.empty(pn.shape, dtype=kernel_dtype) for _ in range(4)]
     zogy_spectral_kernels(pn, pr, bden, f_n, f_r, *ks)
     return (pn, pr, bden, *ks)
 
