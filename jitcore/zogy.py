@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 from scipy import fft as sfft
 
+from jitcore._kernels.planes import usable_pair
 from jitcore._kernels.zogy import (
     extra_variance,
     spectral_combine,
@@ -180,6 +181,13 @@ def _image(name: str, arr: Any) -> np.ndarray:
     return a
 
 
+def _native(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous native-endian float array (itself when it already is one)."""
+    if a.dtype in (np.float32, np.float64) and a.dtype.isnative:
+        return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
 def _positive(name: str, value: float) -> float:
     v = float(value)
     if not (math.isfinite(v) and v > 0):
@@ -275,9 +283,11 @@ def zogy(
         if not callable(getattr(p, "at", None)):
             raise TypeError(f"{name} must have an .at(x, y) method, got {type(p).__name__}")
 
-    with np.errstate(invalid="ignore"):
-        good = ~bad_arr & np.isfinite(sci) & np.isfinite(tmpl)
-        good &= np.isfinite(svar) & np.isfinite(tvar) & (svar >= 0) & (tvar >= 0)
+    # One fused pass (the NumPy chain of ten full-frame passes took 55 ms at 4k x 4k, on
+    # one core, before any tile could start).
+    good = np.empty(sci.shape, dtype=bool)
+    usable_pair(np.ascontiguousarray(bad_arr), *(_native(a) for a in (sci, tmpl, svar, tvar)),
+                good)  # fmt: skip
     if not good.any():
         raise ValueError("no usable pixels: every pixel is bad or non-finite")
 

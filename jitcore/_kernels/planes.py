@@ -11,7 +11,7 @@ import math
 
 from jitcore._jit import njit
 
-__all__ = ["combine_masks", "unusable_pixels"]
+__all__ = ["combine_masks", "unusable_pixels", "usable_pair"]
 
 
 @njit
@@ -44,4 +44,23 @@ def unusable_pixels(mask, badbits, image, variance, out):
                 (mask[j, i] & badbits) != 0
                 or not math.isfinite(image[j, i])
                 or not (v > 0.0 and math.isfinite(v))
+            )
+
+
+@njit
+def usable_pair(bad, image_a, image_b, variance_a, variance_b, out):
+    """out = not bad, both images finite, both variances finite and >= 0 (ZOGY's inputs)."""
+    ny, nx = bad.shape
+    for j in range(ny):
+        for i in range(nx):
+            va = variance_a[j, i]
+            vb = variance_b[j, i]
+            out[j, i] = (
+                not bad[j, i]
+                and math.isfinite(image_a[j, i])
+                and math.isfinite(image_b[j, i])
+                and va >= 0.0
+                and vb >= 0.0
+                and math.isfinite(va)
+                and math.isfinite(vb)
             )

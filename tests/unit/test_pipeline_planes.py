@@ -194,3 +194,21 @@ def test_unusable_pixels_matches_numpy(dtype):
     unusable_pixels(mask, np.int32(UNUSABLE), img, var, out)
     ref = ((mask & UNUSABLE) != 0) | ~np.isfinite(img) | ~(var > 0) | ~np.isfinite(var)
     assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 33)])
+def test_usable_pair_matches_numpy(shape):
+    from jitcore._kernels.planes import usable_pair
+
+    si, sv, _ = _planes(3, shape)
+    ti, tv, _ = _planes(4, shape, np.float64)
+    rng = np.random.default_rng(5)
+    sv[rng.random(shape) < 0.05] = -1.0  # negative variances are unusable, 0 is fine
+    tv[rng.random(shape) < 0.05] = 0.0
+    bad = rng.random(shape) < 0.1
+    out = np.empty(shape, bool)
+    usable_pair(bad, si, ti, sv, tv, out)
+    with np.errstate(invalid="ignore"):
+        ref = ~bad & np.isfinite(si) & np.isfinite(ti)
+        ref &= np.isfinite(sv) & np.isfinite(tv) & (sv >= 0) & (tv >= 0)
+    assert_array_equal(out, ref)
