@@ -76,10 +76,9 @@ from scipy import fft as sfft
 
 from jitcore._kernels.planes import usable_pair
 from jitcore._kernels.zogy import (
-    extra_variance,
     spectral_combine,
+    zogy_core,
     zogy_denominator,
-    zogy_finalize,
     zogy_fs,
     zogy_spectral_kernels,
 )
@@ -468,29 +467,21 @@ def _tile(
     vd = ctx.irfft(tmp)
     spectral_combine(spec["vn"], kn2, spec["vr"], kr2, 1.0, tmp)
     vs = ctx.irfft(tmp)
-    h, w = y1 - y0, x1 - x0
-    cs = (slice(b, b + h), slice(b, b + w))
-    if ctx.sx2 > 0 or ctx.sy2 > 0 or ctx.e2 > 0:
+    parts = ctx.sx2 > 0 or ctx.sy2 > 0 or ctx.e2 > 0
+    if parts:  # S_n and S_r apart: V_ast needs their gradients, V_psf their squares
         np.multiply(spec["n"], kn, out=tmp)
         s_n = ctx.irfft(tmp)
         np.multiply(spec["r"], kr, out=tmp)
         s_r = ctx.irfft(tmp)
-        s = s_n - s_r
-        # One pixel of margin so the core's gradients are central differences.
-        win = (slice(b - 1, b + h + 1), slice(b - 1, b + w + 1))
-        vx_win: np.ndarray = np.empty((h + 2, w + 2), dtype=ctx.real)
-        extra_variance(s_n[win], s_r[win], ctx.sx2, ctx.sy2, ctx.e2, vx_win)
-        vx = vx_win[1:-1, 1:-1]
     else:
         spectral_combine(spec["n"], kn, spec["r"], kr, -1.0, tmp)
-        s = ctx.irfft(tmp)
-        vx = np.zeros((h, w), dtype=ctx.real)
+        s_n = s_r = ctx.irfft(tmp)  # S itself
 
     # --- valid mask and products (core only) --------------------------------------------
-    vcore = fill_core_valid(ctx.good, valid, core, radius, mask_edges=ctx.mask_edges)
-    o = {k: v[y0:y1, x0:x1] for k, v in out.items()}
-    zogy_finalize(d[cs], vd[cs], s[cs], vs[cs], vx, vcore, f_d, f_s, o["difference"],
-                  o["difference_variance"], o["score"], o["flux"], o["flux_variance"])  # fmt: skip
+    fill_core_valid(ctx.good, valid, core, radius, mask_edges=ctx.mask_edges)
+    zogy_core(d, vd, vs, s_n, s_r, parts, b, y1 - y0, x1 - x0, ctx.sx2, ctx.sy2, ctx.e2,
+              valid, y0, x0, f_d, f_s, out["difference"], out["difference_variance"],
+              out["score"], out["flux"], out["flux_variance"])  # fmt: skip
     return ZogyTile(
         core=core, outer=(oy, oy + fy, ox, ox + fx), psf_d=psf_d, f_d=f_d, f_s=f_s,
         sigma_n=sigma_n, sigma_r=sigma_r, mask_radius=radius,

@@ -21,8 +21,8 @@ __all__ = [
     "zogy_spectral_kernels",
     "zogy_fs",
     "spectral_combine",
-    "extra_variance",
     "zogy_finalize",
+    "zogy_core",
 ]
 
 _SPEC = ("complex64[:, :]", "complex128[:, :]")
@@ -119,47 +119,24 @@ def spectral_combine(a, ka, b, kb, sign, out):
             out[i, j] = ka[i, j] * a[i, j] + sign * (kb[i, j] * b[i, j])
 
 
-@njit([f"void({r}, {r}, float64, float64, float64, {r})" for r in _REAL])
-def extra_variance(sn, sr, sx2, sy2, e2, out):
-    """out = sx2 (gx_n^2 + gx_r^2) + sy2 (gy_n^2 + gy_r^2) + e2 (sn^2 + sr^2).
-
-    Gradients as ``np.gradient``: central differences inside, one-sided at the array edges
-    (the caller passes a frame whose edges lie in the discarded border).  A single-pixel
-    axis has zero gradient.  The first two terms are ZOGY's astrometric variance (eq. 30-31);
-    the last is the PSF-model-error term of :func:`jitcore.zogy.zogy`.
-    """
-    ny, nx = out.shape
-    for i in range(ny):
-        for j in range(nx):
-            if ny == 1:
-                gyn = 0.0
-                gyr = 0.0
-            elif i == 0:
-                gyn = sn[1, j] - sn[0, j]
-                gyr = sr[1, j] - sr[0, j]
-            elif i == ny - 1:
-                gyn = sn[i, j] - sn[i - 1, j]
-                gyr = sr[i, j] - sr[i - 1, j]
-            else:
-                gyn = 0.5 * (sn[i + 1, j] - sn[i - 1, j])
-                gyr = 0.5 * (sr[i + 1, j] - sr[i - 1, j])
-            if nx == 1:
-                gxn = 0.0
-                gxr = 0.0
-            elif j == 0:
-                gxn = sn[i, 1] - sn[i, 0]
-                gxr = sr[i, 1] - sr[i, 0]
-            elif j == nx - 1:
-                gxn = sn[i, j] - sn[i, j - 1]
-                gxr = sr[i, j] - sr[i, j - 1]
-            else:
-                gxn = 0.5 * (sn[i, j + 1] - sn[i, j - 1])
-                gxr = 0.5 * (sr[i, j + 1] - sr[i, j - 1])
-            a = sn[i, j]
-            b = sr[i, j]
-            out[i, j] = (
-                sx2 * (gxn * gxn + gxr * gxr) + sy2 * (gyn * gyn + gyr * gyr) + e2 * (a * a + b * b)
-            )
+@njit(inline="always")
+def _finalize_px(i, j, d, vdd, sv, vt, valid, inv_fd, inv_fs, diff, diffvar, score, flux,
+                 fluxvar):  # fmt: skip
+    """One pixel of the public products at [i, j] of the output arrays (see zogy_finalize)."""
+    ok = valid[i, j] and vt > 0.0 and vdd > 0.0 and math.isfinite(vt + vdd)
+    if ok:
+        diff[i, j] = d * inv_fd
+        diffvar[i, j] = vdd * inv_fd * inv_fd
+        score[i, j] = sv / math.sqrt(vt)
+        flux[i, j] = sv * inv_fs
+        fluxvar[i, j] = vt * inv_fs * inv_fs
+    else:
+        valid[i, j] = False
+        diff[i, j] = 0.0
+        diffvar[i, j] = math.nan
+        score[i, j] = 0.0
+        flux[i, j] = 0.0
+        fluxvar[i, j] = math.nan
 
 
 @njit(
@@ -178,24 +155,60 @@ def zogy_finalize(d, vd, s, vs, vx, valid, f_d, f_s, diff, diffvar, score, flux,
     rounding noise), get values 0 and variances NaN, and are marked invalid.
     """
     ny, nx = s.shape
-    nan = math.nan
     inv_fd = 1.0 / f_d
     inv_fs = 1.0 / f_s
     for i in range(ny):
         for j in range(nx):
-            vt = vs[i, j] + vx[i, j]
-            vdd = vd[i, j]
-            ok = valid[i, j] and vt > 0.0 and vdd > 0.0 and math.isfinite(vt + vdd)
-            if ok:
-                diff[i, j] = d[i, j] * inv_fd
-                diffvar[i, j] = vdd * inv_fd * inv_fd
-                score[i, j] = s[i, j] / math.sqrt(vt)
-                flux[i, j] = s[i, j] * inv_fs
-                fluxvar[i, j] = vt * inv_fs * inv_fs
+            _finalize_px(i, j, d[i, j], vd[i, j], s[i, j], vs[i, j] + vx[i, j], valid, inv_fd,
+                         inv_fs, diff, diffvar, score, flux, fluxvar)  # fmt: skip
+
+
+_FRAME = ("float32[:, ::1]", "float64[:, ::1]")
+
+
+@njit(
+    [
+        f"void({r}, {r}, {r}, {r}, {r}, boolean, int64, int64, int64, float64, float64, "
+        "float64, boolean[:, ::1], int64, int64, float64, float64, float32[:, ::1], "
+        "float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1])"
+        for r in _FRAME
+    ]
+)
+def zogy_core(d, vd, vs, s_n, s_r, parts, b, h, w, sx2, sy2, e2, valid, y0, x0, f_d, f_s,
+              diff, diffvar, score, flux, fluxvar):  # fmt: skip
+    """A ZOGY tile's core from its frames: S, its extra variance, then the products.
+
+    With ``parts``, S = s_n - s_r and the extra variance is
+
+        sx2 (gx_n^2 + gx_r^2) + sy2 (gy_n^2 + gy_r^2) + e2 (s_n^2 + s_r^2)
+
+    (central-difference gradients of S_n and S_r: ZOGY's astrometric variance, eq. 30-31,
+    and the PSF-model-error term of jitcore.zogy.zogy); without, ``s_n`` is S itself and
+    the extra variance 0 (``s_r`` unread).  The products are :func:`zogy_finalize`'s with
+    vx = that extra variance.  The frames (C arrays) hold the core at [b, b + h) x
+    [b, b + w) (b >= 1: every core pixel has both neighbours); ``valid`` and the products
+    are whole images with the core at (y0, x0).  One pass over C arrays: the separate
+    gradient and finalize kernels over strided views, plus a full-frame S_n - S_r, took
+    ~3x longer.
+    """
+    inv_fd = 1.0 / f_d
+    inv_fs = 1.0 / f_s
+    for i in range(h):
+        fi = b + i
+        for j in range(w):
+            fj = b + j
+            if parts:
+                a = s_n[fi, fj]
+                c = s_r[fi, fj]
+                gxn = 0.5 * (s_n[fi, fj + 1] - s_n[fi, fj - 1])
+                gxr = 0.5 * (s_r[fi, fj + 1] - s_r[fi, fj - 1])
+                gyn = 0.5 * (s_n[fi + 1, fj] - s_n[fi - 1, fj])
+                gyr = 0.5 * (s_r[fi + 1, fj] - s_r[fi - 1, fj])
+                vx = sx2 * (gxn * gxn + gxr * gxr) + sy2 * (gyn * gyn + gyr * gyr)
+                vx += e2 * (a * a + c * c)
+                sv = a - c
             else:
-                valid[i, j] = False
-                diff[i, j] = 0.0
-                diffvar[i, j] = nan
-                score[i, j] = 0.0
-                flux[i, j] = 0.0
-                fluxvar[i, j] = nan
+                vx = 0.0
+                sv = s_n[fi, fj]
+            _finalize_px(y0 + i, x0 + j, d[fi, fj], vd[fi, fj], sv, vs[fi, fj] + vx, valid,
+                         inv_fd, inv_fs, diff, diffvar, score, flux, fluxvar)  # fmt: skip

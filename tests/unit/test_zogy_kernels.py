@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
 from jitcore._kernels.zogy import (
-    extra_variance,
     spectral_combine,
+    zogy_core,
     zogy_denominator,
     zogy_finalize,
     zogy_fs,
@@ -140,23 +140,55 @@ def test_spectral_combine(shape, seed, dtype, sign):
 
 
 @budget
-@given(shape=shapes, seed=seeds, dtype=dtypes)
-def test_extra_variance_matches_np_gradient(shape, seed, dtype):
+@given(
+    h=st.integers(1, 9), w=st.integers(1, 9), b=st.integers(1, 3), parts=st.booleans(),
+    seed=seeds, dtype=dtypes,
+)  # fmt: skip
+def test_core_matches_references(h, w, b, parts, seed, dtype):
+    # The fused core against the NumPy gradient reference and the finalize rules, on frames
+    # holding the core at [b, b + h) x [b, b + w) and whole output images with it at (y0, x0).
     rng = np.random.default_rng(seed)
-    sn = rng.normal(size=shape).astype(dtype)
-    sr = rng.normal(size=shape).astype(dtype)
-    out = np.empty(shape, dtype)
-    extra_variance(sn, sr, 0.04, 0.09, 0.01, out)
-    assert_allclose(out, ref_extra(sn, sr, 0.04, 0.09, 0.01), rtol=RTOL[dtype] * 10, atol=1e-6)
-
-
-def test_extra_variance_on_non_contiguous_views():
-    rng = np.random.default_rng(2)
-    sn = rng.normal(size=(11, 13))
-    sr = rng.normal(size=(11, 13))
-    out = np.empty((9, 11))
-    extra_variance(sn[1:-1, 1:-1], sr[1:-1, 1:-1], 0.5, 0.25, 0.0, out)
-    assert_allclose(out, ref_extra(sn[1:-1, 1:-1], sr[1:-1, 1:-1], 0.5, 0.25, 0.0), rtol=1e-12)
+    fh, fw = h + 2 * b + rng.integers(0, 3), w + 2 * b + rng.integers(0, 3)
+    d, s_n, s_r = (rng.normal(size=(fh, fw)).astype(dtype) for _ in range(3))
+    vd = rng.uniform(0.5, 2, (fh, fw)).astype(dtype)
+    vs = rng.uniform(0.5, 2, (fh, fw)).astype(dtype)
+    vd[b + h - 1, b + w - 1] = 0.0  # a non-positive variance invalidates the pixel
+    vs[b, b] = np.nan
+    ny, nx, y0, x0 = h + 5, w + 4, 2, 3
+    valid = rng.uniform(size=(ny, nx)) > 0.2
+    before = valid.copy()
+    outs = [np.full((ny, nx), 7.0, np.float32) for _ in range(5)]
+    sx2, sy2, e2 = 0.04, 0.09, 0.01
+    zogy_core(d, vd, vs, s_n, s_r, parts, b, h, w, sx2, sy2, e2, valid, y0, x0, 0.3, 0.02,
+              *outs)  # fmt: skip
+    core = (slice(b, b + h), slice(b, b + w))
+    win = (slice(b - 1, b + h + 1), slice(b - 1, b + w + 1))
+    if parts:
+        vx = ref_extra(s_n[win], s_r[win], sx2, sy2, e2)[1:-1, 1:-1]
+        s = s_n[core].astype(np.float64) - s_r[core]
+    else:
+        vx = np.zeros((h, w))
+        s = s_n[core].astype(np.float64)
+    vt = vs[core].astype(np.float64) + vx
+    out_core = (slice(y0, y0 + h), slice(x0, x0 + w))
+    ok = before[out_core] & (vd[core] > 0) & np.isfinite(vt)
+    assert_array_equal(valid[out_core], ok)
+    outside = np.ones((ny, nx), bool)
+    outside[out_core] = False
+    assert_array_equal(valid[outside], before[outside])  # only the core is touched
+    diff, diffvar, score, flux, fluxvar = (o[out_core] for o in outs)
+    tol = {"rtol": 1e-5, "atol": 1e-6}
+    assert_allclose(diff[ok], (d[core] / 0.3)[ok], **tol)
+    assert_allclose(diffvar[ok], (vd[core] / 0.3**2)[ok], **tol)
+    assert_allclose(score[ok], (s / np.sqrt(vt))[ok], **tol)
+    assert_allclose(flux[ok], (s / 0.02)[ok], **tol)
+    assert_allclose(fluxvar[ok], (vt / 0.02**2)[ok], **tol)
+    for a in (diff, score, flux):
+        assert np.all(a[~ok] == 0)
+    for a in (diffvar, fluxvar):
+        assert np.all(np.isnan(a[~ok]))
+    for o in outs:
+        assert np.all(o[outside] == 7.0)
 
 
 @budget
