@@ -22,7 +22,9 @@ for _ in range(3):
     a = np.ones(16 * 2**20, dtype=np.float32)  # 64 MB: an mmap block under default malloc
     ptrs.append(a.ctypes.data)
     del a
-print(applied, len(set(ptrs)) == 1)
+# The same block, give or take a small chunk carved off its start in between (a thread's
+# malloc cache, freed when the previous thread exits: timing-dependent).
+print(applied, max(ptrs) - min(ptrs) < 2**20)
 """
 
 
@@ -62,7 +64,9 @@ for _ in range(2):
     t.join()
 b = np.ones(16 * 2**20, dtype=np.float32)  # the main thread reuses the threads' block
 ptrs.append(b.ctypes.data)
-print(applied, len(set(ptrs)) == 1)
+# The same block, give or take a small chunk carved off its start in between (a thread's
+# malloc cache, freed when the previous thread exits: timing-dependent).
+print(applied, max(ptrs) - min(ptrs) < 2**20)
 """
 
 
