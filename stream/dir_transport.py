@@ -35,8 +35,8 @@ import fastavro
 from schemas import fingerprint
 from stream.alerts import write_alert_file
 from stream.events import encode_single_object
+from stream.outcomes import Metrics, NullMetrics, Outcome, SourceMessage
 from stream.records import DEADLETTER_SCHEMA, SUMMARY_SCHEMA, write_record_file
-from stream.service import Metrics, NullMetrics, Outcome, SourceMessage
 
 __all__ = ["DirTransport", "write_event_file", "OFFSETS_FILE"]
 

@@ -38,8 +38,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from stream.errors import ConfigError
+from stream.outcomes import Metrics, NullMetrics, Outcome, OutRecord, SourceMessage
 from stream.records import worker_id
-from stream.service import Metrics, NullMetrics, Outcome, OutRecord, SourceMessage
 from stream.settings import Settings
 
 __all__ = ["KafkaTransport", "client_configs", "FAULT_PAUSE_ENV"]

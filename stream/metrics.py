@@ -1,6 +1,6 @@
 """Prometheus metrics for the worker (``--metrics-port``), via prometheus-client.
 
-:class:`PrometheusMetrics` implements the worker's :class:`stream.service.Metrics` hook;
+:class:`PrometheusMetrics` implements the worker's :class:`stream.outcomes.Metrics` hook;
 :func:`start_metrics` also serves it over HTTP (``GET /metrics``, the Prometheus text format).
 
 =====================================================  =========  ============================

@@ -476,7 +476,8 @@ def replay_events(
     letters to ``dlq_topic`` when those are given (else only counted and logged).
     """
     from stream.events import encode_event
-    from stream.service import SourceMessage, alert_headers
+    from stream.headers import alert_headers
+    from stream.outcomes import SourceMessage
     from stream.wire import FINGERPRINT_HEADER
 
     stats = _stats_for("events", source_topic, output_topic, group_id, ranges)

@@ -14,6 +14,9 @@ so Kafka and directory modes differ in the transport alone.
 Failures never escape :meth:`Worker.process`: every error becomes an outcome through the
 injected *error policy* (default :func:`dead_letter_policy`: log ``topic[partition]@offset``
 and dead-letter).  Only the policy can stop the worker (``ErrorAction.STOP``).
+
+The types a transport exchanges with the worker, the metrics hook and the error policy are in
+:mod:`stream.outcomes`, the record headers in :mod:`stream.headers`; this module re-exports them.
 """
 
 from __future__ import annotations
@@ -24,13 +27,12 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from stream import __version__
-from stream.alerts import ALERT_SCHEMA, schema_fingerprint, serialize_alert
+from stream.alerts import serialize_alert
 from stream.errors import (
     DiffstreamError,
     KernelFailure,
@@ -39,6 +41,18 @@ from stream.errors import (
     ProduceError,
 )
 from stream.events import decode_event, now_ms
+from stream.headers import ALERT_FINGERPRINT, HEADER_PREFIX, alert_headers, ascii_bytes
+from stream.outcomes import (
+    ErrorAction,
+    ErrorPolicy,
+    Metrics,
+    NullMetrics,
+    Outcome,
+    OutRecord,
+    SourceMessage,
+    StopProcessing,
+    dead_letter_policy,
+)
 from stream.paths import resolve_data_path
 from stream.provenance import full_record
 from stream.records import (
@@ -51,6 +65,9 @@ from stream.records import (
 from stream.settings import Settings
 from stream.taskmeta import TaskMetadata
 
+# The message/outcome types, the metrics hook and the error policy live in stream.outcomes and
+# the record headers in stream.headers (the transports need them without the worker); they stay
+# listed here so that ``from stream.service import Outcome`` and the like keep working.
 __all__ = [
     "ALERT_FINGERPRINT",
     "HEADER_PREFIX",
@@ -72,8 +89,6 @@ __all__ = [
 
 log = logging.getLogger("diffstream.service")
 
-ALERT_FINGERPRINT: str = schema_fingerprint(ALERT_SCHEMA)
-HEADER_PREFIX = "diffstream."
 _LOCATIONS = (
     "scienceLocation",
     "templateLocation",
@@ -83,174 +98,7 @@ _LOCATIONS = (
 )
 
 
-# -- messages and outcomes ------------------------------------------------------------------
-@dataclass(frozen=True)
-class SourceMessage:
-    """One consumed input, whatever the transport (directory: topic = file, offset = index)."""
-
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None = None
-    headers: tuple[tuple[str, bytes | None], ...] = ()
-    timestamp_ms: int | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.topic}[{self.partition}]@{self.offset}"
-
-
-@dataclass(frozen=True)
-class OutRecord:
-    """One record to publish: Kafka key, value and headers."""
-
-    key: bytes | None
-    value: bytes
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
-@dataclass
-class Outcome:
-    """What became of one event: ``status`` is ``done``, ``no_work`` or ``failed``.
-
-    ``alert_records`` (encoded, in diaSource order) and ``alerts`` (the same as dicts) are empty
-    unless done; ``dead_letter`` is set for a failure the policy dead-lettered; ``summary`` is
-    always set (one summary per consumed event).
-    """
-
-    status: str
-    source: SourceMessage
-    summary: OutRecord
-    summary_record: dict[str, Any]
-    event: dict[str, Any] | None = None
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-    alert_records: list[OutRecord] = field(default_factory=list)
-    dead_letter: OutRecord | None = None
-    dead_letter_record: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-
-    @property
-    def event_produced_ms(self) -> int | None:
-        return None if self.event is None else int(self.event["producedAt"])
-
-
-# -- metrics hook ---------------------------------------------------------------------------
-class Metrics(Protocol):
-    """What the worker reports; every method must return quickly and never raise.
-
-    - ``on_consumed()``: an input message was taken from the transport.
-    - ``on_processed(timings)``: an event went through the pipeline (done or no work);
-      ``timings`` maps step names (``imageDifference``, ``imageDifference.zogy`` ...) to wall
-      seconds.
-    - ``on_dead_letter(kind)``: a dead-letter record was delivered; ``kind`` is the error kind
-      (``bad_event``, ``bad_exposure``, ``kernel_failure``, ``produce``).
-    - ``on_no_work()``: a no-work summary was delivered.
-    - ``on_alerts_published(n, latency_s)``: the ``n`` alerts of one event (n may be 0) were
-      acknowledged and its offset committed; ``latency_s`` is from the event's ``producedAt``
-      to that moment.
-    - ``on_lag(partition, lag)``: messages behind the end of an input partition.
-    """
-
-    def on_consumed(self) -> None: ...
-    def on_processed(self, timings: dict[str, float]) -> None: ...
-    def on_dead_letter(self, kind: str) -> None: ...
-    def on_no_work(self) -> None: ...
-    def on_alerts_published(self, n: int, latency_s: float) -> None: ...
-    def on_lag(self, partition: int, lag: int) -> None: ...
-
-
-class NullMetrics:
-    """The default :class:`Metrics`: does nothing."""
-
-    def on_consumed(self) -> None:
-        pass
-
-    def on_processed(self, timings: dict[str, float]) -> None:
-        pass
-
-    def on_dead_letter(self, kind: str) -> None:
-        pass
-
-    def on_no_work(self) -> None:
-        pass
-
-    def on_alerts_published(self, n: int, latency_s: float) -> None:
-        pass
-
-    def on_lag(self, partition: int, lag: int) -> None:
-        pass
-
-
-# -- error policy ---------------------------------------------------------------------------
-class ErrorAction(Enum):
-    DEAD_LETTER = "dead_letter"  # publish a dead letter, commit, go on
-    SKIP = "skip"  # only the failed summary, commit, go on
-    STOP = "stop"  # raise StopProcessing: nothing published or committed for this message
-
-
-ErrorPolicy = Callable[[SourceMessage, DiffstreamError], ErrorAction]
-
-
-class StopProcessing(Exception):
-    """Raised by :meth:`Worker.process` when the error policy says STOP."""
-
-    def __init__(self, message: SourceMessage, error: DiffstreamError) -> None:
-        super().__init__(f"{message.where}: stopped on {type(error).__name__}: {error.message}")
-        self.source = message
-        self.error = error
-
-
-def dead_letter_policy(message: SourceMessage, error: DiffstreamError) -> ErrorAction:
-    """Default policy: log ``topic[partition]@offset`` with the reason, then dead-letter."""
-    log.warning(
-        "%s: dead-lettered (%s/%s %s): %s",
-        message.where,
-        error.stage,
-        error.kind,
-        type(error).__name__,
-        error.message,
-    )
-    return ErrorAction.DEAD_LETTER
-
-
 # -- helpers --------------------------------------------------------------------------------
-def _ascii(value: Any) -> bytes:
-    return str(value).encode("ascii", "replace")
-
-
-def alert_headers(alert: dict[str, Any], event: dict[str, Any]) -> tuple[tuple[str, bytes], ...]:
-    """Kafka headers of one alert: visit, detector, exposure, schema and pipeline version."""
-    src = alert["diaSource"]
-    return (
-        (HEADER_PREFIX + "visit", _ascii(src["visit"])),
-        (HEADER_PREFIX + "detector", _ascii(src["detector"])),
-        (HEADER_PREFIX + "exposureId", _ascii(event["exposureId"])),
-        (HEADER_PREFIX + "requestId", event["requestId"].encode()),
-        (HEADER_PREFIX + "schema.name", _ascii(ALERT_SCHEMA["name"])),
-        (HEADER_PREFIX + "schema.fingerprint", _ascii(ALERT_FINGERPRINT)),
-        (HEADER_PREFIX + "pipeline.version", _ascii(__version__)),
-    )
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe copy: non-finite floats become None (strict JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, str | bytes):
-        try:
-            return _finite(value.item())
-        except (TypeError, ValueError):
-            return str(value)
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -345,7 +193,7 @@ class Worker:
                     f"alert {alert.get('diaSourceId')} cannot be encoded: {exc}",
                     diaSourceId=alert.get("diaSourceId"),
                 ) from exc
-            key = _ascii(alert["diaSourceId"])
+            key = ascii_bytes(alert["diaSourceId"])
             out.append(OutRecord(key=key, value=value, headers=alert_headers(alert, event)))
         return out
 
@@ -402,10 +250,10 @@ class Worker:
         }
 
     def _summary_out(self, summary: dict[str, Any]) -> OutRecord:
-        key = None if summary["exposureId"] is None else _ascii(summary["exposureId"])
+        key = None if summary["exposureId"] is None else ascii_bytes(summary["exposureId"])
         headers = (
-            (HEADER_PREFIX + "status", _ascii(summary["status"])),
-            (HEADER_PREFIX + "pipeline.version", _ascii(__version__)),
+            (HEADER_PREFIX + "status", ascii_bytes(summary["status"])),
+            (HEADER_PREFIX + "pipeline.version", ascii_bytes(__version__)),
         )
         return OutRecord(key=key, value=encode_summary(summary), headers=headers)
 
@@ -443,9 +291,9 @@ class Worker:
                 worker=self.worker_id,
             )
             headers = (
-                (HEADER_PREFIX + "error.kind", _ascii(error["kind"])),
-                (HEADER_PREFIX + "error.stage", _ascii(error["stage"])),
-                (HEADER_PREFIX + "pipeline.version", _ascii(__version__)),
+                (HEADER_PREFIX + "error.kind", ascii_bytes(error["kind"])),
+                (HEADER_PREFIX + "error.stage", ascii_bytes(error["stage"])),
+                (HEADER_PREFIX + "pipeline.version", ascii_bytes(__version__)),
             )
             outcome.dead_letter = OutRecord(
                 key=msg.key, value=encode_dead_letter(record), headers=headers

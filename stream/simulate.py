@@ -4,8 +4,10 @@
 sky, with different seeing, photometric scale, pointing and rotation, plus a truth table of
 injected difference sources (new transients, brightening and fading variables) whose ideal S/N
 on the difference image spans a requested range.  :func:`write_exposure` / :func:`write_pair`
-write them as LSST-like multi-extension FITS (or a plain single-HDU image).  Used by
-``diffstream demo``, the science tests and the benchmarks; everything is fixed by ``seed``.
+(from :mod:`stream.simulate_fits`) write them as LSST-like multi-extension FITS (or a plain
+single-HDU image).  Used by ``diffstream demo``, the science tests and the benchmarks;
+everything is fixed by ``seed``.  The data model (:class:`Instrument`, :class:`SimImage`,
+:class:`SimPair`) is in :mod:`stream.simulate_types`, the pixels in :mod:`stream.simulate_render`.
 
 Model (units: electrons for noise, counts = electrons / gain in the written images, nJy for
 calibrated fluxes, ``photo_calib`` nJy per count):
@@ -31,20 +33,23 @@ calibrated fluxes, ``photo_calib`` nJy per count):
 
 from __future__ import annotations
 
-import csv
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
-from astropy.time import Time
 from astropy.wcs import WCS, Sip
 
 from jitcore.masks import DEFAULT_PLANES, MASK_DTYPE
 from jitcore.psf import gaussian_psf
 from stream import simulate_render as render
+
+# The data model and the FITS writers live in stream.simulate_types and stream.simulate_fits;
+# they are imported here (listed in __all__, or as ``X as X``) so that
+# ``from stream.simulate import write_pair`` and the like keep working.
+from stream.simulate_fits import CALIB_KEYWORDS as CALIB_KEYWORDS
+from stream.simulate_fits import LAYOUTS as LAYOUTS
+from stream.simulate_fits import write_exposure, write_pair, write_truth_csv
+from stream.simulate_types import AB_NJY as AB_NJY
+from stream.simulate_types import Instrument, SimImage, SimPair
 
 STAR_DTYPE = render.STAR_DTYPE
 TRUTH_DTYPE = render.TRUTH_DTYPE
@@ -61,78 +66,7 @@ __all__ = [
     "write_truth_csv",
 ]
 
-AB_NJY = 10 ** (31.4 / 2.5)  # nJy of an AB magnitude 0 source: m = 31.4 - 2.5 log10(f / nJy)
-LAYOUTS = ("lsst-mef", "plain")
-CALIB_KEYWORDS = ("auto", "PHOTCALIB", "MAGZP", "FLUXMAG0", "none")
 WCS_KINDS = ("tan", "sip")
-
-
-@dataclass(frozen=True)
-class Instrument:
-    """Detector and site constants of the simulated survey (LSST-like r band defaults)."""
-
-    pixel_scale_arcsec: float = 0.2
-    gain: float = 1.6  # e- per count (science)
-    read_noise: float = 6.0  # e- per pixel per exposure
-    full_well: float = 90_000.0  # e- per pixel per exposure
-    zero_point: float = 28.3  # AB mag giving 1 e-/s
-    sky_rate: float = 50.0  # sky e-/s/pixel
-    exptime: float = 30.0  # s, science exposure
-    template_gain: float = 2.5  # e- per template count: a coadd's own unit, so calibs differ
-
-    @property
-    def njy_per_e_s(self) -> float:
-        """nJy of a source giving 1 e-/s."""
-        return AB_NJY * 10 ** (-0.4 * self.zero_point)
-
-
-@dataclass
-class SimImage:
-    """One simulated exposure, as it would be written (see :func:`write_exposure`)."""
-
-    image: np.ndarray  # float32 (ny, nx), counts (sky removed when sky_subtracted)
-    variance: np.ndarray  # float32, counts^2: expected (sky + sources)/gain + (rn/gain)^2
-    mask: np.ndarray  # int32, bits from mask_planes
-    wcs: WCS
-    psf_sigma_map: Callable  # (x, y) in this image's pixels -> Gaussian sigma in px (truth)
-    psf_centre: np.ndarray  # float64 unit-sum odd stamp at the image centre
-    photo_calib: float  # nJy per count
-    gain: float  # e- per count
-    read_noise: float  # e- per pixel (total, for the template coadd)
-    sky: float  # counts per pixel at the image centre
-    saturation: float  # counts (raw, before sky subtraction)
-    mjd_obs: float  # MJD (TAI) at the start of the exposure
-    exptime: float  # s (template: total of the coadd)
-    band: str
-    visit: int
-    detector: int
-    sky_subtracted: bool = True
-    sky_max: float = 0.0  # counts, the largest sky level in the image (for plain SATURATE)
-    psf_ellipticity: float = 0.0
-    mask_planes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PLANES))
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (int(self.image.shape[0]), int(self.image.shape[1]))
-
-    @property
-    def mjd_mid(self) -> float:
-        """Exposure midpoint (the alert's midpointMjdTai)."""
-        return self.mjd_obs + 0.5 * self.exptime / 86400.0
-
-    @property
-    def magzp(self) -> float:
-        """AB magnitude of a source of 1 count: m = MAGZP - 2.5 log10(counts)."""
-        return 31.4 - 2.5 * math.log10(self.photo_calib)
-
-
-@dataclass
-class SimPair:
-    science: SimImage
-    template: SimImage
-    truth: np.ndarray  # TRUTH_DTYPE, one row per injected difference source
-    stars: np.ndarray  # STAR_DTYPE, the static stars
-    params: dict = field(default_factory=dict)
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -516,131 +450,3 @@ def _frames(
             )
         )
     return frames[0], frames[1]
-
-
-# --- FITS ------------------------------------------------------------------------------------
-
-
-def _calib_cards(sim: SimImage, keyword: str) -> dict[str, tuple]:
-    if keyword == "PHOTCALIB":
-        return {"PHOTCALIB": (sim.photo_calib, "nJy per count")}
-    if keyword == "MAGZP":
-        return {"MAGZP": (sim.magzp, "AB mag of 1 count")}
-    if keyword == "FLUXMAG0":
-        return {"FLUXMAG0": (AB_NJY / sim.photo_calib, "counts of an AB mag 0 source")}
-    return {}
-
-
-def _put(header: fits.Header, cards: dict[str, tuple]) -> None:
-    """Set cards; names over 8 characters as HIERARCH (as LSST writes MP_DETECTED_NEGATIVE)."""
-    for key, (value, comment) in cards.items():
-        name = f"HIERARCH {key}" if len(key) > 8 else key
-        header[name] = (value, comment)
-
-
-def write_exposure(
-    sim: SimImage,
-    path,
-    *,
-    layout: str = "lsst-mef",
-    calib_keyword: str = "auto",
-    include_psf: bool = True,
-    overwrite: bool = True,
-) -> Path:
-    """Write ``sim`` to ``path`` and return the path.
-
-    ``layout='lsst-mef'``: an empty primary HDU with the observation keywords, then IMAGE (with
-    the WCS), MASK (with ``MP_<NAME>`` = bit for every plane), VARIANCE and, with
-    ``include_psf``, PSF (the unit-sum stamp at the image centre).  ``layout='plain'``: one
-    HDU with the image (NaN on BAD pixels), the WCS and the keywords; SATURATE is then the level
-    in the image as written (raw level minus the largest sky when the sky was subtracted).
-    ``calib_keyword``: ``'auto'`` (PHOTCALIB for lsst-mef, MAGZP for plain), one of
-    ``PHOTCALIB`` (nJy/count), ``MAGZP`` (AB mag of 1 count), ``FLUXMAG0`` (counts of mag 0), or
-    ``'none'`` for an uncalibrated file.
-    """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if calib_keyword not in CALIB_KEYWORDS:
-        raise ValueError(f"calib_keyword must be one of {CALIB_KEYWORDS}, got {calib_keyword!r}")
-    if calib_keyword == "auto":
-        calib_keyword = "PHOTCALIB" if layout == "lsst-mef" else "MAGZP"
-    path = Path(path)
-    cy, cx = (sim.shape[0] - 1) / 2, (sim.shape[1] - 1) / 2
-    saturate = sim.saturation
-    if layout == "plain" and sim.sky_subtracted:
-        saturate = sim.saturation - sim.sky_max
-    cards: dict[str, tuple] = {
-        "DATE-OBS": (Time(sim.mjd_obs, format="mjd", scale="tai").isot, "start, TAI"),
-        "MJD-OBS": (sim.mjd_obs, "MJD (TAI) at the start of the exposure"),
-        "MJD-AVG": (sim.mjd_mid, "MJD (TAI) at the exposure midpoint"),
-        "TIMESYS": ("TAI", ""),
-        "EXPTIME": (sim.exptime, "s"),
-        "FILTER": (sim.band, "band"),
-        "BAND": (sim.band, ""),
-        "VISIT": (sim.visit, ""),
-        "DETECTOR": (sim.detector, ""),
-        "GAIN": (sim.gain, "e-/count"),
-        "RDNOISE": (sim.read_noise, "e-"),
-        "SATURATE": (saturate, "counts"),
-        "SKYLEVEL": (sim.sky, "counts at the image centre"),
-        "SKYSUB": (sim.sky_subtracted, "sky subtracted from the image"),
-        "PSF_FWHM": (
-            float(render.FWHM_PER_SIGMA * sim.psf_sigma_map(cx, cy)),
-            "px, Gaussian FWHM at the image centre",
-        ),
-        "BUNIT": ("count", ""),
-        **_calib_cards(sim, calib_keyword),
-    }
-    wcs_header = sim.wcs.to_header(relax=True)
-    if layout == "plain":
-        image = sim.image.copy()
-        image[(sim.mask & (1 << sim.mask_planes["BAD"])) != 0] = np.nan
-        hdu = fits.PrimaryHDU(image)
-        hdu.header.update(wcs_header)
-        _put(hdu.header, cards)
-        hdu.writeto(path, overwrite=overwrite)
-        return path
-
-    primary = fits.PrimaryHDU()
-    _put(primary.header, cards)
-    hdus = [primary]
-    for name, data in (("IMAGE", sim.image), ("MASK", sim.mask), ("VARIANCE", sim.variance)):
-        hdu = fits.ImageHDU(data, name=name)
-        hdu.header.update(wcs_header)
-        hdu.header["EXTTYPE"] = name
-        if name == "MASK":
-            for plane, bit in sim.mask_planes.items():
-                _put(hdu.header, {f"MP_{plane}": (bit, "mask plane bit")})
-        hdus.append(hdu)
-    if include_psf:
-        psf = fits.ImageHDU(sim.psf_centre.astype(np.float64), name="PSF")
-        psf.header["EXTTYPE"] = "PSF"
-        psf.header["PSFX"] = (cx, "0-based pixel x of the stamp")
-        psf.header["PSFY"] = (cy, "0-based pixel y of the stamp")
-        hdus.append(psf)
-    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
-    return path
-
-
-def write_truth_csv(truth: np.ndarray, path) -> Path:
-    """Write a structured array (truth or stars) as CSV with a header row."""
-    path = Path(path)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(truth.dtype.names or ())
-        for row in truth:
-            writer.writerow([repr(v.item()) if isinstance(v, np.floating) else v for v in row])
-    return path
-
-
-def write_pair(
-    pair: SimPair, outdir, *, layout: str = "lsst-mef", truth_csv: bool = True
-) -> tuple[Path, Path]:
-    """Write ``science.fits`` and ``template.fits`` (and ``truth.csv``) into ``outdir``."""
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    sci = write_exposure(pair.science, outdir / "science.fits", layout=layout)
-    tmp = write_exposure(pair.template, outdir / "template.fits", layout=layout)
-    if truth_csv:
-        write_truth_csv(pair.truth, outdir / "truth.csv")
-    return sci, tmp

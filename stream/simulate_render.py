@@ -1,10 +1,11 @@
-"""The scene and the pixels of the simulator (:mod:`stream.simulate` holds the API and FITS).
+"""The scene and the pixels of the simulator (:mod:`stream.simulate` holds the API).
 
 Stars and difference sources are drawn on a :class:`Frame` (one image's geometry, PSF, sky
 and detector), point sources are rendered as pixel-integrated Gaussians, then noise, charge
 bleeding, cosmic rays and bad columns are applied.  Each piece is testable on its own: flux
 conservation of :func:`add_point_sources`, the ideal S/N of :func:`zogy_flux_variance` against
-closed forms.
+closed forms.  The data model is in :mod:`stream.simulate_types`, the FITS writers in
+:mod:`stream.simulate_fits`.
 """
 
 from __future__ import annotations
