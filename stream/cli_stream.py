@@ -116,8 +116,25 @@ def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], No
     add_registry_arg(r)
     r.add_argument("--input-dir", dest="input_dir", default=None, help="directory transport in")
     r.add_argument("--output-dir", dest="output_dir", default=None, help="directory transport out")
+    r.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        default=None,
+        help="subscribe at once; the first event then pays the kernels' compile or cache load",
+    )
     add_settings_args(r)
     r.set_defaults(func=cmd_run)
+
+    w = sub.add_parser(
+        "warmup",
+        help="compile the kernels (fill the Numba cache) on a simulated pair, then exit",
+        description="Run a small simulated pair through the pipeline with these settings so "
+        "that every kernel is compiled into the Numba cache (NUMBA_CACHE_DIR): an init "
+        "container or image build step, once per machine type.  Exit 0 when it subtracted.",
+    )
+    add_settings_args(w)
+    w.set_defaults(func=cmd_warmup)
 
     pe = sub.add_parser(
         "publish-event",
@@ -185,6 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             "(directory transport)"
         )
     worker = Worker(settings, **_codecs(settings))  # refuses a run without data roots
+    if settings.warmup:
+        _warm_up_before_subscribing(settings)
     metrics = worker.metrics = _make_metrics(settings)
     stop = threading.Event()
 
@@ -237,6 +256,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         _close_metrics(metrics)
     log.info("%s", stats.line())
     print(stats.line())
+    return EXIT_OK
+
+
+def _warm_up_before_subscribing(settings: Settings) -> None:
+    from stream.warmup import warm_up
+
+    try:
+        warm_up(settings)
+    except Exception as exc:
+        # The warm-up's pair is ours, not an event: a setting that rejects it (a strict
+        # template fraction, a minimum star count) must not stop a worker that real
+        # exposures satisfy.  Kernels compiled before the failure stay compiled.
+        log.warning("warm-up did not finish (%s: %s); consuming anyway", type(exc).__name__, exc)
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from stream.warmup import WARMUP_SHAPE, warm_up
+
+    settings = _settings(args)
+    timings = warm_up(settings)
+    ny, nx = WARMUP_SHAPE
+    print(
+        f"warm-up ({settings.method}, {nx}x{ny} simulated pair): imports (eager kernels) "
+        f"{timings['imports']:.1f} s, simulation {timings['simulate']:.1f} s, subtraction "
+        f"{timings['subtract']:.1f} s, total {timings['total']:.1f} s"
+    )
     return EXIT_OK
 
 

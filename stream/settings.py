@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         30.0, gt=0, description="on SIGTERM, how long to keep trying to deliver+commit"
     )
+    warmup: bool = Field(
+        True,
+        description="before subscribing, run a small simulated pair through the pipeline so "
+        "that every kernel is compiled or loaded from the Numba cache (stream/warmup.py)",
+    )
 
     # --- tools and observability (replay, tail, check, metrics, logs) ----------------------
     schema_registry_url: str | None = Field(
