@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from stream import __version__
+from stream import __version__, outcomes
 from stream.alerts import serialize_alert
 from stream.errors import (
     DiffstreamError,
@@ -67,25 +67,17 @@ from stream.taskmeta import TaskMetadata
 
 # The message/outcome types, the metrics hook and the error policy live in stream.outcomes and
 # the record headers in stream.headers (the transports need them without the worker); they stay
-# listed here so that ``from stream.service import Outcome`` and the like keep working.
+# exported here so that ``from stream.service import Outcome`` and the like keep working.
 __all__ = [
     "ALERT_FINGERPRINT",
     "HEADER_PREFIX",
-    "SourceMessage",
-    "OutRecord",
-    "Outcome",
-    "Metrics",
-    "NullMetrics",
-    "ErrorAction",
-    "ErrorPolicy",
-    "StopProcessing",
-    "dead_letter_policy",
     "alert_headers",
     "Worker",
     "Transport",
     "RunStats",
     "run_loop",
 ]
+__all__ += outcomes.__all__
 
 log = logging.getLogger("diffstream.service")
 
