@@ -202,8 +202,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             "(directory transport)"
         )
     worker = Worker(settings, **_codecs(settings))  # refuses a run without data roots
-    if settings.warmup:
-        _warm_up_before_subscribing(settings)
     metrics = worker.metrics = _make_metrics(settings)
     stop = threading.Event()
 
@@ -219,6 +217,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     transport: Any = None
     try:
+        # Before subscribing (no partitions held meanwhile); /metrics is already served and
+        # SIGTERM already only sets the flag, so a stop during the warm-up exits cleanly.
+        if settings.warmup:
+            _warm_up_before_subscribing(settings, metrics)
         if settings.bootstrap_servers:
             from stream.kafka_transport import KafkaTransport
 
@@ -259,16 +261,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _warm_up_before_subscribing(settings: Settings) -> None:
+def _warm_up_before_subscribing(settings: Settings, metrics: Any) -> None:
+    import time
+
     from stream.warmup import warm_up
 
+    t0 = time.perf_counter()
+    ok = True
     try:
         warm_up(settings)
     except Exception as exc:
         # The warm-up's pair is ours, not an event: a setting that rejects it (a strict
         # template fraction, a minimum star count) must not stop a worker that real
         # exposures satisfy.  Kernels compiled before the failure stay compiled.
+        ok = False
         log.warning("warm-up did not finish (%s: %s); consuming anyway", type(exc).__name__, exc)
+    metrics.on_warmup(time.perf_counter() - t0, ok)
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ metric                                                 type       labels
 ``diffstream_consumer_lag``                            gauge      ``partition``
 ``diffstream_last_event_timestamp_seconds``            gauge
 ``diffstream_build_info``                              gauge      ``version``
+``diffstream_warmup_seconds``                          gauge      ``ok`` (start-up warm-up)
 =====================================================  =========  ============================
 
 Each instance owns its own ``CollectorRegistry`` (never the process-global one), so tests and
@@ -98,6 +99,12 @@ class PrometheusMetrics:
             "Unix time of the last input message taken",
             registry=r,
         )
+        self.warmup = Gauge(
+            "diffstream_warmup_seconds",
+            "Start-up warm-up time (kernels compiled or loaded from the Numba cache)",
+            ["ok"],
+            registry=r,
+        )
         Gauge("diffstream_build_info", "diffstream version", ["version"], registry=r).labels(
             version=__version__
         ).set(1)
@@ -152,6 +159,12 @@ class PrometheusMetrics:
             self.lag.labels(partition=str(int(partition))).set(max(0, int(lag)))
         except Exception as exc:
             self._failed("on_lag", exc)
+
+    def on_warmup(self, seconds: float, ok: bool) -> None:
+        try:
+            self.warmup.labels(ok=str(bool(ok)).lower()).set(max(0.0, float(seconds)))
+        except Exception as exc:
+            self._failed("on_warmup", exc)
 
     # -- serving ----------------------------------------------------------------------------
     def render(self) -> bytes:

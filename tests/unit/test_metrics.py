@@ -61,6 +61,7 @@ def test_hooks_update_the_metrics():
     m.on_alerts_published(0, 0.5)
     m.on_lag(2, 11)
     m.on_lag(0, -3)  # clamped: a lag is never negative
+    m.on_warmup(1.75, True)
     assert m.value("diffstream_events_consumed_total") == 2
     assert m.value("diffstream_events_processed_total") == 1
     assert m.value("diffstream_events_dead_lettered_total", kind="bad_event") == 2
@@ -75,6 +76,7 @@ def test_hooks_update_the_metrics():
     assert m.value("diffstream_consumer_lag", partition="2") == 11
     assert m.value("diffstream_consumer_lag", partition="0") == 0
     assert m.value("diffstream_last_event_timestamp_seconds") > 1.6e9
+    assert m.value("diffstream_warmup_seconds", ok="true") == 1.75
 
 
 def test_hooks_never_raise(caplog):
@@ -83,10 +85,12 @@ def test_hooks_never_raise(caplog):
         m.on_processed({"step": "not a number"})
         m.on_processed({"step": "again"})
         m.on_lag("x", "y")
+        m.on_warmup("slow", True)
     assert m.value("diffstream_events_processed_total") == 2  # counted before the bad timing
     warnings = [r.getMessage() for r in caplog.records]
     assert len([w for w in warnings if "on_processed failed" in w]) == 1  # once per method
     assert any("on_lag failed" in w for w in warnings)
+    assert any("on_warmup failed" in w for w in warnings)
 
 
 def test_each_instance_has_its_own_registry():

@@ -76,17 +76,36 @@ def empty_dirs(tmp_path):
             "--data-root", str(tmp_path), "--exit-when-idle", "0.2"]  # fmt: skip
 
 
-def test_run_warms_up_before_consuming_unless_told_not_to(monkeypatch, empty_dirs, capsys):
+@pytest.fixture
+def served(monkeypatch):
+    """The PrometheusMetrics objects that ``run`` creates."""
+    import stream.metrics
+
+    made = []
+    real = stream.metrics.start_metrics
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(stream.metrics, "start_metrics", spy)
+    return made
+
+
+def test_run_warms_up_before_consuming_unless_told_not_to(monkeypatch, empty_dirs, capsys, served):
     calls = []
     monkeypatch.setattr(stream.warmup, "warm_up", lambda settings: calls.append(settings.method))
     assert main(["run", *empty_dirs, "--method", "al"]) == 0
     assert calls == ["al"]  # with the worker's own settings
+    assert served[0].value("diffstream_warmup_seconds", ok="true") >= 0
     assert main(["run", *empty_dirs, "--no-warmup"]) == 0
     assert calls == ["al"]
     assert "consumed 0" in capsys.readouterr().out
 
 
-def test_a_failed_warm_up_is_logged_and_the_worker_still_runs(monkeypatch, empty_dirs, caplog):
+def test_a_failed_warm_up_is_logged_and_the_worker_still_runs(
+    monkeypatch, empty_dirs, caplog, served
+):
     def fail(settings):
         raise ValueError("found 3 usable PSF stars < required min_stars=50")
 
@@ -95,3 +114,4 @@ def test_a_failed_warm_up_is_logged_and_the_worker_still_runs(monkeypatch, empty
         assert main(["run", *empty_dirs]) == 0
     assert "warm-up did not finish (ValueError: found 3 usable PSF stars" in caplog.text
     assert "consuming anyway" in caplog.text
+    assert served[0].value("diffstream_warmup_seconds", ok="false") >= 0
