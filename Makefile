@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 KAFKA_PORT ?= 9092
 PYTEST_ARGS ?=
+# Derandomized property tests in the suite (tests/conftest.py explains); HYPOTHESIS_PROFILE=dev
+# make test draws fresh examples.
+export HYPOTHESIS_PROFILE ?= ci
 
 .PHONY: demo test install lint format bench kafka-start kafka-stop clean
 
