@@ -32,6 +32,7 @@ import numpy as np
 from fastavro.validation import ValidationError, validate
 
 from schemas import AVRO_DECODE_ERRORS, fingerprint, load_parsed, lsst_alert_name
+from stream.cpus import available_cpus
 
 __all__ = [
     "ALERT_SCHEMA",
@@ -490,7 +491,7 @@ def write_alert_file(path: str | os.PathLike[str], alerts: Iterable[dict[str, An
     tmp = path.with_name(path.name + ".tmp")
     count = 0
     sync = os.urandom(16)
-    workers = max(1, min(4, os.cpu_count() or 1))
+    workers = max(1, min(4, available_cpus()))
     try:
         with tmp.open("wb") as out, ThreadPoolExecutor(workers, "alert-deflate") as pool:
             # fastavro writes the header (magic, schema, codec, our sync marker); no records.

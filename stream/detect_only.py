@@ -151,7 +151,7 @@ def detect_exposure(
     with meta.timer("score"):
         try:
             score, valid = matched_filter_score(
-                image, variance, bad, psf.at(cx, cy), workers=settings.fft_workers
+                image, variance, bad, psf.at(cx, cy), workers=settings.threads()
             )
         except ValueError as exc:
             raise NoWorkFound(f"no usable pixel in the difference: {exc}") from exc

@@ -232,6 +232,9 @@ def subtract_exposures(
     versions = package_versions()
     note("versions", versions)
     note("versionsHash", versions_hash(versions))
+    # The thread count behind the timings (fft_workers resolved against the CPUs this
+    # process may use: affinity and cgroup quota, stream/cpus.py).
+    note("threads", settings.threads())
 
     planes = science.mask_planes
     no_data = science.bitmask("NO_DATA")
@@ -248,7 +251,7 @@ def subtract_exposures(
             step=settings.warp_grid_step,
             order=settings.lanczos_order,
             mapping=mapping,
-            workers=settings.fft_workers,
+            workers=settings.threads(),
         )
         # The warped mask is in the template's plane layout; everything downstream uses the
         # science layout (files that do not name their planes may differ).  remap returns
@@ -273,7 +276,7 @@ def subtract_exposures(
 
     # Science and template go through calibration, background and star finding side by
     # side: the kernels release the GIL, and these steps are single-threaded each.
-    both = _Both(settings.fft_workers)
+    both = _Both(settings.threads())
     with meta.timer("scaleVariance"):
         # Photometric scaling: both exposures to nJy (one flux unit).
         (s_img, s_var), (t_img, t_var) = both(
@@ -352,7 +355,7 @@ def subtract_exposures(
                     background_order=settings.al_background_order,
                     min_stars=settings.al_min_stars,
                     psf_error_fraction=settings.psf_error_fraction,
-                    workers=settings.fft_workers,
+                    workers=settings.threads(),
                 )  # fmt: skip
             except ValueError as exc:
                 raise KernelFailure(f"Alard-Lupton failed: {exc}") from exc
@@ -370,7 +373,7 @@ def subtract_exposures(
                 z = zogy(
                     s_img, s_var, t_img, t_var, bad, psf_s, psf_t,
                     f_n=1.0, f_r=1.0, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
-                    workers=settings.fft_workers, psf_error_fraction=settings.psf_error_fraction,
+                    workers=settings.threads(), psf_error_fraction=settings.psf_error_fraction,
                     precision=settings.zogy_precision,
                 )  # fmt: skip
             except ValueError as exc:
@@ -425,7 +428,7 @@ def subtract_exposures(
     with meta.timer("measurement"):
         rows = measure(
             found, flux=z.flux, flux_variance=z.flux_variance, ap_radius=settings.ap_radius,
-            workers=settings.fft_workers, **images,
+            workers=settings.threads(), **images,
         )  # fmt: skip
         # The schema's snr is "the S/N at which this source was detected": the score peak.
         if len(rows):

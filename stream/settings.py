@@ -92,6 +92,12 @@ class Settings(BaseSettings):
         description="threads for FFTs, ZOGY tiles, the warp, measurement and the steps run "
         "on science and template side by side (-1: all cores)",
     )
+    cpus: int | None = Field(
+        None,
+        ge=1,
+        description="CPUs this worker may use, what fft_workers=-1 means (None: the affinity "
+        "mask capped by the container's cgroup CPU quota; stream/cpus.py)",
+    )
     data_roots: list[str] = Field(default_factory=list, description="readable data roots")
 
     # --- stream (Kafka) -----------------------------------------------------------------
@@ -144,6 +150,20 @@ class Settings(BaseSettings):
         "127.0.0.1", description="address the metrics server binds (0.0.0.0 in a container)"
     )
     log_json: bool = Field(False, description="structured logs as JSON lines on stderr")
+
+    @field_validator("fft_workers")
+    @classmethod
+    def _nonzero_workers(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("fft_workers must be >= 1, or negative (-1: every available CPU)")
+        return v
+
+    def threads(self) -> int:
+        """``fft_workers`` as a thread count: negative values count back from ``cpus`` (or
+        the CPUs the process may use: affinity and cgroup quota, stream/cpus.py)."""
+        from stream.cpus import resolve_workers
+
+        return resolve_workers(self.fft_workers, cpus=self.cpus)
 
     @field_validator("tile_size")
     @classmethod
