@@ -64,8 +64,13 @@ def _data(hdu, path: str, what: str) -> np.ndarray:
 
 def read_psf_stamp(path: str | Path) -> np.ndarray:
     """The PSF stamp of ``path`` (float64, unit sum); see the module docstring for layouts."""
+    return _psf_stamp_and_sha256(path)[0]
+
+
+def _psf_stamp_and_sha256(path: str | Path) -> tuple[np.ndarray, str]:
+    """:func:`read_psf_stamp` and the file's SHA-256 (an input of the run: provenance)."""
     spath = str(path)
-    raw, _ = _read_bytes(spath, _PSF_BYTES)
+    raw, sha256 = _read_bytes(spath, _PSF_BYTES)
     with _open_fits(raw, spath) as hdul:
         names = [hdu.name.upper() for hdu in hdul]
         if "PSF" in names:
@@ -113,14 +118,19 @@ def read_psf_stamp(path: str | Path) -> np.ndarray:
         raise BadExposure(
             f"PSF stamp must have a positive sum, got {total:g}", path=spath, reason="bad_psf"
         )
-    return stamp / total
+    return stamp / total, sha256
 
 
 def read_background(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     """The background image of ``path`` (float64), which must have ``shape`` (ny, nx)."""
+    return _background_and_sha256(path, shape)[0]
+
+
+def _background_and_sha256(path: str | Path, shape: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """:func:`read_background` and the file's SHA-256."""
     spath = str(path)
     limit = 8 * shape[0] * shape[1] + _BYTES_SLACK
-    raw, _ = _read_bytes(spath, limit)
+    raw, sha256 = _read_bytes(spath, limit)
     with _open_fits(raw, spath) as hdul:
         names = [hdu.name.upper() for hdu in hdul]
         if "IMAGE" in names:
@@ -138,7 +148,7 @@ def read_background(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
                 path=spath,
                 reason="shape_mismatch",
             )
-        return _data(hdu, spath, "background")
+        return _data(hdu, spath, "background"), sha256
 
 
 def apply_external(
@@ -153,14 +163,16 @@ def apply_external(
     "external").  ``background_path``: image of the exposure's shape and units, added to
     the image; its pixels must be finite wherever the image is.  Neither given: the same
     exposure is returned.  ``exposure.info`` records what was applied (``psf_external``,
-    ``background_added`` with the file and the mean level added).  Raises BadExposure.
+    ``background_added`` with the file and the mean level added, ``inputs`` the path and
+    SHA-256 of each file read, for the run's provenance).  Raises BadExposure.
     """
     if psf_path is None and background_path is None:
         return exposure
     info = dict(exposure.info)
     changes: dict = {}
+    inputs = dict(info.get("inputs", {}))
     if psf_path is not None:
-        stamp = read_psf_stamp(psf_path)
+        stamp, sha256 = _psf_stamp_and_sha256(psf_path)
         if stamp.shape[0] > min(exposure.shape):
             raise BadExposure(
                 f"PSF stamp of {stamp.shape[0]} px is larger than the exposure {exposure.shape}",
@@ -171,8 +183,9 @@ def apply_external(
         psf.info = {"path": str(psf_path)}
         changes["psf"] = psf
         info["psf_external"] = str(psf_path)
+        inputs["psf"] = {"path": str(psf_path), "sha256": sha256}
     if background_path is not None:
-        bkg = read_background(background_path, exposure.shape)
+        bkg, sha256 = _background_and_sha256(background_path, exposure.shape)
         finite_image = np.isfinite(exposure.image)
         holes = finite_image & ~np.isfinite(bkg)
         if holes.any():
@@ -186,5 +199,7 @@ def apply_external(
         changes["image"] = np.ascontiguousarray(image, dtype=np.float32)
         level = float(np.mean(bkg[finite_image])) if finite_image.any() else 0.0
         info["background_added"] = {"path": str(background_path), "mean": level}
+        inputs["background"] = {"path": str(background_path), "sha256": sha256}
+    info["inputs"] = inputs
     changes["info"] = info
     return dataclasses.replace(exposure, **changes)

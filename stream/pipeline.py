@@ -125,13 +125,16 @@ def subtract_files(
     try:
         return subtract_exposures(science, template, settings=settings, metadata=meta)
     finally:  # also for NoWorkFound and failures: their metadata names the inputs too
+        # External PSF stamps and backgrounds are inputs too: {"psf"/"background": {path,
+        # sha256}} next to the exposure's own (stream.calibrated.apply_external).
         meta.set(
             "science",
-            {"path": science.path, "sha256": science.checksum(), "layout": science.layout},
+            {"path": science.path, "sha256": science.checksum(), "layout": science.layout,
+             **science.info.get("inputs", {})},
             step=meta.name,
-        )
-        meta.set("template", {"path": template.path, "sha256": template.checksum()},
-                 step=meta.name)  # fmt: skip
+        )  # fmt: skip
+        meta.set("template", {"path": template.path, "sha256": template.checksum(),
+                              **template.info.get("inputs", {})}, step=meta.name)  # fmt: skip
 
 
 def _calibrate(image: np.ndarray, variance: np.ndarray, calib: float | None):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -53,6 +55,9 @@ def test_plain_psf_stamp_replaces_the_psf(tmp_path):
     assert out.psf.source == "external" and out.psf.degree == 0
     np.testing.assert_allclose(out.psf.at(10.0, 30.0), stamp / stamp.sum())
     assert out.info["psf_external"] == str(path) and "psf_external" not in exp.info
+    assert out.info["inputs"] == {
+        "psf": {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    }
     assert out.image is exp.image  # nothing else changes
 
 
@@ -79,6 +84,8 @@ def test_background_is_added_back(tmp_path):
     assert np.isnan(out.image[3, 4]) and out.image.dtype == np.float32
     assert out.variance is exp.variance  # a model adds no noise
     assert out.info["background_added"]["mean"] == pytest.approx(np.nanmean(bkg[good]))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert out.info["inputs"] == {"background": {"path": str(path), "sha256": digest}}
     assert out.psf is exp.psf
     # A plain single-HDU image works too.
     plain = tmp_path / "plain.fits"

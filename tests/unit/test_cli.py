@@ -51,6 +51,27 @@ def test_subtract_writes_every_product(first_run):
     assert meta["config"]["detection_threshold"] == 5.0
 
 
+def test_external_psf_and_background_files_are_recorded_as_inputs(pair_files, tmp_path):
+    import hashlib
+
+    pair, sci, tmpl = pair_files
+    psf = tmp_path / "psf.fits"
+    fits.PrimaryHDU(pair.science.psf_centre).writeto(psf)
+    bkg = tmp_path / "bkg.fits"
+    fits.PrimaryHDU(np.zeros(pair.science.image.shape)).writeto(bkg)
+    out = tmp_path / "out"
+    rc = main(["subtract", str(sci), str(tmpl), "--out", str(out), "--science-psf", str(psf),
+               "--science-background", str(bkg)])  # fmt: skip
+    assert rc == 0
+    inputs = json.loads((out / "metadata.json").read_text())["inputs"]
+    for key, path in (("psf", psf), ("background", bkg)):
+        assert inputs["science"][key] == {
+            "path": str(path),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        }
+    assert "psf" not in inputs["template"] and len(inputs["science"]["sha256"]) == 64
+
+
 def test_alerts_read_with_the_official_lsst_schema(first_run, pair_files):
     from lsst.alert.packet import Schema
 
