@@ -17,8 +17,10 @@ Delivery guarantees (issue 4):
 - **Rebalances**: events are processed one at a time between ``poll`` calls, and librdkafka
   runs rebalance callbacks only inside ``poll``, so an event in hand is always finished
   (committed) or abandoned (commit refused: the partition's next owner redoes it; transaction
-  aborted) before its partition changes hands.  Only the processed event's own offset is ever
-  committed, never one past it.
+  aborted) before its partition changes hands.  The one ``poll`` with an event in hand is
+  between retries of a failing commit, on paused partitions (``_serve_group``): a partition
+  lost there abandons the event.  Only the processed event's own offset is ever committed,
+  never one past it.
 - **Broker outages**: produce retries inside librdkafka (``message.timeout.ms``); commits and
   transaction calls that fail with a retriable error are retried with back-off; the consumer
   rejoins its group by itself.
@@ -321,12 +323,7 @@ class KafkaTransport:
         """Seek back so the event comes again (only if the partition is still ours)."""
         if self.consumer is None or (msg.topic, msg.partition) not in self._assigned:
             return
-        try:
-            self.consumer.seek(TopicPartition(msg.topic, msg.partition, msg.offset))
-        except KafkaException as exc:
-            log.warning(
-                "%s: cannot seek back (%s); the next owner will reprocess it", msg.where, exc
-            )
+        self._seek_to(TopicPartition(msg.topic, msg.partition, msg.offset))
 
     def _retry(self, op: Any, what: str) -> Any:
         """Call ``op`` until it succeeds; retriable KafkaErrors are retried with back-off."""
@@ -396,8 +393,64 @@ class KafkaTransport:
                     return False
                 delay = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
                 log.warning("%s: commit failed (%s); retrying in %.1f s", msg.where, err, delay)
-                time.sleep(delay)
+                if not self._serve_group(delay):
+                    log.warning(
+                        "%s: partition lost while the commit waited: the partition's next owner "
+                        "reprocesses it",
+                        msg.where,
+                    )
+                    return False
                 attempt += 1
+
+    def _serve_group(self, seconds: float) -> bool:
+        """Wait ``seconds`` polling the paused consumer, so that librdkafka can run the group
+        protocol's callbacks; False if the event in hand lost its partition meanwhile.
+
+        Why: a consumer whose session timed out (a broker outage longer than
+        ``session.timeout.ms``) hands its assignment back through the lost/revoke callback,
+        which librdkafka only runs inside ``poll``, and until then it neither rejoins nor
+        commits ("Waiting for coordinator").  A commit retried with plain sleeps therefore
+        waited for ever (seen once in CI-like runs of
+        tests/integration/test_stream_broker_restart.py).  The assigned partitions are paused,
+        so nothing new is fetched; a message fetched before the pause is sought back.
+        """
+        consumer = self._live_consumer()
+        paused = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        if paused:
+            try:
+                consumer.pause(paused)
+            except KafkaException as exc:  # e.g. revoked between the two calls
+                log.debug("pause before serving the group: %s", exc)
+        deadline = time.monotonic() + seconds
+        try:
+            while (left := deadline - time.monotonic()) > 0 and not self._abandoned:
+                m = consumer.poll(min(left, 0.5))
+                if m is None:
+                    continue
+                err = m.error()
+                if err is not None:
+                    if err.fatal():
+                        raise KafkaException(err)
+                    continue
+                # Fetched before the pause (or on a partition assigned since): it comes again.
+                topic, part, offset = m.topic(), m.partition(), m.offset()
+                if topic is not None and part is not None and offset is not None:
+                    self._seek_to(TopicPartition(topic, part, offset))
+        finally:
+            held = [tp for tp in paused if (tp.topic, tp.partition) in self._assigned]
+            if held:
+                try:
+                    consumer.resume(held)
+                except KafkaException as exc:
+                    log.debug("resume after serving the group: %s", exc)
+        return not self._abandoned
+
+    def _seek_to(self, tp: TopicPartition) -> None:
+        try:
+            self._live_consumer().seek(tp)
+        except KafkaException as exc:
+            log.warning("%s[%d]: cannot seek back to %d (%s); the next owner will reprocess "
+                        "it", tp.topic, tp.partition, tp.offset, exc)  # fmt: skip
 
     def _abort(self) -> None:
         try:
