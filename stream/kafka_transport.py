@@ -111,6 +111,11 @@ def client_configs(settings: Settings, *, worker: str | None = None) -> tuple[di
     }
     if settings.instance_id:
         consumer["group.instance.id"] = settings.instance_id
+    # The consumer's group coordinator is cached like the transactional one below (librdkafka
+    # #5511): after a re-bootstrap it can stay on a decommissioned broker, and commits then
+    # fail with "Waiting for coordinator" for ever.  Seen once in the broker-restart test
+    # (at-least-once, 150 s of _WAIT_COORD after the broker was back); same remedy, same cost.
+    consumer["metadata.recovery.strategy"] = "none"
     if settings.exactly_once:
         tid = settings.instance_id or f"{name}".replace(":", "-")
         producer["transactional.id"] = f"diffstream-{settings.group_id}-{tid}"

@@ -340,16 +340,20 @@ def test_client_configs_need_bootstrap_servers():
         client_configs(Settings())
 
 
-def test_transactional_producer_keeps_its_brokers_known():
-    # librdkafka #5511/#5456: re-bootstrapping hangs send_offsets_to_transaction after an
-    # outage (tests/integration/test_stream_broker_restart.py); -X can still choose otherwise.
-    _, producer = client_configs(_kafka_settings(exactly_once=True))
+def test_consumer_and_transactional_producer_keep_their_brokers_known():
+    # librdkafka #5511/#5456: after re-bootstrapping, a cached coordinator on a decommissioned
+    # broker hangs send_offsets_to_transaction and the consumer's commits after an outage
+    # (tests/integration/test_stream_broker_restart.py); -X can still choose otherwise.
+    consumer, producer = client_configs(_kafka_settings(exactly_once=True))
     assert producer["metadata.recovery.strategy"] == "none"
-    _, alo = client_configs(_kafka_settings())
+    assert consumer["metadata.recovery.strategy"] == "none"
+    consumer, alo = client_configs(_kafka_settings())
+    assert consumer["metadata.recovery.strategy"] == "none"
     assert "metadata.recovery.strategy" not in alo
     extra = {"metadata.recovery.strategy": "rebootstrap"}
-    _, chosen = client_configs(_kafka_settings(exactly_once=True, kafka=extra))
+    consumer, chosen = client_configs(_kafka_settings(exactly_once=True, kafka=extra))
     assert chosen["metadata.recovery.strategy"] == "rebootstrap"
+    assert consumer["metadata.recovery.strategy"] == "rebootstrap"
 
 
 def test_optional_locations_reach_the_pipeline_resolved(pair_dir, real_result):
