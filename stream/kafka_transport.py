@@ -442,10 +442,12 @@ class KafkaTransport:
                 if topic is not None and part is not None and offset is not None:
                     self._seek_to(TopicPartition(topic, part, offset))
         finally:
-            held = [tp for tp in paused if (tp.topic, tp.partition) in self._assigned]
-            if held:
+            # Every paused partition, held or not: librdkafka keeps the pause flag on a
+            # partition lost meanwhile, and the next assignment of it would fetch nothing
+            # (the broker-restart test sat idle until its timeout that way).
+            if paused:
                 try:
-                    consumer.resume(held)
+                    consumer.resume(paused)
                 except KafkaException as exc:
                     log.debug("resume after serving the group: %s", exc)
         return not self._abandoned
