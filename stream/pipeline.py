@@ -237,7 +237,8 @@ def subtract_exposures(
     note("versionsHash", versions_hash(versions))
     # The thread count behind the timings (fft_workers resolved against the CPUs this
     # process may use: affinity and cgroup quota, stream/cpus.py).
-    note("threads", settings.threads())
+    threads = settings.threads()
+    note("threads", threads)
 
     planes = science.mask_planes
     no_data = science.bitmask("NO_DATA")
@@ -254,7 +255,7 @@ def subtract_exposures(
             step=settings.warp_grid_step,
             order=settings.lanczos_order,
             mapping=mapping,
-            workers=settings.threads(),
+            workers=threads,
         )
         # The warped mask is in the template's plane layout; everything downstream uses the
         # science layout (files that do not name their planes may differ).  remap returns
@@ -279,7 +280,7 @@ def subtract_exposures(
 
     # Science and template go through calibration, background and star finding side by
     # side: the kernels release the GIL, and these steps are single-threaded each.
-    both = _Both(settings.threads())
+    both = _Both(threads)
     with meta.timer("scaleVariance"):
         # Photometric scaling: both exposures to nJy (one flux unit).
         (s_img, s_var), (t_img, t_var) = both(
@@ -358,7 +359,7 @@ def subtract_exposures(
                     background_order=settings.al_background_order,
                     min_stars=settings.al_min_stars,
                     psf_error_fraction=settings.psf_error_fraction,
-                    workers=settings.threads(),
+                    workers=threads,
                 )  # fmt: skip
             except ValueError as exc:
                 raise KernelFailure(f"Alard-Lupton failed: {exc}") from exc
@@ -376,7 +377,7 @@ def subtract_exposures(
                 z = zogy(
                     s_img, s_var, t_img, t_var, bad, psf_s, psf_t,
                     f_n=1.0, f_r=1.0, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
-                    workers=settings.threads(), psf_error_fraction=settings.psf_error_fraction,
+                    workers=threads, psf_error_fraction=settings.psf_error_fraction,
                     precision=settings.zogy_precision,
                 )  # fmt: skip
             except ValueError as exc:
@@ -431,7 +432,7 @@ def subtract_exposures(
     with meta.timer("measurement"):
         rows = measure(
             found, flux=z.flux, flux_variance=z.flux_variance, ap_radius=settings.ap_radius,
-            workers=settings.threads(), **images,
+            workers=threads, **images,
         )  # fmt: skip
         # The schema's snr is "the S/N at which this source was detected": the score peak.
         if len(rows):
