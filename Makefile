@@ -42,6 +42,11 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	@# The installed layout (diffstream/{stream,jitcore,schemas}) as links, for mypy_path.
+	rm -rf build/typecheck && mkdir -p build/typecheck/diffstream
+	ln -s $(CURDIR)/diffstream/__init__.py $(CURDIR)/diffstream/__main__.py \
+	  $(CURDIR)/diffstream/py.typed build/typecheck/diffstream/
+	ln -s $(CURDIR)/stream $(CURDIR)/jitcore $(CURDIR)/schemas build/typecheck/diffstream/
 	$(VENV)/bin/mypy
 
 format: install

@@ -2,12 +2,12 @@
 
     .venv/bin/python benchmarks/bench_al.py [--size 4096] [--repeat 2] [--seed 7]
 
-One process, one seeded pair from stream.simulate (rotated, offset, deeper template; PSFs
+One process, one seeded pair from stream.sim.simulate (rotated, offset, deeper template; PSFs
 varying over the field), written as FITS.  Three measurements:
 
 1. the pipeline end to end (``subtract_files``: load, warp, PSFs, subtraction, detection,
    measurement, alerts) with ZOGY and with AL (the subtraction step swapped by a monkeypatch
-   of ``stream.pipeline.zogy`` until the pipeline has its ``method`` switch);
+   of ``diffstream.stream.pipeline.subtract.zogy`` until the pipeline has its ``method`` switch);
 2. the subtraction call alone, :func:`jitcore.zogy.zogy` vs :func:`jitcore.alardlupton.
    al_subtract`, on the very arrays the pipeline passed to it, with workers None (1 thread)
    and -1 (all cores); min over ``--repeat`` runs, after a warm-up (Numba JIT excluded);
@@ -24,12 +24,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import stream.pipeline as pipeline
-from jitcore import alardlupton
-from jitcore.alardlupton import al_subtract
-from jitcore.zogy import zogy
-from stream.settings import Settings
-from stream.simulate import simulate_pair, write_pair
+import diffstream.stream.pipeline.subtract as pipeline
+from diffstream.jitcore import alardlupton
+from diffstream.jitcore.alardlupton import al_subtract
+from diffstream.jitcore.zogy import zogy
+from diffstream.stream.ops.settings import Settings
+from diffstream.stream.sim.simulate import simulate_pair, write_pair
 
 
 def _timed(stages: dict[str, float], name: str, fn):
@@ -44,9 +44,9 @@ def _timed(stages: dict[str, float], name: str, fn):
 
 
 def main() -> None:
-    from stream.memory import configure_from_env
+    from diffstream.stream.ops.memory import configure_from_env
 
-    # As the CLI does: freed arrays stay in the heap (stream/memory.py); both the pipeline
+    # As the CLI does: freed arrays stay in the heap (stream/ops/memory.py); both the pipeline
     # and the reference run under it.
     print(f"keep freed memory (glibc mallopt): {configure_from_env()}")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -61,13 +61,13 @@ def reference_zogy(n, r, vn, vr, pn, pr, sn, sr, workers=-1):
 
 
 def bench(size: int, repeat: int, workdir: Path, *, alerts_only: bool = False) -> None:
-    from jitcore.psf import gaussian_psf
-    from stream.alerts import write_alert_file
-    from stream.pipeline import subtract_files
-    from stream.products import write_products
-    from stream.settings import Settings
-    from stream.simulate import simulate_pair, write_pair
-    from stream.taskmeta import TaskMetadata, peak_rss_mb
+    from diffstream.jitcore.psf import gaussian_psf
+    from diffstream.stream.alerts.packets import write_alert_file
+    from diffstream.stream.ops.settings import Settings
+    from diffstream.stream.pipeline.products import write_products
+    from diffstream.stream.pipeline.subtract import subtract_files
+    from diffstream.stream.provenance.taskmeta import TaskMetadata, peak_rss_mb
+    from diffstream.stream.sim.simulate import simulate_pair, write_pair
 
     t0 = time.perf_counter()
     pair = simulate_pair(seed=7, shape=(size, size), n_stars=int(400 * (size / 1024) ** 2),
@@ -87,7 +87,7 @@ def bench(size: int, repeat: int, workdir: Path, *, alerts_only: bool = False) -
     for i in range(repeat):
         # As a worker does between exposures: the previous result is released first, so its
         # memory is reused (the first run of the process pays the page faults; see
-        # stream/memory.py).  Every run's time is printed below.
+        # stream/ops/memory.py).  Every run's time is printed below.
         res = None
         meta = TaskMetadata()
         t = time.perf_counter()
@@ -136,8 +136,9 @@ def bench(size: int, repeat: int, workdir: Path, *, alerts_only: bool = False) -
 def compile_times() -> None:
     code = (
         "import time; t=time.perf_counter();"
-        "from stream.simulate import simulate_pair, write_pair;"
-        "from stream.pipeline import subtract_files; from stream.settings import Settings;"
+        "from diffstream.stream.sim.simulate import simulate_pair, write_pair;"
+        "from diffstream.stream.pipeline.subtract import subtract_files;"
+        "from diffstream.stream.ops.settings import Settings;"
         "import tempfile, pathlib; d=pathlib.Path(tempfile.mkdtemp());"
         "p=simulate_pair(seed=1, shape=(256,256)); s,tt=write_pair(p,d);"
         "t1=time.perf_counter(); subtract_files(str(s),str(tt),settings=Settings());"
@@ -154,9 +155,9 @@ def compile_times() -> None:
 
 
 def main() -> None:
-    from stream.memory import configure_from_env
+    from diffstream.stream.ops.memory import configure_from_env
 
-    # As the CLI does: freed arrays stay in the heap (stream/memory.py); both the pipeline
+    # As the CLI does: freed arrays stay in the heap (stream/ops/memory.py); both the pipeline
     # and the reference run under it.
     print(f"keep freed memory (glibc mallopt): {configure_from_env()}")
     ap = argparse.ArgumentParser()

@@ -4,7 +4,7 @@
         [--workers 1 2] [--events 6] [--distinct 2] [--exactly-once] [--work DIR]
 
 For each image size and worker count: simulate ``--distinct`` pairs (cached under
-``--work``), start the workers as subprocesses (``python -m stream.cli run``) in one consumer
+``--work``), start the workers as subprocesses (``python -m stream.cli.main run``) in one consumer
 group on an input topic with one partition per worker, warm each worker up with one event,
 then run ``--events`` events *closed loop*: every partition has exactly one event in flight,
 and the next is published the moment the previous one's last alert arrives.  So the figures
@@ -51,8 +51,8 @@ _COORDINATOR_CODES = {
     KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.GROUP_ID_NOT_FOUND,
 }  # fmt: skip
 
-from stream.events import encode_event, make_event, now_ms  # noqa: E402
-from stream.records import decode_summary  # noqa: E402
+from diffstream.stream.transport.events import encode_event, make_event, now_ms  # noqa: E402
+from diffstream.stream.transport.records import decode_summary  # noqa: E402
 
 WAIT_S = 600.0
 
@@ -73,7 +73,7 @@ def start_broker(state: Path) -> tuple[str, dict]:
 
 
 def make_pairs(work: Path, size: int, n: int) -> list[tuple[Path, Path]]:
-    from stream.simulate import simulate_pair, write_pair
+    from diffstream.stream.sim.simulate import simulate_pair, write_pair
 
     out = []
     for i in range(n):
@@ -116,7 +116,7 @@ class Run:
     def start_workers(self) -> None:
         t = self.topics
         for i in range(self.n):
-            cmd = [sys.executable, "-m", "stream.cli", "run", "--bootstrap-servers",
+            cmd = [sys.executable, "-m", "diffstream.stream.cli.main", "run", "--bootstrap-servers",
                    self.bootstrap, "--input-topic", t["input"], "--output-topic", t["alerts"],
                    "--dlq-topic", t["dlq"], "--metadata-topic", t["metadata"], "--group-id",
                    self.group, "--data-root", str(self.work), "--instance-id", f"b{i}",

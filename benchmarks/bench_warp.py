@@ -1,11 +1,11 @@
-"""Micro benchmark: the template warp (:func:`jitcore.warp.warp_image_spline`, Lanczos).
+"""Micro benchmark: the template warp (:func:`diffstream.jitcore.warp.warp_image_spline`, Lanczos).
 
     .venv/bin/python benchmarks/bench_warp.py [--size 4096] [--order 3] [--repeat 5]
         [--reference OLD_LANCZOS.py]
 
 A synthetic float32 template (noise, a few masked pixels) is warped through a rotated,
 slightly scaled and distorted map (like two visits' WCSs: runs of ~40 pixels share template
-rows), the way stream.warping.warp_template does: map_spline once, then the fused kernel,
+rows), the way stream.pipeline.warping.warp_template does: map_spline once, then the fused kernel,
 on 1 thread and on all cores.  ``--reference`` takes another version of
 jitcore/_kernels/lanczos.py (e.g. ``git show REV:jitcore/_kernels/lanczos.py > /tmp/old.py``)
 and times it in the same process, alternating with the current one, and checks that both
@@ -29,7 +29,7 @@ from types import ModuleType
 
 import numpy as np
 
-import jitcore.warp as jw
+import diffstream.jitcore.warp as jw
 
 NO_DATA, EDGE, BAD = 1 << 8, 1 << 4, 1 << 0
 

@@ -17,8 +17,8 @@ import time
 import numpy as np
 from scipy import fft as sfft
 
-from jitcore.psf import PsfModel, gaussian_psf
-from jitcore.zogy import zogy
+from diffstream.jitcore.psf import PsfModel, gaussian_psf
+from diffstream.jitcore.zogy import zogy
 
 
 def _embed(stamp: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -95,9 +95,9 @@ def simulate(size: int, seed: int = 0):
 
 
 def main() -> None:
-    from stream.memory import configure_from_env
+    from diffstream.stream.ops.memory import configure_from_env
 
-    # As the CLI does: freed arrays stay in the heap (stream/memory.py); both the pipeline
+    # As the CLI does: freed arrays stay in the heap (stream/ops/memory.py); both the pipeline
     # and the reference run under it.
     print(f"keep freed memory (glibc mallopt): {configure_from_env()}")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -21,9 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def _run(d: Path, seed: int, case: str, method: str, transients: bool = True):
-    from stream.pipeline import subtract_files
-    from stream.settings import Settings
-    from stream.simulate import simulate_pair, write_pair
+    from diffstream.stream.ops.settings import Settings
+    from diffstream.stream.pipeline.subtract import subtract_files
+    from diffstream.stream.sim.simulate import simulate_pair, write_pair
     from tests.science.acceptance import CASES
 
     pair = simulate_pair(seed=seed, shape=(1024, 1024), transients=transients, **CASES[case])
@@ -34,7 +34,7 @@ def _run(d: Path, seed: int, case: str, method: str, transients: bool = True):
 
 
 def report(method: str, d: Path) -> None:
-    from stream.demo import match_truth
+    from diffstream.stream.cli.demo import match_truth
     from tests.science.acceptance import CASES, NOISE_SEEDS, SEEDS, completeness
 
     for case in CASES:

@@ -12,13 +12,13 @@ Inputs as for :func:`jitcore.zogy.zogy`: one pixel grid, background-subtracted, 
    sigma_t < sqrt(2) sigma_s, and the deep template stays the regressor).  Rejected as the
    ``auto`` choice for a sharper science: whitening a pre-convolved difference divides by
    |P_sci^|, which is tiny at high frequencies; with the filter bounded
-   (jitcore.decorrelate.DECORRELATION_EPSILON) its score is N(0, 1) and its detections as
+   (diffstream.jitcore.decorrelate.DECORRELATION_EPSILON) its score is N(0, 1) and its detections as
    good as convolveScience's, but its difference keeps a lag-1 noise correlation of ~0.4,
    so PSF fits on it (psfFluxErr) assume independent pixels wrongly: pull std 1.47-1.87 on
    tests/science/test_al_science.py's pairs against 1.19 for convolveScience.  Unbounded,
    the filter is not compact and the variance plane was 17% off.
-2. Basis and kernel box from the PSF widths at the image centre (jitcore.albasis).
-3. Kernel stars (jitcore.alstars): S/N 10-500, isolated, on good pixels, <= 5 per 128 px
+2. Basis and kernel box from the PSF widths at the image centre (diffstream.jitcore.albasis).
+3. Kernel stars (diffstream.jitcore.alstars): S/N 10-500, isolated, on good pixels, <= 5 per 128 px
    cell, <= 1000 in all.
 4. Per-stamp normal equations (Numba, jitcore._kernels.alardlupton), each stamp with its own
    constant background and inverse-variance weights 1 / (V_target + g V_ref), g = sum of the
@@ -37,7 +37,7 @@ Inputs as for :func:`jitcore.zogy.zogy`: one pixel grid, background-subtracted, 
    noise).  The spatial fit therefore subtracts the expected noise term from the normal
    matrix (:func:`fit_kernel`), keeping only well-determined eigen-directions (EIG_TOL).
 6. Apply the spatially varying kernel exactly (jitcore.albasis), subtract, decorrelate per
-   tile (jitcore.decorrelate), which also gives the score and the PSF flux, with the
+   tile (diffstream.jitcore.decorrelate), which also gives the score and the PSF flux, with the
    ``psf_error_fraction`` term for imperfect cancellation of bright stars.
 """
 
@@ -51,8 +51,12 @@ from typing import Any
 import numpy as np
 from scipy import signal
 
-from jitcore._kernels.alardlupton import expand_spatial, poly_accumulate, stamp_normal_equations
-from jitcore.albasis import (
+from diffstream.jitcore._kernels.alardlupton import (
+    expand_spatial,
+    poly_accumulate,
+    stamp_normal_equations,
+)
+from diffstream.jitcore.albasis import (
     SpatialKernel,
     al_basis,
     basis_sigmas,
@@ -62,11 +66,11 @@ from jitcore.albasis import (
     kernel_size_for,
     monomials,
 )
-from jitcore.alstars import select_kernel_stars
-from jitcore.decorrelate import decorrelate
-from jitcore.psf import normalise_psf, psf_moments
-from jitcore.tiles import thread_count
-from jitcore.zogy import ZogyResult
+from diffstream.jitcore.alstars import select_kernel_stars
+from diffstream.jitcore.decorrelate import decorrelate
+from diffstream.jitcore.psf import normalise_psf, psf_moments
+from diffstream.jitcore.tiles import thread_count
+from diffstream.jitcore.zogy import ZogyResult
 
 __all__ = ["ALInfo", "MODES", "al_subtract", "fit_kernel", "stamp_systems"]
 
@@ -97,7 +101,7 @@ class ALInfo:
     convolveTemplate and preconvolve, kappa (x) S / ksum for convolveScience; float32, nJy,
     with ``matched_variance`` (nJy^2).  ``kernel`` is the spatial model; ``kernel_at(x, y)``
     the kernel stamp at a pixel.  ``background_coeffs``: the differential background
-    polynomial (order ``background_order``, jitcore.albasis monomials over the image),
+    polynomial (order ``background_order``, diffstream.jitcore.albasis monomials over the image),
     in the fitted target's units, subtracted from the target.
     """
 
@@ -401,13 +405,13 @@ def al_subtract(
 
     Images in nJy, variances in nJy^2, one shape; ``bad`` (bool) marks pixels unusable in
     either.  ``psf_science`` / ``psf_template``: objects with ``.at(x, y)`` (unit-sum odd
-    stamps; jitcore.psf.PsfModel, whose spatial model is used exactly for preconvolve).
+    stamps; diffstream.jitcore.psf.PsfModel, whose spatial model is used exactly for preconvolve).
     ``kernel_size``: odd, >= 3 (default from the PSFs).  ``stamp_cell``: the star-selection
     cell (px).  ``tile_size``: decorrelation tile core (px).  ``psf_error_fraction``: e of
     the score's e^2 (N_s^2 + N_t^2) term (jitcore.decorrelate; the pipeline's setting, 0.01,
     suits AL as it suits ZOGY).  ``workers``: threads (scipy.fft convention; None: 1, -1: all
     cores) for the whole-image convolutions, the stamps and the decorrelation tiles.
-    Returns the decorrelated difference as a :class:`jitcore.zogy.ZogyResult` and an
+    Returns the decorrelated difference as a :class:`diffstream.jitcore.zogy.ZogyResult` and an
     :class:`ALInfo`.  Raises ValueError (with the counts) when fewer than ``min_stars``
     kernel stars are found or survive rejection, and ValueError / TypeError on bad input.
     """

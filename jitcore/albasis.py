@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 from scipy import fft as sfft
 
-from jitcore._kernels.alardlupton import poly_accumulate
-from jitcore.psf import normalise_psf
-from jitcore.tiles import embed_centred
+from diffstream.jitcore._kernels.alardlupton import poly_accumulate
+from diffstream.jitcore.psf import normalise_psf
+from diffstream.jitcore.tiles import embed_centred
 
 __all__ = [
     "SIGMA_TO_FWHM",

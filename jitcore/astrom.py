@@ -1,7 +1,7 @@
 """Relative astrometry: bright-star positions, matching, and a sigma-clipped polynomial fit.
 
 The seed's fitAstrometry refines the template-to-science mapping from stars found in both
-exposures.  Here the pieces are plain functions on arrays (stream.astrometry applies them
+exposures.  Here the pieces are plain functions on arrays (stream.pipeline.astrometry applies them
 to exposures and WCSs):
 
 * :func:`find_stars`: sep detection on a background-subtracted image, then windowed

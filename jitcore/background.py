@@ -1,7 +1,7 @@
 """Sky background and its RMS from a mesh of boxes (SExtractor's method, as sep does it).
 
 The mesh, its median filter and the cubic interpolation are our Numba kernels
-(jitcore._kernels.background), written to reproduce sep's maps, quirks included (see that
+(diffstream.jitcore._kernels.background), written to reproduce sep's maps, quirks included (see that
 module), to float rounding.  sep itself did the same work until it was replaced because it
 holds the GIL: the science and template backgrounds could not run on two threads, and on
 a 4k x 4k float32 frame its mesh plus the full-frame ``back()`` array cost ~2x our whole
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jitcore._kernels.background import (
+from diffstream.jitcore._kernels.background import (
     NMAXLEVELS,
     background_map,
     fill_mesh,

@@ -38,7 +38,7 @@ def template_coverage(
 ) -> float:
     """Fraction in [0, 1] of science pixels whose warped template pixel is not NO_DATA.
 
-    ``warped_mask`` is the template mask on the science grid (jitcore.warp.warp_image);
+    ``warped_mask`` is the template mask on the science grid (diffstream.jitcore.warp.warp_image);
     ``no_data_bit`` its NO_DATA bit *value* (``1 << plane``).  With ``science_mask`` (and
     its own ``science_no_data_bit``, required then, since the two exposures may order their
     planes differently) only science pixels that have data are counted.  Returns 0.0 when

@@ -15,7 +15,7 @@ science (A = kappa / ksum, B = delta / ksum) and pre-convolving it with its own 
 
 Per tile (cores of ``tile_size``, transformed with a border as in jitcore.zogy) the kernels
 and the background variances var_s, var_t (median of the variance planes) are those at the
-tile centre, and the products are those of :class:`jitcore.zogy.ZogyResult`:
+tile centre, and the products are those of :class:`diffstream.jitcore.zogy.ZogyResult`:
 
     difference           D' = phi (x) D / a                                    (nJy)
     difference_variance  (phi A / a)^2 (x) V_s + (phi B / a)^2 (x) V_t          (nJy^2)
@@ -25,7 +25,7 @@ tile centre, and the products are those of :class:`jitcore.zogy.ZogyResult`:
 
 With ``psf_error_fraction`` e > 0 (and the ``science`` image given), e^2 (N_s^2 + N_t^2) is
 added to V_N, N_s = (phi A / a) (x) flip(psf_d) (x) S being the science's share of N and
-N_t = N_s - N the template's: jitcore.zogy's V_psf, here for a matching kernel that is
+N_t = N_s - N the template's: diffstream.jitcore.zogy's V_psf, here for a matching kernel that is
 wrong by a fraction e (kernel model and spatial interpolation errors leave residuals at
 static stars in proportion to their brightness; negligible on empty sky).
 
@@ -33,7 +33,7 @@ static stars in proportion to their brightness; negligible on empty sky).
 propagation of independent pixel noise with the variance planes V_s, V_t, so they follow the
 stars' own noise, unlike a white-noise approximation; on empty sky the score is the matched
 filter of D' with its PSF, N(0, 1).  Unusable pixels enter as 0 in data and variance (see
-jitcore.zogy for why); ``valid`` is False within the footprint of the score kernels
+diffstream.jitcore.zogy for why); ``valid`` is False within the footprint of the score kernels
 (1% of their sum |k|) of an unusable pixel and, with ``mask_edges``, of the image edge.
 """
 
@@ -46,10 +46,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft as sfft
 
-from jitcore._kernels.decorrelate import decorrelation_filter
-from jitcore._kernels.zogy import zogy_finalize
-from jitcore.psf import normalise_psf
-from jitcore.tiles import (
+from diffstream.jitcore._kernels.decorrelate import decorrelation_filter
+from diffstream.jitcore._kernels.zogy import zogy_finalize
+from diffstream.jitcore.psf import normalise_psf
+from diffstream.jitcore.tiles import (
     crop_centred,
     embed_centred,
     fill_core_valid,
@@ -62,7 +62,7 @@ from jitcore.tiles import (
     thread_count,
     tile_cores,
 )
-from jitcore.zogy import FOOTPRINT_TOL, ZogyResult, ZogyTile
+from diffstream.jitcore.zogy import FOOTPRINT_TOL, ZogyResult, ZogyTile
 
 __all__ = ["DECORRELATION_EPSILON", "decorrelate", "decorrelation_spectrum", "thread_count"]
 

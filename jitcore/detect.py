@@ -27,7 +27,7 @@ around the peak of ``sign * S``: S is the log-likelihood ratio of a point source
 pixel, so its maximum is the maximum-likelihood position.
 
 Sources are returned sorted by (peak_y, peak_x), a deterministic order that the diaSource id
-numbering relies on (jitcore.ids).
+numbering relies on (diffstream.jitcore.ids).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import numbers
 import numpy as np
 import sep
 
-from jitcore._kernels.measure import refine_peaks
-from jitcore.labels import label_footprints
+from diffstream.jitcore._kernels.measure import refine_peaks
+from diffstream.jitcore.labels import label_footprints
 
 __all__ = ["SOURCE_DTYPE", "detect"]
 

@@ -2,8 +2,8 @@
 
 A static star that is misregistered (or moved, or subtracted with a wrong PSF) leaves a
 positive and a negative lobe side by side on the difference; detection finds them as two
-sources and points each to the other (``adjacent_opposite``, jitcore.detect).  For every
-mutual pair this module fits the model of jitcore._kernels.dipole (two PSF_D of opposite
+sources and points each to the other (``adjacent_opposite``, diffstream.jitcore.detect).  For every
+mutual pair this module fits the model of diffstream.jitcore._kernels.dipole (two PSF_D of opposite
 sign, both positions and both fluxes free) on the difference, optionally together with the
 science and the template (weight ``rel_weight``, LSST's relWeight), which pin the lobes'
 fluxes when the lobes are much closer than the PSF width (the kernel module says why), and
@@ -39,7 +39,7 @@ joint fit is free of both.
 Units: fluxes as the images (nJy), lengths in pixels, angles in degrees in the pixel frame
 (counter-clockwise from +x, from the negative to the positive lobe).  The LSST schema wants
 dipoleLength in arcsec and dipoleAngle as a bearing on the sky;
-stream.astrometry.dipole_alert_fields converts with the WCS.
+diffstream.stream.pipeline.astrometry.dipole_alert_fields converts with the WCS.
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from jitcore._kernels import dipole as _k
-from jitcore._kernels.psffit import PAD
-from jitcore.masks import UNUSABLE_PLANES, bits
-from jitcore.measure import _check_mask, _check_sources, _image_pair
-from jitcore.photometry import stack_psfs
-from jitcore.psf import psf_moments
+from diffstream.jitcore._kernels import dipole as _k
+from diffstream.jitcore._kernels.psffit import PAD
+from diffstream.jitcore.masks import UNUSABLE_PLANES, bits
+from diffstream.jitcore.measure import _check_mask, _check_sources, _image_pair
+from diffstream.jitcore.photometry import stack_psfs
+from diffstream.jitcore.psf import psf_moments
 
 __all__ = ["DIPOLE_DTYPE", "fit_dipoles", "merge_dipoles"]
 
@@ -90,7 +90,10 @@ DIPOLE_DTYPE = np.dtype(
         ("dipoleNegFluxErr", _F),
         ("dipolePartner", np.int64),  # row of the other lobe, -1 when not paired
         ("dipoleLobe", np.int8),  # +1 positive lobe, -1 negative lobe, 0 not paired
-        ("dipoleFitCode", np.int8),  # jitcore._kernels.dipole.DIPOLE_*, -1 when not fitted
+        (
+            "dipoleFitCode",
+            np.int8,
+        ),  # diffstream.jitcore._kernels.dipole.DIPOLE_*, -1 when not fitted
         ("dipole_flag", _B),  # a fit was attempted and failed
     ]
 )
@@ -169,7 +172,7 @@ def fit_dipoles(
 ) -> np.ndarray:
     """Fit a dipole to every mutual pair of adjacent opposite-sign sources.
 
-    ``sources``: jitcore.detect.detect output (fields x, y, sign, bbox, npix,
+    ``sources``: diffstream.jitcore.detect.detect output (fields x, y, sign, bbox, npix,
     adjacent_opposite); ``rows``: jitcore.measure.measure output for the same sources (x, y,
     psfFlux start the fit; scienceFlux/templateFlux, when present and the planes are given,
     start the fluxes).  ``difference``/``difference_variance`` (nJy, nJy^2) with PSF
@@ -177,7 +180,7 @@ def fit_dipoles(
     grid, background-subtracted, in the same unit; both or neither) are optional extra
     planes weighted by ``rel_weight``.
     ``mask``/``mask_planes``/``bad_mask_planes`` pick the pixels the fit skips, as in
-    jitcore.measure.  ``max_separation`` is in units of PSF_D's sigma, ``max_area`` in
+    diffstream.jitcore.measure.  ``max_separation`` is in units of PSF_D's sigma, ``max_area`` in
     pixels.  Returns one :data:`DIPOLE_DTYPE` row per source (both lobes of a pair carry the
     same fit); unpaired sources have ``dipoleFitAttempted`` False, NaN values,
     ``dipoleNdata`` 0 and ``dipolePartner`` -1.
@@ -189,7 +192,9 @@ def fit_dipoles(
         raise TypeError(f"sources lacks fields {missing}; it has {list(names)}")
     rnames = getattr(getattr(rows, "dtype", None), "names", None)
     if not isinstance(rows, np.ndarray) or rnames is None or rows.ndim != 1:
-        raise TypeError("rows must be a 1-D structured array from jitcore.measure.measure")
+        raise TypeError(
+            "rows must be a 1-D structured array from diffstream.jitcore.measure.measure"
+        )
     missing = [f for f in _ROW_FIELDS if f not in rnames]
     if missing:
         raise TypeError(f"rows lacks fields {missing}; it has {list(rnames)}")

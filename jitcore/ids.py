@@ -14,7 +14,7 @@ signed integers to avoid the sign bit").  We follow the latter: alert ids are Av
     bits C-1..0 : counter, 1-based     (C = 63 - exposure_bits bits)
 
 Stability: the n-th source of an exposure always gets ``(exposure_id << C) | n`` for a fresh
-factory, so a rerun that numbers the same sources in the same order (jitcore.detect sorts
+factory, so a rerun that numbers the same sources in the same order (diffstream.jitcore.detect sorts
 them by peak position) reproduces the ids.
 """
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jitcore._kernels.label import COMP_COLUMNS, RUN_COLUMNS, find_runs, label_runs
+from diffstream.jitcore._kernels.label import COMP_COLUMNS, RUN_COLUMNS, find_runs, label_runs
 
 __all__ = ["Footprints", "label_footprints"]
 

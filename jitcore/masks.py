@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jitcore._kernels.bitplanes import any_bits, remap_bytes
+from diffstream.jitcore._kernels.bitplanes import any_bits, remap_bytes
 
 MASK_DTYPE = np.int32
 
@@ -38,7 +38,9 @@ def bits(planes: dict[str, int], names: tuple[str, ...] | list[str]) -> int:
     return value
 
 
-MAX_PLANE = 30  # bit 31 is the sign bit of the int32 mask (stream.fitsio allows 0..30)
+MAX_PLANE = (
+    30  # bit 31 is the sign bit of the int32 mask (diffstream.stream.io.fitsio allows 0..30)
+)
 
 
 def _plane_bits(name: str, planes: dict[str, int]) -> None:

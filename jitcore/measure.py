@@ -34,7 +34,7 @@ What is measured, in order:
    around that pixel (``*Center``).
 
 A pixel is used by the fits when its value and variance are finite, the variance is > 0
-and its mask has none of ``bad_mask_planes`` (default: jitcore.masks.UNUSABLE_PLANES, the
+and its mask has none of ``bad_mask_planes`` (default: diffstream.jitcore.masks.UNUSABLE_PLANES, the
 pixels the subtraction could not use either).
 """
 
@@ -47,11 +47,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from jitcore._kernels import measure as _k
-from jitcore._kernels import psffit as _fit
-from jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, UNUSABLE_PLANES, bits
-from jitcore.photometry import aperture_flux, stack_psfs, unusable_map
-from jitcore.tiles import thread_count
+from diffstream.jitcore._kernels import measure as _k
+from diffstream.jitcore._kernels import psffit as _fit
+from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, UNUSABLE_PLANES, bits
+from diffstream.jitcore.photometry import aperture_flux, stack_psfs, unusable_map
+from diffstream.jitcore.tiles import thread_count
 
 __all__ = ["MEASURE_DTYPE", "measure"]
 
@@ -153,7 +153,9 @@ def _image_pair(name: str, img, var, shape) -> tuple[np.ndarray, np.ndarray]:
 def _check_sources(sources) -> None:
     names = getattr(getattr(sources, "dtype", None), "names", None)
     if not isinstance(sources, np.ndarray) or names is None or sources.ndim != 1:
-        raise TypeError("sources must be a 1-D structured array from jitcore.detect.detect")
+        raise TypeError(
+            "sources must be a 1-D structured array from diffstream.jitcore.detect.detect"
+        )
     missing = [f for f in _SOURCE_FIELDS if f not in names]
     if missing:
         raise TypeError(f"sources lacks fields {missing}; it has {list(names)}")

@@ -1,4 +1,4 @@
-"""Helpers of jitcore.measure: PSF stamps per source and circular-aperture photometry."""
+"""Helpers of diffstream.jitcore.measure: PSF stamps per source and circular-aperture photometry."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable
 import numpy as np
 import sep
 
-from jitcore._kernels.planes import unusable_pixels
-from jitcore.psf import PsfModel
+from diffstream.jitcore._kernels.planes import unusable_pixels
+from diffstream.jitcore.psf import PsfModel
 
 __all__ = ["aperture_flux", "stack_psfs", "unusable_map"]
 
@@ -20,7 +20,7 @@ def stack_psfs(
 
     Stamps of different sizes are zero-padded to the largest (odd) size so the kernels see
     one array; ``halves[n]`` is the half-size of the stamp before padding.  A
-    :meth:`PsfModel.at <jitcore.psf.PsfModel.at>` is evaluated for all positions at once
+    :meth:`PsfModel.at <diffstream.jitcore.psf.PsfModel.at>` is evaluated for all positions at once
     (:meth:`PsfModel.stack`); other callables once per position, each distinct stamp they
     return (e.g. one per ZOGY tile) checked and normalised once.
     """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jitcore._kernels.planes import combine_masks
-from jitcore.masks import MASK_DTYPE
+from diffstream.jitcore._kernels.planes import combine_masks
+from diffstream.jitcore.masks import MASK_DTYPE
 
 __all__ = ["combine_planes"]
 
@@ -22,7 +22,7 @@ def combine_planes(
     """``(mask, bad)``: the OR of both int32 masks, and True where an ``unusable`` bit is set
     or any of the four planes is non-finite (what ZOGY, PSFs and backgrounds must ignore).
 
-    Both masks must already use one plane layout (jitcore.masks.remap).
+    Both masks must already use one plane layout (diffstream.jitcore.masks.remap).
     """
     planes = (science_mask, template_mask, science_image, template_image,
               science_variance, template_variance)  # fmt: skip

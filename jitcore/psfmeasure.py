@@ -30,11 +30,11 @@ import sep
 from scipy.ndimage import binary_dilation, shift
 from scipy.spatial import cKDTree
 
-from jitcore._kernels.label import STAR_COLUMNS, STAR_WORK, star_moments
-from jitcore.background import estimate_background
-from jitcore.labels import label_footprints
-from jitcore.psf import PsfModel, psf_moments
-from jitcore.psfmodes import fit_mode_model
+from diffstream.jitcore._kernels.label import STAR_COLUMNS, STAR_WORK, star_moments
+from diffstream.jitcore.background import estimate_background
+from diffstream.jitcore.labels import label_footprints
+from diffstream.jitcore.psf import PsfModel, psf_moments
+from diffstream.jitcore.psfmodes import fit_mode_model
 
 __all__ = [
     "find_stars", "measure_psf", "stars_needed", "subpixel_shift", "stamp_size_for_sigma",
@@ -103,10 +103,10 @@ def find_stars(
     ``theta``, ``flux`` (sum), ``npix``, ``peak`` (image at the highest-S/N pixel, which is
     ``xpeak``/``ypeak`` = ``xcpeak``/``ycpeak``), and ``flag`` 2 (truncated) where the
     footprint touches the edge or an unusable pixel.  Exposed so that one extraction per
-    image serves both :func:`measure_psf` and jitcore.starmatch.
+    image serves both :func:`measure_psf` and diffstream.jitcore.starmatch.
 
     Why not sep itself: it took ~0.4 s per 4k x 4k image holding the GIL, most of the PSF
-    step; the run labeller of jitcore.detect plus one pass over the runs does the same.
+    step; the run labeller of diffstream.jitcore.detect plus one pass over the runs does the same.
     Without deblending, blends come out as one source with flag 0; measure_psf's size
     clipping and match_stars' npix/isolation cuts reject them.  Unusable pixels (``bad``,
     variance not > 0, non-finite image) need no particular value: they are never read.

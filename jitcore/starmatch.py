@@ -42,7 +42,7 @@ def _bright(cat: np.ndarray, variance: np.ndarray, thresh: float) -> np.ndarray:
     """Clean, compact catalogue entries whose peak pixel is >= ``thresh`` sigma.
 
     The selection :func:`_find` makes by detecting at ``thresh``, applied to a catalogue
-    found at a lower threshold (jitcore.psfmeasure.find_stars), so one extraction serves.
+    found at a lower threshold (diffstream.jitcore.psfmeasure.find_stars), so one extraction serves.
     """
     if len(cat) == 0:
         return cat

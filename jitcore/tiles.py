@@ -1,4 +1,4 @@
-"""Tile geometry and FFT-frame helpers for :mod:`jitcore.zogy`.
+"""Tile geometry and FFT-frame helpers for :mod:`diffstream.jitcore.zogy`.
 
 A tile *owns* a core (the cores partition the image) and is transformed in a *frame*: the
 core grown by ``border`` on every side, then padded up to a fast FFT length.  Whatever the
@@ -18,7 +18,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
-from jitcore._kernels.frames import fill_frame_kernel
+from diffstream.jitcore._kernels.frames import fill_frame_kernel
 
 T = TypeVar("T")
 
@@ -182,7 +182,7 @@ def robust_sigma(variance: np.ndarray, good: np.ndarray, *, max_samples: int = 1
 def thread_count(workers: int | None, ntasks: int) -> int:
     """Threads for scipy.fft-style ``workers`` over ``ntasks`` independent tiles.
 
-    Shared by ZOGY and the AL decorrelation (see jitcore.zogy for why whole tiles run
+    Shared by ZOGY and the AL decorrelation (see diffstream.jitcore.zogy for why whole tiles run
     concurrently rather than threading inside each FFT)."""
     if workers is None:
         return 1

@@ -1,5 +1,5 @@
 """Resampling a template onto the science pixel grid (numerics only; the WCS side is in
-stream.warping).
+diffstream.stream.pipeline.warping).
 
 The science-pixel -> template-pixel map is evaluated on a coarse grid of nodes and
 interpolated with a bicubic spline (:func:`map_spline`): evaluating a TAN-SIP pair at
@@ -7,7 +7,7 @@ every pixel of a 4k x 4k image takes ~6 s, the nodes plus the fit ~5 ms, and for
 TAN/SIP/TPV pairs the spline's error is far below 0.01 px (tests/unit/test_warping_wcs.py).
 
 :func:`warp_image` resamples image, variance and mask at full-frame template positions
-(xt, yt) (e.g. :func:`mapping_grid`) with a Lanczos kernel (jitcore._kernels.lanczos);
+(xt, yt) (e.g. :func:`mapping_grid`) with a Lanczos kernel (diffstream.jitcore._kernels.lanczos);
 :func:`warp_image_spline` does the same from the :class:`MapSpline`, evaluating the map
 row by row inside the kernel, bit for bit the same result without the full-frame arrays.
 Both share the output rows among ``workers`` threads.  Conventions, chosen here and
@@ -27,7 +27,7 @@ fractional position only: 0 at 0 and 1/2, up to ~0.02 px for order 3 (~0.012 for
 tests/unit/test_warp.py::test_subpixel_shift_preserves_flux_and_moves_centroid).  Under
 a rotation this varies across the image; ZOGY's astrometric-noise term absorbs it.
 
-Mask bits are passed as bit *values* (``1 << index``, what :func:`jitcore.masks.bits`
+Mask bits are passed as bit *values* (``1 << index``, what :func:`diffstream.jitcore.masks.bits`
 returns), not plane indices.
 """
 
@@ -39,11 +39,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jitcore._kernels.bspline import spline_grid
-from jitcore._kernels.lanczos import lanczos_warp, lanczos_warp_spline
-from jitcore.masks import MASK_DTYPE
-from jitcore.psf import normalise_psf
-from jitcore.tiles import run_tiles, split_axis, thread_count
+from diffstream.jitcore._kernels.bspline import spline_grid
+from diffstream.jitcore._kernels.lanczos import lanczos_warp, lanczos_warp_spline
+from diffstream.jitcore.masks import MASK_DTYPE
+from diffstream.jitcore.psf import normalise_psf
+from diffstream.jitcore.tiles import run_tiles, split_axis, thread_count
 
 __all__ = [
     "MapSpline",
@@ -315,7 +315,7 @@ def _check_order(order: int) -> int:
 # Output rows are split into bands run on a thread pool (the kernels release the GIL), a few
 # bands per thread so a thread slowed by another process, or given a cheap all-NO_DATA
 # band, does not leave the other idle at the end.  Numba's own parallel layer is not used
-# (jitcore._jit: the stream runs kernels from Python threads already).  Pixels are
+# (diffstream.jitcore._jit: the stream runs kernels from Python threads already).  Pixels are
 # independent, so the result does not depend on the banding (tests/unit/test_warp.py::
 # test_threaded_warp_equals_single_thread).
 _BANDS_PER_THREAD = 4

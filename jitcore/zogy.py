@@ -74,16 +74,16 @@ from typing import Any
 import numpy as np
 from scipy import fft as sfft
 
-from jitcore._kernels.planes import usable_pair
-from jitcore._kernels.zogy import (
+from diffstream.jitcore._kernels.planes import usable_pair
+from diffstream.jitcore._kernels.zogy import (
     spectral_combine,
     zogy_core,
     zogy_denominator,
     zogy_fs,
     zogy_spectral_kernels,
 )
-from jitcore.psf import normalise_psf, psf_moments
-from jitcore.tiles import (
+from diffstream.jitcore.psf import normalise_psf, psf_moments
+from diffstream.jitcore.tiles import (
     crop_centred,
     embed_centred,
     fill_core_valid,

@@ -2,7 +2,7 @@
 
 ``lsst/`` holds a verbatim copy of the newest official Rubin alert schema files (from the
 ``lsst-alert-packet`` package); ``diffstream.alert.avsc`` is generated from them by
-``python -m schemas.build_alert_schema``.
+``python -m diffstream.schemas.build_alert_schema``.
 """
 
 from __future__ import annotations

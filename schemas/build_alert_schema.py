@@ -1,6 +1,6 @@
 """Generate ``schemas/diffstream.alert.avsc`` from the vendored LSST schema and our metadata.
 
-Run ``python -m schemas.build_alert_schema`` after upgrading ``schemas/lsst/`` or editing
+Run ``python -m diffstream.schemas.build_alert_schema`` after upgrading ``schemas/lsst/`` or editing
 ``diffstream.taskmetadata.avsc``; ``--check`` only reports whether the committed file is
 current (exit 1 if not), for CI.
 
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from schemas import LSST_DIR, SCHEMA_DIR, load_json, lsst_alert_name
+from diffstream.schemas import LSST_DIR, SCHEMA_DIR, load_json, lsst_alert_name
 
 OUTPUT = SCHEMA_DIR / "diffstream.alert.avsc"
 METADATA_SCHEMA = "diffstream.taskmetadata"
@@ -117,7 +117,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m schemas.build_alert_schema")
+    parser = argparse.ArgumentParser(prog="python -m diffstream.schemas.build_alert_schema")
     parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         current = args.output.read_text() if args.output.is_file() else ""
         if current != text:
             print(
-                f"{args.output} is stale: run python -m schemas.build_alert_schema", file=sys.stderr
+                f"{args.output} is stale: run python -m diffstream.schemas.build_alert_schema",
+                file=sys.stderr,
             )
             return 1
         print(f"{args.output} is current")

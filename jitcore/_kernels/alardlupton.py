@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from jitcore._jit import njit
+from diffstream.jitcore._jit import njit
 
 __all__ = ["stamp_normal_equations", "expand_spatial", "poly_accumulate"]
 
@@ -113,7 +113,7 @@ def poly_accumulate(conv, px, py, scale, y0, x0, sy, sx, out):
 
     ``conv`` and ``out`` cover image rows y0.. and columns x0..; the spatial coordinates are
     u = (x0 + j) * sx - 1 and v = (y0 + i) * sy - 1 (sx = 2 / (nx - 1) maps the image's
-    columns onto [-1, 1], the convention of jitcore.psf.PsfModel.terms).  Summed over the
+    columns onto [-1, 1], the convention of diffstream.jitcore.psf.PsfModel.terms).  Summed over the
     monomials of a spatial model, with ``conv`` the image convolved with that monomial's
     kernel, this applies a spatially varying kernel exactly, each output pixel seeing the
     kernel evaluated at its own position.

@@ -1,6 +1,6 @@
 """SExtractor's mesh background (as sep computes it), as allocation-free Numba loops.
 
-No checks here (jitcore.background checks and allocates).  Stages, each its own kernel:
+No checks here (diffstream.jitcore.background checks and allocates).  Stages, each its own kernel:
 
 1. :func:`mesh_stats` - per ``bw x bh`` box (the last column/row of boxes is whatever is left
    of the image): a box with fewer than half its pixels good (unmasked, finite) is NaN.
@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from jitcore._jit import njit, njit_sums
+from diffstream.jitcore._jit import njit, njit_sums
 
 __all__ = [
     "NMAXLEVELS",
@@ -106,7 +106,7 @@ def _sums(buf, n, lcut, hcut):
     return c, s, ss
 
 
-# Compiled with reassociation (jitcore._jit.njit_sums): LLVM splits the two float64 sums
+# Compiled with reassociation (diffstream.jitcore._jit.njit_sums): LLVM splits the two float64 sums
 # into SIMD lanes (5x faster here: 2 x 19 -> 2 x 4 ms at 4k x 4k).  NaN is excluded by the
 # compare before it reaches a sum (tests/unit/test_background.py::
 # test_mesh_stats_matches_reference runs boxes full of NaN holes).

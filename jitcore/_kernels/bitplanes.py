@@ -1,8 +1,8 @@
-"""Mask bit-plane loops for :func:`jitcore.masks.remap`.  No checks here."""
+"""Mask bit-plane loops for :func:`diffstream.jitcore.masks.remap`.  No checks here."""
 
 from __future__ import annotations
 
-from jitcore._jit import njit
+from diffstream.jitcore._jit import njit
 
 __all__ = ["any_bits", "remap_bytes"]
 

@@ -1,6 +1,6 @@
 """Evaluating a bicubic tensor-product B-spline on (a window of) the pixel grid.
 
-No checks here (jitcore.warp fits the spline, checks and allocates).  The spline is
+No checks here (diffstream.jitcore.warp fits the spline, checks and allocates).  The spline is
 ``S(y, x) = sum_kl By_k(y) C[k, l] Bx_l(x)``; at any point only 4 basis functions per axis
 are non-zero, so along a row it costs ``r = By(y) C`` once (4 x ncx products), then 4
 products per pixel, 33x less arithmetic than the dense ``B_y @ C @ B_x.T`` BLAS product
@@ -13,7 +13,7 @@ functions that are non-zero there) and ``weights`` (their 4 values).  ``cell_bad
 marks the cells of the coarse grid with a node where the mapping was not finite; pixels
 in them get NaN (``cell_row``/``cell_col`` give each pixel's cell).
 
-The row helpers are shared with the fused Lanczos kernel (jitcore._kernels.lanczos), so
+The row helpers are shared with the fused Lanczos kernel (diffstream.jitcore._kernels.lanczos), so
 the map a fused warp uses is bit for bit the one :func:`spline_grid` writes out
 (tests/unit/test_warp.py::test_spline_warp_equals_grid_warp).
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jitcore._jit import njit
+from diffstream.jitcore._jit import njit
 
 __all__ = ["spline_fill_row", "mask_bad_cells", "spline_grid"]
 

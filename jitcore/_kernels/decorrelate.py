@@ -1,4 +1,4 @@
-"""Element-wise loop of the difference-image decorrelation (jitcore.decorrelate).
+"""Element-wise loop of the difference-image decorrelation (diffstream.jitcore.decorrelate).
 
 Allocation-free, no checks.  Spectra are scipy.fft.rfft2 half planes of one frame.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from jitcore._jit import njit
+from diffstream.jitcore._jit import njit
 
 __all__ = ["decorrelation_filter"]
 
@@ -27,7 +27,7 @@ def decorrelation_filter(ah, bh, var_s, var_t, num, eps, out):
     ``ah``, ``bh``: spectra of the kernels applied to the science and the template in the
     difference; ``num`` = var_s a0^2 + var_t b0^2 (their sums), so out is 1 at frequency 0.
     ``eps`` bounds the filter smoothly by 1 / sqrt(eps) where both kernels vanish (see
-    jitcore.decorrelate.DECORRELATION_EPSILON).
+    diffstream.jitcore.decorrelate.DECORRELATION_EPSILON).
     """
     ny, nx = out.shape
     lo = eps * num

@@ -1,6 +1,6 @@
 """Dipole fitting loop: two PSFs of opposite sign, positions and fluxes free, Gauss-Newton.
 
-No checks here (jitcore.dipole checks and allocates).  The model of the difference D is
+No checks here (diffstream.jitcore.dipole checks and allocates).  The model of the difference D is
 
     D(p) = f+ P_D(p - r+) - f- P_D(p - r-),      f+, f- > 0 (the lobes' absolute fluxes)
 
@@ -29,8 +29,15 @@ import math
 
 import numpy as np
 
-from jitcore._jit import njit
-from jitcore._kernels.psffit import MAX_HALVINGS, NTAPS, PAD, _good, _nearest, shift_stamp
+from diffstream.jitcore._jit import njit
+from diffstream.jitcore._kernels.psffit import (
+    MAX_HALVINGS,
+    NTAPS,
+    PAD,
+    _good,
+    _nearest,
+    shift_stamp,
+)
 
 __all__ = [
     "NPAR",

@@ -1,4 +1,4 @@
-"""FFT-frame filling for the tiled transforms (jitcore.tiles); no checks, no allocation.
+"""FFT-frame filling for the tiled transforms (diffstream.jitcore.tiles); no checks, no allocation.
 
 A frame is a tile's core plus its border, padded to a fast FFT length; image pixels go in
 where ``good`` holds, 0 everywhere else (masked pixels and the outside of the image).  One
@@ -8,7 +8,7 @@ the memory traffic and ~0.4 ms per 540^2 frame, five times this loop.
 
 from __future__ import annotations
 
-from jitcore._jit import njit
+from diffstream.jitcore._jit import njit
 
 __all__ = ["fill_frame_kernel"]
 

@@ -1,6 +1,6 @@
 """8-connected components of the thresholded score, both polarities, as runs of pixels.
 
-No checks here (jitcore.detect checks and allocates).  A pixel belongs to a positive
+No checks here (diffstream.jitcore.detect checks and allocates).  A pixel belongs to a positive
 footprint where ``valid & isfinite(s) & (float32(s) > thr)`` and to a negative one where
 ``valid & isfinite(s) & (float32(s) < -thr)``; ``thr`` is float32.  The comparison is done in
 float32 because that is what sep (SExtractor's PIXTYPE) does, so the footprints are the same
@@ -16,7 +16,7 @@ Lutz algorithm: two runs on consecutive rows touch when their x ranges overlap a
 one of them by a pixel on each side (tests/unit/test_label.py checks diagonal contacts
 against scipy.ndimage.label and against sep).  :func:`star_moments` then measures the
 positive components (sep.extract's isophotal fields) in one more pass over the runs, for
-jitcore.psfmeasure.find_stars.
+diffstream.jitcore.psfmeasure.find_stars.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from jitcore._jit import njit
+from diffstream.jitcore._jit import njit
 
 __all__ = [
     "COMP_COLUMNS", "RUN_COLUMNS", "STAR_COLUMNS", "STAR_WORK", "find_runs", "label_runs",

@@ -1,6 +1,6 @@
 """Lanczos resampling loop: image, variance and mask through a per-pixel coordinate map.
 
-No checks here (jitcore.warp checks and allocates).  Weights are separable,
+No checks here (diffstream.jitcore.warp checks and allocates).  Weights are separable,
 ``L(t) = sinc(t) sinc(t / a)`` for ``|t| < a``, normalised by their sum so that a constant
 image stays constant.  Sums are accumulated in float64 whatever the input dtype.
 
@@ -14,7 +14,7 @@ error we care about.
 
 Two entry points share the per-row loop: :func:`lanczos_warp` reads the map from full-frame
 (xt, yt) arrays, :func:`lanczos_warp_spline` evaluates it per row from the coarse-grid
-spline (jitcore._kernels.bspline).  Both take any band of output rows (slices), so the
+spline (diffstream.jitcore._kernels.bspline).  Both take any band of output rows (slices), so the
 caller can run bands on threads (the kernels release the GIL).  How a row is computed (taps
 for the whole row first, then runs of pixels summed by vectorised loops) is described above
 :func:`_make_row`; the kernels are specialised per order (2a taps unrolled).
@@ -27,8 +27,8 @@ import math
 import numpy as np
 from numba import uint64
 
-from jitcore._jit import njit
-from jitcore._kernels.bspline import mask_bad_cells, spline_fill_row
+from diffstream.jitcore._jit import njit
+from diffstream.jitcore._kernels.bspline import mask_bad_cells, spline_fill_row
 
 __all__ = ["SNAP", "ORDERS", "KERNELS", "lanczos_warp", "lanczos_warp_spline", "sin_small"]
 
@@ -388,7 +388,7 @@ def _make_entries(order):
         cell_row, cell_col, cell_bad, no_data, edge, bad, out_img, out_var, out_mask,
     ):  # fmt: skip
         # The map is evaluated one row at a time into two small buffers (the very numbers
-        # jitcore._kernels.bspline.spline_grid writes out) instead of being read from
+        # diffstream.jitcore._kernels.bspline.spline_grid writes out) instead of being read from
         # full-frame xt/yt arrays: at 4k x 4k those are 256 MB written and read back, and
         # evaluating them with dense BLAS products took ~0.2 s, more than this.
         ny, nx = out_img.shape

@@ -3,7 +3,7 @@
 No checks here (jitcore.detect and jitcore.measure check and allocate).  Every batch kernel
 loops over sources and writes one row of a caller-supplied ``out`` per source; sums are
 accumulated in float64 whatever the image dtype.  Conventions (pixel centres, good pixels,
-nearest pixel) are those of jitcore._kernels.psffit, whose helpers are reused here.  The
+nearest pixel) are those of diffstream.jitcore._kernels.psffit, whose helpers are reused here.  The
 PSF fits live there.
 """
 
@@ -13,8 +13,17 @@ import math
 
 import numpy as np
 
-from jitcore._jit import njit
-from jitcore._kernels.psffit import _F8_1, _F8_2, _F8_3, _I8_1, _MASK, _good, _nearest, _sigs
+from diffstream.jitcore._jit import njit
+from diffstream.jitcore._kernels.psffit import (
+    _F8_1,
+    _F8_2,
+    _F8_3,
+    _I8_1,
+    _MASK,
+    _good,
+    _nearest,
+    _sigs,
+)
 
 __all__ = [
     "SHAPE_OK",

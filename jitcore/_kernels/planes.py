@@ -2,14 +2,14 @@
 
 On a 4k x 4k pair every NumPy expression over the planes is a 64-128 MB temporary; chains of
 them (mask OR, finite checks, background subtraction, masking) cost more than the FFTs.
-No checks here (jitcore.background / jitcore.masks check and allocate).
+No checks here (diffstream.jitcore.background / diffstream.jitcore.masks check and allocate).
 """
 
 from __future__ import annotations
 
 import math
 
-from jitcore._jit import njit
+from diffstream.jitcore._jit import njit
 
 __all__ = ["combine_masks", "unusable_pixels", "usable_pair"]
 

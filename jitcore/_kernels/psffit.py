@@ -1,10 +1,10 @@
 """Per-source PSF fitting loops: sub-pixel PSF placement, centroid fit, linear flux fit.
 
-No checks here (jitcore.measure checks and allocates).  Every batch kernel loops over
+No checks here (diffstream.jitcore.measure checks and allocates).  Every batch kernel loops over
 sources and writes one row of a caller-supplied ``out`` per source; sums are accumulated in
 float64 whatever the image dtype.
 
-Conventions (shared with jitcore._kernels.measure):
+Conventions (shared with diffstream.jitcore._kernels.measure):
 - arrays are indexed [y, x]; pixel centres are at integer coordinates;
 - a pixel is *good* when it is inside the image, its value and variance are finite, the
   variance is > 0 and ``mask & badbits == 0``;
@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from jitcore._jit import njit
+from diffstream.jitcore._jit import njit
 
 __all__ = [
     "CENTROID_OK",

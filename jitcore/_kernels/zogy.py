@@ -1,6 +1,6 @@
 """ZOGY element-wise and stencil loops (Zackay, Ofek & Gal-Yam 2016, ApJ 830, 27).
 
-Allocation-free, no checks: :mod:`jitcore.zogy` checks and allocates.  Spectra are the
+Allocation-free, no checks: :mod:`diffstream.jitcore.zogy` checks and allocates.  Spectra are the
 ``scipy.fft.rfft2`` half planes of one FFT frame; every loop is element-wise over them, so
 the same code serves any frame shape.  Notation (paper eqs. 13-15, 25-26, 41-42):
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from jitcore._jit import njit
+from diffstream.jitcore._jit import njit
 
 __all__ = [
     "zogy_denominator",
@@ -183,7 +183,7 @@ def zogy_core(d, vd, vs, s_n, s_r, parts, b, h, w, sx2, sy2, e2, valid, y0, x0, 
         sx2 (gx_n^2 + gx_r^2) + sy2 (gy_n^2 + gy_r^2) + e2 (s_n^2 + s_r^2)
 
     (central-difference gradients of S_n and S_r: ZOGY's astrometric variance, eq. 30-31,
-    and the PSF-model-error term of jitcore.zogy.zogy); without, ``s_n`` is S itself and
+    and the PSF-model-error term of diffstream.jitcore.zogy.zogy); without, ``s_n`` is S itself and
     the extra variance 0 (``s_r`` unread).  The products are :func:`zogy_finalize`'s with
     vx = that extra variance.  The frames (C arrays) hold the core at [b, b + h) x
     [b, b + w) (b >= 1: every core pixel has both neighbours); ``valid`` and the products

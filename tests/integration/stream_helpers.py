@@ -25,10 +25,10 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from stream.alerts import deserialize_alert
-from stream.events import encode_event, make_event
-from stream.kafka_transport import FAULT_PAUSE_ENV
-from stream.records import decode_dead_letter, decode_summary
+from diffstream.stream.alerts.packets import deserialize_alert
+from diffstream.stream.transport.events import encode_event, make_event
+from diffstream.stream.transport.kafka import FAULT_PAUSE_ENV
+from diffstream.stream.transport.records import decode_dead_letter, decode_summary
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 90.0  # upper bound of any single wait; a healthy run needs a fraction of it
@@ -54,9 +54,9 @@ class Pair:
 
 def make_pairs(root: Path, n: int, *, seed0: int = 100) -> list[Pair]:
     """n distinct simulated 256x256 pairs with their offline ``subtract_files`` alerts."""
-    from stream.pipeline import subtract_files
-    from stream.settings import Settings
-    from stream.simulate import simulate_pair, write_pair
+    from diffstream.stream.ops.settings import Settings
+    from diffstream.stream.pipeline.subtract import subtract_files
+    from diffstream.stream.sim.simulate import simulate_pair, write_pair
 
     pairs = []
     for i in range(n):
@@ -127,7 +127,7 @@ class WorkerProc:
 
 
 class Workers:
-    """Starts ``python -m stream.cli run`` subprocesses; kills leftovers (its own only)."""
+    """Starts ``python -m stream.cli.main run`` subprocesses; kills leftovers (its own only)."""
 
     def __init__(self, tmp: Path, bootstrap: str, topics: dict[str, str], data_root: Path):
         self.tmp, self.bootstrap, self.topics, self.data_root = tmp, bootstrap, topics, data_root
@@ -140,7 +140,7 @@ class Workers:
         log = self.tmp / f"worker-{len(self.started)}.log"
         t = self.topics
         cmd = [
-            sys.executable, "-m", "stream.cli", *(["-v"] if verbose else []), "run",
+            sys.executable, "-m", "diffstream.stream.cli.main", *(["-v"] if verbose else []), "run",
             "--bootstrap-servers", self.bootstrap, "--input-topic", t["input"],
             "--output-topic", t["alerts"], "--dlq-topic", t["dlq"],
             "--metadata-topic", t["metadata"], "--group-id", t["group"],

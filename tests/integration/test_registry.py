@@ -20,11 +20,16 @@ from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from stream.alerts import ALERT_SCHEMA, serialize_alert
-from stream.cli import main
-from stream.events import make_event
-from stream.registry import SchemaIncompatible, ensure_schema, make_client, subject_for
-from stream.wire import (
+from diffstream.stream.alerts.packets import ALERT_SCHEMA, serialize_alert
+from diffstream.stream.cli.main import main
+from diffstream.stream.transport.events import make_event
+from diffstream.stream.transport.registry import (
+    SchemaIncompatible,
+    ensure_schema,
+    make_client,
+    subject_for,
+)
+from diffstream.stream.transport.wire import (
     RegistryDeserializer,
     RegistrySerializer,
     WireError,

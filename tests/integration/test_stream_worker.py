@@ -1,5 +1,5 @@
 """``diffstream run`` on a real broker: consumer groups, exactly-once, kill -9, dead letters,
-SIGTERM.  Workers are real subprocesses (``python -m stream.cli run``); the expected alerts
+SIGTERM.  Workers are real subprocesses (``python -m stream.cli.main run``); the expected alerts
 come from an offline ``subtract_files`` of the same simulated pairs with the same ids.
 
 The broker-restart test lives in test_stream_broker_restart.py (it needs a broker of its own).
@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from stream.alerts import ALERT_SCHEMA, schema_fingerprint
-from stream.events import EVENT_FINGERPRINT, encode_event, make_event
+from diffstream.stream.alerts.packets import ALERT_SCHEMA, schema_fingerprint
+from diffstream.stream.transport.events import EVENT_FINGERPRINT, encode_event, make_event
 from tests.integration.stream_helpers import (
     REPO,
     WAIT_S,
@@ -158,7 +158,7 @@ def test_bad_events_go_to_the_dead_letter_topic(kafka_bootstrap, workers, pairs,
     proc = workers.start()
     # The third good event through the operator command, while the worker runs.
     pub = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "publish-event", str(good[2].science),
+        [sys.executable, "-m", "diffstream.stream.cli.main", "publish-event", str(good[2].science),
          str(good[2].template), "--bootstrap-servers", kafka_bootstrap, "--topic", t["input"],
          "--visit", str(good[2].visit), "--detector", str(good[2].detector),
          "--exposure-id", str(good[2].exposure_id)],

@@ -27,17 +27,23 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.alerts import write_alert_file
-from stream.cli import main
-from stream.events import EVENT_SCHEMA, encode_event, make_event
-from stream.kafka_transport import KafkaTransport
-from stream.metrics import start_metrics
-from stream.registry import make_client
-from stream.replay import REPLAY_SOURCE_HEADER
-from stream.service import Worker, run_loop
-from stream.settings import Settings
-from stream.simulate import simulate_pair, write_pair
-from stream.wire import FINGERPRINT_HEADER, WireError, alert_codec, event_codec, unframe
+from diffstream.stream.alerts.packets import write_alert_file
+from diffstream.stream.cli.main import main
+from diffstream.stream.ops.metrics import start_metrics
+from diffstream.stream.ops.settings import Settings
+from diffstream.stream.sim.simulate import simulate_pair, write_pair
+from diffstream.stream.transport.events import EVENT_SCHEMA, encode_event, make_event
+from diffstream.stream.transport.kafka import KafkaTransport
+from diffstream.stream.transport.registry import make_client
+from diffstream.stream.transport.replay import REPLAY_SOURCE_HEADER
+from diffstream.stream.transport.service import Worker, run_loop
+from diffstream.stream.transport.wire import (
+    FINGERPRINT_HEADER,
+    WireError,
+    alert_codec,
+    event_codec,
+    unframe,
+)
 from tests.unit.test_metrics import sample
 
 WAIT_S = 60.0  # bound on every wait; a healthy broker needs seconds

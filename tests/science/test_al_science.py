@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import stream.pipeline as pipeline
-from stream.demo import match_truth
-from stream.settings import Settings
-from stream.simulate import simulate_pair, write_pair
+import diffstream.stream.pipeline.subtract as pipeline
+from diffstream.stream.cli.demo import match_truth
+from diffstream.stream.ops.settings import Settings
+from diffstream.stream.sim.simulate import simulate_pair, write_pair
 from tests.science import acceptance
 from tests.science.acceptance import CASES, NOISE_SEEDS, SEEDS
 

@@ -14,11 +14,11 @@ import math
 import numpy as np
 import pytest
 
-from jitcore.detect import detect
-from jitcore.dipole import fit_dipoles, merge_dipoles
-from jitcore.measure import measure
-from jitcore.psf import PsfModel, gaussian_psf
-from jitcore.zogy import zogy
+from diffstream.jitcore.detect import detect
+from diffstream.jitcore.dipole import fit_dipoles, merge_dipoles
+from diffstream.jitcore.measure import measure
+from diffstream.jitcore.psf import PsfModel, gaussian_psf
+from diffstream.jitcore.zogy import zogy
 
 pytestmark = pytest.mark.science
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 
-from stream.demo import match_truth
-from stream.pipeline import subtract_files
-from stream.settings import Settings
-from stream.simulate import simulate_pair, write_pair
+from diffstream.stream.cli.demo import match_truth
+from diffstream.stream.ops.settings import Settings
+from diffstream.stream.pipeline.subtract import subtract_files
+from diffstream.stream.sim.simulate import simulate_pair, write_pair
 from tests.science import acceptance
 from tests.science.acceptance import CASES, NOISE_SEEDS, SEEDS
 

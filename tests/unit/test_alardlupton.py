@@ -15,10 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
-import jitcore.alardlupton as alardlupton
-from jitcore._kernels.alardlupton import expand_spatial, poly_accumulate, stamp_normal_equations
-from jitcore.alardlupton import ALInfo, al_subtract, resolve_mode
-from jitcore.albasis import (
+import diffstream.jitcore.alardlupton as alardlupton
+from diffstream.jitcore._kernels.alardlupton import (
+    expand_spatial,
+    poly_accumulate,
+    stamp_normal_equations,
+)
+from diffstream.jitcore.alardlupton import ALInfo, al_subtract, resolve_mode
+from diffstream.jitcore.albasis import (
     SpatialKernel,
     al_basis,
     basis_sigmas,
@@ -28,8 +32,8 @@ from jitcore.albasis import (
     kernel_size_for,
     monomials,
 )
-from jitcore.alstars import select_kernel_stars
-from jitcore.psf import PsfModel, gaussian_psf, psf_moments
+from diffstream.jitcore.alstars import select_kernel_stars
+from diffstream.jitcore.psf import PsfModel, gaussian_psf, psf_moments
 
 pytestmark = pytest.mark.unit
 

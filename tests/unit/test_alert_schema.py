@@ -10,9 +10,9 @@ import fastavro
 import lsst.alert.packet as lsst_packet
 import pytest
 
-import schemas
-from schemas import build_alert_schema
-from stream.alerts import ALERT_SCHEMA, LSST_SCHEMA, schema_fingerprint
+from diffstream import schemas
+from diffstream.schemas import build_alert_schema
+from diffstream.stream.alerts.packets import ALERT_SCHEMA, LSST_SCHEMA, schema_fingerprint
 
 pytestmark = pytest.mark.unit
 

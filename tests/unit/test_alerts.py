@@ -1,4 +1,4 @@
-"""Alert records, alerts and their Avro encodings (stream.alerts)."""
+"""Alert records, alerts and their Avro encodings (diffstream.stream.alerts.packets)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream import alerts as alerts_module
-from stream.alerts import (
+from diffstream.stream.alerts import packets as alerts_module
+from diffstream.stream.alerts.packets import (
     ALERT_SCHEMA,
     DIA_SOURCE_FIELDS,
     DIA_SOURCE_REQUIRED,

@@ -1,4 +1,5 @@
-"""fitAstrometry: jitcore.astrom (fit, stars, matching), stream.astrometry.refit_mapping on a
+"""fitAstrometry: jitcore.astrom (fit, stars, matching), stream.pipeline.astrometry.refit_mapping
+on a
 template whose WCS is wrong, and the warp taking the refitted mapping."""
 
 from __future__ import annotations
@@ -8,17 +9,23 @@ import math
 import numpy as np
 import pytest
 
-from jitcore.astrom import PolyTransform, find_stars, fit_transform, match_positions, n_terms
-from jitcore.background import estimate_background
-from jitcore.detect import detect
-from jitcore.masks import UNUSABLE_PLANES, bits
-from jitcore.psf import PsfModel, gaussian_psf
-from jitcore.zogy import zogy
-from stream.astrometry import refit_mapping
-from stream.errors import BadExposure
-from stream.exposure import Exposure
-from stream.simulate import simulate_pair
-from stream.warping import warp_template, wcs_mapping
+from diffstream.jitcore.astrom import (
+    PolyTransform,
+    find_stars,
+    fit_transform,
+    match_positions,
+    n_terms,
+)
+from diffstream.jitcore.background import estimate_background
+from diffstream.jitcore.detect import detect
+from diffstream.jitcore.masks import UNUSABLE_PLANES, bits
+from diffstream.jitcore.psf import PsfModel, gaussian_psf
+from diffstream.jitcore.zogy import zogy
+from diffstream.stream.io.exposure import Exposure
+from diffstream.stream.ops.errors import BadExposure
+from diffstream.stream.pipeline.astrometry import refit_mapping
+from diffstream.stream.pipeline.warping import warp_template, wcs_mapping
+from diffstream.stream.sim.simulate import simulate_pair
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""jitcore.background and its kernels (jitcore._kernels.background).
+"""diffstream.jitcore.background and its kernels (diffstream.jitcore._kernels.background).
 
 Every kernel against a slow NumPy/Python version written straight from SExtractor's
 description (per-box statistics, the two-ended histogram walk, nearest-box fill, mesh
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.interpolate import CubicSpline
 
-from jitcore._kernels.background import (
+from diffstream.jitcore._kernels.background import (
     NMAXLEVELS,
     _histogram_mode,
     background_map,
@@ -28,8 +28,8 @@ from jitcore._kernels.background import (
     mesh_stats,
     spline_y_derivs,
 )
-from jitcore.background import estimate_background, subtract_background
-from jitcore.psf import gaussian_psf
+from diffstream.jitcore.background import estimate_background, subtract_background
+from diffstream.jitcore.psf import gaussian_psf
 
 pytestmark = pytest.mark.unit
 

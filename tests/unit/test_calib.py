@@ -7,8 +7,8 @@ import math
 import pytest
 from astropy.io import fits
 
-from stream.calib import photo_calib_from_header
-from stream.errors import BadExposure
+from diffstream.stream.io.calib import photo_calib_from_header
+from diffstream.stream.ops.errors import BadExposure
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""prepareCalibratedExposure: external PSF and background (stream.calibrated)."""
+"""prepareCalibratedExposure: external PSF and background (diffstream.stream.io.calibrated)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from jitcore.masks import DEFAULT_PLANES
-from jitcore.psf import PsfModel, gaussian_psf
-from stream.calibrated import MAX_PSF_SIZE, apply_external, read_psf_stamp
-from stream.errors import BadExposure
-from stream.exposure import Exposure
-from stream.simulate import simulate_pair, write_exposure
+from diffstream.jitcore.masks import DEFAULT_PLANES
+from diffstream.jitcore.psf import PsfModel, gaussian_psf
+from diffstream.stream.io.calibrated import MAX_PSF_SIZE, apply_external, read_psf_stamp
+from diffstream.stream.io.exposure import Exposure
+from diffstream.stream.ops.errors import BadExposure
+from diffstream.stream.sim.simulate import simulate_pair, write_exposure
 
 pytestmark = pytest.mark.unit
 

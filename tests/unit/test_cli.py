@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from stream.alerts import read_alert_file
-from stream.cli import main
-from stream.simulate import simulate_pair, write_pair
+from diffstream.stream.alerts.packets import read_alert_file
+from diffstream.stream.cli.main import main
+from diffstream.stream.sim.simulate import simulate_pair, write_pair
 
 pytestmark = pytest.mark.unit
 

@@ -2,14 +2,14 @@
 
 import pytest
 
-from stream.cli import main
+from diffstream.stream.cli.main import main
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    from stream.simulate import simulate_pair, write_pair
+    from diffstream.stream.sim.simulate import simulate_pair, write_pair
 
     return write_pair(simulate_pair(seed=1, shape=(256, 256)), tmp_path_factory.mktemp("in"))
 

@@ -1,11 +1,11 @@
-"""jitcore.coverage.template_coverage: fraction of science pixels the template covers."""
+"""diffstream.jitcore.coverage.template_coverage: fraction of science pixels the template covers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from jitcore.coverage import template_coverage
+from diffstream.jitcore.coverage import template_coverage
 
 pytestmark = pytest.mark.unit
 

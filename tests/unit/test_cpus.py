@@ -1,4 +1,4 @@
-"""stream.cpus: "all cores" is the CPUs this process may use (affinity, cgroup quota)."""
+"""stream.ops.cpus: "all cores" is the CPUs this process may use (affinity, cgroup quota)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-import stream.cpus as cpus
-from stream.cpus import available_cpus, cgroup_cpu_limit, resolve_workers
-from stream.errors import ConfigError
-from stream.settings import Settings, load_settings
+import diffstream.stream.ops.cpus as cpus
+from diffstream.stream.ops.cpus import available_cpus, cgroup_cpu_limit, resolve_workers
+from diffstream.stream.ops.errors import ConfigError
+from diffstream.stream.ops.settings import Settings, load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -111,8 +111,8 @@ def test_settings_threads_uses_cpus_and_refuses_zero_workers(monkeypatch):
 
 
 def test_the_run_uses_and_records_the_resolved_thread_count(tmp_path):
-    from stream.pipeline import subtract_files
-    from stream.simulate import simulate_pair, write_pair
+    from diffstream.stream.pipeline.subtract import subtract_files
+    from diffstream.stream.sim.simulate import simulate_pair, write_pair
 
     sci, tmpl = write_pair(simulate_pair(seed=4, shape=(256, 256), n_stars=60), tmp_path)
     result = subtract_files(str(sci), str(tmpl), settings=Settings(cpus=1))

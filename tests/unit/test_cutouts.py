@@ -1,4 +1,4 @@
-"""Alert cutouts (stream.cutouts): FITS layout, WCS, edges, and the alert size budget."""
+"""Alert cutouts (stream.alerts.cutouts): FITS layout, WCS, edges, and the alert size budget."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS, Sip
 
-from jitcore.masks import DEFAULT_PLANES
-from stream import cutouts
-from stream.alerts import (
+from diffstream.jitcore.masks import DEFAULT_PLANES
+from diffstream.stream.alerts import cutouts
+from diffstream.stream.alerts.cutouts import make_cutout
+from diffstream.stream.alerts.packets import (
     MAX_ALERT_BYTES,
     deserialize_alert,
     dia_source_record,
     make_alert,
     serialize_alert,
 )
-from stream.cutouts import make_cutout
 
 pytestmark = pytest.mark.unit
 

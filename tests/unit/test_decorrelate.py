@@ -1,9 +1,9 @@
-"""Decorrelation of PSF-matched differences (jitcore.decorrelate) and variance scaling.
+"""Decorrelation of PSF-matched differences (diffstream.jitcore.decorrelate) and variance scaling.
 
 The filter loop against a NumPy reference; the filter against the published formula; white
 noise and correct variance planes on pure noise (both directions) and on an AL star field;
 the PSF of the decorrelated difference; tiling; input checks.  Also the template-variance
-scale of jitcore.noise (the seed's doScaleTemplateVariance).
+scale of diffstream.jitcore.noise (the seed's doScaleTemplateVariance).
 """
 
 from __future__ import annotations
@@ -15,11 +15,15 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 from scipy import signal
 
-from jitcore._kernels.decorrelate import decorrelation_filter
-from jitcore.alardlupton import al_subtract
-from jitcore.decorrelate import DECORRELATION_EPSILON, decorrelate, decorrelation_spectrum
-from jitcore.noise import source_free_mask, variance_scale_factor
-from jitcore.psf import PsfModel, gaussian_psf
+from diffstream.jitcore._kernels.decorrelate import decorrelation_filter
+from diffstream.jitcore.alardlupton import al_subtract
+from diffstream.jitcore.decorrelate import (
+    DECORRELATION_EPSILON,
+    decorrelate,
+    decorrelation_spectrum,
+)
+from diffstream.jitcore.noise import source_free_mask, variance_scale_factor
+from diffstream.jitcore.psf import PsfModel, gaussian_psf
 
 pytestmark = pytest.mark.unit
 
@@ -264,7 +268,7 @@ def test_spectrum_validation(args, match):
         decorrelation_spectrum(*args)
 
 
-# --- template variance scaling (jitcore.noise) ----------------------------------------
+# --- template variance scaling (diffstream.jitcore.noise) ----------------------------------------
 
 
 @pytest.mark.parametrize("true_factor", [0.6, 1.0, 2.5])

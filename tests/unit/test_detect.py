@@ -1,4 +1,4 @@
-"""jitcore.detect: thresholding the ZOGY score, both polarities, sub-pixel peaks."""
+"""diffstream.jitcore.detect: thresholding the ZOGY score, both polarities, sub-pixel peaks."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from scipy import fft, ndimage
 from scipy.special import erfc
 
-from jitcore._kernels.measure import refine_peaks
-from jitcore.detect import SOURCE_DTYPE, _footprints, _footprints_sep, detect
-from jitcore.labels import _MIN_RUNS
-from jitcore.psf import gaussian_psf
+from diffstream.jitcore._kernels.measure import refine_peaks
+from diffstream.jitcore.detect import SOURCE_DTYPE, _footprints, _footprints_sep, detect
+from diffstream.jitcore.labels import _MIN_RUNS
+from diffstream.jitcore.psf import gaussian_psf
 
 pytestmark = pytest.mark.unit
 
@@ -363,7 +363,7 @@ def test_all_invalid_gives_empty():
 def test_peak_ties_go_to_first_pixel_in_raster_order():
     # Exact ties need constant patches (never seen in a real float score).  sep takes the
     # first pixel of its pixel list, which is raster order for this block but not for every
-    # shape (see jitcore.detect); the labeller's rule is raster order always.
+    # shape (see diffstream.jitcore.detect); the labeller's rule is raster order always.
     score = np.zeros((30, 40), np.float32)
     score[20:23, 20:24] = 7.0
     score[5:9, 3] = -6.0

@@ -1,5 +1,5 @@
 """Detect-only on a pre-subtracted difference: the matched-filter score (NumPy reference),
-stream.detect_only on a simulated difference, and ``diffstream detect``."""
+diffstream.stream.pipeline.detect_only on a simulated difference, and ``diffstream detect``."""
 
 from __future__ import annotations
 
@@ -13,15 +13,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial import cKDTree
 
-from jitcore.matched_filter import matched_filter_score
-from jitcore.psf import gaussian_psf
-from stream.alerts import read_alert_file
-from stream.cli import main
-from stream.detect_only import detect_difference
-from stream.errors import EXIT_BAD_INPUT, EXIT_NO_WORK, EXIT_OK, BadExposure, NotCalibrated
-from stream.outputs import write_planes
-from stream.settings import Settings
-from stream.simulate import simulate_pair
+from diffstream.jitcore.matched_filter import matched_filter_score
+from diffstream.jitcore.psf import gaussian_psf
+from diffstream.stream.alerts.packets import read_alert_file
+from diffstream.stream.cli.main import main
+from diffstream.stream.io.outputs import write_planes
+from diffstream.stream.ops.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_NO_WORK,
+    EXIT_OK,
+    BadExposure,
+    NotCalibrated,
+)
+from diffstream.stream.ops.settings import Settings
+from diffstream.stream.pipeline.detect_only import detect_difference
+from diffstream.stream.sim.simulate import simulate_pair
 
 pytestmark = pytest.mark.unit
 

@@ -1,5 +1,5 @@
 """jitcore.dipole and its kernel: NumPy/SciPy references, classification, merging, checks;
-stream.dipoles: schema units and the pipeline step."""
+diffstream.stream.pipeline.dipoles: schema units and the pipeline step."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import least_squares
 
-from jitcore._kernels import dipole as K
-from jitcore._kernels.psffit import PAD
-from jitcore.detect import SOURCE_DTYPE, detect
-from jitcore.dipole import DIPOLE_DTYPE, fit_dipoles, merge_dipoles
-from jitcore.matched_filter import matched_filter_score
-from jitcore.measure import MEASURE_DTYPE, measure
-from jitcore.psf import gaussian_psf
-from stream.alerts import dia_source_record
-from stream.dipoles import dipole_alert_fields, measure_dipoles
+from diffstream.jitcore._kernels import dipole as K
+from diffstream.jitcore._kernels.psffit import PAD
+from diffstream.jitcore.detect import SOURCE_DTYPE, detect
+from diffstream.jitcore.dipole import DIPOLE_DTYPE, fit_dipoles, merge_dipoles
+from diffstream.jitcore.matched_filter import matched_filter_score
+from diffstream.jitcore.measure import MEASURE_DTYPE, measure
+from diffstream.jitcore.psf import gaussian_psf
+from diffstream.stream.alerts.packets import dia_source_record
+from diffstream.stream.pipeline.dipoles import dipole_alert_fields, measure_dipoles
 
 pytestmark = pytest.mark.unit
 
@@ -462,7 +462,7 @@ def test_empty_inputs():
     assert merged.shape == (0,) and index.shape == (0,)
 
 
-# --- stream.dipoles ------------------------------------------------------------------------
+# --- stream.pipeline.dipoles ----------------------------------------------------------------------
 
 
 def _tan_wcs(scale_arcsec=0.2):

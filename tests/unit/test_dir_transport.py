@@ -8,14 +8,14 @@ import json
 import fastavro
 import pytest
 
-from stream.alerts import read_alert_file
-from stream.cli import main
-from stream.dir_transport import DirTransport, write_event_file
-from stream.events import make_event
-from stream.records import read_record_file, write_record_file
-from stream.service import Worker, run_loop
-from stream.settings import Settings
-from stream.simulate import simulate_pair, write_pair
+from diffstream.stream.alerts.packets import read_alert_file
+from diffstream.stream.cli.main import main
+from diffstream.stream.ops.settings import Settings
+from diffstream.stream.sim.simulate import simulate_pair, write_pair
+from diffstream.stream.transport.directory import DirTransport, write_event_file
+from diffstream.stream.transport.events import make_event
+from diffstream.stream.transport.records import read_record_file, write_record_file
+from diffstream.stream.transport.service import Worker, run_loop
 
 pytestmark = pytest.mark.unit
 
@@ -29,7 +29,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(data):
-    from stream.pipeline import subtract_files
+    from diffstream.stream.pipeline.subtract import subtract_files
 
     return subtract_files(str(data / "p/science.fits"), str(data / "p/template.fits"),
                           settings=Settings(), visit=1, detector=2, exposure_id=3)  # fmt: skip
@@ -114,7 +114,7 @@ def test_truncated_file_keeps_the_records_before_the_break(data, result, tmp_pat
     # Big, incompressible-ish records in separate blocks, so cutting the file breaks a later one.
     events = [_ev(data, f"r{i}-" + "x" * 200) for i in range(40)]
     path = inp / "t.avro"
-    from stream.events import EVENT_SCHEMA
+    from diffstream.stream.transport.events import EVENT_SCHEMA
 
     with path.open("wb") as fh:
         fastavro.writer(fh, EVENT_SCHEMA, events, sync_interval=100)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import fingerprint, load_parsed
-from stream.errors import BadEvent
-from stream.events import (
+from diffstream.schemas import fingerprint, load_parsed
+from diffstream.stream.ops.errors import BadEvent
+from diffstream.stream.transport.events import (
     EVENT_FINGERPRINT,
     EVENT_SCHEMA,
     SINGLE_OBJECT_MARKER,
@@ -22,7 +22,7 @@ from stream.events import (
     make_event,
     validate_event,
 )
-from stream.records import (
+from diffstream.stream.transport.records import (
     DEADLETTER_FINGERPRINT,
     dead_letter_record,
     decode_dead_letter,

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from jitcore.masks import DEFAULT_PLANES
-from jitcore.psf import gaussian_psf, psf_moments
-from stream import fitsio
-from stream.errors import BadExposure, NotCalibrated
-from stream.fitsio import load_exposure
+from diffstream.jitcore.masks import DEFAULT_PLANES
+from diffstream.jitcore.psf import gaussian_psf, psf_moments
+from diffstream.stream.io import fitsio
+from diffstream.stream.io.fitsio import load_exposure
+from diffstream.stream.ops.errors import BadExposure, NotCalibrated
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""stream.fitsread: pixels decoded straight from the file's bytes must equal astropy's, bit for
+"""stream.io.fitsread: pixels decoded straight from the file's bytes must equal astropy's, bit for
 bit, and every case the fast path does not cover must fall back to astropy."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from stream import fitsread
-from stream.errors import BadExposure
-from stream.fitsio import load_exposure
+from diffstream.stream.io import fitsread
+from diffstream.stream.io.fitsio import load_exposure
+from diffstream.stream.ops.errors import BadExposure
 
 pytestmark = pytest.mark.unit
 
@@ -42,7 +42,7 @@ def _bits(a: np.ndarray) -> np.ndarray:
 
 
 def _astropy_pixels(raw: bytes, index: int, dtype) -> np.ndarray:
-    """The reference: astropy's decoded data, cast as stream.fitsread did before."""
+    """The reference: astropy's decoded data, cast as diffstream.stream.io.fitsread did before."""
     with fits.open(io.BytesIO(raw)) as hdul:
         return np.ascontiguousarray(np.asarray(hdul[index].data).astype(dtype, casting="unsafe"))
 
@@ -257,8 +257,8 @@ def test_truncated_file_with_threaded_hash(tmp_path, monkeypatch):
 
 
 def test_read_bytes_kept_for_other_modules(tmp_path):
-    # stream.calibrated imports these two from stream.fitsio.
-    from stream.fitsio import _open_fits, _read_bytes
+    # diffstream.stream.io.calibrated imports these two from diffstream.stream.io.fitsio.
+    from diffstream.stream.io.fitsio import _open_fits, _read_bytes
 
     path = _mef(tmp_path, mask=np.zeros(SHAPE, np.int32))
     raw, sha = _read_bytes(str(path), 10**9)

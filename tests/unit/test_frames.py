@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy import fft as sfft
 
-from jitcore.tiles import embed_centred, fill_frame, overlap, stamp_spectrum
+from diffstream.jitcore.tiles import embed_centred, fill_frame, overlap, stamp_spectrum
 
 
 def fill_frame_reference(image, good, oy, ox, out):

@@ -1,4 +1,4 @@
-"""jitcore.ids: LSST-layout diaSource ids, unique, stable, checked."""
+"""diffstream.jitcore.ids: LSST-layout diaSource ids, unique, stable, checked."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jitcore.ids import ID_BITS, IdFactory, decode
+from diffstream.jitcore.ids import ID_BITS, IdFactory, decode
 
 pytestmark = pytest.mark.unit
 

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = r"""
 import json, numpy as np
-from jitcore.warp import warp_image
-from jitcore._kernels.lanczos import KERNELS
+from diffstream.jitcore.warp import warp_image
+from diffstream.jitcore._kernels.lanczos import KERNELS
 rng = np.random.default_rng(0)
 img = rng.normal(size=(40, 40)).astype(np.float32)
 var = np.ones_like(img)

@@ -9,9 +9,9 @@ import threading
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-import stream.kafka_transport as kt
-from stream.outcomes import SourceMessage
-from stream.settings import Settings
+import diffstream.stream.transport.kafka as kt
+from diffstream.stream.ops.settings import Settings
+from diffstream.stream.transport.outcomes import SourceMessage
 
 pytestmark = pytest.mark.unit
 

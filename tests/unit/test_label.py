@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from jitcore._kernels.label import (
+from diffstream.jitcore._kernels.label import (
     COMP_COLUMNS,
     RUN_COLUMNS,
     STAR_COLUMNS,

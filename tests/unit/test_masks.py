@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
-from jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, bits, remap
+from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, bits, remap
 
 pytestmark = pytest.mark.unit
 

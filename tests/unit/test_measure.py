@@ -9,13 +9,13 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from jitcore._kernels import measure as K
-from jitcore._kernels import psffit as F
-from jitcore.detect import SOURCE_DTYPE, detect
-from jitcore.masks import DEFAULT_PLANES
-from jitcore.measure import MEASURE_DTYPE, PIXEL_FLAG_PLANES, measure
-from jitcore.photometry import aperture_flux, stack_psfs, unusable_map
-from jitcore.psf import PsfModel, gaussian_psf
+from diffstream.jitcore._kernels import measure as K
+from diffstream.jitcore._kernels import psffit as F
+from diffstream.jitcore.detect import SOURCE_DTYPE, detect
+from diffstream.jitcore.masks import DEFAULT_PLANES
+from diffstream.jitcore.measure import MEASURE_DTYPE, PIXEL_FLAG_PLANES, measure
+from diffstream.jitcore.photometry import aperture_flux, stack_psfs, unusable_map
+from diffstream.jitcore.psf import PsfModel, gaussian_psf
 
 pytestmark = pytest.mark.unit
 

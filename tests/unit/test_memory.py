@@ -1,4 +1,4 @@
-"""stream.memory: freed large arrays stay in the process heap (glibc), opt-out by env."""
+"""stream.ops.memory: freed large arrays stay in the process heap (glibc), opt-out by env."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ pytestmark = pytest.mark.unit
 
 _PROBE = """
 import numpy as np
-from stream.memory import configure_from_env
-from stream.memory import keep_freed_memory
+from diffstream.stream.ops.memory import configure_from_env
+from diffstream.stream.ops.memory import keep_freed_memory
 applied = configure_from_env()
 assert keep_freed_memory() is applied or not applied  # a second call is a no-op
 ptrs = []
@@ -51,7 +51,7 @@ def test_opt_out_leaves_malloc_alone():
 _THREAD_PROBE = """
 import threading
 import numpy as np
-from stream.memory import configure_from_env
+from diffstream.stream.ops.memory import configure_from_env
 applied = configure_from_env()
 ptrs = []
 def on_thread():

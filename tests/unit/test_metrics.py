@@ -1,6 +1,7 @@
-"""Prometheus metrics (stream.metrics) and structured logs (stream.logs).
+"""Prometheus metrics (stream.ops.metrics) and structured logs (stream.ops.logs).
 
-The worker test drives the real :class:`stream.service.Worker` and ``run_loop`` (with a fake
+The worker test drives the real :class:`stream.transport.service.Worker` and ``run_loop`` (with a
+fake
 transport and a fake pipeline) so the counters are checked against what the worker did, both
 in the registry and over HTTP.
 """
@@ -16,12 +17,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from stream.errors import NoWorkFound
-from stream.events import encode_event, make_event
-from stream.logs import JsonFormatter, event_logger, setup_logging, where
-from stream.metrics import PrometheusMetrics, start_metrics
-from stream.service import SourceMessage, Worker, run_loop
-from stream.settings import Settings
+from diffstream.stream.ops.errors import NoWorkFound
+from diffstream.stream.ops.logs import JsonFormatter, event_logger, setup_logging, where
+from diffstream.stream.ops.metrics import PrometheusMetrics, start_metrics
+from diffstream.stream.ops.settings import Settings
+from diffstream.stream.transport.events import encode_event, make_event
+from diffstream.stream.transport.service import SourceMessage, Worker, run_loop
 from tests.unit.test_wire import make_test_alert
 
 pytestmark = pytest.mark.unit

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from jitcore.noise import diffim_scale_factors, noise_scale_factor, robust_sigma
+from diffstream.jitcore.noise import diffim_scale_factors, noise_scale_factor, robust_sigma
 
 pytestmark = pytest.mark.unit
 

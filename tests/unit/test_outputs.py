@@ -1,4 +1,4 @@
-"""stream.outputs.write_planes: the file equals, byte for byte, what astropy's HDUList.writeto
+"""stream.io.outputs.write_planes: the file equals, byte for byte, what astropy's HDUList.writeto
 wrote for the same planes (the writer we replaced), and a failed write leaves nothing."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from jitcore.masks import DEFAULT_PLANES
-from stream import outputs
-from stream.outputs import write_planes
+from diffstream.jitcore.masks import DEFAULT_PLANES
+from diffstream.stream.io import outputs
+from diffstream.stream.io.outputs import write_planes
 
 pytestmark = pytest.mark.unit
 

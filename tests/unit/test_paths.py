@@ -8,8 +8,8 @@ from urllib.parse import quote
 
 import pytest
 
-from stream.errors import BadExposure, PathNotAllowed
-from stream.paths import resolve_data_path
+from diffstream.stream.io.paths import resolve_data_path
+from diffstream.stream.ops.errors import BadExposure, PathNotAllowed
 
 pytestmark = pytest.mark.unit
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from jitcore.background import estimate_background, subtract_background
-from jitcore.masks import DEFAULT_PLANES, bits
-from jitcore.planes import combine_planes
-from jitcore.psf import gaussian_psf, psf_moments
-from jitcore.psfmeasure import find_stars, measure_psf
-from jitcore.starmatch import match_stars
+from diffstream.jitcore.background import estimate_background, subtract_background
+from diffstream.jitcore.masks import DEFAULT_PLANES, bits
+from diffstream.jitcore.planes import combine_planes
+from diffstream.jitcore.psf import gaussian_psf, psf_moments
+from diffstream.jitcore.psfmeasure import find_stars, measure_psf
+from diffstream.jitcore.starmatch import match_stars
 
 pytestmark = pytest.mark.unit
 
@@ -184,7 +184,7 @@ def test_measure_psf_sources_need_the_image_as_given():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_unusable_pixels_matches_numpy(dtype):
-    from jitcore._kernels.planes import unusable_pixels
+    from diffstream.jitcore._kernels.planes import unusable_pixels
 
     img, var, mask = _planes(9, (37, 51), dtype)
     var[3, :] = 0.0
@@ -198,7 +198,7 @@ def test_unusable_pixels_matches_numpy(dtype):
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 33)])
 def test_usable_pair_matches_numpy(shape):
-    from jitcore._kernels.planes import usable_pair
+    from diffstream.jitcore._kernels.planes import usable_pair
 
     si, sv, _ = _planes(3, shape)
     ti, tv, _ = _planes(4, shape, np.float64)

@@ -6,19 +6,25 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from jitcore.psf import gaussian_psf
-from stream.cutouts import make_cutout
-from stream.plots import PLOT_KINDS, _display, decode_cutout, plot_prefix, write_debug_plots
-from stream.provenance import full_record
+from diffstream.jitcore.psf import gaussian_psf
+from diffstream.stream.alerts.cutouts import make_cutout
+from diffstream.stream.io.plots import (
+    PLOT_KINDS,
+    _display,
+    decode_cutout,
+    plot_prefix,
+    write_debug_plots,
+)
+from diffstream.stream.provenance.store import full_record
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    from stream.pipeline import subtract_files
-    from stream.settings import Settings
-    from stream.simulate import simulate_pair, write_pair
+    from diffstream.stream.ops.settings import Settings
+    from diffstream.stream.pipeline.subtract import subtract_files
+    from diffstream.stream.sim.simulate import simulate_pair, write_pair
 
     root = tmp_path_factory.mktemp("pair")
     sci, tmpl = write_pair(simulate_pair(seed=1, shape=(320, 320)), root, truth_csv=False)
@@ -54,7 +60,7 @@ def test_every_plot_is_written_and_not_blank(result, tmp_path):
 
 
 def test_panels_mark_positive_and_negative_detections(result, tmp_path):
-    from stream.plots import NEG_COLOUR, POS_COLOUR
+    from diffstream.stream.io.plots import NEG_COLOUR, POS_COLOUR
 
     (path,) = write_debug_plots(result, tmp_path, kinds=["panels"])
     rgb = _rgb(path)
@@ -84,8 +90,8 @@ def test_no_diasources_still_gives_every_file(result, tmp_path):
 
 
 def test_psfs_use_the_results_models_when_present(result, tmp_path):
-    from jitcore.psf import PsfModel
-    from stream.plots import _psf_models
+    from diffstream.jitcore.psf import PsfModel
+    from diffstream.stream.io.plots import _psf_models
 
     shape = result.science.shape
     wide = dataclasses.replace(result)

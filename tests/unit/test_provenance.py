@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from fastavro.schema import to_parsing_canonical_form
 
-from schemas import SCHEMA_DIR, load_parsed
-from stream.errors import ConfigError
-from stream.provenance import (
+from diffstream.schemas import SCHEMA_DIR, load_parsed
+from diffstream.stream.ops.errors import ConfigError
+from diffstream.stream.ops.settings import Settings, load_settings
+from diffstream.stream.provenance.store import (
     backup_path,
     check_and_write_versions,
     effective_config,
@@ -21,8 +22,7 @@ from stream.provenance import (
     write_config,
     write_schemas,
 )
-from stream.settings import Settings, load_settings
-from stream.taskmeta import TaskMetadata
+from diffstream.stream.provenance.taskmeta import TaskMetadata
 
 pytestmark = pytest.mark.unit
 
@@ -44,7 +44,7 @@ ENV = "DIFFSTREAM_DETECTION_THRESHOLD"
     ],
 )
 def test_override_order_through_the_cli_parser(tmp_path, monkeypatch, layers, expected):
-    from stream.cli import build_parser, settings_from
+    from diffstream.stream.cli.main import build_parser, settings_from
 
     monkeypatch.delenv(ENV, raising=False)
     argv = ["subtract", "s.fits", "t.fits", "--out", str(tmp_path / "out")]

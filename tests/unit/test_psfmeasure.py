@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from jitcore.background import estimate_background
-from jitcore.masks import DEFAULT_PLANES, bits
-from jitcore.psf import gaussian_psf, psf_moments
-from jitcore.psfmeasure import (
+from diffstream.jitcore.background import estimate_background
+from diffstream.jitcore.masks import DEFAULT_PLANES, bits
+from diffstream.jitcore.psf import gaussian_psf, psf_moments
+from diffstream.jitcore.psfmeasure import (
     find_stars,
     measure_psf,
     stamp_size_for_sigma,

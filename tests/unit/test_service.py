@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from stream.alerts import deserialize_alert
-from stream.errors import BadExposure, ConfigError, DiffstreamError, NoWorkFound
-from stream.events import encode_event, make_event
-from stream.kafka_transport import client_configs
-from stream.pipeline import subtract_files
-from stream.records import decode_dead_letter, decode_summary
-from stream.service import (
+from diffstream.stream.alerts.packets import deserialize_alert
+from diffstream.stream.ops.errors import BadExposure, ConfigError, DiffstreamError, NoWorkFound
+from diffstream.stream.ops.settings import Settings
+from diffstream.stream.pipeline.subtract import subtract_files
+from diffstream.stream.sim.simulate import simulate_pair, write_pair
+from diffstream.stream.transport.events import encode_event, make_event
+from diffstream.stream.transport.kafka import client_configs
+from diffstream.stream.transport.records import decode_dead_letter, decode_summary
+from diffstream.stream.transport.service import (
     ALERT_FINGERPRINT,
     ErrorAction,
     Outcome,
@@ -24,8 +26,6 @@ from stream.service import (
     Worker,
     run_loop,
 )
-from stream.settings import Settings
-from stream.simulate import simulate_pair, write_pair
 
 pytestmark = pytest.mark.unit
 
@@ -381,7 +381,7 @@ def test_injected_codecs_decode_events_and_encode_alerts(pair_dir, real_result):
     def decoder(data, ctx):
         ctxs.append(ctx)
         if data != b"framed":
-            from stream.errors import BadEvent
+            from diffstream.stream.ops.errors import BadEvent
 
             raise BadEvent("not framed", reason="undecodable")
         return event

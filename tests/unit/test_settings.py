@@ -1,7 +1,7 @@
 import pytest
 
-from stream.errors import ConfigError
-from stream.settings import Settings, config_hash, load_settings
+from diffstream.stream.ops.errors import ConfigError
+from diffstream.stream.ops.settings import Settings, config_hash, load_settings
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""The seeded pair simulator (stream.simulate) and its FITS writers."""
+"""The seeded pair simulator (diffstream.stream.sim.simulate) and its FITS writers."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from astropy.wcs import WCS
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy import stats
 
-from jitcore.masks import DEFAULT_PLANES
-from jitcore.psf import gaussian_psf, psf_moments
-from stream import simulate_render as render
-from stream.simulate import (
+from diffstream.jitcore.masks import DEFAULT_PLANES
+from diffstream.jitcore.psf import gaussian_psf, psf_moments
+from diffstream.stream.sim import render
+from diffstream.stream.sim.simulate import (
     TRUTH_DTYPE,
     Instrument,
     simulate_pair,

@@ -1,5 +1,5 @@
 """``diffstream tail`` formatting and file mode, replay positions, progress and summary
-(stream.tail, stream.replay), with fake consumers: no broker."""
+(stream.transport.tail, stream.transport.replay), with fake consumers: no broker."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
-from stream.alerts import serialize_alert, write_alert_file
-from stream.cli import main
-from stream.replay import (
+from diffstream.stream.alerts.packets import serialize_alert, write_alert_file
+from diffstream.stream.cli.main import main
+from diffstream.stream.transport.replay import (
     PartitionStats,
     Position,
     Progress,
@@ -22,8 +22,8 @@ from stream.replay import (
     partition_ranges,
     summary_table,
 )
-from stream.tail import alert_json, alert_line, tail_file, tail_topic
-from stream.wire import FINGERPRINT_HEADER, alert_codec
+from diffstream.stream.transport.tail import alert_json, alert_line, tail_file, tail_topic
+from diffstream.stream.transport.wire import FINGERPRINT_HEADER, alert_codec
 from tests.unit.test_wire import ALERT_FP, make_test_alert
 
 pytestmark = pytest.mark.unit

@@ -2,8 +2,8 @@ import time
 
 import pytest
 
-from stream.errors import BadExposure, NoWorkFound
-from stream.taskmeta import TaskMetadata
+from diffstream.stream.ops.errors import BadExposure, NoWorkFound
+from diffstream.stream.provenance.taskmeta import TaskMetadata
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from stream.taskmeta import TaskMetadata, time_method
+from diffstream.stream.provenance.taskmeta import TaskMetadata, time_method
 
 pytestmark = pytest.mark.unit
 

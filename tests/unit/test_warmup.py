@@ -1,4 +1,4 @@
-"""stream.warmup: a worker compiles (or loads) its kernels before it takes events."""
+"""diffstream.stream.cli.warmup: a worker compiles (or loads) its kernels before it takes events."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import stream.warmup
-from stream.cli import main
+import diffstream.stream.cli.warmup
+from diffstream.stream.cli.main import main
 
 pytestmark = pytest.mark.unit
 
@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 _PROBE = r"""
 import gc, json, sys, tempfile
 from numba.core.dispatcher import Dispatcher
-from stream.settings import Settings
-from stream.warmup import warm_up
+from diffstream.stream.ops.settings import Settings
+from diffstream.stream.cli.warmup import warm_up
 
 def signatures():
     return {f"{d.py_func.__module__}.{d.py_func.__qualname__}#{id(d)}": len(d.signatures)
@@ -33,8 +33,8 @@ def signatures():
 settings = Settings(method=sys.argv[1])
 warm_up(settings)
 before = signatures()
-from stream.pipeline import subtract_files
-from stream.simulate import simulate_pair, write_pair
+from diffstream.stream.pipeline.subtract import subtract_files
+from diffstream.stream.sim.simulate import simulate_pair, write_pair
 with tempfile.TemporaryDirectory() as tmp:
     sci, tmpl = write_pair(simulate_pair(seed=5, shape=(1024, 768)), tmp)
     result = subtract_files(str(sci), str(tmpl), settings=settings)
@@ -79,22 +79,24 @@ def empty_dirs(tmp_path):
 @pytest.fixture
 def served(monkeypatch):
     """The PrometheusMetrics objects that ``run`` creates."""
-    import stream.metrics
+    import diffstream.stream.ops.metrics
 
     made = []
-    real = stream.metrics.start_metrics
+    real = diffstream.stream.ops.metrics.start_metrics
 
     def spy(*args, **kwargs):
         made.append(real(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(stream.metrics, "start_metrics", spy)
+    monkeypatch.setattr(diffstream.stream.ops.metrics, "start_metrics", spy)
     return made
 
 
 def test_run_warms_up_before_consuming_unless_told_not_to(monkeypatch, empty_dirs, capsys, served):
     calls = []
-    monkeypatch.setattr(stream.warmup, "warm_up", lambda settings: calls.append(settings.method))
+    monkeypatch.setattr(
+        diffstream.stream.cli.warmup, "warm_up", lambda settings: calls.append(settings.method)
+    )
     assert main(["run", *empty_dirs, "--method", "al"]) == 0
     assert calls == ["al"]  # with the worker's own settings
     assert served[0].value("diffstream_warmup_seconds", ok="true") >= 0
@@ -109,7 +111,7 @@ def test_a_failed_warm_up_is_logged_and_the_worker_still_runs(
     def fail(settings):
         raise ValueError("found 3 usable PSF stars < required min_stars=50")
 
-    monkeypatch.setattr(stream.warmup, "warm_up", fail)
+    monkeypatch.setattr(diffstream.stream.cli.warmup, "warm_up", fail)
     with caplog.at_level(logging.WARNING, logger="diffstream.run"):
         assert main(["run", *empty_dirs]) == 0
     assert "warm-up did not finish (ValueError: found 3 usable PSF stars" in caplog.text

@@ -1,4 +1,4 @@
-"""jitcore.warp: Lanczos resampling kernel, coarse-grid mapping, PSF stamp warping."""
+"""diffstream.jitcore.warp: Lanczos resampling kernel, coarse-grid mapping, PSF stamp warping."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-from jitcore._kernels.lanczos import SNAP
-from jitcore.psf import gaussian_psf, psf_moments
-from jitcore.warp import local_jacobian, mapping_grid, warp_image, warp_stamp
+from diffstream.jitcore._kernels.lanczos import SNAP
+from diffstream.jitcore.psf import gaussian_psf, psf_moments
+from diffstream.jitcore.warp import local_jacobian, mapping_grid, warp_image, warp_stamp
 
 pytestmark = pytest.mark.unit
 
@@ -23,7 +23,7 @@ CR = 1 << 3
 
 
 # --------------------------------------------------------------------------------------
-# Slow, obviously-correct NumPy reference of jitcore._kernels.lanczos.
+# Slow, obviously-correct NumPy reference of diffstream.jitcore._kernels.lanczos.
 # --------------------------------------------------------------------------------------
 def ref_taps(pos: float, order: int) -> dict[int, float]:
     """Template index -> Lanczos weight, with np.sinc (not the kernel's trig identities)."""

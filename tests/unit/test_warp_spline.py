@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-from jitcore._kernels.lanczos import sin_small
-from jitcore.warp import (
+from diffstream.jitcore._kernels.lanczos import sin_small
+from diffstream.jitcore.warp import (
     MapSpline,
     map_spline,
     mapping_grid,
@@ -52,7 +52,7 @@ def ref_spline_grid(mapping, shape, step):
     out = []
     for g in (gx, gy):
         g = g.copy()
-        if not good.all():  # the same affine placeholder fill as jitcore.warp
+        if not good.all():  # the same affine placeholder fill as diffstream.jitcore.warp
             coef, *_ = np.linalg.lstsq(design, g[good], rcond=None)
             g[~good] = (coef[0] + coef[1] * xx + coef[2] * yy)[~good]
         spline = RectBivariateSpline(yn, xn, g, kx=3, ky=3, s=0)
@@ -188,7 +188,7 @@ def test_threaded_warp_equals_single_thread(workers):
 
 
 def test_warp_stamp_runs_on_one_thread_and_is_unchanged():
-    from jitcore.psf import gaussian_psf
+    from diffstream.jitcore.psf import gaussian_psf
 
     stamp = gaussian_psf(1.7, 21)
     assert_allclose(warp_stamp(stamp, np.eye(2)), stamp, rtol=1e-6, atol=1e-9)

@@ -1,4 +1,4 @@
-"""stream.warping with real astropy WCS pairs: TAN (offset + rotated), SIP, TPV."""
+"""stream.pipeline.warping with real astropy WCS pairs: TAN (offset + rotated), SIP, TPV."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from astropy.io.fits import Header
 from astropy.wcs import WCS, FITSFixedWarning
 from numpy.testing import assert_allclose, assert_array_equal
 
-from jitcore.coverage import template_coverage
-from jitcore.masks import DEFAULT_PLANES
-from jitcore.warp import local_jacobian, mapping_grid, warp_image
-from stream.errors import BadExposure
-from stream.exposure import Exposure
-from stream.warping import BAD_PLANES, warp_template, wcs_mapping
+from diffstream.jitcore.coverage import template_coverage
+from diffstream.jitcore.masks import DEFAULT_PLANES
+from diffstream.jitcore.warp import local_jacobian, mapping_grid, warp_image
+from diffstream.stream.io.exposure import Exposure
+from diffstream.stream.ops.errors import BadExposure
+from diffstream.stream.pipeline.warping import BAD_PLANES, warp_template, wcs_mapping
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,5 @@
-"""Wire formats (stream.wire) and registry helpers (stream.registry), without a real registry.
+"""Wire formats (stream.transport.wire) and registry helpers (stream.transport.registry), without
+a real registry.
 
 The Confluent framing is checked byte for byte, and against confluent-kafka's own
 AvroSerializer/AvroDeserializer over its in-process ``mock://`` registry client.
@@ -18,11 +19,22 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import fingerprint, load_json
-from stream.alerts import ALERT_SCHEMA, LSST_SCHEMA, dia_source_record, make_alert, serialize_alert
-from stream.errors import BadEvent, ConfigError
-from stream.events import EVENT_SCHEMA, encode_event, encode_single_object, make_event
-from stream.registry import (
+from diffstream.schemas import fingerprint, load_json
+from diffstream.stream.alerts.packets import (
+    ALERT_SCHEMA,
+    LSST_SCHEMA,
+    dia_source_record,
+    make_alert,
+    serialize_alert,
+)
+from diffstream.stream.ops.errors import BadEvent, ConfigError
+from diffstream.stream.transport.events import (
+    EVENT_SCHEMA,
+    encode_event,
+    encode_single_object,
+    make_event,
+)
+from diffstream.stream.transport.registry import (
     RegistryError,
     SchemaIncompatible,
     avro_schema,
@@ -31,7 +43,7 @@ from stream.registry import (
     registry_status,
     subject_for,
 )
-from stream.wire import (
+from diffstream.stream.transport.wire import (
     FINGERPRINT_HEADER,
     MAGIC_BYTE,
     PREFIX_LEN,
@@ -477,7 +489,7 @@ def test_registry_reader_also_reads_marked_schemaless_alerts(mock_registry):
 
 
 def test_worker_codecs_without_a_registry_match_the_worker_encoding():
-    from stream.settings import Settings
+    from diffstream.stream.ops.settings import Settings
 
     events, alerts = worker_codecs(Settings())
     event, alert = make_test_event(), make_test_alert()
@@ -487,7 +499,7 @@ def test_worker_codecs_without_a_registry_match_the_worker_encoding():
 
 
 def test_worker_codecs_with_a_registry_register_the_alert_schema_at_start():
-    from stream.settings import Settings
+    from diffstream.stream.ops.settings import Settings
 
     events, alerts = worker_codecs(Settings(schema_registry_url="mock://w", output_topic="out"))
     assert (events.mode, alerts.mode) == ("registry", "registry")

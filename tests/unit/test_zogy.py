@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy import fft as sfft
 
-from jitcore.psf import PsfModel, gaussian_psf
-from jitcore.tiles import dilate, footprint_radius, robust_sigma, split_axis, tile_cores
-from jitcore.zogy import ZogyResult, zogy
+from diffstream.jitcore.psf import PsfModel, gaussian_psf
+from diffstream.jitcore.tiles import dilate, footprint_radius, robust_sigma, split_axis, tile_cores
+from diffstream.jitcore.zogy import ZogyResult, zogy
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-from jitcore._kernels.zogy import (
+from diffstream.jitcore._kernels.zogy import (
     spectral_combine,
     zogy_core,
     zogy_denominator,
