@@ -194,11 +194,11 @@ def cmd_subtract(args: argparse.Namespace) -> int:
 
         for path in write_debug_plots(result, args.debug_plots):
             paths[f"plot {path.stem.rsplit('-', 1)[-1]}"] = path
-    _print_summary(result, paths)
+    print_summary(result, paths)
     return EXIT_OK
 
 
-def _print_summary(result: Any, paths: dict[str, Path]) -> None:
+def print_summary(result: Any, paths: dict[str, Path]) -> None:
     import numpy as np
 
     src = result.dia_sources
