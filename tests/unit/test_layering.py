@@ -101,6 +101,40 @@ def test_no_private_names_imported_across_modules():
     assert wrong == [], "\n".join(wrong)
 
 
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return "diffstream." + ".".join(parts)
+
+
+def test_no_import_cycle_between_modules():
+    # Imports inside functions count: a lazy import that only hides a cycle is still one.
+    paths = sorted(STREAM.rglob("*.py")) + sorted((ROOT / "jitcore").rglob("*.py"))
+    graph: dict[str, set[str]] = {}
+    for p in paths:
+        deps = set()
+        for module, names in _imports(p):
+            deps.add(module)
+            deps.update(f"{module}.{n}" for n in names)
+        graph[_module_name(p)] = deps
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            m = todo.pop()
+            if m == goal:
+                return True
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+        return False
+
+    cycles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if a < b and reaches(b, a))
+    assert cycles == [], "\n".join(cycles)
+
+
 def test_the_layering_check_sees_a_violation(tmp_path):
     # The premise of the tests above: an upward import is recognised as one.
     bad = tmp_path / "x.py"
