@@ -18,11 +18,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from diffstream.jitcore.alardlupton import ALInfo, al_subtract
 from diffstream.jitcore.background import subtract_background
 from diffstream.jitcore.coverage import template_coverage
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, remap
@@ -54,6 +53,9 @@ from diffstream.stream.pipeline.steps import (
 from diffstream.stream.pipeline.warping import warp_template
 from diffstream.stream.provenance.taskmeta import TaskMetadata
 from diffstream.stream.provenance.versions import package_versions, versions_hash
+
+if TYPE_CHECKING:  # Alard-Lupton loads (1-2 s of imports) only when a run asks for it.
+    from diffstream.jitcore.alardlupton import ALInfo
 
 __all__ = ["SubtractResult", "mjd_now", "subtract_exposures", "subtract_files"]
 
@@ -413,6 +415,8 @@ def difference(
     al_info: ALInfo | None = None
     with meta.timer("alardLupton" if settings.method == "al" else "zogy"):
         if settings.method == "al":
+            from diffstream.jitcore.alardlupton import al_subtract
+
             # AL decorrelates in its own tiles and has no astrometric term (see al_subtract).
             try:
                 z, al_info = al_subtract(
