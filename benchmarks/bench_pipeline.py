@@ -7,7 +7,8 @@ Prints a table: the pipeline's wall time per step (JIT cache warm), the referenc
 (scipy.fft rfft2 ZOGY of the whole image with the true PSFs: no warp, no tiles, no
 detection), their ratio, and peak RSS: of this process, and of the pipeline alone in a fresh
 process (one FITS-in, alerts-out run, as a worker holds it).  ``--compile`` also times a
-first run in fresh processes with an empty Numba cache and with the warm cache.  Timing never gates a test.
+first run in fresh processes with an empty Numba cache and with the warm cache.  Timing never
+gates a test.
 """
 
 from __future__ import annotations
