@@ -92,3 +92,30 @@ def test_jwst_i2d_pair_runs_end_to_end_in_njy(jwst_pair, tmp_path):
     # S/N 20-60 sources measure their flux to 2-5%.
     assert 0.9 < float(np.median(ratios)) < 1.1, ratios
     assert abs(float(np.mean(pulls))) < 5.0 / np.sqrt(len(pulls)), pulls
+
+
+def test_companion_files_from_the_command_line(tmp_path):
+    """--science-variance/--science-variance-kind/--science-mask reach the loader and the
+    metadata (DECam CP's oow weight and ood mask beside the image)."""
+    from astropy.io import fits
+
+    weight = np.full((256, 256), 1.0 / 45.0**2, dtype=">f4")
+    ood = np.zeros((256, 256), dtype=">i2")
+    ood[:, :4] = 1
+    fits.PrimaryHDU(weight).writeto(tmp_path / "oow.fits")
+    fits.PrimaryHDU(ood).writeto(tmp_path / "ood.fits")
+    out = tmp_path / "out"
+    rc = main([
+        "subtract", str(REAL / "DEC-OBS18d.fits"), str(REAL / "DEC-OBS04d.fits"),
+        "--out", str(out), "--allow-uncalibrated", "--exposure-id", "9",
+        "--science-variance", str(tmp_path / "oow.fits"), "--science-variance-kind", "weight",
+        "--science-mask", str(tmp_path / "ood.fits"),
+    ])  # fmt: skip
+    assert rc == 0
+    science = json.loads((out / "metadata.json").read_text())["inputs"]["science"]
+    assert science["variance"]["path"] == str(tmp_path / "oow.fits")
+    assert science["mask"]["path"] == str(tmp_path / "ood.fits")
+    assert len(science["variance"]["sha256"]) == len(science["mask"]["sha256"]) == 64
+    with fits.open(out / "difference.fits") as hdul:
+        bad = 1 << hdul["MASK"].header["MP_BAD"]
+        assert (hdul["MASK"].data[:, :4] & bad).all()

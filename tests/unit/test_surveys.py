@@ -340,8 +340,14 @@ def test_hdu_by_name_picks_the_ccd_and_its_companions(tmp_path):
         data, header = src[0].data, src[0].header.copy()
     primary = fits.PrimaryHDU(header=fits.Header([("INSTRUME", "DECam"), ("EXPNUM", 777)]))
     other = fits.ImageHDU(np.zeros((8, 8), ">f4"), name="S1")
-    header["EXTNAME"] = "N6"
-    mef = fits.HDUList([primary, other, fits.ImageHDU(data, header=header)])
+    # CP files are fpacked (.fits.fz): the CCD is a tile-compressed HDU.
+    ccd = fits.CompImageHDU(data.astype(np.float32), name="N6", quantize_level=0)
+    for card in header.cards:
+        if card.keyword.startswith(
+            ("CCDNUM", "DETPOS", "FWHM", "CTYPE", "CRPIX", "CRVAL", "CD", "PV")
+        ):
+            ccd.header[card.keyword] = card.value
+    mef = fits.HDUList([primary, other, ccd])
     mef.writeto(tmp_path / "ooi.fits")
     w = [fits.PrimaryHDU(), fits.ImageHDU(np.ones((8, 8), ">f4"), name="S1"),
          fits.ImageHDU(np.full((256, 256), 0.01, ">f4"), name="N6")]  # fmt: skip
