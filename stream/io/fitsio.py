@@ -173,7 +173,17 @@ def load_exposure(
             image = read_image(img_hdu, raw, spath, max_pixels, "image")
             variance, mask, planes = None, None, dict(DEFAULT_PLANES)
             info["mask_planes_from"] = "default"
-        info["hdu"] = next(i for i, hdu in enumerate(hdul) if hdu is img_hdu)
+            n_images = sum(1 for h in hdul if is_image(h) and len(h.shape or ()) == 2)
+            if hdu is None and n_images > 1:
+                # A DECam CP file holds 60 CCDs: reading the first without being told to is a
+                # guess, so it is said (the run goes on: the first image is a valid exposure).
+                surveys.flag(
+                    info, spath, "first_hdu_chosen",
+                    f"{n_images} image HDUs and no --science-hdu/--template-hdu: read the "
+                    f"first, {img_hdu.name or 'PRIMARY'!r}",
+                    hdu=img_hdu.name,
+                )  # fmt: skip
+        info["hdu"] = next(i for i, h in enumerate(hdul) if h is img_hdu)
         primary = hdul[0].header
         header = _merged_header(img_hdu.header, primary if img_hdu is not hdul[0] else None)
         wcs = _celestial_wcs([img_hdu.header, primary], spath, image.shape)

@@ -371,3 +371,19 @@ def test_missing_hdu(tmp_path, hdu, match):
     shutil.copy(REAL / "DEC-OBS18d.fits", tmp_path / "a.fits")
     with pytest.raises(BadExposure, match=match):
         load_exposure(tmp_path / "a.fits", hdu=hdu, allow_uncalibrated=True)
+
+
+def test_first_of_several_ccds_is_read_with_a_flag(tmp_path, caplog):
+    with fits.open(REAL / "DEC-OBS18c.fits") as src:
+        data, header = src[0].data, src[0].header
+        hdus = [fits.PrimaryHDU()]
+        for name in ("N6", "N7"):
+            hdus.append(fits.ImageHDU(data, header=header, name=name))
+        fits.HDUList(hdus).writeto(tmp_path / "mef.fits")
+    with caplog.at_level(logging.WARNING):
+        exp = load_exposure(tmp_path / "mef.fits", allow_uncalibrated=True, measure_psf=False)
+    assert exp.info["hdu"] == 1
+    assert "first_hdu_chosen" in fallback_flags(exp.info)
+    assert any("2 image HDUs" in r.getMessage() for r in caplog.records)
+    one = load_exposure(REAL / "DEC-OBS18c.fits", allow_uncalibrated=True, measure_psf=False)
+    assert "first_hdu_chosen" not in fallback_flags(one.info)
