@@ -124,6 +124,25 @@ ZTF_SOURCE_BIT = 1 << 1
 ZTF_SATURATED_BIT = 1 << 8
 
 
+def write_ztf_refimg(sim: SimImage, path: Path) -> Path:
+    """``sim`` as a ZTF reference image (a coadd: MAGZP, no EXPID or OBSMJD, no SEEING)."""
+    h = sim.wcs.to_header(relax=True)
+    for key, value in {
+        "ORIGIN": "Zwicky Transient Facility",
+        "INSTRUME": "ZTF/MOSAIC",
+        "FILTER": f"ZTF_{sim.band}",
+        "FIELDID": 700,
+        "CCDID": 5,
+        "QID": 2,
+        "NFRAMES": 15,
+        "GAIN": sim.gain,
+        "MAGZP": sim.magzp,
+    }.items():
+        h[key] = value
+    fits.PrimaryHDU(sim.image.astype(">f4"), header=h).writeto(path, overwrite=True)
+    return path
+
+
 def write_ztf_sciimg(sim: SimImage, path: Path, *, expid: int = 123456789) -> Path:
     """``sim`` as a ZTF science image (single HDU, counts, MAGZP, OBSMJD, SEEING)."""
     h = sim.wcs.to_header(relax=True)

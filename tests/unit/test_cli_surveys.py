@@ -119,3 +119,39 @@ def test_companion_files_from_the_command_line(tmp_path):
     with fits.open(out / "difference.fits") as hdul:
         bad = 1 << hdul["MASK"].header["MP_BAD"]
         assert (hdul["MASK"].data[:, :4] & bad).all()
+
+
+def test_ztf_sciimg_refimg_pair_with_mskimg(tmp_path):
+    """ZTF: sciimg (ids from RCID/EXPID, MAGZP, OBSMJD) - refimg, a mskimg for the science."""
+    from astropy.io import fits
+
+    from tests.survey_files import ZTF_SOURCE_BIT, write_ztf_refimg, write_ztf_sciimg
+
+    pair = simulate_pair(
+        seed=4, shape=(256, 256), n_stars=150, star_slope=0.5, n_transients=6,
+        n_variables=0, n_saturated=0, n_cosmic_rays=0, n_bad_columns=0, snr_range=(20.0, 60.0),
+    )  # fmt: skip
+    sci = write_ztf_sciimg(pair.science, tmp_path / "ztf_sciimg.fits")
+    ref = write_ztf_refimg(pair.template, tmp_path / "ztf_refimg.fits")
+    bits = np.zeros(pair.science.shape, dtype=">i2")
+    for row in pair.truth:  # the pipeline's own source bit on every transient: not a defect
+        y, x = int(round(row["y"])), int(round(row["x"]))
+        bits[y - 2 : y + 3, x - 2 : x + 3] = ZTF_SOURCE_BIT
+    fits.PrimaryHDU(bits).writeto(tmp_path / "ztf_mskimg.fits")
+    out = tmp_path / "out"
+    rc = main(["subtract", str(sci), str(ref), "--out", str(out),
+               "--science-mask", str(tmp_path / "ztf_mskimg.fits")])  # fmt: skip
+    assert rc == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    science = meta["inputs"]["science"]
+    assert science["ids"]["sources"] == {"visit": "EXPID", "detector": "RCID",
+                                         "exposure_id": "EXPID"}  # fmt: skip
+    assert science["fallbacks"] == [] and science["band"] == "r"
+    alerts = read_alert_file(out / "alerts.avro")
+    xy = np.array([[a["diaSource"]["x"], a["diaSource"]["y"]] for a in alerts]).reshape(-1, 2)
+    found = sum(
+        bool(len(xy)) and np.hypot(xy[:, 0] - r["x"], xy[:, 1] - r["y"]).min() < 2.0
+        for r in pair.truth
+    )
+    assert found == len(pair.truth)
+    assert all(a["diaSource"]["detector"] == 17 for a in alerts)
