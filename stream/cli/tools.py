@@ -276,7 +276,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise ConfigError("replay --mode events needs --data-root: the events' files live there")
     group = args.replay_group or new_group_id()
     registry = _registry(settings)
-    out_codec = alert_codec(args.output_topic, registry=registry)
+    out_codec = alert_codec(
+        args.output_topic, registry=registry, wire_format=settings.alert_wire_format
+    )
     out_codec.ensure()  # compatibility checked and schema registered before anything is read
     metrics = start_metrics(settings.metrics_port, addr=settings.metrics_addr)
     cconf, pconf = _clients(settings, group)
