@@ -36,7 +36,7 @@ from diffstream.jitcore.starmatch import StarMatch, match_stars
 from diffstream.jitcore.tiles import thread_count
 from diffstream.jitcore.warp import warp_stamp
 from diffstream.jitcore.zogy import ZogyResult, zogy
-from diffstream.stream.alerts.cutouts import CutoutMaker
+from diffstream.stream.alerts.cutouts import CutoutMaker, cutout_size
 from diffstream.stream.alerts.diasources import assign_ids, dia_source_records
 from diffstream.stream.alerts.packets import make_alert
 from diffstream.stream.io.calibrated import apply_external
@@ -457,9 +457,13 @@ def subtract_exposures(
             (s_img, s_var, science.mask),
             (t_img, t_var, t_mask),
         ]
+        # Rubin's side: the footprint's bbox clamped to [cutout_size (30), 102] px; each
+        # cutout carries its own image's PSF at the source (PSFIMAGE).
+        sizes = [cutout_size(s["bboxSize"], minimum=settings.cutout_size) for s in dia_sources]
         cutouts = maker.make_many(
-            cutout_planes, [s["x"] for s in dia_sources], [s["y"] for s in dia_sources]
-        )
+            cutout_planes, [s["x"] for s in dia_sources], [s["y"] for s in dia_sources],
+            sizes=sizes, psfs_at=[images["psf_d_at"], psf_s.at, psf_t.at],
+        )  # fmt: skip
         for src, (diff_cut, sci_cut, tmpl_cut) in zip(dia_sources, cutouts, strict=True):
             cut = {
                 "cutoutDifference": diff_cut,
