@@ -121,11 +121,15 @@ RUBIN_SUBJECT: str = rubin_subject(str(LSST_SCHEMA["name"]))
 
 def official_schema_json() -> dict[str, Any]:
     """The official alert schema as one self-contained JSON record (each named type defined
-    at its first use), the form Rubin registers: fastavro's parse without its private keys."""
+    at its first use), the form Rubin registers: fastavro's parse without its private keys.
+
+    Object keys are sorted: the registry stores the text, and a lookup must find the text
+    registered by another process, whose parsed schema may hold its keys in another order
+    (seen: ``default`` before ``doc`` after the schema had been used for reading)."""
 
     def clean(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: clean(v) for k, v in node.items() if not k.startswith("__")}
+            return {k: clean(node[k]) for k in sorted(node) if not k.startswith("__")}
         if isinstance(node, list):
             return [clean(v) for v in node]
         return node
