@@ -26,6 +26,7 @@ from diffstream.jitcore.alardlupton import ALInfo, al_subtract
 from diffstream.jitcore.background import subtract_background
 from diffstream.jitcore.coverage import template_coverage
 from diffstream.jitcore.detect import detect
+from diffstream.jitcore.extendedness import extendedness
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, remap
 from diffstream.jitcore.measure import measure
 from diffstream.jitcore.noise import diffim_scale_factors, variance_scale_factor
@@ -441,14 +442,24 @@ def subtract_exposures(
         dipoles = measure_dipoles(found, rows, wcs=science.wcs, settings=settings, **images)
         found, rows = dipoles.sources, dipoles.rows
         note("dipoles", dipoles.summary)
+    with meta.timer("extendedness"):
+        # On the science image, as LSST's: PSF flux against an aperture model flux.
+        ext = extendedness(
+            s_img, s_var, mask, unusable, rows["x"], rows["y"], psf_s.at,
+            rows["scienceFlux"], rows["scienceFluxErr"],
+        )  # fmt: skip
     with meta.timer("ids"):
         ids = assign_ids(science, len(rows), exposure_bits=settings.exposure_bits)
 
     with meta.timer("alerts"):
         alerts: list[dict[str, Any]] = []
         summary_meta = None  # filled below, after the timings of this step are known
+
+        def row_fields(i: int) -> dict[str, Any]:
+            return {**dipoles.row_fields(i), "extendedness": ext[i]}
+
         dia_sources = dia_source_records(
-            rows, ids, science, processed_mjd_tai=mjd_now(), row_fields=dipoles.row_fields
+            rows, ids, science, processed_mjd_tai=mjd_now(), row_fields=row_fields
         )
         # One local WCS and one set of header cards per source for its three cutouts.
         maker = CutoutMaker(science.wcs, size=settings.cutout_size, mask_planes=planes)
