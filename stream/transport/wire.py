@@ -393,6 +393,10 @@ class RegistryDeserializer:
         # reader without a registry (client None) still reads Rubin-framed alerts.
         self._writers: dict[int, Any] = dict(known or {})
 
+    def know(self, schema_id: int, parsed: Any) -> None:
+        """Read ``schema_id`` with ``parsed`` without asking the registry (unless known)."""
+        self._writers.setdefault(schema_id, parsed)
+
     def writer(self, schema_id: int) -> Any:
         parsed = self._writers.get(schema_id)
         if parsed is None and self.client is None:
@@ -457,14 +461,16 @@ class FramedAlertSerializer:
             (FINGERPRINT_HEADER, self.fingerprint.encode("ascii")),
         )
         self._ensure = ensure
-        self.schema_id: int | None = None if ensure is not None else schema_id
+        self.schema_id: int | None = None
         if ensure is None:
             frame(schema_id, b"")  # checks the id now, not at the first alert
+            self.schema_id = schema_id
 
     def ensure(self) -> int:
-        if self.schema_id is None:
-            assert self._ensure is not None  # noqa: S101 - set whenever schema_id is None
+        if self.schema_id is None and self._ensure is not None:
             self.schema_id = int(self._ensure())
+        if self.schema_id is None:
+            raise RuntimeError("FramedAlertSerializer has neither a schema id nor an ensure")
         return self.schema_id
 
     def __call__(self, obj: Any, ctx: Any = None) -> bytes:
@@ -537,7 +543,7 @@ def alert_codec(
         if schema_id != RUBIN_SCHEMA_ID:
             # The frames must carry the registry's id (readers resolve it there); readers
             # keyed on Rubin's id see the mapping in this log line and in the summary.
-            deserialize._writers.setdefault(schema_id, LSST_SCHEMA)
+            deserialize.know(schema_id, LSST_SCHEMA)
         return schema_id
 
     framed = FramedAlertSerializer(ensure=ensure)
