@@ -205,7 +205,7 @@ def detect_exposure(
     )  # fmt: skip
     alerts = make_alerts(
         dia_sources, {"cutoutDifference": (image, variance, mask)}, wcs=difference.wcs,
-        mask_planes=planes, settings=settings, meta=meta,
+        mask_planes=planes, settings=settings, meta=meta, psfs_at=[psf.at],
     )  # fmt: skip
     note_counts(meta, dia_sources, t_start)
     # No template: the difference came already subtracted.

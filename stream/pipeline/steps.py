@@ -19,7 +19,7 @@ from astropy.time import Time
 from diffstream import __version__
 from diffstream.jitcore.detect import detect
 from diffstream.jitcore.measure import measure
-from diffstream.stream.alerts.cutouts import CutoutMaker
+from diffstream.stream.alerts.cutouts import CutoutMaker, cutout_size
 from diffstream.stream.alerts.diasources import assign_ids, dia_source_records
 from diffstream.stream.alerts.packets import make_alert
 from diffstream.stream.io.exposure import Exposure
@@ -139,16 +139,21 @@ def make_alerts(
     mask_planes: Mapping[str, int],
     settings: Settings,
     meta: TaskMetadata,
+    psfs_at: Sequence[Callable[[float, float], np.ndarray] | None] | None = None,
 ) -> list[dict[str, Any]]:
     """One alert per diaSource, with a cutout of each of ``planes`` (cutout field name ->
-    (image, variance, mask)); the task metadata is attached later (:func:`summary_record`)."""
+    (image, variance, mask)) and, from ``psfs_at`` (one per plane), its PSFIMAGE; the task
+    metadata is attached later (:func:`summary_record`).  Rubin's side: the footprint's bbox
+    clamped to [cutout_size (30), 102] px."""
     with meta.timer("alerts"):
         # One local WCS and one set of header cards per source for all its cutouts.
         maker = CutoutMaker(wcs, size=settings.cutout_size, mask_planes=mask_planes)
         names = list(planes)
+        sizes = [cutout_size(s["bboxSize"], minimum=settings.cutout_size) for s in dia_sources]
         cutouts = maker.make_many(
-            [planes[n] for n in names], [s["x"] for s in dia_sources], [s["y"] for s in dia_sources]
-        )
+            [planes[n] for n in names], [s["x"] for s in dia_sources],
+            [s["y"] for s in dia_sources], sizes=sizes, psfs_at=psfs_at,
+        )  # fmt: skip
         return [
             make_alert(src, cutouts=dict(zip(names, cuts, strict=True)), task_metadata=None)
             for src, cuts in zip(dia_sources, cutouts, strict=True)

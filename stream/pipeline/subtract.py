@@ -24,6 +24,7 @@ import numpy as np
 
 from diffstream.jitcore.background import subtract_background
 from diffstream.jitcore.coverage import template_coverage
+from diffstream.jitcore.extendedness import extendedness
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, remap
 from diffstream.jitcore.noise import diffim_scale_factors, variance_scale_factor
 from diffstream.jitcore.planes import combine_planes
@@ -492,6 +493,18 @@ def scale_difference_variance(
                                      "applied": settings.scale_variance})  # fmt: skip
 
 
+def measure_extendedness(
+    science: Exposure, p: Prepared, psf_s: PsfModel, rows: np.ndarray, *, meta: TaskMetadata
+) -> np.ndarray:
+    """On the science image, as LSST's: PSF flux against an aperture model flux."""
+    with meta.timer("extendedness"):
+        unusable = bits(science.mask_planes, list(UNUSABLE_PLANES))
+        return extendedness(
+            p.s_img, p.s_var, p.mask, unusable, rows["x"], rows["y"], psf_s.at,
+            rows["scienceFlux"], rows["scienceFluxErr"],
+        )  # fmt: skip
+
+
 def subtract_exposures(
     science: Exposure,
     template: Exposure,
@@ -532,8 +545,13 @@ def subtract_exposures(
     rows = measure_sources(found, images, settings=settings, meta=meta, flux=z.flux,
                            flux_variance=z.flux_variance, workers=threads)  # fmt: skip
     dipoles = run_dipoles(found, rows, images, wcs=science.wcs, settings=settings, meta=meta)
+    ext = measure_extendedness(science, p, psf_s, dipoles.rows, meta=meta)
+
+    def row_fields(i: int) -> dict[str, Any]:
+        return {**dipoles.row_fields(i), "extendedness": ext[i]}
+
     dia_sources = make_dia_sources(dipoles.rows, science, settings=settings, meta=meta,
-                                   row_fields=dipoles.row_fields)  # fmt: skip
+                                   row_fields=row_fields)  # fmt: skip
     alerts = make_alerts(
         dia_sources,
         {
@@ -541,6 +559,8 @@ def subtract_exposures(
             "cutoutScience": (p.s_img, p.s_var, science.mask),
             "cutoutTemplate": (p.t_img, p.t_var, p.t_mask),
         },
+        # Each cutout carries its own image's PSF at the source (PSFIMAGE).
+        psfs_at=[images["psf_d_at"], psf_s.at, psf_t.at],
         wcs=science.wcs, mask_planes=science.mask_planes, settings=settings, meta=meta,
     )  # fmt: skip
 
