@@ -123,7 +123,10 @@ class Settings(BaseSettings):
     output_dir: str | None = Field(None, description="directory transport: outputs")
     max_messages: int | None = Field(None, ge=1, description="stop after N events (None: never)")
     exit_when_idle: float | None = Field(
-        None, gt=0, description="stop after this many seconds without an event (None: never)"
+        None,
+        gt=0,
+        description="stop after this many seconds with nothing left to do: partitions held "
+        "and no lag, and no uncommitted event in the whole group (None: never)",
     )
     shutdown_grace_s: float = Field(
         30.0, gt=0, description="on SIGTERM, how long to keep trying to deliver+commit"
@@ -150,6 +153,15 @@ class Settings(BaseSettings):
         "127.0.0.1", description="address the metrics server binds (0.0.0.0 in a container)"
     )
     log_json: bool = Field(False, description="structured logs as JSON lines on stderr")
+    unhealthy_unassigned_s: float = Field(
+        60.0,
+        gt=0,
+        description="/healthz turns unhealthy when the worker has held no partition for this "
+        "many seconds while its group has unprocessed events (a fatal client error: at once)",
+    )
+    status_interval_s: float = Field(
+        60.0, gt=0, description="seconds between the worker's status lines (rate, lag, partitions)"
+    )
 
     @field_validator("fft_workers")
     @classmethod

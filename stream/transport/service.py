@@ -393,6 +393,51 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+def _event_line(outcome: Outcome, committed: bool, seconds: float) -> str:
+    """The one INFO line per event (issue 16): where, which exposure, what came of it."""
+    s = outcome.summary_record
+    exposure = "" if s.get("visit") is None else f" visit {s['visit']} detector {s['detector']}:"
+    what = outcome.status
+    if outcome.status == "done":
+        n_src = s.get("nDiaSources")
+        what += (
+            f", {'?' if n_src is None else n_src} diaSources, {len(outcome.alert_records)} alerts"
+        )
+    elif outcome.error is not None:
+        what += f" ({outcome.error['kind']})"
+        if outcome.dead_letter is not None:
+            what += ", dead-lettered"
+    commit = "committed" if committed else "NOT committed (it will be processed again)"
+    return f"{outcome.source.where}:{exposure} {what}, {seconds:.2f} s, {commit}"
+
+
+class _Status:
+    """The periodic status line of ``run``: rate, lag, partitions (issue 16)."""
+
+    def __init__(self, transport: Any, interval: float | None) -> None:
+        self.transport, self.interval = transport, interval
+        self.t0 = self.last = time.monotonic()
+        self.done_at_last = 0
+
+    def maybe_log(self, stats: RunStats) -> None:
+        now = time.monotonic()
+        if self.interval is None or now - self.last < self.interval:
+            return
+        n = stats.committed - self.done_at_last
+        rate = n / max(now - self.last, 1e-9)
+        self.last, self.done_at_last = now, stats.committed
+        extra = getattr(self.transport, "status_text", None)
+        log.info(
+            "status: %d events in the last %.0f s (%.3f/s), %d in total, %d alerts%s",
+            n,
+            self.interval,
+            rate,
+            stats.committed,
+            stats.alerts,
+            "" if extra is None else f"; {extra()}",
+        )
+
+
 @dataclass
 class RunStats:
     consumed: int = 0
@@ -420,14 +465,21 @@ def run_loop(
     exit_when_idle: float | None = None,
     stop: threading.Event | None = None,
     poll_timeout: float = 0.5,
+    status_interval: float | None = None,
 ) -> RunStats:
     """Poll, process, deliver until ``stop`` is set, ``max_messages`` events are committed,
-    or nothing arrived for ``exit_when_idle`` seconds.  The event in hand is always finished
-    (delivered and committed) before ``stop`` is looked at."""
+    or the transport was idle for ``exit_when_idle`` seconds.  The event in hand is always
+    finished (delivered and committed) before ``stop`` is looked at.
+
+    Idle: nothing arrived and, if the transport has an ``idle()`` method, it says so; the Kafka
+    transport's is True only when the group has no unprocessed event left (a worker waiting
+    for its partitions after a restart is not idle, issue 16)."""
     stop = stop or threading.Event()
     stats = RunStats()
     metrics = worker.metrics
     last = time.monotonic()
+    transport_idle = getattr(transport, "idle", None)
+    status = _Status(transport, status_interval)
     while True:
         if stop.is_set():
             stats.stopped_by = "signal"
@@ -435,15 +487,22 @@ def run_loop(
         if max_messages is not None and stats.committed >= max_messages:
             stats.stopped_by = "max_messages"
             break
+        status.maybe_log(stats)
         msg = transport.poll(poll_timeout)
         if msg is None:
-            if exit_when_idle is not None and time.monotonic() - last >= exit_when_idle:
+            now = time.monotonic()
+            if transport_idle is not None and not transport_idle():
+                last = now
+            elif exit_when_idle is not None and now - last >= exit_when_idle:
                 stats.stopped_by = "idle"
                 break
             continue
         stats.consumed += 1
+        t0 = time.monotonic()
         outcome = worker.process(msg)
-        if not transport.deliver(outcome):
+        committed = transport.deliver(outcome)
+        log.info("%s", _event_line(outcome, committed, time.monotonic() - t0))
+        if not committed:
             stats.not_committed += 1
             last = time.monotonic()
             continue
