@@ -95,7 +95,11 @@ def setup_logging(
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        # Ours from an earlier call and basicConfig's plain one (main() installs it first);
+        # handlers others attached (pytest's caplog, an embedding application's) stay.
+        if getattr(old, "_diffstream", False) or type(old) is logging.StreamHandler:
+            root.removeHandler(old)
+    handler._diffstream = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # librdkafka's and httpx's chatter at INFO would drown the event lines.

@@ -12,10 +12,12 @@ from datetime import datetime
 
 import pytest
 
+from diffstream.stream.transport.events import encode_event, make_event
 from tests.integration.stream_helpers import (
     WAIT_S,
     Workers,
     alerts_by_id,
+    dead_letters,
     event_values,
     make_pairs,
     new_topics,
@@ -23,6 +25,7 @@ from tests.integration.stream_helpers import (
     read_all,
     wait_summaries,
 )
+from tests.unit.test_small_images import crop_fits
 
 N_EVENTS = 5
 PARTITIONS = 3
@@ -125,3 +128,20 @@ def test_a_restarted_static_member_gets_its_partitions_back_within_10_s(
     wait_summaries(kafka_bootstrap, t["metadata"], N_EVENTS, procs=[second])
     assert second.stop() == 0, second.tail()
     _all_alerts_once(kafka_bootstrap, t["alerts"], pairs)
+
+
+def test_a_1xn_image_is_a_dead_letter_with_its_path(kafka_bootstrap, workers, pairs, data_root):
+    t = workers.topics
+    small = crop_fits(pairs[0].science, data_root / "science_1xN.fits", slice(100, 101),
+                      slice(None))  # fmt: skip
+    event = make_event(str(small), str(pairs[0].template), visit=77, detector=1,
+                       exposure_id=7700, request_id="req-1xN")  # fmt: skip
+    publish(kafka_bootstrap, t["input"], [encode_event(event)], partitions=1)
+    proc = workers.start("--no-warmup")
+    (summary,) = wait_summaries(kafka_bootstrap, t["metadata"], 1, procs=[proc])
+    assert proc.stop() == 0, proc.tail()
+    assert summary["status"] == "failed" and summary["reason"]["kind"] == "bad_exposure"
+    (dead,) = dead_letters(kafka_bootstrap, t["dlq"])
+    assert dead["kind"] == "bad_exposure" and dead["requestId"] == "req-1xN"
+    assert str(small) in dead["message"] and "too small" in dead["message"]
+    assert "Traceback" not in proc.text() and " ERROR " not in proc.text(), proc.tail()
