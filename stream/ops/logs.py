@@ -99,7 +99,7 @@ def setup_logging(
         # handlers others attached (pytest's caplog, an embedding application's) stay.
         if getattr(old, "_diffstream", False) or type(old) is logging.StreamHandler:
             root.removeHandler(old)
-    handler._diffstream = True  # type: ignore[attr-defined]
+    setattr(handler, "_diffstream", True)  # noqa: B010 - a marker, not an attribute of the type
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # librdkafka's and httpx's chatter at INFO would drown the event lines.
