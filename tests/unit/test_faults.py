@@ -270,3 +270,24 @@ def test_repeat_filter_is_thread_safe_enough():
     for th in threads:
         th.join()
     assert passed.count(True) == 1
+
+
+# -- sharp edges ----------------------------------------------------------------------------
+def test_check_takes_the_workers_topic_flags():
+    from diffstream.stream.cli.main import build_parser, settings_from
+
+    args = build_parser().parse_args(
+        ["check", "--input-topic", "ev", "--output-topic", "al", "--dlq-topic", "dl",
+         "--metadata-topic", "md"]
+    )  # fmt: skip
+    s = settings_from(args)
+    assert (s.input_topic, s.output_topic, s.dlq_topic, s.metadata_topic) == (
+        "ev", "al", "dl", "md"
+    )  # fmt: skip
+
+
+def test_run_takes_log_json():
+    from diffstream.stream.cli.main import build_parser, settings_from
+
+    args = build_parser().parse_args(["run", "--log-json", "--data-root", "/d"])
+    assert settings_from(args).log_json is True
