@@ -103,6 +103,19 @@ def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], No
         default=None,
         help="transactional producer: alerts and offsets commit together",
     )
+    r.add_argument(
+        "--ledger-topic",
+        dest="ledger_topic",
+        default=None,
+        help="compacted topic of processed exposures (default diffstream.processed; '' : none)",
+    )
+    r.add_argument(
+        "--reprocess",
+        dest="reprocess",
+        action="store_true",
+        default=None,
+        help="process events the ledger lists as already processed",
+    )
     r.add_argument("--max-messages", dest="max_messages", type=int, default=None)
     r.add_argument("--exit-when-idle", dest="exit_when_idle", type=float, default=None)
     r.add_argument(
@@ -240,6 +253,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             transport = KafkaTransport(
                 settings, metrics=metrics, stop=stop, worker=worker.worker_id
             )
+            worker.ledger = transport.ledger  # None with --ledger-topic ''
             where = f"{settings.bootstrap_servers} topic {settings.input_topic}"
         else:
             from diffstream.stream.transport.directory import DirTransport

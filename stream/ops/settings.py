@@ -118,6 +118,15 @@ class Settings(BaseSettings):
         "restarted replica takes over its partitions and fences its dead predecessor at once",
     )
 
+    ledger_topic: str | None = Field(
+        "diffstream.processed",
+        description="compacted topic of processed exposures: an event already processed by "
+        "this group with the same fingerprint and config is skipped (empty: no ledger)",
+    )
+    reprocess: bool = Field(
+        False, description="process events the ledger lists as done (still record them)"
+    )
+
     # --- worker loop (diffstream run; both transports) -------------------------------------
     input_dir: str | None = Field(None, description="directory transport: event files in")
     output_dir: str | None = Field(None, description="directory transport: outputs")

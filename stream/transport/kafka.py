@@ -52,6 +52,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from diffstream.stream.ops.errors import ConfigError
 from diffstream.stream.ops.logs import RepeatFilter
 from diffstream.stream.ops.settings import Settings
+from diffstream.stream.transport.ledger import KafkaLedger, Ledger
 from diffstream.stream.transport.outcomes import (
     Metrics,
     NullMetrics,
@@ -247,6 +248,7 @@ class KafkaTransport:
     # Class-level defaults: the state below is read by callbacks that may run before
     # __init__ ends (and by tests that build a transport around a scripted consumer).
     metrics: Metrics = NullMetrics()
+    ledger: KafkaLedger | None = None
     _fatal: KafkaError | None = None
     _state = ""
 
@@ -285,6 +287,10 @@ class KafkaTransport:
                 # Fences any earlier producer with the same transactional.id and aborts its open
                 # transaction.  The first call on a fresh broker creates __transaction_state.
                 self._retry(lambda: self.producer.init_transactions(_TXN_TIMEOUT_S), "init")
+            if settings.ledger_topic:
+                # Read before subscribing: the first event must already be checked against it.
+                self.ledger = KafkaLedger(settings.ledger_topic, settings.group_id, consumer_conf)
+                self.ledger.load()
             self.consumer = Consumer(consumer_conf)
             self.consumer.subscribe(
                 [settings.input_topic],
@@ -390,6 +396,8 @@ class KafkaTransport:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", err)
             return None
+        if self.ledger is not None:
+            self.ledger.refresh()  # what the group's other workers recorded meanwhile
         raw_headers: Any = msg.headers() or []
         headers = tuple((str(k), _header_bytes(v)) for k, v in raw_headers)
         ts_type, ts = msg.timestamp()
@@ -415,6 +423,17 @@ class KafkaTransport:
         if outcome.dead_letter is not None:
             out.append((s.dlq_topic, outcome.dead_letter))
         return out
+
+    def _ledger_records(self, outcome: Outcome) -> list[tuple[str, OutRecord]]:
+        if self.ledger is None or outcome.ledger is None or not self.settings.ledger_topic:
+            return []
+        key, value = outcome.ledger
+        rec = OutRecord(key=key.encode(), value=Ledger.encode(value))
+        return [(self.settings.ledger_topic, rec)]
+
+    def _remember(self, outcome: Outcome) -> None:
+        if self.ledger is not None and outcome.ledger is not None:
+            self.ledger.add(*outcome.ledger)
 
     def _deadline(self) -> float | None:
         """None: keep trying (librdkafka's own timeouts bound produce); after a stop request,
@@ -494,15 +513,22 @@ class KafkaTransport:
         try:
             if self._abandoned:
                 return False
-            if self.eos:
-                return self._deliver_transactional(msg, self._records(outcome))
-            return self._deliver_at_least_once(msg, self._records(outcome))
+            ledger = self._ledger_records(outcome)
+            if self.eos:  # the ledger entry commits with the alerts and the offset, or not at all
+                ok = self._deliver_transactional(msg, self._records(outcome) + ledger)
+            else:
+                ok = self._deliver_at_least_once(msg, self._records(outcome), ledger)
+            if ok:
+                self._remember(outcome)
+            return ok
         finally:
             self._in_hand = None
             self._group_lag = None  # stale: the next idle poll reads it again
             self._report_lag(force=True)
 
-    def _deliver_at_least_once(self, msg: SourceMessage, records: list) -> bool:
+    def _deliver_at_least_once(
+        self, msg: SourceMessage, records: list, ledger: list | None = None
+    ) -> bool:
         errors = self._produce_all(records)
         if errors:
             log.warning(
@@ -513,6 +539,11 @@ class KafkaTransport:
             )
             self._rewind(msg)
             return False
+        # Only now: a ledger entry must never promise alerts the broker does not have.
+        if ledger and (errors := self._produce_all(ledger)):
+            # The alerts are out; without the entry a re-delivered event is processed again
+            # (a duplicate, never a loss), so the event is committed all the same.
+            log.warning("%s: ledger entry not acknowledged (%s)", msg.where, errors[0])
         self._pause_for_tests(msg)
         return self._commit(msg)
 
@@ -735,6 +766,12 @@ class KafkaTransport:
     # -- closing ----------------------------------------------------------------------------
     def close(self) -> None:
         """Close both clients (each even if the other fails)."""
+        if self.ledger is not None:
+            try:
+                self.ledger.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the ledger reader: %s", exc)
+            self.ledger = None
         try:
             if self.consumer is not None:
                 self.consumer.close()  # leaves the group: partitions move on at once

@@ -83,6 +83,10 @@ class Outcome:
     dead_letter: OutRecord | None = None
     dead_letter_record: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    # (key, value) for the processed-exposures ledger (stream.transport.ledger): set for done
+    # and no-work outcomes when the worker has a ledger; the transport writes it with the
+    # alerts (exactly-once) or after them (at-least-once).
+    ledger: tuple[str, dict[str, Any]] | None = None
 
     @property
     def event_produced_ms(self) -> int | None:

@@ -42,7 +42,7 @@ from diffstream.stream.ops.errors import (
     PathNotAllowed,
     ProduceError,
 )
-from diffstream.stream.ops.settings import Settings
+from diffstream.stream.ops.settings import Settings, config_hash
 from diffstream.stream.provenance.store import full_record
 from diffstream.stream.provenance.taskmeta import TaskMetadata
 from diffstream.stream.transport import outcomes
@@ -52,6 +52,12 @@ from diffstream.stream.transport.headers import (
     HEADER_PREFIX,
     alert_headers,
     ascii_bytes,
+)
+from diffstream.stream.transport.ledger import (
+    AlreadyProcessed,
+    Ledger,
+    ledger_key,
+    ledger_value,
 )
 from diffstream.stream.transport.outcomes import (
     ErrorAction,
@@ -158,9 +164,30 @@ class Worker:
         self._decode: Callable[[Any, Any], dict[str, Any]] = event_decoder or decode_event
         self._serialize: Callable[[Any, Any], bytes] = alert_serializer or serialize_alert
         self.worker_id = worker or worker_id()
+        # The processed-exposures ledger; the Kafka transport supplies it (run), None elsewhere
+        # (directory transport, replay: they process whatever they are given).
+        self.ledger: Ledger | None = None
         self._settings_by_bits: dict[int, Settings] = {settings.exposure_bits: settings}
 
     # -- steps ------------------------------------------------------------------------------
+    def _ledger_check(self, event: dict[str, Any], settings: Settings) -> str | None:
+        """The event's ledger key (None without a ledger); AlreadyProcessed if it is there."""
+        if self.ledger is None:
+            return None
+        key = ledger_key(self.settings.group_id, event, config_hash(settings.science_config()))
+        first = None if self.settings.reprocess else self.ledger.seen(key)
+        if first is not None:
+            where = f"{first.get('topic')}[{first.get('partition')}]@{first.get('offset')}"
+            raise AlreadyProcessed(
+                f"already processed ({first.get('status')}, {first.get('nAlerts')} alerts) as "
+                f"{where} by {first.get('workerId')}: same event fingerprint and config hash; "
+                "replay or run --reprocess to process it again",
+                reason="already_processed",
+                ledgerKey=key,
+                first=first,
+            )
+        return key
+
     def _resolve(self, event: dict[str, Any]) -> dict[str, Path]:
         paths: dict[str, Path] = {}
         for name in _LOCATIONS:
@@ -311,10 +338,12 @@ class Worker:
         meta = TaskMetadata()
         event: dict[str, Any] | None = None
         notes: list[str] = []
+        key: str | None = None
         try:
             event = self._decode(msg.value, msg)
             paths = self._resolve(event)
             settings = self._settings_for(event)
+            key = self._ledger_check(event, settings)
             with meta.timer():
                 result = self._subtract(
                     str(paths["scienceLocation"]),
@@ -342,6 +371,7 @@ class Worker:
                 summary_record=summary,
                 event=event,
                 error=error,
+                ledger=None if key is None else (key, ledger_value(summary)),
             )
         except DiffstreamError as exc:
             return self._failed(msg, event, exc, meta)
@@ -359,6 +389,7 @@ class Worker:
             event=event,
             alerts=list(result.alerts),
             alert_records=records,
+            ledger=None if key is None else (key, ledger_value(summary)),
         )
 
     @staticmethod

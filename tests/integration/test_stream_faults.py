@@ -145,3 +145,39 @@ def test_a_1xn_image_is_a_dead_letter_with_its_path(kafka_bootstrap, workers, pa
     assert dead["kind"] == "bad_exposure" and dead["requestId"] == "req-1xN"
     assert str(small) in dead["message"] and "too small" in dead["message"]
     assert "Traceback" not in proc.text() and " ERROR " not in proc.text(), proc.tail()
+
+
+@pytest.mark.parametrize("mode", [[], ["--exactly-once"]], ids=["at-least-once", "exactly-once"])
+def test_a_duplicated_event_makes_no_second_set_of_alerts(kafka_bootstrap, workers, pairs, mode):
+    t = workers.topics
+    first, second = event_values(pairs[:2])
+    # A producer retry (the same bytes) and an operator re-publishing (a new requestId and
+    # producedAt), on one partition so that they come after the original.
+    again = encode_event(pairs[0].event(request_id="req-again"))
+    publish(kafka_bootstrap, t["input"], [first, second, first, again], partitions=1)
+    proc = workers.start("--no-warmup", *mode)
+    summaries = wait_summaries(kafka_bootstrap, t["metadata"], 4, procs=[proc])
+    assert proc.stop() == 0, proc.tail()
+    by_offset = {s["offset"]: s for s in summaries}
+    assert [by_offset[i]["status"] for i in range(4)] == ["done", "done", "no_work", "no_work"]
+    for i in (2, 3):
+        reason = by_offset[i]["reason"]
+        assert "already processed" in reason["message"] and "@0 " in reason["message"]
+        assert '"already_processed"' in reason["fieldsJson"]
+    got = alerts_by_id(read_all(kafka_bootstrap, t["alerts"]))
+    want = {sid for p in pairs[:2] for sid in p.alerts}
+    assert set(got) == want and all(len(v) == 1 for v in got.values())
+    # The ledger outlives the worker: a new one reads it from the topic and skips again.
+    publish(kafka_bootstrap, t["input"], [again], partitions=1)
+    later = workers.start("--no-warmup", *mode)
+    summaries = wait_summaries(kafka_bootstrap, t["metadata"], 5, procs=[later])
+    assert later.stop() == 0, later.tail()
+    assert {s["offset"]: s for s in summaries}[4]["status"] == "no_work"
+    assert len(read_all(kafka_bootstrap, t["alerts"])) == len(want)
+    # --reprocess processes it all the same (by design, like replay).
+    publish(kafka_bootstrap, t["input"], [again], partitions=1)
+    forced = workers.start("--no-warmup", "--reprocess", *mode)
+    summaries = wait_summaries(kafka_bootstrap, t["metadata"], 6, procs=[forced])
+    assert forced.stop() == 0, forced.tail()
+    assert {s["offset"]: s for s in summaries}[5]["status"] == "done"
+    assert len(read_all(kafka_bootstrap, t["alerts"])) == len(want) + len(pairs[0].alerts)
