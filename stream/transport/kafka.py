@@ -212,9 +212,12 @@ _rdkafka_log = logging.getLogger("diffstream.librdkafka")
 _rdkafka_log.addFilter(_QuietConfWarn())
 # One broker outage is ~80 librdkafka lines (one per connection attempt and client thread):
 # the first of each kind is logged, the repeats are counted (stream/ops/logs.py).
+# Only the client's own reports go through it (the error callback logs to its own child
+# logger): assignment lines and commit retries are never counted away.
 REPEATS = RepeatFilter(window_s=30.0)
 _rdkafka_log.addFilter(REPEATS)
-log.addFilter(REPEATS)
+_client_log = logging.getLogger("diffstream.kafka.client")
+_client_log.addFilter(REPEATS)
 
 
 def _header_bytes(value: Any) -> bytes | None:
@@ -311,7 +314,7 @@ class KafkaTransport:
         if is_fatal(err):
             self._mark_fatal(err)
         else:
-            log.warning("kafka: %s", err)
+            _client_log.warning("kafka: %s", err)
 
     def _mark_fatal(self, err: KafkaError) -> None:
         if self._fatal is None:

@@ -291,3 +291,19 @@ def test_run_takes_log_json():
 
     args = build_parser().parse_args(["run", "--log-json", "--data-root", "/d"])
     assert settings_from(args).log_json is True
+
+
+def test_broker_down_reports_are_counted_but_assignment_lines_never(caplog):
+    caplog.set_level(logging.INFO, logger="diffstream")
+    kt.REPEATS.flush(older_than_s=0)
+    t = _bare_transport(PrometheusMetrics())
+    for i in range(40):
+        text = f"127.0.0.1:{19200 + i % 2}/1: Connect failed"
+        t._on_error(KafkaError(KafkaError._TRANSPORT, text))
+    for _ in range(3):
+        t._on_assign(None, [])
+    texts = [r.getMessage() for r in caplog.records]
+    assert sum("Connect failed" in x for x in texts) == 1
+    assert sum(x.startswith("assigned") for x in texts) == 3
+    kt.REPEATS.flush(older_than_s=0)
+    assert "39 similar lines suppressed" in caplog.records[-1].getMessage()
