@@ -52,6 +52,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from diffstream.stream.ops.errors import ConfigError
 from diffstream.stream.ops.logs import RepeatFilter
 from diffstream.stream.ops.settings import Settings
+from diffstream.stream.transport.kafkafaults import (
+    FatalKafkaError,
+    fatal_hint,
+    is_fatal,
+    read_group_lag,
+)
 from diffstream.stream.transport.ledger import KafkaLedger, Ledger
 from diffstream.stream.transport.outcomes import (
     Metrics,
@@ -90,23 +96,6 @@ _LOST_OWNERSHIP = {
     KafkaError.STALE_MEMBER_EPOCH,
     KafkaError.FENCED_MEMBER_EPOCH,
 }
-# No retry cures these: the worker must stop and be restarted (issue 16).  ``_FATAL`` is how
-# librdkafka reports a fatal consumer state (e.g. "Static consumer fenced by other consumer with
-# same group.instance.id") on the message path, with ``fatal()`` False; the authentication and
-# authorization codes are retried for ever by librdkafka, so a worker with a wrong password
-# would otherwise sit "healthy" and consume nothing.
-_FATAL_CODES = {
-    KafkaError._FATAL,
-    KafkaError._FENCED,
-    KafkaError.PRODUCER_FENCED,
-    KafkaError.FENCED_INSTANCE_ID,
-    KafkaError._AUTHENTICATION,
-    KafkaError.SASL_AUTHENTICATION_FAILED,
-    KafkaError.TOPIC_AUTHORIZATION_FAILED,
-    KafkaError.GROUP_AUTHORIZATION_FAILED,
-    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-}
 # Group membership defaults (issue 16).  librdkafka's 45 s session timeout made a restarted or
 # surviving worker wait ~44 s for the partitions of a killed one.  10 s (heartbeat 2 s, the
 # values Kafka used before 3.0) bounds that wait; with --instance-id (static membership) a
@@ -122,15 +111,6 @@ _LAG_REFRESH_S = 2.0  # how often an idle poll reads the group's committed offse
 _BROKER_QUERY_S = 2.0  # timeout of each of those reads
 _TXN_TIMEOUT_S = 30.0  # per call of send_offsets_to_transaction/commit/abort before a retry
 _BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-class FatalKafkaError(KafkaException):
-    """A client state no retry can cure; the worker stops (exit 1) to be restarted."""
-
-
-def is_fatal(err: KafkaError) -> bool:
-    """True for an error after which the client can do nothing more (see ``_FATAL_CODES``)."""
-    return bool(err.fatal()) or err.code() in _FATAL_CODES
 
 
 def _as_bool(value: Any) -> str:
@@ -226,25 +206,6 @@ def _header_bytes(value: Any) -> bytes | None:
     return str(value).encode() if isinstance(value, str) else bytes(value)
 
 
-def _fatal_hint(err: KafkaError, settings: Settings) -> str:
-    code = err.code()
-    text = str(err)
-    if code == KafkaError.FENCED_INSTANCE_ID or "group.instance.id" in text:
-        return (
-            f" (hint: another consumer joined group {settings.group_id!r} with this worker's "
-            f"--instance-id {settings.instance_id!r}, or the session expired during a broker "
-            "outage; give every replica its own --instance-id)"
-        )
-    if code in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED) or "fenced" in text.lower():
-        return (
-            " (hint: another producer uses this transactional id: two workers with the same "
-            "--instance-id, or a newer replica of this one)"
-        )
-    if "AUTH" in err.name():
-        return " (hint: check the SASL/SSL credentials and ACLs given with -X)"
-    return ""
-
-
 class KafkaTransport:
     """Consumer + producer for one worker; see the module doc for the guarantees."""
 
@@ -322,7 +283,7 @@ class KafkaTransport:
             log.critical(
                 "fatal Kafka client error, the worker stops (exit 1) and must be restarted: %s%s",
                 err,
-                _fatal_hint(err, self.settings),
+                fatal_hint(err, self.settings),
             )
         self._set_state()
 
@@ -722,27 +683,7 @@ class KafkaTransport:
             on_group_lag(self._group_lag)
 
     def _read_group_lag(self, consumer: Consumer) -> int | None:
-        topic = self.settings.input_topic
-        try:
-            md = consumer.list_topics(topic, timeout=_BROKER_QUERY_S).topics.get(topic)
-            if md is None or md.error is not None or not md.partitions:
-                return None
-            tps = [TopicPartition(topic, p) for p in sorted(md.partitions)]
-            committed = {
-                tp.partition: tp.offset for tp in consumer.committed(tps, timeout=_BROKER_QUERY_S)
-            }
-            held = [tp for tp in tps if (topic, tp.partition) in self._assigned]
-            position = {tp.partition: tp.offset for tp in consumer.position(held)} if held else {}
-            lag = 0
-            for tp in tps:
-                lo, hi = consumer.get_watermark_offsets(tp, timeout=_BROKER_QUERY_S, cached=False)
-                done = max(committed.get(tp.partition, -1), position.get(tp.partition, -1))
-                # No commit yet: the group starts at the earliest offset (auto.offset.reset).
-                lag += max(0, hi - (done if done >= 0 else lo))
-            return lag
-        except (KafkaException, RuntimeError) as exc:
-            log.debug("group lag not read: %s", exc)
-            return None
+        return read_group_lag(consumer, self.settings.input_topic, self._assigned)
 
     @property
     def group_lag(self) -> int | None:
