@@ -57,6 +57,7 @@ from diffstream.stream.transport.kafkafaults import (
     fatal_hint,
     is_fatal,
     read_group_lag,
+    warn_if_instance_held,
 )
 from diffstream.stream.transport.ledger import KafkaLedger, Ledger
 from diffstream.stream.transport.outcomes import (
@@ -255,6 +256,8 @@ class KafkaTransport:
                 # Read before subscribing: the first event must already be checked against it.
                 self.ledger = KafkaLedger(settings.ledger_topic, settings.group_id, consumer_conf)
                 self.ledger.load()
+            if settings.instance_id:
+                warn_if_instance_held(consumer_conf, settings.group_id, settings.instance_id)
             self.consumer = Consumer(consumer_conf)
             self.consumer.subscribe(
                 [settings.input_topic],

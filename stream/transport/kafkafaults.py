@@ -15,7 +15,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from diffstream.stream.ops.settings import Settings
 
-__all__ = ["FatalKafkaError", "is_fatal", "fatal_hint", "read_group_lag"]
+__all__ = [
+    "FatalKafkaError",
+    "is_fatal",
+    "fatal_hint",
+    "read_group_lag",
+    "warn_if_instance_held",
+]
 
 log = logging.getLogger("diffstream.kafka")
 
@@ -90,3 +96,36 @@ def read_group_lag(
     except (KafkaException, RuntimeError) as exc:
         log.debug("group lag not read: %s", exc)
         return None
+
+
+def warn_if_instance_held(
+    conf: dict, group: str, instance_id: str, *, timeout: float = 5.0
+) -> bool:
+    """Before joining: a WARNING if a member of ``group`` already holds ``instance_id``; True
+    then.  The broker cannot tell a live twin from the member a kill -9 left behind, and
+    taking that member's place at once is what static membership is for, so the start goes
+    on: a live twin is fenced and exits 1 with a CRITICAL line, this worker says why here."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({k: v for k, v in conf.items() if not k.startswith(("group.", "enable."))})
+    try:
+        desc = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(
+            timeout=timeout
+        )
+    except Exception as exc:  # noqa: BLE001 - a missing group or a slow broker: nothing to say
+        log.debug("describe group %s: %s", group, exc)
+        return False
+    for member in desc.members:
+        if member.group_instance_id == instance_id:
+            log.warning(
+                "--instance-id %r is held in group %r by member %s (client %s, host %s): taking "
+                "it over; if that worker is alive it is fenced and exits 1 (give every replica "
+                "its own --instance-id), if it was killed this is the intended fast restart",
+                instance_id,
+                group,
+                member.member_id,
+                member.client_id,
+                member.host,
+            )
+            return True
+    return False

@@ -134,7 +134,8 @@ class KafkaLedger(Ledger):
         conf = {
             k: v
             for k, v in consumer_conf.items()
-            if k not in ("group.instance.id", "enable.partition.eof", "error_cb", "logger")
+            # error_cb and logger stay: its broker-down reports join the worker's, counted.
+            if k not in ("group.instance.id", "enable.partition.eof")
         }
         conf.update(
             {

@@ -81,6 +81,7 @@ def test_a_second_worker_with_the_same_instance_id_makes_the_first_exit_1(worker
     text = first.text()
     assert "fatal Kafka client error" in text and "--instance-id 'twin'" in text, first.tail()
     assert second.proc.poll() is None, second.tail()
+    assert "--instance-id 'twin' is held in group" in second.text(), second.tail()
     assert second.stop() == 0, second.tail()
 
 
@@ -104,7 +105,11 @@ def test_exit_when_idle_waits_for_the_events_of_a_killed_worker(kafka_bootstrap,
     consumed = int(re.search(r"consumed (\d+)", text.splitlines()[-1])[1])
     assert consumed >= 1, second.tail()
     summaries = wait_summaries(kafka_bootstrap, t["metadata"], N_EVENTS, timeout=10)
-    assert {s["status"] for s in summaries} == {"done"}
+    # The killed event's alerts and ledger entry were out before the kill: the restart may
+    # skip it (no_work, already processed) instead of redoing it.
+    skipped = [s for s in summaries if s["status"] != "done"]
+    assert len(skipped) <= 1 and all("already processed" in s["reason"]["message"]
+                                      for s in skipped), skipped  # fmt: skip
     _all_alerts_once(kafka_bootstrap, t["alerts"], pairs)
 
 
