@@ -35,7 +35,7 @@ test: install
 	else \
 	  PYTHON=$(PY) KAFKA_PORT=$(KAFKA_PORT) compose/kafka-local.sh start || exit 1; \
 	  rc=0; KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
-	  PYTHON=$(PY) compose/kafka-local.sh stop; \
+	  PYTHON=$(PY) compose/kafka-local.sh stop --wipe; \
 	  exit $$rc; \
 	fi
 

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # One real Apache Kafka broker on 127.0.0.1 without Docker, for the integration tests and CI.
 #
-#   compose/kafka-local.sh start    fetch the jars (once), format a fresh KRaft log dir, start one
-#                                   combined broker+controller, return when a client can list topics
-#   compose/kafka-local.sh stop     stop the broker this script started (its recorded pid only)
+#   compose/kafka-local.sh start    fetch the jars (once), format the KRaft log dir if it is new,
+#                                   start one combined broker+controller, return when a client can
+#                                   list topics; topics and committed offsets of an earlier run stay
+#   compose/kafka-local.sh stop [--wipe]
+#                                   stop the broker this script started (its recorded pid only);
+#                                   --wipe also deletes the data dir (topics, offsets), so the next
+#                                   start formats a fresh one
+#   compose/kafka-local.sh restart  stop, then start on the same data (an operator's restart)
 #   compose/kafka-local.sh status   say whether it runs (exit 0) or not (exit 3)
 #   compose/kafka-local.sh wait     wait until the running broker answers a client
 #
@@ -296,17 +301,24 @@ cmd_start() {
 
     local t0="$EPOCHREALTIME"
     write_config
-    rm -rf "$DATA"
-    mkdir -p "$DATA"
-    : >"$LOG"
-    # Format a fresh log dir every start: reformatting a used one fails, and tests want a clean slate.
-    local cid
-    cid="$(new_cluster_id)"
-    # Its own log: the tool dumps the whole config at INFO, which would bury the broker's lines.
-    if ! "$JAVA" -Xmx512m -Dlog4j2.configurationFile="$LOG4J_CONF" -cp "$LIBS/*" \
-        kafka.tools.StorageTool format -t "$cid" -c "$CONF" >"$STATE/format.log" 2>&1; then
-        show_log_tail "$STATE/format.log"
-        die "formatting $DATA failed"
+    # Format only a new log dir (issue 16): a stop/start or a restart keeps every topic and
+    # committed offset, like a real broker.  `stop --wipe` is the way to a clean slate.
+    if [[ -f "$DATA/meta.properties" ]]; then
+        log "reusing the data in $DATA (topics and offsets kept; 'stop --wipe' to start afresh)"
+        : >>"$LOG"
+    else
+        rm -rf "$DATA"
+        mkdir -p "$DATA"
+        : >"$LOG"
+        local cid
+        cid="$(new_cluster_id)"
+        # Its own log: the tool dumps the whole config at INFO, which would bury the broker's lines.
+        if ! "$JAVA" -Xmx512m -Dlog4j2.configurationFile="$LOG4J_CONF" -cp "$LIBS/*" \
+            kafka.tools.StorageTool format -t "$cid" -c "$CONF" >"$STATE/format.log" 2>&1; then
+            show_log_tail "$STATE/format.log"
+            rm -rf "$DATA" # half-formatted: the next start formats again
+            die "formatting $DATA failed"
+        fi
     fi
 
     # setsid: the broker gets its own session, so a Ctrl-C or a hang-up aimed at whoever ran
@@ -367,13 +379,24 @@ cmd_wait() {
     report_ready "$pid"
 }
 
-case "${1:-}" in
-start) cmd_start ;;
-stop) cmd_stop ;;
-status) cmd_status ;;
-wait) cmd_wait ;;
+cmd_stop_wipe() {
+    cmd_stop
+    rm -rf "$DATA"
+    log "deleted $DATA"
+}
+
+case "${1:-}:${2:-}" in
+start:) cmd_start ;;
+stop:) cmd_stop ;;
+stop:--wipe) cmd_stop_wipe ;;
+restart:)
+    cmd_stop
+    cmd_start
+    ;;
+status:) cmd_status ;;
+wait:) cmd_wait ;;
 *)
-    echo "usage: $0 start|stop|status|wait" >&2
+    echo "usage: $0 start|stop [--wipe]|restart|status|wait" >&2
     exit 2
     ;;
 esac

@@ -112,6 +112,19 @@ def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], No
         default=None,
         help="transactional producer: alerts and offsets commit together",
     )
+    r.add_argument(
+        "--ledger-topic",
+        dest="ledger_topic",
+        default=None,
+        help="compacted topic of processed exposures (default diffstream.processed; '' : none)",
+    )
+    r.add_argument(
+        "--reprocess",
+        dest="reprocess",
+        action="store_true",
+        default=None,
+        help="process events the ledger lists as already processed",
+    )
     r.add_argument("--max-messages", dest="max_messages", type=int, default=None)
     r.add_argument("--exit-when-idle", dest="exit_when_idle", type=float, default=None)
     r.add_argument(
@@ -122,6 +135,13 @@ def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], No
         help="serve Prometheus /metrics on this port (0: any free port)",
     )
     r.add_argument("--metrics-addr", dest="metrics_addr", default=None)
+    r.add_argument(
+        "--log-json",
+        dest="log_json",
+        action="store_true",
+        default=None,
+        help="JSON log lines (also DIFFSTREAM_LOG_JSON=1)",
+    )
     add_registry_arg(r)
     r.add_argument("--input-dir", dest="input_dir", default=None, help="directory transport in")
     r.add_argument("--output-dir", dest="output_dir", default=None, help="directory transport out")
@@ -177,7 +197,11 @@ def _make_metrics(settings: Settings) -> Any:
     when one is given."""
     from diffstream.stream.ops.metrics import start_metrics
 
-    return start_metrics(settings.metrics_port, addr=settings.metrics_addr)
+    return start_metrics(
+        settings.metrics_port,
+        addr=settings.metrics_addr,
+        unhealthy_after_s=settings.unhealthy_unassigned_s,
+    )
 
 
 def _codecs(settings: Settings) -> dict[str, Any]:
@@ -200,9 +224,11 @@ def _close_metrics(metrics: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from confluent_kafka import KafkaException
 
+    from diffstream.stream.ops.logs import setup_logging
     from diffstream.stream.transport.service import StopProcessing, Worker, run_loop
 
     settings = _settings(args)
+    setup_logging(json_lines=settings.log_json, verbose=bool(getattr(args, "verbose", False)))
     if not settings.bootstrap_servers and not (settings.input_dir and settings.output_dir):
         raise ConfigError(
             "run needs --bootstrap-servers (Kafka) or both --input-dir and --output-dir "
@@ -234,6 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             transport = KafkaTransport(
                 settings, metrics=metrics, stop=stop, worker=worker.worker_id
             )
+            worker.ledger = transport.ledger  # None with --ledger-topic ''
             where = f"{settings.bootstrap_servers} topic {settings.input_topic}"
         else:
             from diffstream.stream.transport.directory import DirTransport
@@ -249,12 +276,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             max_messages=settings.max_messages,
             exit_when_idle=settings.exit_when_idle,
             stop=stop,
+            status_interval=settings.status_interval_s,
         )
     except StopProcessing as exc:
         log.error("%s", exc)
         return 1
     except KafkaException as exc:
-        log.error("fatal Kafka error: %s", exc)
+        # FatalKafkaError included: a fenced member or producer, failed authentication.  Exit 1
+        # so that the orchestrator restarts the worker (it would otherwise sit consuming nothing).
+        log.critical("stopping on a fatal Kafka error (exit 1): %s", exc)
         return 1
     finally:
         if transport is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -27,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from diffstream.stream.ops.errors import EXIT_OK, ConfigError
+from diffstream.stream.ops.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError
 from diffstream.stream.ops.settings import Settings
 
 __all__ = ["register", "cmd_tail", "cmd_replay", "cmd_check", "cmd_topics_create"]
@@ -130,6 +131,15 @@ def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], No
         default=None,
         help="check only these topics (repeatable; default: the worker's four topics)",
     )
+    # The worker's own names for its four topics (issue 16: `check --input-topic X` was
+    # refused): they choose which topics the default check covers, as they do for `run`.
+    for flag in ("input", "output", "dlq", "metadata"):
+        c.add_argument(
+            f"--{flag}-topic",
+            dest=f"{flag}_topic",
+            default=None,
+            help=f"the worker's {flag} topic (checked with the others unless --topic is given)",
+        )
     c.add_argument("--group-id", dest="group_id", default=None)
     c.add_argument("--timeout", dest="check_timeout", type=float, default=10.0)
     _add_common(c)
@@ -191,16 +201,50 @@ def _need_bootstrap(settings: Settings, command: str) -> str:
 # -- tail -----------------------------------------------------------------------------------
 def cmd_tail(args: argparse.Namespace) -> int:
     from diffstream.stream.alerts.packets import LSST_SCHEMA
-    from diffstream.stream.transport.tail import tail_file, tail_topic
 
     settings = _settings(args)
     reader = LSST_SCHEMA if args.lsst else None
     if args.max_alerts is not None and args.max_alerts < 1:
         raise ConfigError(f"--max must be >= 1, got {args.max_alerts}")
+    try:
+        return _tail(args, settings, reader)
+    except BrokenPipeError:
+        # `diffstream tail ... | head`: the reader has what it wanted.  Point stdout at
+        # /dev/null so that the interpreter's final flush does not raise a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
+
+
+# Every Avro object container file starts with these four bytes (the Avro specification).
+_AVRO_MAGIC = b"Obj\x01"
+
+
+def _not_an_alert_file(path: Path) -> str | None:
+    """Why ``path`` cannot be an alert file, judged from its first bytes (None: it may be)."""
+    with path.open("rb") as fh:
+        head = fh.read(80)
+    if head.startswith(_AVRO_MAGIC):
+        return None
+    hint = " (a FITS file?)" if head.startswith(b"SIMPLE  =") else ""
+    return (
+        f"{path} is not an Avro alert file{hint}: it starts with {head[:8]!r}, an Avro file "
+        f"with {_AVRO_MAGIC!r}; tail reads the alerts.avro that subtract and run write"
+    )
+
+
+def _tail(args: argparse.Namespace, settings: Settings, reader: Any) -> int:
+    from diffstream.stream.transport.tail import tail_file, tail_topic
+
     if args.file:
         path = Path(args.file)
         if not path.is_file():
             raise ConfigError(f"{path}: no such alert file")
+        why = _not_an_alert_file(path)
+        if why is not None:
+            print(f"diffstream: error: {why}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         try:
             stats = tail_file(
                 path,

@@ -20,11 +20,19 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-__all__ = ["where", "JsonFormatter", "TEXT_FORMAT", "setup_logging", "event_logger"]
+__all__ = [
+    "where",
+    "JsonFormatter",
+    "TEXT_FORMAT",
+    "setup_logging",
+    "event_logger",
+    "RepeatFilter",
+]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _WHERE = re.compile(r"^(?P<topic>[^\s\[\]]+)\[(?P<partition>-?\d+)\]@(?P<offset>-?\d+)(?::|\s|$)")
@@ -87,7 +95,11 @@ def setup_logging(
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        # Ours from an earlier call and basicConfig's plain one (main() installs it first);
+        # handlers others attached (pytest's caplog, an embedding application's) stay.
+        if getattr(old, "_diffstream", False) or type(old) is logging.StreamHandler:
+            root.removeHandler(old)
+    setattr(handler, "_diffstream", True)  # noqa: B010 - a marker, not an attribute of the type
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # librdkafka's and httpx's chatter at INFO would drown the event lines.
@@ -117,3 +129,69 @@ def event_logger(
         **fields,
     }
     return _EventAdapter(logger, extra)
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) + "Z"
+
+
+class RepeatFilter(logging.Filter):
+    """Let the first of a run of similar lines through, count the rest for ``window_s``.
+
+    librdkafka reports a broker outage once per connection attempt and per client thread:
+    ~80 lines for 13 s down (issue 16).  Lines that differ only in their numbers (ports,
+    "after 3ms", "30 identical error(s)") count as one; the next line let through says how
+    many were suppressed and since when, and :meth:`flush` reports a run that simply ended
+    (the broker came back), so the count is never lost.  The times are when Python saw the
+    lines: librdkafka queues its logs and errors until the next ``poll``.
+    """
+
+    def __init__(self, *, window_s: float = 30.0) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        # key -> [first time of the run, last time, suppressed count, logger, level, text]
+        self._runs: dict[str, list[Any]] = {}
+
+    @staticmethod
+    def _key(record: logging.LogRecord) -> str:
+        return f"{record.name}|{record.levelno}|" + re.sub(r"\d+", "#", record.getMessage())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = self._key(record)
+        now = record.created
+        with self._lock:
+            run = self._runs.get(key)
+            if run is not None and now - run[0] < self.window_s:
+                run[1] = now
+                run[2] += 1
+                return False
+            self._runs[key] = [now, now, 0, record.name, record.levelno, record.getMessage()]
+        if run is not None and run[2]:
+            record.msg = (
+                f"{record.getMessage()} ({run[2]} similar lines suppressed "
+                f"{_clock(run[0])}..{_clock(run[1])})"
+            )
+            record.args = None
+        return True
+
+    def flush(self, *, older_than_s: float | None = None) -> None:
+        """Report every run whose window is over (all runs with ``older_than_s=0``)."""
+        age = self.window_s if older_than_s is None else older_than_s
+        now = time.time()
+        done = []
+        with self._lock:
+            for key, run in list(self._runs.items()):
+                if now - run[0] >= age:
+                    del self._runs[key]
+                    if run[2]:
+                        done.append(run)
+        for first, last, count, name, level, text in done:
+            logging.getLogger(name).log(
+                level,
+                "%s (%d similar lines suppressed %s..%s; none since)",
+                text,
+                count,
+                _clock(first),
+                _clock(last),
+            )

@@ -17,7 +17,15 @@ metric                                                 type       labels
 ``diffstream_last_event_timestamp_seconds``            gauge
 ``diffstream_build_info``                              gauge      ``version``
 ``diffstream_warmup_seconds``                          gauge      ``ok`` (start-up warm-up)
+``diffstream_worker_state``                            gauge      ``state`` (1 for the current)
+``diffstream_group_lag``                               gauge      (whole input topic, -1 unknown)
 =====================================================  =========  ============================
+
+``GET /healthz`` (beside ``/metrics``) answers 200 ``ok`` or 503 with the reason: a fatal
+client error (the worker is stopping), or no partition held for longer than
+``unhealthy_after_s`` while the group has unprocessed events (issue 16: a worker stuck out of
+its group looked healthy).  A worker that holds no partition because the group has more
+members than the topic has partitions stays healthy while the lag is 0.
 
 Each instance owns its own ``CollectorRegistry`` (never the process-global one), so tests and
 a replay next to a worker in one process do not collide on metric names.
@@ -28,14 +36,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from diffstream import __version__
 
-__all__ = ["PrometheusMetrics", "start_metrics", "STEP_BUCKETS", "LATENCY_BUCKETS"]
+__all__ = [
+    "PrometheusMetrics",
+    "start_metrics",
+    "STEP_BUCKETS",
+    "LATENCY_BUCKETS",
+    "WORKER_STATES",
+]
 
 log = logging.getLogger("diffstream.metrics")
 
@@ -43,6 +64,7 @@ log = logging.getLogger("diffstream.metrics")
 STEP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # Event-to-alert latency includes queueing behind other events.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+WORKER_STATES = ("assigned", "waiting", "fatal")
 
 
 class PrometheusMetrics:
@@ -52,8 +74,11 @@ class PrometheusMetrics:
     logged once per method and ignored.
     """
 
-    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, *, registry: CollectorRegistry | None = None, unhealthy_after_s: float = 60.0
+    ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.unhealthy_after_s = float(unhealthy_after_s)
         r = self.registry
         self.consumed = Counter(
             "diffstream_events_consumed", "Input messages taken from the transport", registry=r
@@ -105,6 +130,24 @@ class PrometheusMetrics:
             ["ok"],
             registry=r,
         )
+        self.worker_state = Gauge(
+            "diffstream_worker_state",
+            "1 for the worker's current state: assigned (holds partitions), waiting (holds "
+            "none), fatal (a client error no retry cures; the worker stops)",
+            ["state"],
+            registry=r,
+        )
+        self.group_lag = Gauge(
+            "diffstream_group_lag",
+            "Events of the whole input topic not yet processed by the group (-1: unknown)",
+            registry=r,
+        )
+        self.group_lag.set(-1)
+        self._state = "waiting"
+        self._state_since = time.monotonic()
+        self._lag: int | None = None
+        for state in WORKER_STATES:
+            self.worker_state.labels(state=state).set(1 if state == self._state else 0)
         Gauge("diffstream_build_info", "diffstream version", ["version"], registry=r).labels(
             version=__version__
         ).set(1)
@@ -166,6 +209,36 @@ class PrometheusMetrics:
         except Exception as exc:
             self._failed("on_warmup", exc)
 
+    def on_state(self, state: str) -> None:
+        try:
+            if state != self._state:
+                self._state, self._state_since = state, time.monotonic()
+            for name in WORKER_STATES:
+                self.worker_state.labels(state=name).set(1 if name == state else 0)
+        except Exception as exc:
+            self._failed("on_state", exc)
+
+    def on_group_lag(self, lag: int | None) -> None:
+        try:
+            self._lag = None if lag is None else max(0, int(lag))
+            self.group_lag.set(-1 if self._lag is None else self._lag)
+        except Exception as exc:
+            self._failed("on_group_lag", exc)
+
+    # -- health -----------------------------------------------------------------------------
+    def health(self) -> tuple[bool, str]:
+        """(healthy, reason) as ``/healthz`` reports it."""
+        if self._state == "fatal":
+            return False, "fatal Kafka client error: the worker is stopping"
+        waited = time.monotonic() - self._state_since
+        if self._state == "waiting" and waited > self.unhealthy_after_s and self._lag != 0:
+            lag = "unknown" if self._lag is None else str(self._lag)
+            return False, (
+                f"no partition assigned for {waited:.0f} s > {self.unhealthy_after_s:g} s "
+                f"while the group lag is {lag}"
+            )
+        return True, "ok"
+
     # -- serving ----------------------------------------------------------------------------
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (what ``GET /metrics`` returns)."""
@@ -184,9 +257,14 @@ class PrometheusMetrics:
             raise RuntimeError(f"metrics are already served on port {self.port}")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"metrics port must be an integer in [0, 65535], got {port!r}")
-        self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._server = ThreadingHTTPServer((addr, port), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="diffstream-metrics", daemon=True
+        )
+        self._thread.start()
         bound = int(self._server.server_port)
-        log.info("serving Prometheus metrics on http://%s:%d/metrics", addr, bound)
+        log.info("serving Prometheus metrics on http://%s:%d/metrics (and /healthz)", addr, bound)
         return bound
 
     @property
@@ -203,7 +281,33 @@ class PrometheusMetrics:
             self._server = self._thread = None
 
 
-def start_metrics(port: int | None, *, addr: str = "127.0.0.1") -> PrometheusMetrics:
+def _handler_for(metrics: PrometheusMetrics) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            path = self.path.split("?", 1)[0]
+            if path in ("/metrics", "/"):
+                body, status, ctype = metrics.render(), 200, CONTENT_TYPE_LATEST
+            elif path == "/healthz":
+                ok, reason = metrics.health()
+                body, status = (reason + "\n").encode(), 200 if ok else 503
+                ctype = "text/plain; charset=utf-8"
+            else:
+                body, status, ctype = b"not found: try /metrics or /healthz\n", 404, "text/plain"
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass  # a scrape every 15 s would flood the worker's log
+
+    return Handler
+
+
+def start_metrics(
+    port: int | None, *, addr: str = "127.0.0.1", unhealthy_after_s: float = 60.0
+) -> PrometheusMetrics:
     """A :class:`PrometheusMetrics`, served on ``addr:port`` unless ``port`` is None.
 
     What ``diffstream run`` does with ``--metrics-port``::
@@ -212,7 +316,7 @@ def start_metrics(port: int | None, *, addr: str = "127.0.0.1") -> PrometheusMet
         worker = Worker(settings, metrics=metrics)
         try: ... finally: metrics.close()
     """
-    metrics = PrometheusMetrics()
+    metrics = PrometheusMetrics(unhealthy_after_s=unhealthy_after_s)
     if port is not None:
         metrics.serve(port, addr=addr)
     return metrics

@@ -118,12 +118,24 @@ class Settings(BaseSettings):
         "restarted replica takes over its partitions and fences its dead predecessor at once",
     )
 
+    ledger_topic: str | None = Field(
+        "diffstream.processed",
+        description="compacted topic of processed exposures: an event already processed by "
+        "this group with the same fingerprint and config is skipped (empty: no ledger)",
+    )
+    reprocess: bool = Field(
+        False, description="process events the ledger lists as done (still record them)"
+    )
+
     # --- worker loop (diffstream run; both transports) -------------------------------------
     input_dir: str | None = Field(None, description="directory transport: event files in")
     output_dir: str | None = Field(None, description="directory transport: outputs")
     max_messages: int | None = Field(None, ge=1, description="stop after N events (None: never)")
     exit_when_idle: float | None = Field(
-        None, gt=0, description="stop after this many seconds without an event (None: never)"
+        None,
+        gt=0,
+        description="stop after this many seconds with nothing left to do: partitions held "
+        "and no lag, and no uncommitted event in the whole group (None: never)",
     )
     shutdown_grace_s: float = Field(
         30.0, gt=0, description="on SIGTERM, how long to keep trying to deliver+commit"
@@ -158,6 +170,15 @@ class Settings(BaseSettings):
         "127.0.0.1", description="address the metrics server binds (0.0.0.0 in a container)"
     )
     log_json: bool = Field(False, description="structured logs as JSON lines on stderr")
+    unhealthy_unassigned_s: float = Field(
+        60.0,
+        gt=0,
+        description="/healthz turns unhealthy when the worker has held no partition for this "
+        "many seconds while its group has unprocessed events (a fatal client error: at once)",
+    )
+    status_interval_s: float = Field(
+        60.0, gt=0, description="seconds between the worker's status lines (rate, lag, partitions)"
+    )
 
     @field_validator("fft_workers")
     @classmethod

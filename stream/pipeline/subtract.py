@@ -238,6 +238,30 @@ def _science_psf(
     return psf
 
 
+# No PSF, matching kernel or astrometric fit fits in an image narrower than this: a 1 x N
+# image made the warp's Jacobian NaN and surfaced as a ValueError traceback (issue 16).
+MIN_IMAGE_SIDE = 16
+
+
+def check_processable(science: Exposure, template: Exposure) -> None:
+    """BadExposure (with the file and the reason) for an image too small to process: a side
+    below :data:`MIN_IMAGE_SIDE` or below the larger of the two PSF stamps (the stamp and the
+    kernel built from it must fit inside the image)."""
+    stamps = [int(e.psf.basis.shape[-1]) for e in (science, template) if e.psf is not None]
+    need = max([MIN_IMAGE_SIDE, *stamps])
+    for exposure, what in ((science, "science"), (template, "template")):
+        ny, nx = exposure.shape
+        if min(ny, nx) < need:
+            raise BadExposure(
+                f"{what} image {nx} x {ny} px is too small to process: each side must be >= "
+                f"{need} px (the PSF stamp, {max(stamps, default=0)} px, and at least "
+                f"{MIN_IMAGE_SIDE} px)",
+                path=exposure.path,
+                reason="too_small",
+                shape=[int(ny), int(nx)],
+            )
+
+
 @dataclass
 class Prepared:
     """Science and warped template on one grid, calibrated to nJy, background-subtracted."""
@@ -516,6 +540,7 @@ def subtract_exposures(
     meta = metadata or TaskMetadata()
     t_start = time.perf_counter()
     threads = note_provenance(meta, settings)
+    check_processable(science, template)
     both = _Both(threads)
 
     warped = warp_and_check(science, template, settings=settings, meta=meta, threads=threads)

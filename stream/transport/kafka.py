@@ -24,6 +24,16 @@ Delivery guarantees (issue 4):
 - **Broker outages**: produce retries inside librdkafka (``message.timeout.ms``); commits and
   transaction calls that fail with a retriable error are retried with back-off; the consumer
   rejoins its group by itself.
+- **Fatal client states** (issue 16): a fenced static member, a fenced transactional producer,
+  failed authentication or authorization.  No retry can cure them, so :meth:`poll` raises
+  :class:`FatalKafkaError` and ``diffstream run`` exits 1 for the orchestrator to restart it.
+  librdkafka raises a consumer's fatal error as an event with code ``_FATAL`` whose
+  ``fatal()`` is False (confluent-kafka 2.16); the error callback gets the underlying error
+  (``rd_kafka_fatal_error``) with ``fatal()`` True.  Both are caught; so are the
+  authentication/authorization codes, which librdkafka retries for ever.
+- **Idle** (``--exit-when-idle``): :meth:`idle` is True only when the whole input topic is
+  committed (or, for a partition held here, consumed) to its end, read from the broker, so a
+  worker waiting for an assignment after a restart never mistakes the wait for an empty queue.
 
 Every ``-X key=value`` (``Settings.kafka``) reaches both clients unchanged, so SASL/SSL and any
 tuning need no code; the properties the guarantees depend on are refused if contradicted.
@@ -40,7 +50,16 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from diffstream.stream.ops.errors import ConfigError
+from diffstream.stream.ops.logs import RepeatFilter
 from diffstream.stream.ops.settings import Settings
+from diffstream.stream.transport.kafkafaults import (
+    FatalKafkaError,
+    fatal_hint,
+    is_fatal,
+    read_group_lag,
+    warn_if_instance_held,
+)
+from diffstream.stream.transport.ledger import KafkaLedger, Ledger
 from diffstream.stream.transport.outcomes import (
     Metrics,
     NullMetrics,
@@ -52,10 +71,13 @@ from diffstream.stream.transport.records import worker_id
 from diffstream.stream.transport.topics import check_output_topics
 
 __all__ = [
+    "FatalKafkaError",
     "KafkaTransport",
     "client_configs",
     "FAULT_PAUSE_ENV",
     "PRODUCER_TIMESTAMP",
+    "SESSION_TIMEOUT_MS",
+    "is_fatal",
     "producer_timestamp_header",
 ]
 
@@ -78,6 +100,19 @@ _LOST_OWNERSHIP = {
     KafkaError.STALE_MEMBER_EPOCH,
     KafkaError.FENCED_MEMBER_EPOCH,
 }
+# Group membership defaults (issue 16).  librdkafka's 45 s session timeout made a restarted or
+# surviving worker wait ~44 s for the partitions of a killed one.  10 s (heartbeat 2 s, the
+# values Kafka used before 3.0) bounds that wait; with --instance-id (static membership) a
+# restart takes its partitions back at once, without a rebalance.  The cost: a broker outage
+# or a network partition longer than 10 s expires the session, the group rebalances and the
+# event in hand is redone by the next owner (a duplicate under at-least-once, none under
+# exactly-once); a static member fenced after such an outage exits 1 and is restarted.
+# Heartbeats come from librdkafka's own thread, so a long subtraction never expires the
+# session (that is max.poll.interval.ms).  Both pass through -X unchanged.
+SESSION_TIMEOUT_MS = 10000
+HEARTBEAT_INTERVAL_MS = 2000
+_LAG_REFRESH_S = 2.0  # how often an idle poll reads the group's committed offsets and ends
+_BROKER_QUERY_S = 2.0  # timeout of each of those reads
 _TXN_TIMEOUT_S = 30.0  # per call of send_offsets_to_transaction/commit/abort before a retry
 _BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -127,6 +162,8 @@ def client_configs(settings: Settings, *, worker: str | None = None) -> tuple[di
         # Events written by a transactional producer: never act on aborted ones.
         "isolation.level": "read_committed",
         "enable.partition.eof": False,
+        "session.timeout.ms": SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
         **_PINNED_CONSUMER,
     }
     producer: dict[str, Any] = {
@@ -173,6 +210,14 @@ class _QuietConfWarn(logging.Filter):
 
 _rdkafka_log = logging.getLogger("diffstream.librdkafka")
 _rdkafka_log.addFilter(_QuietConfWarn())
+# One broker outage is ~80 librdkafka lines (one per connection attempt and client thread):
+# the first of each kind is logged, the repeats are counted (stream/ops/logs.py).
+# Only the client's own reports go through it (the error callback logs to its own child
+# logger): assignment lines and commit retries are never counted away.
+REPEATS = RepeatFilter(window_s=30.0)
+_rdkafka_log.addFilter(REPEATS)
+_client_log = logging.getLogger("diffstream.kafka.client")
+_client_log.addFilter(REPEATS)
 
 
 def _header_bytes(value: Any) -> bytes | None:
@@ -181,14 +226,15 @@ def _header_bytes(value: Any) -> bytes | None:
     return str(value).encode() if isinstance(value, str) else bytes(value)
 
 
-def _error_cb(err: KafkaError) -> None:
-    # Broker down, DNS, auth: librdkafka retries by itself; fatal errors end the worker below.
-    level = logging.ERROR if err.fatal() else logging.WARNING
-    log.log(level, "kafka: %s", err)
-
-
 class KafkaTransport:
     """Consumer + producer for one worker; see the module doc for the guarantees."""
+
+    # Class-level defaults: the state below is read by callbacks that may run before
+    # __init__ ends (and by tests that build a transport around a scripted consumer).
+    metrics: Metrics = NullMetrics()
+    ledger: KafkaLedger | None = None
+    _fatal: KafkaError | None = None
+    _state = ""
 
     def __init__(
         self,
@@ -204,8 +250,12 @@ class KafkaTransport:
         self.eos = bool(settings.exactly_once)
         consumer_conf, producer_conf = client_configs(settings, worker=worker)
         for conf in (consumer_conf, producer_conf):
-            conf.setdefault("error_cb", _error_cb)
+            conf.setdefault("error_cb", self._on_error)
             conf.setdefault("logger", _rdkafka_log)
+        self._fatal: KafkaError | None = None
+        self._state = ""
+        self._group_lag: int | None = None
+        self._group_lag_at = -1e9
         self._assigned: set[tuple[str, int]] = set()
         self._in_hand: SourceMessage | None = None
         self._abandoned = False
@@ -223,6 +273,12 @@ class KafkaTransport:
                 # Fences any earlier producer with the same transactional.id and aborts its open
                 # transaction.  The first call on a fresh broker creates __transaction_state.
                 self._retry(lambda: self.producer.init_transactions(_TXN_TIMEOUT_S), "init")
+            if settings.ledger_topic:
+                # Read before subscribing: the first event must already be checked against it.
+                self.ledger = KafkaLedger(settings.ledger_topic, settings.group_id, consumer_conf)
+                self.ledger.load()
+            if settings.instance_id:
+                warn_if_instance_held(consumer_conf, settings.group_id, settings.instance_id)
             self.consumer = Consumer(consumer_conf)
             self.consumer.subscribe(
                 [settings.input_topic],
@@ -233,11 +289,56 @@ class KafkaTransport:
         except BaseException:
             self.close()
             raise
+        self._set_state()
+
+    # -- errors and state -------------------------------------------------------------------
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (runs inside poll/flush).  Broker down, DNS: librdkafka
+        retries by itself, a WARNING (rate-limited); a fatal state is recorded and raised by
+        the next :meth:`poll`."""
+        if is_fatal(err):
+            self._mark_fatal(err)
+        else:
+            _client_log.warning("kafka: %s", err)
+
+    def _mark_fatal(self, err: KafkaError) -> None:
+        if self._fatal is None:
+            self._fatal = err
+            log.critical(
+                "fatal Kafka client error, the worker stops (exit 1) and must be restarted: %s%s",
+                err,
+                fatal_hint(err, self.settings),
+            )
+        self._set_state()
+
+    def _raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            raise FatalKafkaError(self._fatal)
+
+    @property
+    def state(self) -> str:
+        """``fatal``, ``assigned`` (holds partitions) or ``waiting`` (holds none)."""
+        if self._fatal is not None:
+            return "fatal"
+        return "assigned" if self._assigned else "waiting"
+
+    def _set_state(self) -> None:
+        state = self.state
+        if state != self._state:
+            self._state = state
+            on_state = getattr(self.metrics, "on_state", None)
+            if on_state is not None:
+                on_state(state)
+
+    @property
+    def assigned(self) -> list[int]:
+        return sorted(p for _, p in self._assigned)
 
     # -- rebalance callbacks (run inside consumer.poll) -------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         log.info("assigned %s", sorted(p for _, p in self._assigned))
+        self._set_state()
 
     def _release(self, partitions: list[TopicPartition], why: str) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
@@ -251,6 +352,7 @@ class KafkaTransport:
             if self._in_txn:
                 self._abort()
         log.info("%s %s", why, sorted(p for _, p in gone))
+        self._set_state()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._release(partitions, "revoked")
@@ -265,18 +367,25 @@ class KafkaTransport:
         return self.consumer
 
     def poll(self, timeout: float) -> SourceMessage | None:
+        self._raise_if_fatal()
         msg: Message | None = self._live_consumer().poll(timeout)
         self.producer.poll(0)  # serve delivery reports / error callbacks while idle
+        self._raise_if_fatal()
         if msg is None:
             self._report_lag(force=False)
+            self._refresh_group_lag()
+            REPEATS.flush()
             return None
         err = msg.error()
         if err is not None:
-            if err.fatal():
-                raise KafkaException(err)
+            if is_fatal(err):
+                self._mark_fatal(err)
+                self._raise_if_fatal()
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", err)
             return None
+        if self.ledger is not None:
+            self.ledger.refresh()  # what the group's other workers recorded meanwhile
         raw_headers: Any = msg.headers() or []
         headers = tuple((str(k), _header_bytes(v)) for k, v in raw_headers)
         ts_type, ts = msg.timestamp()
@@ -302,6 +411,17 @@ class KafkaTransport:
         if outcome.dead_letter is not None:
             out.append((s.dlq_topic, outcome.dead_letter))
         return out
+
+    def _ledger_records(self, outcome: Outcome) -> list[tuple[str, OutRecord]]:
+        if self.ledger is None or outcome.ledger is None or not self.settings.ledger_topic:
+            return []
+        key, value = outcome.ledger
+        rec = OutRecord(key=key.encode(), value=Ledger.encode(value))
+        return [(self.settings.ledger_topic, rec)]
+
+    def _remember(self, outcome: Outcome) -> None:
+        if self.ledger is not None and outcome.ledger is not None:
+            self.ledger.add(*outcome.ledger)
 
     def _deadline(self) -> float | None:
         """None: keep trying (librdkafka's own timeouts bound produce); after a stop request,
@@ -381,14 +501,22 @@ class KafkaTransport:
         try:
             if self._abandoned:
                 return False
-            if self.eos:
-                return self._deliver_transactional(msg, self._records(outcome))
-            return self._deliver_at_least_once(msg, self._records(outcome))
+            ledger = self._ledger_records(outcome)
+            if self.eos:  # the ledger entry commits with the alerts and the offset, or not at all
+                ok = self._deliver_transactional(msg, self._records(outcome) + ledger)
+            else:
+                ok = self._deliver_at_least_once(msg, self._records(outcome), ledger)
+            if ok:
+                self._remember(outcome)
+            return ok
         finally:
             self._in_hand = None
+            self._group_lag = None  # stale: the next idle poll reads it again
             self._report_lag(force=True)
 
-    def _deliver_at_least_once(self, msg: SourceMessage, records: list) -> bool:
+    def _deliver_at_least_once(
+        self, msg: SourceMessage, records: list, ledger: list | None = None
+    ) -> bool:
         errors = self._produce_all(records)
         if errors:
             log.warning(
@@ -399,6 +527,11 @@ class KafkaTransport:
             )
             self._rewind(msg)
             return False
+        # Only now: a ledger entry must never promise alerts the broker does not have.
+        if ledger and (errors := self._produce_all(ledger)):
+            # The alerts are out; without the entry a re-delivered event is processed again
+            # (a duplicate, never a loss), so the event is committed all the same.
+            log.warning("%s: ledger entry not acknowledged (%s)", msg.where, errors[0])
         self._pause_for_tests(msg)
         return self._commit(msg)
 
@@ -415,6 +548,8 @@ class KafkaTransport:
                 raise KafkaException(failed[0].error)
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
+                if err.code() == KafkaError.FENCED_INSTANCE_ID:
+                    self._mark_fatal(err)  # another worker runs with our --instance-id
                 if err.code() in _LOST_OWNERSHIP:
                     log.warning(
                         "%s: commit refused (%s): the partition's next owner reprocesses it",
@@ -422,10 +557,11 @@ class KafkaTransport:
                         err,
                     )
                     return False
-                if err.fatal() or self._expired():
+                if is_fatal(err) or self._expired():
                     log.error("%s: commit failed (%s): it will be reprocessed", msg.where, err)
-                    if err.fatal():
-                        raise
+                    if is_fatal(err):
+                        self._mark_fatal(err)
+                        raise FatalKafkaError(err) from exc
                     return False
                 delay = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
                 log.warning("%s: commit failed (%s); retrying in %.1f s", msg.where, err, delay)
@@ -467,8 +603,9 @@ class KafkaTransport:
                     continue
                 err = m.error()
                 if err is not None:
-                    if err.fatal():
-                        raise KafkaException(err)
+                    if is_fatal(err):
+                        self._mark_fatal(err)
+                        self._raise_if_fatal()
                     continue
                 # Fetched before the pause (or on a partition assigned since): it comes again.
                 topic, part, offset = m.topic(), m.partition(), m.offset()
@@ -523,9 +660,10 @@ class KafkaTransport:
             return True
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
-            if isinstance(err, KafkaError) and err.fatal():
+            if isinstance(err, KafkaError) and is_fatal(err):
                 log.error("%s: fatal producer error (%s): stopping", msg.where, err)
-                raise
+                self._mark_fatal(err)
+                raise FatalKafkaError(err) from exc
             log.warning(
                 "%s: transaction failed (%s): aborting, processing it again", msg.where, err
             )
@@ -555,9 +693,53 @@ class KafkaTransport:
             if hi >= 0:
                 self.metrics.on_lag(tp.partition, max(0, hi - tp.offset))
 
+    def _refresh_group_lag(self) -> None:
+        """Every ``_LAG_REFRESH_S`` while idle: the group's events not yet processed, over every
+        partition of the input topic (committed offset to end; for a partition held here, the
+        position if further), read from the broker.  None when the broker does not answer."""
+        now = time.monotonic()
+        if self.consumer is None or now - self._group_lag_at < _LAG_REFRESH_S:
+            return
+        self._group_lag_at = now
+        self._group_lag = self._read_group_lag(self.consumer)
+        on_group_lag = getattr(self.metrics, "on_group_lag", None)
+        if on_group_lag is not None:
+            on_group_lag(self._group_lag)
+
+    def _read_group_lag(self, consumer: Consumer) -> int | None:
+        return read_group_lag(consumer, self.settings.input_topic, self._assigned)
+
+    @property
+    def group_lag(self) -> int | None:
+        """The last :meth:`_refresh_group_lag` reading (None: unknown)."""
+        return self._group_lag
+
+    def status_text(self) -> str:
+        """For ``run``'s status line: state, partitions, lag."""
+        lag = "unknown" if self._group_lag is None else str(self._group_lag)
+        return f"{self.state}, partitions {self.assigned}, group lag {lag}"
+
+    def idle(self) -> bool:
+        """Nothing left to do: no fatal error, and the group's whole input topic processed to
+        its end at the last reading.  A worker without partitions is idle only then too: after
+        a kill -9 restart it waits for an assignment while events are pending (issue 16)."""
+        if self._fatal is not None or self._in_hand is not None:
+            return False
+        lag = self._group_lag
+        # A reading older than two refresh periods (an event was processed since, or the broker
+        # did not answer) proves nothing.
+        fresh = time.monotonic() - self._group_lag_at <= 2 * _LAG_REFRESH_S + _BROKER_QUERY_S
+        return lag == 0 and fresh
+
     # -- closing ----------------------------------------------------------------------------
     def close(self) -> None:
         """Close both clients (each even if the other fails)."""
+        if self.ledger is not None:
+            try:
+                self.ledger.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the ledger reader: %s", exc)
+            self.ledger = None
         try:
             if self.consumer is not None:
                 self.consumer.close()  # leaves the group: partitions move on at once

@@ -83,6 +83,10 @@ class Outcome:
     dead_letter: OutRecord | None = None
     dead_letter_record: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    # (key, value) for the processed-exposures ledger (stream.transport.ledger): set for done
+    # and no-work outcomes when the worker has a ledger; the transport writes it with the
+    # alerts (exactly-once) or after them (at-least-once).
+    ledger: tuple[str, dict[str, Any]] | None = None
 
     @property
     def event_produced_ms(self) -> int | None:
@@ -106,6 +110,10 @@ class Metrics(Protocol):
     - ``on_lag(partition, lag)``: messages behind the end of an input partition.
     - ``on_warmup(seconds, ok)``: the start-up warm-up took ``seconds`` (``ok``: it finished);
       ~35 s instead of ~2 s says the Numba cache was empty (see stream/cli/warmup.py).
+    - ``on_state(state)``: the worker's client state changed: ``assigned`` (holds partitions),
+      ``waiting`` (holds none) or ``fatal`` (a client error no retry cures; it stops).
+    - ``on_group_lag(lag)``: events of the whole input topic not yet processed by the group
+      (None: the broker did not answer).
     """
 
     def on_consumed(self) -> None: ...
@@ -115,6 +123,8 @@ class Metrics(Protocol):
     def on_alerts_published(self, n: int, latency_s: float) -> None: ...
     def on_lag(self, partition: int, lag: int) -> None: ...
     def on_warmup(self, seconds: float, ok: bool) -> None: ...
+    def on_state(self, state: str) -> None: ...
+    def on_group_lag(self, lag: int | None) -> None: ...
 
 
 class NullMetrics:
@@ -139,6 +149,12 @@ class NullMetrics:
         pass
 
     def on_warmup(self, seconds: float, ok: bool) -> None:
+        pass
+
+    def on_state(self, state: str) -> None:
+        pass
+
+    def on_group_lag(self, lag: int | None) -> None:
         pass
 
 

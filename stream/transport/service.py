@@ -42,7 +42,7 @@ from diffstream.stream.ops.errors import (
     PathNotAllowed,
     ProduceError,
 )
-from diffstream.stream.ops.settings import Settings
+from diffstream.stream.ops.settings import Settings, config_hash
 from diffstream.stream.provenance.store import full_record
 from diffstream.stream.provenance.taskmeta import TaskMetadata
 from diffstream.stream.transport import outcomes
@@ -52,6 +52,12 @@ from diffstream.stream.transport.headers import (
     HEADER_PREFIX,
     alert_headers,
     ascii_bytes,
+)
+from diffstream.stream.transport.ledger import (
+    AlreadyProcessed,
+    Ledger,
+    ledger_key,
+    ledger_value,
 )
 from diffstream.stream.transport.outcomes import (
     ErrorAction,
@@ -158,9 +164,30 @@ class Worker:
         self._decode: Callable[[Any, Any], dict[str, Any]] = event_decoder or decode_event
         self._serialize: Callable[[Any, Any], bytes] = alert_serializer or serialize_alert
         self.worker_id = worker or worker_id()
+        # The processed-exposures ledger; the Kafka transport supplies it (run), None elsewhere
+        # (directory transport, replay: they process whatever they are given).
+        self.ledger: Ledger | None = None
         self._settings_by_bits: dict[int, Settings] = {settings.exposure_bits: settings}
 
     # -- steps ------------------------------------------------------------------------------
+    def _ledger_check(self, event: dict[str, Any], settings: Settings) -> str | None:
+        """The event's ledger key (None without a ledger); AlreadyProcessed if it is there."""
+        if self.ledger is None:
+            return None
+        key = ledger_key(self.settings.group_id, event, config_hash(settings.science_config()))
+        first = None if self.settings.reprocess else self.ledger.seen(key)
+        if first is not None:
+            where = f"{first.get('topic')}[{first.get('partition')}]@{first.get('offset')}"
+            raise AlreadyProcessed(
+                f"already processed ({first.get('status')}, {first.get('nAlerts')} alerts) as "
+                f"{where} by {first.get('workerId')}: same event fingerprint and config hash; "
+                "replay or run --reprocess to process it again",
+                reason="already_processed",
+                ledgerKey=key,
+                first=first,
+            )
+        return key
+
     def _resolve(self, event: dict[str, Any]) -> dict[str, Path]:
         paths: dict[str, Path] = {}
         for name in _LOCATIONS:
@@ -313,10 +340,12 @@ class Worker:
         meta = TaskMetadata()
         event: dict[str, Any] | None = None
         notes: list[str] = []
+        key: str | None = None
         try:
             event = self._decode(msg.value, msg)
             paths = self._resolve(event)
             settings = self._settings_for(event)
+            key = self._ledger_check(event, settings)
             with meta.timer():
                 result = self._subtract(
                     str(paths["scienceLocation"]),
@@ -344,6 +373,7 @@ class Worker:
                 summary_record=summary,
                 event=event,
                 error=error,
+                ledger=None if key is None else (key, ledger_value(summary)),
             )
         except DiffstreamError as exc:
             return self._failed(msg, event, exc, meta)
@@ -361,6 +391,7 @@ class Worker:
             event=event,
             alerts=list(result.alerts),
             alert_records=records,
+            ledger=None if key is None else (key, ledger_value(summary)),
         )
 
     @staticmethod
@@ -395,6 +426,51 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+def _event_line(outcome: Outcome, committed: bool, seconds: float) -> str:
+    """The one INFO line per event (issue 16): where, which exposure, what came of it."""
+    s = outcome.summary_record
+    exposure = "" if s.get("visit") is None else f" visit {s['visit']} detector {s['detector']}:"
+    what = outcome.status
+    if outcome.status == "done":
+        n_src = s.get("nDiaSources")
+        what += (
+            f", {'?' if n_src is None else n_src} diaSources, {len(outcome.alert_records)} alerts"
+        )
+    elif outcome.error is not None:
+        what += f" ({outcome.error['kind']})"
+        if outcome.dead_letter is not None:
+            what += ", dead-lettered"
+    commit = "committed" if committed else "NOT committed (it will be processed again)"
+    return f"{outcome.source.where}:{exposure} {what}, {seconds:.2f} s, {commit}"
+
+
+class _Status:
+    """The periodic status line of ``run``: rate, lag, partitions (issue 16)."""
+
+    def __init__(self, transport: Any, interval: float | None) -> None:
+        self.transport, self.interval = transport, interval
+        self.t0 = self.last = time.monotonic()
+        self.done_at_last = 0
+
+    def maybe_log(self, stats: RunStats) -> None:
+        now = time.monotonic()
+        if self.interval is None or now - self.last < self.interval:
+            return
+        n = stats.committed - self.done_at_last
+        rate = n / max(now - self.last, 1e-9)
+        self.last, self.done_at_last = now, stats.committed
+        extra = getattr(self.transport, "status_text", None)
+        log.info(
+            "status: %d events in the last %.0f s (%.3f/s), %d in total, %d alerts%s",
+            n,
+            self.interval,
+            rate,
+            stats.committed,
+            stats.alerts,
+            "" if extra is None else f"; {extra()}",
+        )
+
+
 @dataclass
 class RunStats:
     consumed: int = 0
@@ -422,14 +498,21 @@ def run_loop(
     exit_when_idle: float | None = None,
     stop: threading.Event | None = None,
     poll_timeout: float = 0.5,
+    status_interval: float | None = None,
 ) -> RunStats:
     """Poll, process, deliver until ``stop`` is set, ``max_messages`` events are committed,
-    or nothing arrived for ``exit_when_idle`` seconds.  The event in hand is always finished
-    (delivered and committed) before ``stop`` is looked at."""
+    or the transport was idle for ``exit_when_idle`` seconds.  The event in hand is always
+    finished (delivered and committed) before ``stop`` is looked at.
+
+    Idle: nothing arrived and, if the transport has an ``idle()`` method, it says so; the Kafka
+    transport's is True only when the group has no unprocessed event left (a worker waiting
+    for its partitions after a restart is not idle, issue 16)."""
     stop = stop or threading.Event()
     stats = RunStats()
     metrics = worker.metrics
     last = time.monotonic()
+    transport_idle = getattr(transport, "idle", None)
+    status = _Status(transport, status_interval)
     while True:
         if stop.is_set():
             stats.stopped_by = "signal"
@@ -437,15 +520,22 @@ def run_loop(
         if max_messages is not None and stats.committed >= max_messages:
             stats.stopped_by = "max_messages"
             break
+        status.maybe_log(stats)
         msg = transport.poll(poll_timeout)
         if msg is None:
-            if exit_when_idle is not None and time.monotonic() - last >= exit_when_idle:
+            now = time.monotonic()
+            if transport_idle is not None and not transport_idle():
+                last = now
+            elif exit_when_idle is not None and now - last >= exit_when_idle:
                 stats.stopped_by = "idle"
                 break
             continue
         stats.consumed += 1
+        t0 = time.monotonic()
         outcome = worker.process(msg)
-        if not transport.deliver(outcome):
+        committed = transport.deliver(outcome)
+        log.info("%s", _event_line(outcome, committed, time.monotonic() - t0))
+        if not committed:
             stats.not_committed += 1
             last = time.monotonic()
             continue

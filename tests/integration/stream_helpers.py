@@ -133,7 +133,12 @@ class Workers:
         self.tmp, self.bootstrap, self.topics, self.data_root = tmp, bootstrap, topics, data_root
         self.started: list[WorkerProc] = []
 
-    def start(self, *extra: str, pause: float | None = None, verbose: bool = False) -> WorkerProc:
+    def start(
+        self, *extra: str, pause: float | None = None, verbose: bool = False,
+        fast_session: bool = True,
+    ) -> WorkerProc:  # fmt: skip
+        """``fast_session=False`` keeps the product's own session timeout (the restart tests
+        measure it); the default shortens it so that a killed member leaves the group soon."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFSTREAM_")}
         if pause:
             env[FAULT_PAUSE_ENV] = str(pause)
@@ -146,7 +151,8 @@ class Workers:
             "--metadata-topic", t["metadata"], "--group-id", t["group"],
             "--data-root", str(self.data_root), "--exit-when-idle", SAFETY_IDLE_S,
             # A kill -9 test needs the dead member out of the group quickly.
-            "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
+            *(["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"]
+              if fast_session else []),
             *extra,
         ]  # fmt: skip
         with log.open("wb") as fh:

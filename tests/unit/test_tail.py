@@ -108,8 +108,43 @@ def test_cli_tail_missing_file(tmp_path, capsys):
 def test_cli_tail_not_an_alert_file(tmp_path, capsys):
     bad = tmp_path / "bad.avro"
     bad.write_bytes(b"not avro at all")
-    assert main(["tail", str(bad)]) == 1
+    assert main(["tail", str(bad)]) == 2
+    assert "bad.avro is not an Avro alert file: it starts with b'not avro'" in (
+        capsys.readouterr().err
+    )
+
+
+def test_cli_tail_on_a_fits_file_says_so(tmp_path, capsys):
+    # Issue 16: it said "ValueError: read length must be non-negative or -1".
+    fits_file = tmp_path / "science.fits"
+    fits_file.write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
+    assert main(["tail", str(fits_file)]) == 2
+    err = capsys.readouterr().err
+    assert "science.fits is not an Avro alert file (a FITS file?)" in err
+
+
+def test_cli_tail_truncated_avro_file_is_an_error_not_a_traceback(alert_file, capsys):
+    alert_file.write_bytes(alert_file.read_bytes()[:100])
+    assert main(["tail", str(alert_file)]) == 1
     assert "cannot read alerts from" in capsys.readouterr().err
+
+
+def test_cli_tail_into_a_closed_pipe_exits_quietly(tmp_path):
+    # `diffstream tail FILE | head -1` ended in a BrokenPipeError traceback (issue 16).
+    import subprocess
+    import sys
+
+    many = tmp_path / "many.avro"
+    write_alert_file(many, [make_test_alert(i) for i in range(3000)])
+    tail = subprocess.Popen([sys.executable, "-m", "diffstream", "tail", str(many)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert tail.stdout is not None
+    first = tail.stdout.readline()
+    tail.stdout.close()  # what head does after its line
+    _, err = tail.communicate(timeout=120)
+    assert first.startswith(b"diaSourceId=")
+    assert tail.returncode == 0, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
 
 
 def test_cli_tail_topic_needs_bootstrap(capsys, monkeypatch):
