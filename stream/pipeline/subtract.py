@@ -12,6 +12,7 @@ measurement -> ids -> alerts.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -54,6 +55,14 @@ __all__ = ["SubtractResult", "subtract_files", "subtract_exposures"]
 
 S = TypeVar("S")
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+def _analytic_fallback(psf: PsfModel, exposure: Exposure) -> bool:
+    """True when ``psf`` is the keyword Gaussian, directly or warped onto the science grid."""
+    file_psf = exposure.psf.source if exposure.psf is not None else None
+    return psf.source == "keyword" or (psf.source == "warped" and file_psf == "keyword")
 
 
 @dataclass
@@ -203,7 +212,9 @@ def _science_psf(
     stamp (the PSF at the image centre) is refined here.
     """
     psf = science.psf
-    if settings.psf_from_stars and (psf is None or psf.source == "hdu"):
+    # "keyword": the loader found too few stars on the raw plane; the pipeline's plane has
+    # the combined mask and background, so it tries once more before the Gaussian stays.
+    if settings.psf_from_stars and (psf is None or psf.source in ("hdu", "keyword")):
         try:
             return measure_psf(
                 image, variance, mask_bad, bad_bits=1, saturation=None,
@@ -327,15 +338,22 @@ def subtract_exposures(
             ),
         )  # fmt: skip
         cy, cx = (science.shape[0] - 1) / 2.0, (science.shape[1] - 1) / 2.0
-        note(
-            "psf",
-            {
-                "science": {"source": psf_s.source, "fwhm": psf_s.fwhm_at(cx, cy),
-                            "nstars": psf_s.nstars, "degree": psf_s.degree},
-                "template": {"source": psf_t.source, "fwhm": psf_t.fwhm_at(cx, cy),
-                             "nstars": psf_t.nstars, "degree": psf_t.degree},
-            },
-        )  # fmt: skip
+        psf_note = {}
+        for role, psf, exp in (("science", psf_s, science), ("template", psf_t, template)):
+            fallback = _analytic_fallback(psf, exp)
+            psf_note[role] = {"source": psf.source, "fwhm": psf.fwhm_at(cx, cy),
+                              "nstars": psf.nstars, "degree": psf.degree,
+                              "fallback": fallback}  # fmt: skip
+            if fallback:
+                # Never silent (issue 12): a Gaussian from a FWHM keyword misses the real
+                # wings (psfFlux 0.81x on DECam), so the run says so where people look.
+                why = exp.psf.info.get("measure_error", "") if exp.psf is not None else ""
+                psf_note[role]["fallbackReason"] = why
+                log.warning(
+                    "%s PSF is the FWHM-keyword Gaussian (%s), not measured from its stars: "
+                    "%s", role, exp.path or "in memory", why or "measurement disabled",
+                )  # fmt: skip
+        note("psf", psf_note)
 
     with meta.timer("matchStars"):
         fwhm = max(psf_s.fwhm_at(cx, cy), psf_t.fwhm_at(cx, cy))
