@@ -30,17 +30,14 @@ import sep
 from scipy.ndimage import binary_dilation, shift
 from scipy.spatial import cKDTree
 
-from diffstream.jitcore._kernels.label import STAR_COLUMNS, STAR_WORK, star_moments
 from diffstream.jitcore.background import estimate_background
 from diffstream.jitcore.constants import FWHM_PER_SIGMA, GAUSS_RHALF_PER_SIGMA
-from diffstream.jitcore.labels import label_footprints
 from diffstream.jitcore.psf import PsfModel, psf_moments
 from diffstream.jitcore.psfmodes import fit_mode_model
 from diffstream.jitcore.robust import mad_sigma
+from diffstream.jitcore.sources import extract
 
-__all__ = [
-    "find_stars", "measure_psf", "stars_needed", "subpixel_shift", "stamp_size_for_sigma",
-]  # fmt: skip
+__all__ = ["measure_psf", "stars_needed", "subpixel_shift", "stamp_size_for_sigma"]
 
 # Cutout margin beyond the stamp: the spline prefilter's edge effect decays by ~0.43/px.
 _PAD = 6
@@ -77,85 +74,6 @@ def _terms(x: np.ndarray, y: np.ndarray, degree: int, shape: tuple[int, int]) ->
     return np.stack(cols, axis=1)
 
 
-def _detect(sub: np.ndarray, det_var: np.ndarray, bad: np.ndarray, thresh: float):
-    # sep keeps global buffers; a crowded field overflows the defaults (300k pixels).
-    if sep.get_extract_pixstack() < sub.size:
-        sep.set_extract_pixstack(int(sub.size))
-    try:
-        return sep.extract(sub, thresh, var=det_var, mask=bad, minarea=5, segmentation_map=True)
-    except Exception as exc:  # sep raises plain Exception subclasses on buffer overflows
-        raise ValueError(f"source detection failed: {exc}") from exc
-
-
-def find_stars(
-    image: np.ndarray, variance: np.ndarray, bad: np.ndarray, *, threshold: float = 5.0
-) -> np.ndarray:
-    """Catalogue of the stars of a background-subtracted image (``bad``: bool, True = ignore).
-
-    The footprints are the 8-connected groups of at least 5 pixels with
-    ``image / sqrt(variance) > threshold`` (compared in float32), i.e. sep.extract's with
-    ``var=variance``, ``minarea=5``, no smoothing and no deblending; the fields are sep's
-    (:data:`STAR_DTYPE`): isophotal barycentre ``x``, ``y``, moments and ``a``, ``b``,
-    ``theta``, ``flux`` (sum), ``npix``, ``peak`` (image at the highest-S/N pixel, which is
-    ``xpeak``/``ypeak`` = ``xcpeak``/``ycpeak``), and ``flag`` 2 (truncated) where the
-    footprint touches the edge or an unusable pixel.  Exposed so that one extraction per
-    image serves both :func:`measure_psf` and diffstream.jitcore.starmatch.
-
-    Why not sep itself: it took ~0.4 s per 4k x 4k image holding the GIL, most of the PSF
-    step; the run labeller of diffstream.jitcore.detect plus one pass over the runs does the same.
-    Without deblending, blends come out as one source with flag 0; measure_psf's size
-    clipping and match_stars' npix/isolation cuts reject them.  Unusable pixels (``bad``,
-    variance not > 0, non-finite image) need no particular value: they are never read.
-    tests/unit/test_psfmeasure.py compares the result with sep.extract.
-    """
-    img = np.asarray(image)
-    var = np.asarray(variance)
-    msk = np.asarray(bad)
-    if img.ndim != 2:
-        raise ValueError(f"image must be 2-D, got shape {img.shape}")
-    if var.shape != img.shape or msk.shape != img.shape:
-        raise ValueError(f"shapes differ: image {img.shape}, variance {var.shape}, bad {msk.shape}")
-    if msk.dtype != np.bool_:
-        raise TypeError(f"bad must be a bool array, got dtype {msk.dtype}")
-    if not threshold > 0:
-        raise ValueError(f"threshold must be > 0, got {threshold}")
-    img = np.ascontiguousarray(img, dtype=np.float32)
-    var = np.ascontiguousarray(var, dtype=np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        unusable = msk | ~(var > 0) | ~np.isfinite(img)  # ~(var > 0) also catches NaN
-        if unusable.all():
-            raise ValueError("no pixel has a positive finite variance: cannot detect stars")
-        # In place: one float32 plane instead of two (~30 -> ~20 ms at 4096^2).
-        snr = np.sqrt(var)
-        np.divide(img, snr, out=snr)
-    return _star_catalogue(img, snr, unusable, float(threshold), 5)
-
-
-# sep.extract's field names and dtypes for what find_stars measures.
-STAR_DTYPE = np.dtype(
-    [(name, np.float64) for name in ("x", "y", "x2", "y2", "xy", "a", "b", "theta")]
-    + [("flux", np.float64), ("peak", np.float64)]
-    + [(name, np.int64) for name in ("xpeak", "ypeak", "xcpeak", "ycpeak", "npix")]
-    + [(name, np.int64) for name in ("xmin", "xmax", "ymin", "ymax")]
-    + [("flag", np.int16)]
-)
-
-
-def _star_catalogue(img, snr, unusable, threshold: float, min_area: int) -> np.ndarray:
-    """STAR_DTYPE rows of the positive components of ``snr > threshold`` (npix >= min_area)."""
-    valid = ~unusable
-    fp = label_footprints(snr, valid, threshold, min_area)
-    runs, nruns, parent = fp.runs, fp.nruns, fp.parent
-    table = np.empty((nruns, max(STAR_WORK, len(STAR_COLUMNS))))
-    n = star_moments(img, snr, unusable, runs, nruns, parent, min_area, table)
-    out = np.zeros(n, dtype=STAR_DTYPE)
-    for c, name in enumerate(STAR_COLUMNS):
-        out[name] = table[:n, c]
-    out["xcpeak"] = out["xpeak"]  # no smoothing: the "convolved" peak is the peak
-    out["ycpeak"] = out["ypeak"]
-    return out
-
-
 def measure_psf(
     image: np.ndarray,
     variance: np.ndarray,
@@ -188,7 +106,8 @@ def measure_psf(
     of the centre model's peak, selection counts).  Raises ValueError when fewer than
     ``min_stars`` usable stars are found (message gives found and required counts).
 
-    ``sources``, a :func:`find_stars` catalogue of this image, replaces the detection; it
+    ``sources``, a :func:`diffstream.jitcore.sources.find_stars` catalogue of this image,
+    replaces the detection; it
     needs ``subtract_background=False`` (the catalogue was found on the image as given).
     ``mask`` may also be a bool array (True = bad), with ``bad_bits=1``.
     """
@@ -261,7 +180,7 @@ def measure_psf(
     det_var[unusable] = float(np.median(good_var)) if good_var.size else 1.0
     sub = np.where(bad, 0.0, img - bkg)
     bad_u8 = bad.view(np.uint8)  # sep wants a numeric mask; bool and uint8 share bytes
-    objs, seg = _detect(sub, det_var, bad_u8, detect_thresh)
+    objs, seg = extract(sub, detect_thresh, var=det_var, mask=bad_u8, segmentation_map=True)
     objmask = binary_dilation(seg > 0, iterations=3) if subtract_background else None
     if objmask is not None and (bad | objmask).mean() < 0.9:
         bkg, _ = estimate_background(img, bad | objmask, box=background_box)

@@ -32,7 +32,8 @@ from diffstream.jitcore.measure import measure
 from diffstream.jitcore.noise import diffim_scale_factors, variance_scale_factor
 from diffstream.jitcore.planes import combine_planes
 from diffstream.jitcore.psf import PsfModel
-from diffstream.jitcore.psfmeasure import find_stars, measure_psf
+from diffstream.jitcore.psfmeasure import measure_psf
+from diffstream.jitcore.sources import find_stars
 from diffstream.jitcore.starmatch import StarMatch, match_stars
 from diffstream.jitcore.tiles import thread_count
 from diffstream.jitcore.warp import warp_stamp

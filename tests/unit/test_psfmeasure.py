@@ -16,12 +16,12 @@ from diffstream.jitcore.background import estimate_background
 from diffstream.jitcore.masks import DEFAULT_PLANES, bits
 from diffstream.jitcore.psf import gaussian_psf, psf_moments
 from diffstream.jitcore.psfmeasure import (
-    find_stars,
     measure_psf,
     stamp_size_for_sigma,
     stars_needed,
     subpixel_shift,
 )
+from diffstream.jitcore.sources import find_stars
 
 pytestmark = pytest.mark.unit
 
