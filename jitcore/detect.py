@@ -41,7 +41,7 @@ from diffstream.jitcore._kernels.measure import refine_peaks
 from diffstream.jitcore.labels import label_footprints
 from diffstream.jitcore.sources import extract
 
-__all__ = ["SOURCE_DTYPE", "detect"]
+__all__ = ["SOURCE_DTYPE", "detect", "pair_opposites"]
 
 SOURCE_DTYPE = np.dtype(
     [
@@ -124,7 +124,7 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _pair_opposites(x: np.ndarray, y: np.ndarray, sign: np.ndarray, radius: float) -> np.ndarray:
+def pair_opposites(x: np.ndarray, y: np.ndarray, sign: np.ndarray, radius: float) -> np.ndarray:
     """Index of the nearest opposite-sign source within ``radius`` (ties: lowest index), or -1."""
     from scipy.spatial import cKDTree
 
@@ -199,5 +199,5 @@ def detect(
     )
     src["x"] = refined[:, 0]
     src["y"] = refined[:, 1]
-    src["adjacent_opposite"] = _pair_opposites(src["x"], src["y"], src["sign"], dipole_radius)
+    src["adjacent_opposite"] = pair_opposites(src["x"], src["y"], src["sign"], dipole_radius)
     return src

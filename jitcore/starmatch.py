@@ -85,7 +85,7 @@ def match_stars(
     The offsets' robust scatter (1.4826 MAD) is the registration noise; it includes the
     centroid noise of the stars themselves, which is what ZOGY's term wants (the noise of the
     registration actually achieved).  With fewer than 5 matches the scatter is reported as 0
-    and the flux ratio as 1: no evidence beats weak evidence here.
+    (no evidence beats weak evidence), and with fewer than 3 the flux ratio as 1.
 
     ``sources`` (science, template catalogues of jitcore.sources.find_stars on these very
     images) replaces the two detections at ``threshold`` by a selection of their entries.
@@ -113,7 +113,10 @@ def match_stars(
     dup = set(np.unique(idx[ok])[counts > 1].tolist())
     ok &= np.array([i not in dup for i in idx])
     n = int(ok.sum())
-    if n < 5:
+    # A flux ratio needs fewer stars than a scatter: the median of 3-4 aperture ratios of
+    # bright stars is good to ~1-2% (a 256 x 256 DECam cut-out has 4), while a robust
+    # scatter of 4 offsets is not worth reporting.
+    if n < 3:
         return StarMatch(n, np.zeros(0), np.zeros(0), 0.0, 0.0, 1.0, 0.0)
     s, t = sci[ok], tmp[idx[ok]]
     dx = t["x"] - s["x"]
@@ -126,4 +129,6 @@ def match_stars(
     ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
     fr = float(np.median(ratio)) if len(ratio) else 1.0
     fre = float(1.2533 * mad_sigma(ratio) / np.sqrt(max(len(ratio), 1))) if len(ratio) else 0.0
+    if n < 5:
+        return StarMatch(n, np.zeros(0), np.zeros(0), 0.0, 0.0, fr, fre)
     return StarMatch(n, dx, dy, mad_sigma(dx), mad_sigma(dy), fr, fre)

@@ -27,6 +27,7 @@ from diffstream.jitcore.alardlupton import ALInfo, al_subtract
 from diffstream.jitcore.background import subtract_background
 from diffstream.jitcore.coverage import template_coverage
 from diffstream.jitcore.detect import detect
+from diffstream.jitcore.hostfit import hosts_from_catalogues, vet_detections
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, remap
 from diffstream.jitcore.measure import measure
 from diffstream.jitcore.noise import diffim_scale_factors, variance_scale_factor
@@ -392,10 +393,19 @@ def subtract_exposures(
             })  # fmt: skip
         else:
             sig_ast = (stars.sigma_x, stars.sigma_y) if settings.astrometric_noise else (0.0, 0.0)
+            # Uncalibrated counts (--allow-uncalibrated): the two exposures' throughputs differ
+            # (DECam epochs 18 vs 04: 6-9%), and every bright star would leave a point-source
+            # residual of that fraction of its flux, hiding sources on it (issue 12).  The
+            # matched stars' flux ratio scales the template then; calibrated pairs keep 1.
+            f_r = 1.0
+            uncalibrated = science.photo_calib is None or template.photo_calib is None
+            if uncalibrated and stars.n_matched >= 3:
+                f_r = stars.flux_ratio
+            note("photoScale", {"fR": f_r, "applied": f_r != 1.0})
             try:
                 z = zogy(
                     s_img, s_var, t_img, t_var, bad, psf_s, psf_t,
-                    f_n=1.0, f_r=1.0, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
+                    f_n=1.0, f_r=f_r, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
                     workers=threads, psf_error_fraction=settings.psf_error_fraction,
                     precision=settings.zogy_precision,
                 )  # fmt: skip
@@ -431,6 +441,16 @@ def subtract_exposures(
         # Stable order => stable ids across reruns of the same exposure.
         if len(found):
             found = found[np.lexsort((found["peak_x"], found["peak_y"]))]
+        if settings.host_test and len(found):
+            # Bright-star residuals out by their shape, sources on stars kept (issue 12).
+            hosts = hosts_from_catalogues([c for c in cats if c is not None], s_var)
+            found, _, host_counts = vet_detections(
+                found, z.difference, z.difference_variance, z.valid,
+                lambda x, y: z.tile_at(x, y).psf_d, *hosts, score=z.score,
+                threshold=settings.detection_threshold,
+                dipole_radius=float(dipole_options(settings)["dipole_radius"]),
+            )  # fmt: skip
+            note("hostTest", {"hosts": len(hosts[0]), **host_counts})
         note("nDetections", int(len(found)))
 
     # The images every measurement step reads: the difference with its PSF, and the

@@ -105,3 +105,20 @@ def test_leave_one_out_encircled_flux_within_2_percent():
     assert bright.sum() >= 10
     assert np.abs(rel[bright]).max() < 0.02, rows
     assert np.median(np.abs(rel)) < 0.01
+
+
+def test_pipeline_on_a_real_pair_reports_measured_psfs_and_scales_the_counts():
+    # 18c - 04d (not the held-out 18e - 04e): uncalibrated counts of two epochs whose
+    # throughputs differ by 6-9% (aperture photometry of the four bright stars).
+    from diffstream.stream.ops.settings import Settings
+    from diffstream.stream.pipeline.subtract import subtract_exposures
+
+    science, _ = _load("18c")
+    template, _ = _load("04d")
+    result = subtract_exposures(science, template, settings=Settings())
+    psf = result.metadata.get("psf")
+    for role in ("science", "template"):
+        assert psf[role]["source"] == "measured" and not psf[role]["fallback"], psf
+        assert psf[role]["nstars"] >= 4
+    scale = result.metadata.get("photoScale")
+    assert scale["applied"] and 1.03 < scale["fR"] < 1.12, scale
