@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--psf-error-fraction", type=float, default=None)
     ap.add_argument("--no-astrometric-noise", action="store_true")
     ap.add_argument("--verbose", action="store_true")
-    ap.add_argument("--no-host-test", action="store_true")
+    ap.add_argument("--host-test", choices=["on", "off"], default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     overrides = {}
@@ -120,8 +120,8 @@ def main(argv=None) -> int:
         overrides["psf_error_fraction"] = args.psf_error_fraction
     if args.no_astrometric_noise:
         overrides["astrometric_noise"] = False
-    if args.no_host_test:
-        overrides["host_test"] = False
+    if args.host_test is not None:
+        overrides["host_test"] = args.host_test == "on"
     settings = Settings(**overrides)
     rng = np.random.default_rng(args.seed)
     rows = []  # (kind, snr, found)

@@ -33,7 +33,9 @@ from scipy.ndimage import shift
 from diffstream.jitcore.psfmodes import mode_stamps
 from diffstream.jitcore.robust import mad_sigma
 
-__all__ = ["host_point_test", "residual_modes"]
+__all__ = [
+    "host_point_test", "hosts_from_catalogues", "psf_fluxes", "residual_modes", "vet_detections",
+]  # fmt: skip
 
 
 def residual_modes(psf: np.ndarray) -> np.ndarray:
@@ -124,14 +126,40 @@ def host_point_test(
     return float(coef[0]), float(math.sqrt(max(cov[0, 0], 0.0)))
 
 
+def psf_fluxes(image: np.ndarray, psf_at, xy: np.ndarray) -> np.ndarray:
+    """Unweighted PSF-fit fluxes sum(P I) / sum(P^2) of the sources at ``xy`` (nan off-image).
+
+    The hosts' flux scale for the residual priors and for their common residual ratio: an
+    isophotal flux is a brightness-dependent fraction of the total (its ratio to the
+    residual scattered by 2-3x more on the DECam pairs), a PSF fit is not.  Unweighted, so
+    that the star's own photon noise does not bias it.
+    """
+    ny, nx = image.shape
+    out = np.full(len(xy), np.nan)
+    for j, (x, y) in enumerate(xy):
+        p = np.asarray(psf_at(x, y), dtype=np.float64)
+        h = p.shape[0] // 2
+        window = (int(math.floor(y + 0.5)) - h, int(math.floor(y + 0.5)) + h + 1,
+                  int(math.floor(x + 0.5)) - h, int(math.floor(x + 0.5)) + h + 1)  # fmt: skip
+        if window[0] < 0 or window[2] < 0 or window[1] > ny or window[3] > nx:
+            continue
+        t = _place(p, window, x, y)
+        cut = np.asarray(image[window[0] : window[1], window[2] : window[3]], dtype=np.float64)
+        if np.isfinite(cut).all():
+            out[j] = float((t * cut).sum() / (t * t).sum())
+    return out
+
+
 def hosts_from_catalogues(
     catalogues: list[np.ndarray], variance: np.ndarray, *, snr_min: float = 10.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(xy (n, 2), flux (n,)) of the bright sources of jitcore.sources.find_stars catalogues.
 
-    Both images' catalogues: a star bright in the template only (one that faded) leaves a
-    residual too.  Duplicates within 2 px keep the larger flux.  S/N: isophotal flux over
-    sqrt(npix x median variance), a cheap stand-in that only has to rank hosts.
+    The pipeline passes the template's catalogue only: a new source is in the science's and
+    would be its own host (that emptied the sky bins of the benchmark), while a star, and a
+    star that faded, are in the template's.  Duplicates within 2 px keep the larger flux.
+    S/N: isophotal flux over sqrt(npix x median variance), a cheap stand-in that only has to
+    rank hosts.
     """
     med_var = float(np.nanmedian(variance[:: 4, :: 4]))  # fmt: skip
     xy, flux = [], []
@@ -186,32 +214,16 @@ def vet_detections(
     signif = np.full(n, np.nan)
     keep = np.ones(n, dtype=bool)
     counts = {"nearHost": 0, "rejected": 0, "added": 0}
+    good = np.isfinite(hosts_flux) & (hosts_flux > 0)
+    hosts_xy, hosts_flux = hosts_xy[good], hosts_flux[good]
     if n == 0 or len(hosts_xy) == 0:
         return found, signif, counts
-    touched: dict[int, None] = {}
-    for i in range(n):
-        x, y = float(found["x"][i]), float(found["y"][i])
-        p = psf_at(x, y)
-        radius = p.shape[0] // 2
-        dist = np.hypot(hosts_xy[:, 0] - x, hosts_xy[:, 1] - y)
-        j = int(np.argmin(dist))
-        if dist[j] > radius:
-            continue
-        counts["nearHost"] += 1
-        touched[j] = None
-        f, e = host_point_test(difference, variance, valid, p, x=x, y=y, host_x=hosts_xy[j, 0],
-                               host_y=hosts_xy[j, 1], host_flux=hosts_flux[j],
-                               shape_error=shape_error, shift_error=shift_error)  # fmt: skip
-        signif[i] = f / e * found["sign"][i] if e > 0 else np.nan
-        keep[i] = bool(signif[i] >= threshold)
-    counts["rejected"] = int((~keep).sum())
-    rows, sig = [found[keep]], [signif[keep]]
     ny, nx = difference.shape
     # Every host's own point-source amplitude: a static star leaves kappa x its flux at its
     # centre, kappa common to all (the photometric scale's error and the two PSF models'
-    # different truncation of the wings: 2-5% on the DECam pairs).  kappa is their robust
-    # mean, its error the robust scatter / sqrt(n); a host passes when its amplitude
-    # departs from kappa x F beyond the threshold, with kappa's error in the noise.
+    # different truncation of the wings: 2-5% on the DECam pairs).  kappa is their median,
+    # its error the robust scatter / sqrt(n); a source at a host's centre counts by how far
+    # its amplitude departs from kappa x F, with kappa's error in the noise.
     centre = np.full((len(hosts_xy), 2), np.nan)
     for j in range(len(hosts_xy)):
         hx, hy = float(hosts_xy[j, 0]), float(hosts_xy[j, 1])
@@ -221,23 +233,47 @@ def vet_detections(
         centre[j] = host_point_test(difference, variance, valid, psf_at(hx, hy), x=hx, y=hy,
                                     host_x=hx, host_y=hy, host_flux=hosts_flux[j],
                                     shape_error=shape_error, shift_error=shift_error)  # fmt: skip
-    usable = np.isfinite(centre[:, 0]) & (centre[:, 1] > 0) & (hosts_flux > 0)
+    usable = np.isfinite(centre[:, 0]) & (centre[:, 1] > 0)
     kappa, kappa_err = 0.0, 0.0
     if usable.sum() >= 3:
         ratio = centre[usable, 0] / hosts_flux[usable]
         kappa = float(np.median(ratio))
         kappa_err = float(1.2533 * mad_sigma(ratio) / math.sqrt(usable.sum()))
     counts["kappaPpm"] = int(round(1e6 * kappa))
+
+    def centre_significance(j: int) -> float:
+        f, e = centre[j]
+        e = math.hypot(e, kappa_err * hosts_flux[j])
+        return (f - kappa * hosts_flux[j]) / e if e > 0 else math.nan
+
+    touched: dict[int, None] = {}
+    for i in range(n):
+        x, y = float(found["x"][i]), float(found["y"][i])
+        p = psf_at(x, y)
+        dist = np.hypot(hosts_xy[:, 0] - x, hosts_xy[:, 1] - y)
+        j = int(np.argmin(dist))
+        if dist[j] > p.shape[0] // 2:
+            continue
+        counts["nearHost"] += 1
+        touched[j] = None
+        if dist[j] <= 1.5:
+            t = centre_significance(j)
+        else:
+            f, e = host_point_test(difference, variance, valid, p, x=x, y=y,
+                                   host_x=hosts_xy[j, 0], host_y=hosts_xy[j, 1],
+                                   host_flux=hosts_flux[j], shape_error=shape_error,
+                                   shift_error=shift_error)  # fmt: skip
+            t = f / e if e > 0 else math.nan
+        signif[i] = t * found["sign"][i]
+        keep[i] = bool(signif[i] >= threshold)
+    counts["rejected"] = int((~keep).sum())
+    rows, sig = [found[keep]], [signif[keep]]
     for j in touched:
         hx, hy = float(hosts_xy[j, 0]), float(hosts_xy[j, 1])
-        f, e = centre[j]
-        if not e > 0:
+        t = centre_significance(j)
+        if not abs(t) >= threshold:
             continue
-        f -= kappa * hosts_flux[j]
-        e = math.hypot(e, kappa_err * hosts_flux[j])
-        if abs(f / e) < threshold:
-            continue
-        sign = 1 if f > 0 else -1
+        sign = 1 if t > 0 else -1
         kept = rows[0]
         near = np.hypot(kept["x"] - hx, kept["y"] - hy) <= 2.0
         if (near & (kept["sign"] == sign)).any():
@@ -250,7 +286,7 @@ def vet_detections(
         row["sign"], row["npix"] = sign, 1
         row["bbox"] = [[px, px, py, py]]
         rows.append(row)
-        sig.append(np.array([abs(f / e)]))
+        sig.append(np.array([abs(t)]))
         counts["added"] += 1
     out = np.concatenate(rows)
     sig_out = np.concatenate(sig)

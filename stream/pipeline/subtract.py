@@ -27,7 +27,7 @@ from diffstream.jitcore.alardlupton import ALInfo, al_subtract
 from diffstream.jitcore.background import subtract_background
 from diffstream.jitcore.coverage import template_coverage
 from diffstream.jitcore.detect import detect
-from diffstream.jitcore.hostfit import hosts_from_catalogues, vet_detections
+from diffstream.jitcore.hostfit import hosts_from_catalogues, psf_fluxes, vet_detections
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, remap
 from diffstream.jitcore.measure import measure
 from diffstream.jitcore.noise import diffim_scale_factors, variance_scale_factor
@@ -369,6 +369,7 @@ def subtract_exposures(
         )  # fmt: skip
 
     al_info: ALInfo | None = None
+    f_r = 1.0  # the template's flux scale (ZOGY, uncalibrated pairs; see below)
     with meta.timer("alardLupton" if settings.method == "al" else "zogy"):
         if settings.method == "al":
             # AL decorrelates in its own tiles and has no astrometric term (see al_subtract).
@@ -397,7 +398,6 @@ def subtract_exposures(
             # (DECam epochs 18 vs 04: 6-9%), and every bright star would leave a point-source
             # residual of that fraction of its flux, hiding sources on it (issue 12).  The
             # matched stars' flux ratio scales the template then; calibrated pairs keep 1.
-            f_r = 1.0
             uncalibrated = science.photo_calib is None or template.photo_calib is None
             if uncalibrated and stars.n_matched >= 3:
                 f_r = stars.flux_ratio
@@ -443,7 +443,10 @@ def subtract_exposures(
             found = found[np.lexsort((found["peak_x"], found["peak_y"]))]
         if settings.host_test and len(found):
             # Bright-star residuals out by their shape, sources on stars kept (issue 12).
-            hosts = hosts_from_catalogues([c for c in cats if c is not None], s_var)
+            # Hosts from the template only: a new source is in the science catalogue and
+            # would be its own "host"; a star is in both.  Fluxes in science units (F_r).
+            hosts_xy, _ = hosts_from_catalogues([c for c in cats[1:] if c is not None], t_var)
+            hosts = (hosts_xy, psf_fluxes(t_img, psf_t.at, hosts_xy) / f_r)
             found, _, host_counts = vet_detections(
                 found, z.difference, z.difference_variance, z.valid,
                 lambda x, y: z.tile_at(x, y).psf_d, *hosts, score=z.score,

@@ -122,3 +122,28 @@ def test_pipeline_on_a_real_pair_reports_measured_psfs_and_scales_the_counts():
         assert psf[role]["nstars"] >= 4
     scale = result.metadata.get("photoScale")
     assert scale["applied"] and 1.03 < scale["fR"] < 1.12, scale
+
+
+def test_host_test_removes_bright_star_residuals_on_a_real_pair():
+    # Nothing injected: every diaSource within 8 px of a bright star is a residual.  The host
+    # test (off by default, benchmarks/transients_on_stars.py) must remove most of them and
+    # touch nothing far from the stars.
+    from diffstream.stream.ops.settings import Settings
+    from diffstream.stream.pipeline.subtract import subtract_exposures
+
+    science, _ = _load("18d")
+    template, _ = _load("04c")
+
+    def near_and_far(result):
+        d = [np.hypot(PERSON_PICKS[:, 0] - s["x"], PERSON_PICKS[:, 1] - s["y"]).min()
+             for s in result.dia_sources]  # fmt: skip
+        return sum(v < 8 for v in d), sum(v >= 8 for v in d)
+
+    plain = subtract_exposures(science, template, settings=Settings())
+    tested = subtract_exposures(science, template, settings=Settings(host_test=True))
+    (n0, far0), (n1, far1) = near_and_far(plain), near_and_far(tested)
+    counts = tested.metadata.get("hostTest")
+    print(f"near stars {n0} -> {n1}, elsewhere {far0} -> {far1}, {counts}")
+    assert n0 >= 3 and n1 <= n0 // 2
+    assert counts["rejected"] >= n0 - n1
+    assert far1 >= far0 - 1  # galaxies and faint stars are hosts too, but rarely matter
