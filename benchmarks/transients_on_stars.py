@@ -201,6 +201,7 @@ def main(argv=None) -> int:
         f"false detections with nothing injected: {false_star} within 8 px of a star, "
         f"{false_other} elsewhere ({len(args.pairs.split(','))} pairs)"
     )
+    print(f"injections left out (a positive diaSource there with nothing injected): {ambiguous}")
     return 0
 
 
