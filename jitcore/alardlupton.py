@@ -66,8 +66,10 @@ from diffstream.jitcore.albasis import (
     monomials,
 )
 from diffstream.jitcore.alstars import select_kernel_stars
+from diffstream.jitcore.constants import FWHM_PER_SIGMA
 from diffstream.jitcore.decorrelate import decorrelate
 from diffstream.jitcore.psf import normalise_psf, psf_moments
+from diffstream.jitcore.robust import median_iqr
 from diffstream.jitcore.tiles import thread_count
 from diffstream.jitcore.zogy import ZogyResult
 
@@ -82,7 +84,6 @@ KSUM_SIGMA = 3.0  # ip_diffim maxKsumSigma
 RESID_STD_MAX = 1.5  # ip_diffim candidateResidualStdMax
 RESID_MEAN_MAX = 0.25  # ip_diffim candidateResidualMeanMax
 RESID_SIGMA = 3.0
-_IQR_SIGMA = 0.7413  # sigma / IQR of a normal distribution
 # Eigenvalues of the (Jacobi-scaled) corrected global normal matrix below EIG_TOL x the
 # largest are dropped: those directions (high-order shape terms the stars' light barely
 # constrains) are noise once the regressors' noise is subtracted, and an unbounded solve there
@@ -260,11 +261,6 @@ def _spatial_maps(xs, ys, nb: int, korder: int, border: int, shape):
     return idx, coef, 1 + (nb - 1) * ntk + ntb
 
 
-def _robust(values: np.ndarray) -> tuple[float, float]:
-    q25, med, q75 = np.percentile(values, [25.0, 50.0, 75.0])
-    return float(med), float((q75 - q25) * _IQR_SIGMA)
-
-
 @dataclass
 class KernelFit:
     kernel: SpatialKernel
@@ -309,7 +305,7 @@ def fit_kernel(
     for _ in range(MAX_ITER):
         if use.sum() < 3:
             break
-        med, sig = _robust(ksum[use])
+        med, sig = median_iqr(ksum[use])
         new = use & (np.abs(ksum - med) <= KSUM_SIGMA * sig) if sig > 0 else use
         if new.sum() == use.sum():
             break
@@ -330,8 +326,8 @@ def fit_kernel(
         mean, std, chi2 = _residuals(p, q, b, sw, stats)
         if it == MAX_ITER:
             break
-        m_std, s_std = _robust(std[use])
-        m_mean, s_mean = _robust(mean[use])
+        m_std, s_std = median_iqr(std[use])
+        m_mean, s_mean = median_iqr(mean[use])
         std_lim = max(RESID_STD_MAX, m_std + RESID_SIGMA * s_std)
         mean_lim = max(RESID_MEAN_MAX, abs(m_mean) + RESID_SIGMA * s_mean)
         reject = use & ((std > std_lim) | (np.abs(mean) > mean_lim) | ~np.isfinite(std))
@@ -476,7 +472,7 @@ def al_subtract(
     sig_k = max(math.sqrt(abs(sig_to**2 - sig_from**2)), 0.5)
     ref_gain = min(1.0, 1.0 / (4.0 * math.pi * sig_k**2))
 
-    fwhm = 2.3548 * max(sig_s, sig_t)
+    fwhm = FWHM_PER_SIGMA * max(sig_s, sig_t)
     stamp_half = ks // 2 + max(int(math.ceil(1.5 * fwhm)), 3)
     stars = select_kernel_stars(
         s_img, s_var, t_img, t_var, ~good, fwhm=fwhm, stamp_half=stamp_half, margin=ks // 2,

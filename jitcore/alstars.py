@@ -19,6 +19,8 @@ import numpy as np
 import sep
 from scipy.spatial import cKDTree
 
+from diffstream.jitcore.sources import extract
+
 __all__ = ["KernelStars", "select_kernel_stars"]
 
 
@@ -34,9 +36,9 @@ def _detect(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, thresh: fl
     data = np.ascontiguousarray(np.where(bad, 0.0, image), dtype=np.float64)
     err = np.sqrt(np.where(bad | ~(variance > 0), np.inf, variance))
     err = np.ascontiguousarray(np.where(np.isfinite(err), err, 1e30), dtype=np.float64)
-    sep.set_extract_pixstack(max(300000, image.size // 4))
-    sep.set_sub_object_limit(4096)
-    return sep.extract(data, thresh, err=err, mask=bad, minarea=5)
+    # sep's default filter and deblending (32 levels, 0.005): close pairs come apart, so
+    # the isolation cut below sees both members.
+    return extract(data, thresh, err=err, mask=bad, minarea=5, deblend=True)
 
 
 def _c(a: np.ndarray) -> np.ndarray:

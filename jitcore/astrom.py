@@ -4,8 +4,9 @@ The seed's fitAstrometry refines the template-to-science mapping from stars foun
 exposures.  Here the pieces are plain functions on arrays (stream.pipeline.astrometry applies them
 to exposures and WCSs):
 
-* :func:`find_stars`: sep detection on a background-subtracted image, then windowed
-  centroids (``sep.winpos``, SExtractor's XWIN: iterated Gaussian-weighted first moments).
+* :func:`star_centroids`: sep detection (diffstream.jitcore.sources.extract) on a
+  background-subtracted image, then windowed centroids (``sep.winpos``, SExtractor's XWIN:
+  iterated Gaussian-weighted first moments).
   Rejected: the isophotal barycentres of ``sep.extract``, whose noise is 2-3x larger for the
   faint stars and biased by the isophote's asymmetry.
 * :func:`match_positions`: nearest neighbours within a radius, one-to-one.
@@ -26,7 +27,10 @@ import numpy as np
 import sep
 from scipy.spatial import cKDTree
 
-__all__ = ["PolyTransform", "find_stars", "fit_transform", "match_positions", "n_terms"]
+from diffstream.jitcore.constants import FWHM_PER_SIGMA
+from diffstream.jitcore.sources import extract
+
+__all__ = ["PolyTransform", "fit_transform", "match_positions", "n_terms", "star_centroids"]
 
 # Median of r^2 / sigma^2 for a 2-D Gaussian residual (chi^2 with 2 degrees of freedom).
 _MEDIAN_CHI2_2 = 2.0 * math.log(2.0)
@@ -157,9 +161,9 @@ def _solve(src, dst, w, order, centre, scale) -> PolyTransform:
     return PolyTransform(order, np.ascontiguousarray(coeffs.T), centre, scale)
 
 
-def find_stars(
+def star_centroids(
     image: np.ndarray,
-    rms: np.ndarray,
+    variance: np.ndarray,
     bad: np.ndarray,
     *,
     threshold: float = 10.0,
@@ -170,28 +174,30 @@ def find_stars(
     """Bright isolated stars of a background-subtracted image: (x, y, flux, snr), brightest
     first.
 
-    ``rms``: per-pixel noise (same shape), ``bad``: True where unusable.  Detections above
-    ``threshold`` x rms with at least 5 pixels, no sep flags (blended, truncated at the
-    edge, ...), fewer than ``max_npix`` pixels (not saturated bleeds or galaxies); positions
-    are windowed centroids with a Gaussian of FWHM ``fwhm`` px; ``flux`` and ``snr`` from a
-    circular aperture of radius ``fwhm`` (snr weights the positions: a centroid's error
-    scales as FWHM / snr).
+    ``variance``: per-pixel variance (same shape), ``bad``: True where unusable.
+    Detections above ``threshold`` sigma (sep's default 3x3 filter) with at least 5 pixels,
+    no sep flags (truncated at the edge, ...), fewer than ``max_npix`` pixels (not saturated
+    bleeds or galaxies); positions are windowed centroids with a Gaussian of FWHM ``fwhm``
+    px; ``flux`` and ``snr`` from a circular aperture of radius ``fwhm`` (snr weights the
+    positions: a centroid's error scales as FWHM / snr).  Was ``find_stars`` with an rms
+    argument; the package's one ``find_stars`` (a catalogue) is in jitcore.sources.
     """
     arr = np.asarray(image)
     if arr.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {arr.shape}")
-    for name, other in (("rms", rms), ("bad", bad)):
+    for name, other in (("variance", variance), ("bad", bad)):
         if np.shape(other) != arr.shape:
             raise ValueError(f"{name} shape {np.shape(other)} != image shape {arr.shape}")
     if not (math.isfinite(fwhm) and fwhm > 0):
         raise ValueError(f"fwhm must be a finite number > 0, got {fwhm!r}")
     if not (math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
-    bad = np.asarray(bad, dtype=bool) | ~np.isfinite(arr) | ~np.isfinite(rms) | ~(rms > 0)
+    var = np.asarray(variance, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = np.asarray(bad, dtype=bool) | ~np.isfinite(arr) | ~np.isfinite(var) | ~(var > 0)
     data = np.ascontiguousarray(np.where(bad, 0.0, arr), dtype=np.float64)
-    err = np.ascontiguousarray(np.where(bad, 1e30, rms), dtype=np.float64)
-    sep.set_extract_pixstack(max(300000, data.size // 4))
-    objs = sep.extract(data, threshold, err=err, mask=bad, minarea=5, deblend_cont=1.0)
+    var = np.ascontiguousarray(np.where(bad, 1e60, var), dtype=np.float64)
+    objs = extract(data, threshold, var=var, mask=bad, minarea=5)
     empty = (np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
     if len(objs) == 0:
         return empty
@@ -199,13 +205,13 @@ def find_stars(
     objs = objs[np.argsort(-objs["flux"])][:max_stars]
     if len(objs) == 0:
         return empty
-    sig = np.full(len(objs), fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0))))
+    sig = np.full(len(objs), fwhm / FWHM_PER_SIGMA)
     x, y, flag = sep.winpos(data, objs["x"], objs["y"], sig, mask=bad)
     ok = (flag == 0) & np.isfinite(x) & np.isfinite(y)
     # winpos must not wander off to a neighbour: keep it near the detection.
     ok &= np.hypot(x - objs["x"], y - objs["y"]) < fwhm
     x, y = np.asarray(x[ok]), np.asarray(y[ok])
-    flux, ferr, aflag = sep.sum_circle(data, x, y, fwhm, err=err, mask=bad)
+    flux, ferr, aflag = sep.sum_circle(data, x, y, fwhm, var=var, mask=bad)
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = np.where(aflag & sep.APER_HASMASKED, np.nan, flux / ferr)
     good = np.flatnonzero(np.isfinite(snr) & (snr > 0))

@@ -49,6 +49,7 @@ from scipy import fft as sfft
 from diffstream.jitcore._kernels.decorrelate import decorrelation_filter
 from diffstream.jitcore._kernels.zogy import zogy_finalize
 from diffstream.jitcore.psf import normalise_psf
+from diffstream.jitcore.robust import median_noise
 from diffstream.jitcore.tiles import (
     crop_centred,
     embed_centred,
@@ -57,7 +58,6 @@ from diffstream.jitcore.tiles import (
     footprint_radius,
     frame_shape,
     overlap,
-    robust_sigma,
     run_tiles,
     thread_count,
     tile_cores,
@@ -184,8 +184,8 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     ny, nx = ctx.diff.shape
     wy0, wy1, wx0, wx1 = overlap((ny, nx), oy, ox, fy, fx)
     good = ctx.good[wy0:wy1, wx0:wx1]
-    sigma_s = robust_sigma(ctx.svar[wy0:wy1, wx0:wx1], good)
-    sigma_t = robust_sigma(ctx.tvar[wy0:wy1, wx0:wx1], good)
+    sigma_s = median_noise(ctx.svar[wy0:wy1, wx0:wx1], good)
+    sigma_t = median_noise(ctx.tvar[wy0:wy1, wx0:wx1], good)
     if math.isnan(sigma_s) or math.isnan(sigma_t) or not (sigma_s > 0 and sigma_t > 0):
         sigma_s, sigma_t = ctx.sigma_s, ctx.sigma_t
     a, bk, p = kernels
@@ -301,8 +301,8 @@ def decorrelate(
     if isinstance(border, bool) or not isinstance(border, int | np.integer) or border < 1:
         raise ValueError(f"border must be an int >= 1 or None, got {border!r}")
     n_threads = thread_count(workers, len(cores))
-    sigma_s = robust_sigma(svar, good)
-    sigma_t = robust_sigma(tvar, good)
+    sigma_s = median_noise(svar, good)
+    sigma_t = median_noise(tvar, good)
     if not (sigma_s > 0 and sigma_t > 0):
         raise ValueError(f"variance planes must be > 0 on good pixels, got medians "
                          f"{sigma_s**2:g}, {sigma_t**2:g}")  # fmt: skip

@@ -36,12 +36,12 @@ import math
 import numbers
 
 import numpy as np
-import sep
 
 from diffstream.jitcore._kernels.measure import refine_peaks
 from diffstream.jitcore.labels import label_footprints
+from diffstream.jitcore.sources import extract
 
-__all__ = ["SOURCE_DTYPE", "detect"]
+__all__ = ["SOURCE_DTYPE", "detect", "pair_opposites"]
 
 SOURCE_DTYPE = np.dtype(
     [
@@ -57,30 +57,12 @@ SOURCE_DTYPE = np.dtype(
     ]
 )
 
-# sep keeps "active" above-threshold pixels in a fixed buffer (default 300000); a bad
-# subtraction can exceed it.  We grow it on demand up to this many pixels.  Only the
-# deblending path uses sep.
-_MAX_PIXSTACK = 1 << 26
-
 
 def _extract(data: np.ndarray, mask: np.ndarray, threshold: float, min_area: int, deblend: bool):
-    kwargs = {
-        "err": 1.0,
-        "mask": mask,
-        "minarea": min_area,
-        "filter_kernel": None,
-        "clean": False,
-        # sep: deblend_cont=1.0 disables deblending.
-        "deblend_cont": 0.005 if deblend else 1.0,
-    }
-    while True:
-        try:
-            return sep.extract(data, threshold, **kwargs)
-        except Exception as exc:
-            size = sep.get_extract_pixstack()
-            if "pixel buffer full" not in str(exc) or size >= _MAX_PIXSTACK:
-                raise
-            sep.set_extract_pixstack(min(4 * size, _MAX_PIXSTACK))
+    # err=1: the score is already in sigma; no filter (see the module docstring), no
+    # cleaning; jitcore.sources grows sep's pixel buffer when a bad subtraction fills it.
+    return extract(data, threshold, err=1.0, mask=mask, minarea=min_area, filter_kernel=None,
+                   clean=False, deblend=deblend)  # fmt: skip
 
 
 def _footprints_sep(
@@ -142,7 +124,7 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _pair_opposites(x: np.ndarray, y: np.ndarray, sign: np.ndarray, radius: float) -> np.ndarray:
+def pair_opposites(x: np.ndarray, y: np.ndarray, sign: np.ndarray, radius: float) -> np.ndarray:
     """Index of the nearest opposite-sign source within ``radius`` (ties: lowest index), or -1."""
     from scipy.spatial import cKDTree
 
@@ -217,5 +199,5 @@ def detect(
     )
     src["x"] = refined[:, 0]
     src["y"] = refined[:, 1]
-    src["adjacent_opposite"] = _pair_opposites(src["x"], src["y"], src["sign"], dipole_radius)
+    src["adjacent_opposite"] = pair_opposites(src["x"], src["y"], src["sign"], dipole_radius)
     return src

@@ -49,6 +49,7 @@ import numpy as np
 
 from diffstream.jitcore._kernels import measure as _k
 from diffstream.jitcore._kernels import psffit as _fit
+from diffstream.jitcore.constants import FWHM_PER_SIGMA
 from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, UNUSABLE_PLANES, bits
 from diffstream.jitcore.photometry import aperture_flux, stack_psfs, unusable_map
 from diffstream.jitcore.tiles import thread_count
@@ -130,7 +131,6 @@ PIXEL_FLAG_PLANES: dict[str, tuple[str, bool]] = {
 }
 
 _SOURCE_FIELDS = ("x", "y", "sign", "bbox")
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
 def image_pair(name: str, img, var, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -380,7 +380,7 @@ def _measure_chunk(
     out["shape_flag"] |= outside
 
     if ap_radius is None:
-        radius = 2.0 * _FWHM_PER_SIGMA * np.sqrt(0.5 * (pmom[:, 0] + pmom[:, 1]))
+        radius = 2.0 * FWHM_PER_SIGMA * np.sqrt(0.5 * (pmom[:, 0] + pmom[:, 1]))
     else:
         radius = np.full(n, float(ap_radius))
     out["apRadius"] = radius

@@ -15,20 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["robust_sigma", "noise_scale_factor", "source_free_mask", "variance_scale_factor"]
+from diffstream.jitcore.robust import iqr_sigma
 
-_IQR_TO_SIGMA = 1.0 / 1.3489795003921634  # IQR of N(0, 1)
-
-
-def robust_sigma(values: np.ndarray) -> float:
-    """Interquartile-range estimate of the standard deviation (insensitive to sources)."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size < 100:
-        raise ValueError(f"robust_sigma needs >= 100 finite values, got {v.size}")
-    q25, q75 = np.percentile(v, [25.0, 75.0])
-    return float((q75 - q25) * _IQR_TO_SIGMA)
-
+__all__ = ["noise_scale_factor", "source_free_mask", "variance_scale_factor"]
 
 _SAMPLE = 2_000_000  # pixels: the IQR of 2M N(0, 1) values is good to ~0.1%
 
@@ -48,7 +37,7 @@ def noise_scale_factor(
         raise ValueError(f"limit must be > 1, got {limit}")
     vals = normalised[valid]
     step = max(1, vals.size // sample)
-    factor = robust_sigma(vals[::step])
+    factor = iqr_sigma(vals[::step])
     return float(min(max(factor, 1.0 / limit), limit))
 
 
@@ -76,7 +65,7 @@ def source_free_mask(
         snr = np.where(ok, image / np.sqrt(np.where(ok, variance, 1.0)), 0.0)
     # In units of the S/N's own robust spread, so that a badly stated variance (the very
     # thing being measured) does not move the cut into the noise.
-    scale = robust_sigma(snr[ok][:: max(1, int(ok.sum()) // 1_000_000)])
+    scale = iqr_sigma(snr[ok][:: max(1, int(ok.sum()) // 1_000_000)])
     hot = np.abs(snr) >= threshold * scale
     if grow > 0 and hot.any():
         hot = ndimage.maximum_filter(hot.view(np.uint8), size=2 * grow + 1) > 0

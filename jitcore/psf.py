@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from diffstream.jitcore.constants import FWHM_PER_SIGMA
+
 __all__ = ["PsfModel", "gaussian_psf", "normalise_psf", "psf_moments"]
 
 
@@ -153,4 +155,4 @@ class PsfModel:
 
     def fwhm_at(self, x: float, y: float) -> float:
         ixx, iyy, _ = psf_moments(self.at(x, y))
-        return float(2.3548 * np.sqrt(0.5 * (ixx + iyy)))
+        return float(FWHM_PER_SIGMA * np.sqrt(0.5 * (ixx + iyy)))

@@ -13,6 +13,9 @@ import numpy as np
 import sep
 from scipy.spatial import cKDTree
 
+from diffstream.jitcore.robust import mad_sigma
+from diffstream.jitcore.sources import extract
+
 __all__ = ["StarMatch", "match_stars"]
 
 
@@ -27,11 +30,13 @@ class StarMatch:
     flux_ratio_err: float
 
 
-def _find(image: np.ndarray, rms: np.ndarray, bad: np.ndarray, thresh: float) -> np.ndarray:
+def _find(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, thresh: float) -> np.ndarray:
     data = np.ascontiguousarray(np.where(bad, 0.0, image), dtype=np.float64)
-    err = np.ascontiguousarray(np.where(bad | ~np.isfinite(rms), 1e30, rms), dtype=np.float64)
-    sep.set_extract_pixstack(max(300000, image.size // 4))
-    objs = sep.extract(data, thresh, err=err, mask=bad, minarea=5, deblend_cont=1.0)
+    with np.errstate(invalid="ignore"):
+        unusable = bad | ~(variance > 0) | ~np.isfinite(variance)
+    # float64 before the fill: 1e60 overflows a float32 plane.
+    var = np.where(unusable, 1e60, np.asarray(variance, dtype=np.float64))
+    objs = extract(data, thresh, var=var, mask=bad, minarea=5)
     if len(objs) == 0:
         return objs
     good = (objs["flag"] == 0) & (objs["npix"] < 400)
@@ -42,7 +47,7 @@ def _bright(cat: np.ndarray, variance: np.ndarray, thresh: float) -> np.ndarray:
     """Clean, compact catalogue entries whose peak pixel is >= ``thresh`` sigma.
 
     The selection :func:`_find` makes by detecting at ``thresh``, applied to a catalogue
-    found at a lower threshold (diffstream.jitcore.psfmeasure.find_stars), so one extraction serves.
+    found at a lower threshold (diffstream.jitcore.sources.find_stars), so one extraction serves.
     """
     if len(cat) == 0:
         return cat
@@ -80,9 +85,9 @@ def match_stars(
     The offsets' robust scatter (1.4826 MAD) is the registration noise; it includes the
     centroid noise of the stars themselves, which is what ZOGY's term wants (the noise of the
     registration actually achieved).  With fewer than 5 matches the scatter is reported as 0
-    and the flux ratio as 1: no evidence beats weak evidence here.
+    (no evidence beats weak evidence), and with fewer than 3 the flux ratio as 1.
 
-    ``sources`` (science, template catalogues of jitcore.psfmeasure.find_stars on these very
+    ``sources`` (science, template catalogues of jitcore.sources.find_stars on these very
     images) replaces the two detections at ``threshold`` by a selection of their entries.
     """
     if science.shape != template.shape or science.shape != bad.shape:
@@ -94,8 +99,8 @@ def match_stars(
         sci = _bright(sources[0], science_variance, threshold)
         tmp = _bright(sources[1], template_variance, threshold)
     else:
-        sci = _find(science, np.sqrt(science_variance), bad, threshold)
-        tmp = _find(template, np.sqrt(template_variance), bad, threshold)
+        sci = _find(science, science_variance, bad, threshold)
+        tmp = _find(template, template_variance, bad, threshold)
     if len(sci) == 0 or len(tmp) == 0:
         return StarMatch(0, np.zeros(0), np.zeros(0), 0.0, 0.0, 1.0, 0.0)
     order = np.argsort(-sci["flux"])[:max_stars]
@@ -108,14 +113,14 @@ def match_stars(
     dup = set(np.unique(idx[ok])[counts > 1].tolist())
     ok &= np.array([i not in dup for i in idx])
     n = int(ok.sum())
-    if n < 5:
+    # A flux ratio needs fewer stars than a scatter: the median of 3-4 aperture ratios of
+    # bright stars is good to ~1-2% (a 256 x 256 DECam cut-out has 4), while a robust
+    # scatter of 4 offsets is not worth reporting.
+    if n < 3:
         return StarMatch(n, np.zeros(0), np.zeros(0), 0.0, 0.0, 1.0, 0.0)
     s, t = sci[ok], tmp[idx[ok]]
     dx = t["x"] - s["x"]
     dy = t["y"] - s["y"]
-
-    def mad(v: np.ndarray) -> float:
-        return float(1.4826 * np.median(np.abs(v - np.median(v))))
 
     # Isophotal fluxes depend on the seeing; a wide aperture at one position does not.
     fs = _aperture(science, bad, s["x"], s["y"], aperture)
@@ -123,5 +128,7 @@ def match_stars(
     ratio = ft / fs
     ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
     fr = float(np.median(ratio)) if len(ratio) else 1.0
-    fre = float(1.2533 * mad(ratio) / np.sqrt(max(len(ratio), 1))) if len(ratio) else 0.0
-    return StarMatch(n, dx, dy, mad(dx), mad(dy), fr, fre)
+    fre = float(1.2533 * mad_sigma(ratio) / np.sqrt(max(len(ratio), 1))) if len(ratio) else 0.0
+    if n < 5:
+        return StarMatch(n, np.zeros(0), np.zeros(0), 0.0, 0.0, fr, fre)
+    return StarMatch(n, dx, dy, mad_sigma(dx), mad_sigma(dy), fr, fre)

@@ -33,7 +33,6 @@ __all__ = [
     "crop_centred",
     "footprint_radius",
     "dilate",
-    "robust_sigma",
 ]
 
 
@@ -160,23 +159,6 @@ def dilate(bad: np.ndarray, radius: int) -> np.ndarray:
     # unlike binary_dilation with a (2r+1)^2 structuring element.
     out = ndimage.maximum_filter(bad.view(np.uint8), size=2 * radius + 1, mode="constant", cval=0)
     return out.astype(bool)
-
-
-def robust_sigma(variance: np.ndarray, good: np.ndarray, *, max_samples: int = 16384) -> float:
-    """Median of sqrt(variance) over good pixels (NaN when there are none).
-
-    sqrt is monotonic, so this is sqrt(median(variance)).  A regular subsample (at most
-    ``max_samples`` pixels) is plenty for a median and keeps the cost per tile small
-    (16384 rather than 65536: the median of a tile's variance moved by < 0.1% in the
-    pipeline's 4k pairs, for a quarter of ZOGY's 1.3 ms per tile spent here).
-    """
-    step = max(1, math.isqrt(max(1, variance.size // max_samples)))
-    v = variance[::step, ::step][good[::step, ::step]]
-    if v.size == 0:
-        v = variance[good]
-    if v.size == 0:
-        return math.nan
-    return float(math.sqrt(max(float(np.median(v)), 0.0)))
 
 
 def thread_count(workers: int | None, ntasks: int) -> int:

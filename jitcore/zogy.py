@@ -83,6 +83,7 @@ from diffstream.jitcore._kernels.zogy import (
     zogy_spectral_kernels,
 )
 from diffstream.jitcore.psf import normalise_psf, psf_moments
+from diffstream.jitcore.robust import median_noise
 from diffstream.jitcore.tiles import (
     crop_centred,
     embed_centred,
@@ -91,7 +92,6 @@ from diffstream.jitcore.tiles import (
     footprint_radius,
     frame_shape,
     overlap,
-    robust_sigma,
     run_tiles,
     stamp_spectrum,
     thread_count,
@@ -309,7 +309,7 @@ def zogy(
         sci=sci, svar=svar, tmpl=tmpl, tvar=tvar, good=good, f_n=f_n, f_r=f_r,
         sx2=sx * sx, sy2=sy * sy, e2=e * e, border=int(border), mask_edges=bool(mask_edges),
         frame=frame_shape(cores, int(border)), workers=workers if n_threads == 1 else 1,
-        sigma_n=robust_sigma(svar, good), sigma_r=robust_sigma(tvar, good),
+        sigma_n=median_noise(svar, good), sigma_r=median_noise(tvar, good),
         real=_PRECISION[precision][0], spec=_PRECISION[precision][1],
     )  # fmt: skip
     out = {k: np.empty(sci.shape, np.float32) for k in _OUTPUTS}
@@ -411,8 +411,8 @@ def _tile(
     # vectorise).
     good = np.ascontiguousarray(ctx.good[wy0:wy1, wx0:wx1])
 
-    sigma_n = robust_sigma(ctx.svar[wy0:wy1, wx0:wx1], good)
-    sigma_r = robust_sigma(ctx.tvar[wy0:wy1, wx0:wx1], good)
+    sigma_n = median_noise(ctx.svar[wy0:wy1, wx0:wx1], good)
+    sigma_r = median_noise(ctx.tvar[wy0:wy1, wx0:wx1], good)
     if math.isnan(sigma_n) or math.isnan(sigma_r):
         sigma_n, sigma_r = ctx.sigma_n, ctx.sigma_r
     if not (sigma_n > 0 and sigma_r > 0):

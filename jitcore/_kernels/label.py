@@ -16,7 +16,7 @@ Lutz algorithm: two runs on consecutive rows touch when their x ranges overlap a
 one of them by a pixel on each side (tests/unit/test_label.py checks diagonal contacts
 against scipy.ndimage.label and against sep).  :func:`star_moments` then measures the
 positive components (sep.extract's isophotal fields) in one more pass over the runs, for
-diffstream.jitcore.psfmeasure.find_stars.
+diffstream.jitcore.sources.find_stars.
 """
 
 from __future__ import annotations

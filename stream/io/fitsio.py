@@ -45,6 +45,7 @@ the underlying exception chained.  Reading the file and decoding its pixels is
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import warnings
@@ -59,6 +60,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 
 from diffstream.jitcore import psfmeasure
 from diffstream.jitcore.background import estimate_background
+from diffstream.jitcore.constants import FWHM_PER_SIGMA
 from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, bits
 from diffstream.jitcore.psf import PsfModel, gaussian_psf
 from diffstream.stream.io import surveys
@@ -81,7 +83,7 @@ __all__ = ["load_exposure", "load_options", "PSF_BAD_PLANES"]
 
 # Planes that disqualify a star's stamp for PSF measurement.
 PSF_BAD_PLANES = ("BAD", "SAT", "CR", "NO_DATA", "EDGE", "INTRP", "SUSPECT")
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+log = logging.getLogger(__name__)
 # A file this much larger than the pixel limit can hold cannot be a valid exposure of
 # allowed size: 3 float64 planes per pixel, plus room for headers and tables.
 _BYTES_PER_PIXEL_LIMIT = 3 * 8
@@ -477,11 +479,15 @@ def _choose_psf(
             path=path,
             reason="no_psf",
         )
-    sigma = fwhm / _FWHM_PER_SIGMA
+    sigma = fwhm / FWHM_PER_SIGMA
     model = PsfModel.constant(
         gaussian_psf(sigma, psfmeasure.stamp_size_for_sigma(sigma)), shape, source="keyword"
     )
-    model.info = {"fwhm": fwhm, "keyword": info["psf_keyword"]}
+    why = info.get("psf_measure_error", "measurement disabled")
+    model.info = {"fwhm": fwhm, "keyword": info["psf_keyword"], "measure_error": why}
+    # Never silent (issue 12): the Gaussian lacks the real PSF's wings.
+    log.warning("%s: PSF from the %s keyword (Gaussian, FWHM %.2f px): %s", path,
+                info["psf_keyword"], fwhm, why)  # fmt: skip
     return model
 
 

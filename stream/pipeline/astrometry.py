@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from diffstream.jitcore.astrom import find_stars, fit_transform, match_positions, n_terms
+from diffstream.jitcore.astrom import fit_transform, match_positions, n_terms, star_centroids
 from diffstream.jitcore.background import estimate_background
+from diffstream.jitcore.constants import FWHM_PER_SIGMA
 from diffstream.jitcore.masks import UNUSABLE_PLANES
 from diffstream.stream.io.exposure import Exposure
 from diffstream.stream.ops.errors import BadExposure
@@ -46,13 +47,11 @@ def _stars(exposure: Exposure, threshold: float, max_stars: int):
     if exposure.psf is not None:
         ny, nx = exposure.shape
         fwhm = float(exposure.psf.fwhm_at((nx - 1) / 2.0, (ny - 1) / 2.0))
-    with np.errstate(invalid="ignore"):
-        rms = np.sqrt(exposure.variance.astype(np.float64))
-    x, y, _, snr = find_stars(
-        image - bkg, rms, bad, threshold=threshold, fwhm=fwhm, max_stars=max_stars
+    x, y, _, snr = star_centroids(
+        image - bkg, exposure.variance, bad, threshold=threshold, fwhm=fwhm, max_stars=max_stars
     )
     # Centroid error per axis ~ sigma_psf sqrt(2) / snr (background-limited PSF fit).
-    return x, y, fwhm / 2.3548 * math.sqrt(2.0) / snr
+    return x, y, fwhm / FWHM_PER_SIGMA * math.sqrt(2.0) / snr
 
 
 def refit_mapping(

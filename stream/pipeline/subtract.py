@@ -14,6 +14,7 @@ measurement -> ids -> alerts.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -25,11 +26,13 @@ import numpy as np
 from diffstream.jitcore.background import subtract_background
 from diffstream.jitcore.coverage import template_coverage
 from diffstream.jitcore.extendedness import extendedness
+from diffstream.jitcore.hostfit import hosts_from_catalogues, psf_fluxes, vet_detections
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, remap
 from diffstream.jitcore.noise import diffim_scale_factors, variance_scale_factor
 from diffstream.jitcore.planes import combine_planes
 from diffstream.jitcore.psf import PsfModel
-from diffstream.jitcore.psfmeasure import find_stars, measure_psf
+from diffstream.jitcore.psfmeasure import measure_psf
+from diffstream.jitcore.sources import find_stars
 from diffstream.jitcore.starmatch import StarMatch, match_stars
 from diffstream.jitcore.tiles import thread_count
 from diffstream.jitcore.warp import warp_stamp
@@ -41,6 +44,7 @@ from diffstream.stream.io.surveys import exposure_metadata, flag
 from diffstream.stream.ops.errors import BadExposure, KernelFailure, NoWorkFound
 from diffstream.stream.ops.settings import Settings, config_hash
 from diffstream.stream.pipeline.astrometry import refit_mapping
+from diffstream.stream.pipeline.dipoles import dipole_options
 from diffstream.stream.pipeline.steps import (
     detect_sources,
     make_alerts,
@@ -63,6 +67,14 @@ __all__ = ["SubtractResult", "mjd_now", "subtract_exposures", "subtract_files"]
 
 S = TypeVar("S")
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+def _analytic_fallback(psf: PsfModel, exposure: Exposure) -> bool:
+    """True when ``psf`` is the keyword Gaussian, directly or warped onto the science grid."""
+    file_psf = exposure.psf.source if exposure.psf is not None else None
+    return psf.source == "keyword" or (psf.source == "warped" and file_psf == "keyword")
 
 
 @dataclass
@@ -225,7 +237,9 @@ def _science_psf(
     stamp (the PSF at the image centre) is refined here.
     """
     psf = science.psf
-    if settings.psf_from_stars and (psf is None or psf.source == "hdu"):
+    # "keyword": the loader found too few stars on the raw plane; the pipeline's plane has
+    # the combined mask and background, so it tries once more before the Gaussian stays.
+    if settings.psf_from_stars and (psf is None or psf.source in ("hdu", "keyword")):
         try:
             return measure_psf(
                 image, variance, mask_bad, bad_bits=1, saturation=None,
@@ -406,16 +420,22 @@ def measure_psfs(
             ),
         )  # fmt: skip
         cy, cx = (science.shape[0] - 1) / 2.0, (science.shape[1] - 1) / 2.0
-        note(
-            meta,
-            "psf",
-            {
-                "science": {"source": psf_s.source, "fwhm": psf_s.fwhm_at(cx, cy),
-                            "nstars": psf_s.nstars, "degree": psf_s.degree},
-                "template": {"source": psf_t.source, "fwhm": psf_t.fwhm_at(cx, cy),
-                             "nstars": psf_t.nstars, "degree": psf_t.degree},
-            },
-        )  # fmt: skip
+        psf_note = {}
+        for role, psf, exp in (("science", psf_s, science), ("template", psf_t, template)):
+            fallback = _analytic_fallback(psf, exp)
+            psf_note[role] = {"source": psf.source, "fwhm": psf.fwhm_at(cx, cy),
+                              "nstars": psf.nstars, "degree": psf.degree,
+                              "fallback": fallback}  # fmt: skip
+            if fallback:
+                # Never silent (issue 12): a Gaussian from a FWHM keyword misses the real
+                # wings (psfFlux 0.81x on DECam), so the run says so where people look.
+                why = exp.psf.info.get("measure_error", "") if exp.psf is not None else ""
+                psf_note[role]["fallbackReason"] = why
+                log.warning(
+                    "%s PSF is the FWHM-keyword Gaussian (%s), not measured from its stars: "
+                    "%s", role, exp.path or "in memory", why or "measurement disabled",
+                )  # fmt: skip
+        note(meta, "psf", psf_note)
     return psf_s, psf_t, sources
 
 
@@ -444,6 +464,22 @@ def match(
     return stars
 
 
+def template_scale(
+    science: Exposure, template: Exposure, stars: StarMatch, *, settings: Settings,
+    meta: TaskMetadata,
+) -> float:  # fmt: skip
+    """ZOGY's F_r: 1 for calibrated pairs; the matched stars' flux ratio for uncalibrated
+    counts (--allow-uncalibrated), whose throughputs differ (DECam epochs 18 vs 04: 6-9%):
+    unscaled, every bright star left a point-source residual of that fraction of its flux,
+    hiding sources on it (issue 12).  3 matched stars suffice (jitcore/starmatch.py)."""
+    f_r = 1.0
+    uncalibrated = science.photo_calib is None or template.photo_calib is None
+    if settings.method == "zogy" and uncalibrated and stars.n_matched >= 3:
+        f_r = stars.flux_ratio
+    note(meta, "photoScale", {"fR": f_r, "applied": f_r != 1.0})
+    return f_r
+
+
 def difference(
     p: Prepared,
     psf_s: PsfModel,
@@ -453,8 +489,10 @@ def difference(
     settings: Settings,
     meta: TaskMetadata,
     threads: int,
+    f_r: float = 1.0,
 ) -> tuple[ZogyResult, ALInfo | None]:
-    """The difference and its score: ZOGY, or Alard-Lupton with decorrelation."""
+    """The difference and its score: ZOGY (template scaled by ``f_r``), or Alard-Lupton
+    with decorrelation (which fits its own kernel sum)."""
     al_info: ALInfo | None = None
     with meta.timer("alardLupton" if settings.method == "al" else "zogy"):
         if settings.method == "al":
@@ -486,7 +524,7 @@ def difference(
             try:
                 z = zogy(
                     p.s_img, p.s_var, p.t_img, p.t_var, p.bad, psf_s, psf_t,
-                    f_n=1.0, f_r=1.0, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
+                    f_n=1.0, f_r=f_r, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
                     workers=threads, psf_error_fraction=settings.psf_error_fraction,
                     precision=settings.zogy_precision,
                 )  # fmt: skip
@@ -515,6 +553,38 @@ def scale_difference_variance(
             both(lambda: np.divide(z.score, np.float32(f_score), out=z.score), scale_variances)
         note(meta, "varianceScale", {"score": f_score, "difference": f_diff,
                                      "applied": settings.scale_variance})  # fmt: skip
+
+
+def host_test(
+    found: np.ndarray,
+    z: ZogyResult,
+    p: Prepared,
+    psf_t: PsfModel,
+    sources: tuple[np.ndarray, np.ndarray] | None,
+    f_r: float,
+    *,
+    settings: Settings,
+    meta: TaskMetadata,
+) -> np.ndarray:
+    """Bright-star residuals out by their shape, sources on stars kept (issue 12; off by
+    default, see Settings.host_test and jitcore/hostfit.py)."""
+    if not (settings.host_test and len(found)):
+        return found
+    with meta.timer("hostTest"):
+        # Hosts from the template only: a new source is in the science catalogue and would
+        # be its own "host"; a star is in both.  Fluxes in science units (F_r).
+        cats = [] if sources is None else [sources[1]]
+        hosts_xy, _ = hosts_from_catalogues(cats, p.t_var)
+        hosts = (hosts_xy, psf_fluxes(p.t_img, psf_t.at, hosts_xy) / f_r)
+        found, _, counts = vet_detections(
+            found, z.difference, z.difference_variance, z.valid,
+            lambda x, y: z.tile_at(x, y).psf_d, *hosts, score=z.score,
+            threshold=settings.detection_threshold,
+            dipole_radius=float(dipole_options(settings)["dipole_radius"]),
+        )  # fmt: skip
+        note(meta, "hostTest", {"hosts": len(hosts[0]), **counts})
+        note(meta, "nDetections", int(len(found)))
+    return found
 
 
 def measure_extendedness(
@@ -548,10 +618,13 @@ def subtract_exposures(
     psf_s, psf_t, sources = measure_psfs(science, template, p, settings=settings, meta=meta,
                                          both=both)  # fmt: skip
     stars = match(p, psf_s, psf_t, sources, meta=meta)
-    z, al_info = difference(p, psf_s, psf_t, stars, settings=settings, meta=meta, threads=threads)
+    f_r = template_scale(science, template, stars, settings=settings, meta=meta)
+    z, al_info = difference(p, psf_s, psf_t, stars, settings=settings, meta=meta, threads=threads,
+                            f_r=f_r)  # fmt: skip
     scale_difference_variance(z, settings=settings, meta=meta, both=both)
 
     found = detect_sources(z.score, z.valid, settings=settings, meta=meta)
+    found = host_test(found, z, p, psf_t, sources, f_r, settings=settings, meta=meta)
     # The images every measurement step reads: the difference with its PSF, and the
     # (calibrated, background-subtracted) science and warped template with theirs.
     images: dict[str, Any] = {

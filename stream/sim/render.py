@@ -18,6 +18,7 @@ import scipy.fft
 from astropy.wcs import WCS
 from scipy.special import erf
 
+from diffstream.jitcore.constants import FWHM_PER_SIGMA
 from diffstream.jitcore.psf import gaussian_psf
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "zogy_flux_variance",
 ]
 
-FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 _F8 = "f8"
 TRUTH_DTYPE = np.dtype(

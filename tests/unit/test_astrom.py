@@ -11,10 +11,10 @@ import pytest
 
 from diffstream.jitcore.astrom import (
     PolyTransform,
-    find_stars,
     fit_transform,
     match_positions,
     n_terms,
+    star_centroids,
 )
 from diffstream.jitcore.background import estimate_background
 from diffstream.jitcore.detect import detect
@@ -139,7 +139,7 @@ def test_fit_transform_checks():
 # --- stars and matching --------------------------------------------------------------------
 
 
-def test_find_stars_positions():
+def test_star_centroids_positions():
     rng = np.random.default_rng(4)
     shape, sigma, k = (200, 220), 1.4, 15
     truth = rng.uniform(15, 185, (25, 2))
@@ -150,19 +150,19 @@ def test_find_stars_positions():
             sigma, k, dx=x - ix, dy=y - iy
         )
     bad = np.zeros(shape, bool)
-    x, y, flux, snr = find_stars(img, np.full(shape, 10.0), bad, fwhm=2.3548 * sigma)
+    x, y, flux, snr = star_centroids(img, np.full(shape, 100.0), bad, fwhm=2.3548 * sigma)
     assert x.size >= 15  # blends (sep flags) are dropped
     d = np.hypot(x[:, None] - truth[:, 0], y[:, None] - truth[:, 1]).min(axis=1)
     assert np.all(d < 0.05)
     assert np.all(snr > 100) and np.all(np.diff(flux) <= 0)  # brightest first
-    with pytest.raises(ValueError, match=r"rms shape \(3, 3\) != image shape"):
-        find_stars(img, np.ones((3, 3)), bad)
+    with pytest.raises(ValueError, match=r"variance shape \(3, 3\) != image shape"):
+        star_centroids(img, np.ones((3, 3)), bad)
     with pytest.raises(ValueError, match="image must be 2-D"):
-        find_stars(img[0], img[0], bad[0])
+        star_centroids(img[0], img[0], bad[0])
     with pytest.raises(ValueError, match="fwhm must be a finite number > 0"):
-        find_stars(img, img, bad, fwhm=0.0)
+        star_centroids(img, img, bad, fwhm=0.0)
     with pytest.raises(ValueError, match="threshold must be a finite number > 0"):
-        find_stars(img, img, bad, threshold=-1.0)
+        star_centroids(img, img, bad, threshold=-1.0)
 
 
 def test_match_positions_one_to_one():

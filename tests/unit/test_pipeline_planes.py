@@ -1,7 +1,7 @@
 """The pipeline's fused plane passes and its one-detection-per-image path.
 
 jitcore.planes.combine_planes and jitcore.background.subtract_background against NumPy
-references; jitcore.psfmeasure.find_stars feeding measure_psf and match_stars, compared with
+references; jitcore.sources.find_stars feeding measure_psf and match_stars, compared with
 the functions' own detections.
 """
 
@@ -15,7 +15,8 @@ from diffstream.jitcore.background import estimate_background, subtract_backgrou
 from diffstream.jitcore.masks import DEFAULT_PLANES, bits
 from diffstream.jitcore.planes import combine_planes
 from diffstream.jitcore.psf import gaussian_psf, psf_moments
-from diffstream.jitcore.psfmeasure import find_stars, measure_psf
+from diffstream.jitcore.psfmeasure import measure_psf
+from diffstream.jitcore.sources import find_stars
 from diffstream.jitcore.starmatch import match_stars
 
 pytestmark = pytest.mark.unit

@@ -16,12 +16,12 @@ from diffstream.jitcore.background import estimate_background
 from diffstream.jitcore.masks import DEFAULT_PLANES, bits
 from diffstream.jitcore.psf import gaussian_psf, psf_moments
 from diffstream.jitcore.psfmeasure import (
-    find_stars,
     measure_psf,
     stamp_size_for_sigma,
     stars_needed,
     subpixel_shift,
 )
+from diffstream.jitcore.sources import find_stars
 
 pytestmark = pytest.mark.unit
 
@@ -212,9 +212,9 @@ def test_stars_near_saturation_are_rejected(star_field):
 
 def test_too_few_stars_reports_counts(star_field):
     img, var, mask, _ = star_field(
-        nstars=3, nsat=0, ncr=0, shape=(256, 256), sigma_fn=lambda x, y: 2.0
+        nstars=2, nsat=0, ncr=0, shape=(256, 256), sigma_fn=lambda x, y: 2.0
     )
-    with pytest.raises(ValueError, match=r"found [0-3] usable PSF stars < required min_stars=5"):
+    with pytest.raises(ValueError, match=r"found [0-2] usable PSF stars < required min_stars=3"):
         measure_psf(img, var, mask, bad_bits=BAD_BITS)
 
 
@@ -227,7 +227,7 @@ def test_empty_field_reports_zero(star_field):
         flux_range=(1, 2),
         sigma_fn=lambda x, y: 2.0,
     )
-    with pytest.raises(ValueError, match=r"found [01] usable PSF stars < required min_stars=5"):
+    with pytest.raises(ValueError, match=r"found [01] usable PSF stars < required min_stars=3"):
         measure_psf(img, var, mask, bad_bits=BAD_BITS)
 
 
@@ -245,6 +245,31 @@ def test_degree_falls_back_when_stars_are_few(star_field):
     assert model.nstars == 7
     assert model.degree == 0
     assert stars_needed(1) == 9 and stars_needed(2) == 18 and stars_needed(0) == 3
+
+
+def test_faint_stars_join_only_when_the_bright_ones_are_too_few(star_field):
+    # 4 bright stars (S/N ~ 1000) and 4 at S/N ~ 30 (between snr_floor and snr_min): the
+    # DECam cut-outs' situation.  A constant model (3 stars needed) takes the bright four
+    # alone; a degree-1 request (9 needed) admits the faint ones, and with 8 < 9 stars the
+    # model is constant.
+    bright = [(60.0, 60.0), (190.0, 60.0), (60.0, 190.0), (190.0, 190.0)]
+    faint = [(125.0, 125.0), (125.0, 40.0), (40.0, 125.0), (210.0, 125.0)]
+    img, var, mask, _ = star_field(
+        positions=bright, nsat=0, ncr=0, shape=(256, 256), sigma_fn=lambda x, y: 2.0,
+        flux_range=(1.5e5, 2e5),
+    )  # fmt: skip
+    rng = np.random.default_rng(4)
+    for x, y in faint:
+        ix, iy = int(x), int(y)
+        stamp = gaussian_psf(2.0, 31) * 4000.0
+        img[iy - 15 : iy + 16, ix - 15 : ix + 16] += rng.poisson(stamp * 2.0) / 2.0
+    const = measure_psf(img, var, mask, bad_bits=BAD_BITS, degree=0)
+    lin = measure_psf(img, var, mask, bad_bits=BAD_BITS, degree=1)
+    assert const.nstars == 4
+    assert lin.nstars == 8 and lin.degree == 0
+    used = np.array(lin.info["star_xy"])
+    for x, y in faint:
+        assert np.hypot(used[:, 0] - x, used[:, 1] - y).min() < 0.5
 
 
 def test_explicit_size_is_used(star_field):
@@ -295,11 +320,13 @@ def _small():
         ({"degree": 4}, ValueError, r"degree must be in 0..3, got 4"),
         ({"degree": -1}, ValueError, r"degree must be in 0..3, got -1"),
         ({"min_stars": 0}, ValueError, r"min_stars must be >= 1, got 0"),
-        ({"max_stars": 3}, ValueError, r"max_stars must be >= min_stars=5, got 3"),
+        ({"max_stars": 2}, ValueError, r"max_stars must be >= min_stars=3, got 2"),
         ({"size": 16}, ValueError, r"size must be odd and >= 3, got 16"),
         ({"size": 1}, ValueError, r"size must be odd and >= 3, got 1"),
         ({"saturation": 0.0}, ValueError, r"saturation must be > 0, got 0.0"),
         ({"snr_min": -1.0}, ValueError, r"snr_min must be > 0, got -1.0"),
+        ({"snr_floor": 0.0}, ValueError, r"snr_floor must be in \(0, snr_min=50.0\], got 0.0"),
+        ({"snr_floor": 60.0}, ValueError, r"snr_floor must be in \(0, snr_min=50.0\], got 60.0"),
         ({"clip_sigma": 0.0}, ValueError, r"clip_sigma must be > 0, got 0.0"),
         ({"variance": np.zeros((40, 40))}, ValueError, r"no pixel has a positive finite variance"),
     ],
