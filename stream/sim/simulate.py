@@ -161,6 +161,9 @@ def simulate_pair(
     n_saturated: int = 3,
     n_cosmic_rays: int = 15,
     n_bad_columns: int = 2,
+    n_cosmic_rays_template: int = 0,
+    n_bad_columns_template: int = 0,
+    avoid_defects: bool = True,
     snr_range=(5.0, 60.0),
     transients: bool = True,
     wcs_kind: str = "tan",
@@ -191,8 +194,12 @@ def simulate_pair(
     keep ``edge_margin_px`` from the edges and ``min_separation_px`` from each other, from
     stars with science S/N > ``bright_snr``, from SAT pixels and from bad columns.
     ``transients=False`` gives the same stars with no difference sources.  ``edge_px`` flags
-    a border band EDGE in the science mask.  Raises ValueError on invalid input or when the
-    sources cannot be placed.
+    a border band EDGE in the science mask.  ``n_cosmic_rays_template`` and
+    ``n_bad_columns_template`` put defects (flagged CR / BAD) in the template too, in its own
+    pixel frame.  ``avoid_defects=False`` stops difference sources from keeping clear of bad
+    columns and cosmic rays (the test of defect interpolation, issue 12); the sources, stars
+    and geometry are then the same whatever the defects.  Raises ValueError on invalid input
+    or when the sources cannot be placed.
     """
     ny, nx = _check_shape("shape", shape)
     if template_shape is not None:
@@ -204,6 +211,8 @@ def simulate_pair(
         "n_saturated": n_saturated,
         "n_cosmic_rays": n_cosmic_rays,
         "n_bad_columns": n_bad_columns,
+        "n_cosmic_rays_template": n_cosmic_rays_template,
+        "n_bad_columns_template": n_bad_columns_template,
         "edge_px": edge_px,
     }
     for name, count in counts.items():
@@ -237,8 +246,11 @@ def simulate_pair(
 
     # One independent stream per ingredient: switching transients off (or changing how many
     # cosmic rays there are) leaves the geometry, the stars and the other defects unchanged.
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
-    rng_geom, rng_star, rng_diff, rng_nsci, rng_ntmp, rng_cr, rng_bad, rng_meta = streams
+    # spawn(n)[:8] does not depend on n, so the template's defect streams (added later) left
+    # every earlier pair unchanged.
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(10)]
+    rng_geom, rng_star, rng_diff, rng_nsci, rng_ntmp, rng_cr, rng_bad, rng_meta = streams[:8]
+    rng_cr_t, rng_bad_t = streams[8:]
 
     sci, tmp = _frames(
         rng_geom,
@@ -269,11 +281,8 @@ def simulate_pair(
         tmp, stars, "x_template", "y_template", ellipticity=psf_ellipticity, bleed=bleed
     )
     # Bad-column geometry is drawn now so that difference sources can avoid it.
-    bad_cols = []
-    for _ in range(n_bad_columns):
-        x = int(rng_bad.integers(8, nx - 8))
-        y0 = int(rng_bad.integers(0, ny // 2)) if rng_bad.random() < 0.5 else 0
-        bad_cols.append((x, y0, ny))
+    bad_cols = _bad_columns(rng_bad, n_bad_columns, (ny, nx))
+    bad_cols_t = _bad_columns(rng_bad_t, n_bad_columns_template, tmp.shape)
 
     truth = np.zeros(0, dtype=TRUTH_DTYPE)
     if transients and n_transients + n_variables:
@@ -284,7 +293,7 @@ def simulate_pair(
             stars,
             sci_sat=sci_model >= sci.full_well,
             tmp_sat=tmp_model >= tmp.full_well,
-            bad_cols=bad_cols,
+            bad_cols=bad_cols if avoid_defects else [],
             n_transients=n_transients,
             n_variables=n_variables,
             snr=(lo_snr, hi_snr),
@@ -316,7 +325,7 @@ def simulate_pair(
         rng_cr,
         n_cosmic_rays,
         avoid=np.column_stack([truth["x"], truth["y"]]),
-        avoid_radius=10.0,
+        avoid_radius=10.0 if avoid_defects else 0.0,
         level_e=(cr_low, max(0.3 * sci.full_well, 2 * cr_low)),
     )
     sci_raw, sci_var = render.read_out(sci, sci_model, sci_e, sci_mask, planes)
@@ -334,8 +343,26 @@ def simulate_pair(
         edge[edge_px:-edge_px, edge_px:-edge_px] = False
         sci_mask[edge] |= np.int32(1 << planes["EDGE"])
     tmp_mask = np.zeros(tmp.shape, dtype=MASK_DTYPE)
-    tmp_raw, tmp_var = render.read_out(
-        tmp, tmp_model, render.noisy(rng_ntmp, tmp, tmp_model), tmp_mask, planes
+    tmp_e = render.noisy(rng_ntmp, tmp, tmp_model)
+    render.add_cosmic_rays(
+        tmp_e,
+        tmp_mask,
+        planes["CR"],
+        rng_cr_t,
+        n_cosmic_rays_template,
+        avoid=np.column_stack([truth["x_template"], truth["y_template"]]),
+        avoid_radius=10.0 if avoid_defects else 0.0,
+        level_e=(cr_low, max(0.3 * sci.full_well, 2 * cr_low)),
+    )
+    tmp_raw, tmp_var = render.read_out(tmp, tmp_model, tmp_e, tmp_mask, planes)
+    render.add_bad_columns(
+        tmp_raw,
+        tmp_mask,
+        planes["BAD"],
+        rng_bad_t,
+        bad_cols_t,
+        sky=tmp.sky_e_centre / tmp.gain,
+        saturation=tmp.full_well / tmp.gain,
     )
 
     mjd_sci = float(60300.0 + rng_meta.uniform(0, 700))
@@ -388,6 +415,7 @@ def simulate_pair(
         "snr_range": (lo_snr, hi_snr),
         "transients": transients,
         "bad_columns": bad_cols,
+        "bad_columns_template": bad_cols_t,
     }
     return SimPair(
         science=sim_image(sci, sci_raw, sci_var, sci_mask, mjd_sci, inst.exptime, visit_sci),
@@ -398,6 +426,17 @@ def simulate_pair(
         stars=stars,
         params=params,
     )
+
+
+def _bad_columns(rng, n: int, shape: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """``n`` (x, y0, y1) column segments: half of them whole columns, half from a random row."""
+    ny, nx = shape
+    cols = []
+    for _ in range(n):
+        x = int(rng.integers(8, nx - 8))
+        y0 = int(rng.integers(0, ny // 2)) if rng.random() < 0.5 else 0
+        cols.append((x, y0, ny))
+    return cols
 
 
 def _frames(
