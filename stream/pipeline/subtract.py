@@ -45,6 +45,7 @@ from diffstream.stream.io.fitsio import load_exposure, load_options
 from diffstream.stream.ops.errors import BadExposure, KernelFailure, NoWorkFound
 from diffstream.stream.ops.settings import Settings, config_hash
 from diffstream.stream.pipeline.astrometry import refit_mapping
+from diffstream.stream.pipeline.defects import hard_bits, interpolate_defects
 from diffstream.stream.pipeline.dipoles import dipole_options, measure_dipoles
 from diffstream.stream.pipeline.warping import warp_template
 from diffstream.stream.provenance.taskmeta import TaskMetadata
@@ -240,6 +241,13 @@ def subtract_exposures(
     threads = settings.threads()
     note("threads", threads)
 
+    with meta.timer("interpolateDefects"):
+        # Before any convolution (the template's first is the warp): a defect left as no data
+        # would blank the whole kernel footprint around it (stream/pipeline/defects.py).
+        science, s_fix = interpolate_defects(science, name="science")
+        template, t_fix = interpolate_defects(template, name="template")
+        note("interpolation", {"science": s_fix, "template": t_fix})
+
     planes = science.mask_planes
     no_data = science.bitmask("NO_DATA")
 
@@ -256,6 +264,7 @@ def subtract_exposures(
             order=settings.lanczos_order,
             mapping=mapping,
             workers=threads,
+            bad_planes=("NO_DATA",),  # unrepaired defects are NO_DATA (interpolate_defects)
         )
         # The warped mask is in the template's plane layout; everything downstream uses the
         # science layout (files that do not name their planes may differ).  remap returns
@@ -291,11 +300,17 @@ def subtract_exposures(
 
     unusable = bits(planes, list(UNUSABLE_PLANES))
     mask, bad = combine_planes(science.mask, t_mask, unusable, s_img, t_img, s_var, t_var)
+    # Only what has no data is blanked (background: 0 and NaN) and zero-weighted by ZOGY
+    # (then dilated into `valid`); repaired defects are data again.  `bad` still keeps them
+    # out of PSFs and star matching.
+    _, no_data_px = combine_planes(
+        science.mask, t_mask, hard_bits(planes), s_img, t_img, s_var, t_var
+    )
 
     with meta.timer("background"):
         (s_img, s_var), (t_img, t_var) = both(
-            lambda: subtract_background(s_img, s_var, bad),
-            lambda: subtract_background(t_img, t_var, bad),
+            lambda: subtract_background(s_img, s_var, no_data_px),
+            lambda: subtract_background(t_img, t_var, no_data_px),
         )
 
     if settings.scale_template_variance:
@@ -375,7 +390,7 @@ def subtract_exposures(
             sig_ast = (stars.sigma_x, stars.sigma_y) if settings.astrometric_noise else (0.0, 0.0)
             try:
                 z = zogy(
-                    s_img, s_var, t_img, t_var, bad, psf_s, psf_t,
+                    s_img, s_var, t_img, t_var, no_data_px, psf_s, psf_t,
                     f_n=1.0, f_r=1.0, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
                     workers=threads, psf_error_fraction=settings.psf_error_fraction,
                     precision=settings.zogy_precision,
