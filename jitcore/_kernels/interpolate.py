@@ -59,8 +59,13 @@ def kriging_fill(
     Neighbours are the pixels with ``bad`` False in the window (never another filled pixel,
     so the result does not depend on the order).  ``out_variance`` gets the |w|-weighted mean
     of the neighbours' variances (the local level; sum w_i v_i could go negative next to a
-    bright star, where some weights are negative).  Pixels with fewer than ``min_good`` usable
-    neighbours, or whose system is singular, are left untouched with ``filled`` False.
+    bright star, where some weights are negative) times max(1, 2 sum_i w_i g_i + sum_i w_i^2),
+    g_i = exp(-d_i^2 / l^2).  Why: the fill is made of its neighbours' noise, so a matched
+    filter (a PSF of sigma l / sqrt 2) centred on it sums that noise coherently; its true
+    variance there is v sum_j (k_j + k_0 w_j)^2, not the v sum_j k_j^2 that white noise of
+    variance v in the fill would give.  The factor makes the two equal at the fill.  Pixels
+    with fewer than ``min_good`` usable neighbours, or whose system is singular, are left
+    untouched with ``filled`` False.
     Scratch (sizes m = (2 radius + 1)^2): pattern, last (bool m), offs (int64 m x 2),
     cov (m x m), rhs, ones, weights (m).  Returns the number of distinct patterns solved.
     """
@@ -71,6 +76,7 @@ def kriging_fill(
     have = False
     n = 0
     solves = 0
+    infl = 1.0
     for t in range(m):
         last[t] = False
     for k in range(ys.shape[0]):
@@ -138,6 +144,15 @@ def kriging_fill(
             lam = (1.0 - s1) / s2
             for i in range(n):
                 weights[i] = rhs[i] + lam * ones[i]
+            # Variance inflation for the matched filter (see the docstring): g_i is the
+            # PSF-shaped filter at the neighbour relative to its centre, exp(-d^2 / l^2).
+            cross = 0.0
+            sq = 0.0
+            for i in range(n):
+                d2 = offs[i, 0] * offs[i, 0] + offs[i, 1] * offs[i, 1]
+                cross += weights[i] * math.exp(-d2 * 2.0 * inv2l2)
+                sq += weights[i] * weights[i]
+            infl = max(1.0, 2.0 * cross + sq)
             have = True
             solves += 1
         elif n < min_good or not have:
@@ -153,6 +168,6 @@ def kriging_fill(
             vacc += abs(weights[i]) * variance[yy, xx]
             wabs += abs(weights[i])
         out_image[y, x] = acc
-        out_variance[y, x] = vacc / wabs
+        out_variance[y, x] = infl * vacc / wabs
         filled[y, x] = True
     return solves
