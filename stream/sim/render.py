@@ -11,14 +11,14 @@ closed forms.  The data model is in :mod:`diffstream.stream.sim.model`, the FITS
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.fft
 from astropy.wcs import WCS
 from scipy.special import erf
 
-from diffstream.jitcore.psf import gaussian_psf
+from diffstream.stream.sim.psf import PsfProfile
 
 __all__ = [
     "FWHM_PER_SIGMA",
@@ -120,6 +120,15 @@ class Frame:
     calib: float  # nJy per count
     sky_e: np.ndarray  # expected sky, e- per pixel
     sky_e_centre: float
+    profile: PsfProfile = field(default_factory=PsfProfile)  # Gaussian unless told
+
+    def psf_stamp(self, x: float, y: float, size: int, *, ellipticity: float = 0.0):
+        """The true unit-sum PSF stamp centred at pixel (x, y) (no sub-pixel shift)."""
+        sigma = float(self.sigma_map(x, y))
+        return self.profile.stamp(sigma, size, x=x, y=y, ellipticity=ellipticity)
+
+    def stamp_size(self, sigma: float, *, ellipticity: float = 0.0) -> int:
+        return 2 * self.profile.half_size(sigma, ellipticity=ellipticity) + 1
 
     def background_sigma_njy(self, x, y) -> np.ndarray:
         """Per-pixel background noise (sky Poisson + read) in nJy at (x, y)."""
@@ -304,7 +313,8 @@ def difference_sources(
     sig_r = tmp.sigma_map(xyt[:, 0], xyt[:, 1])
     bg_n = sci.background_sigma_njy(xy[:, 0], xy[:, 1])
     bg_r = tmp.background_sigma_njy(xyt[:, 0], xyt[:, 1])
-    size = stamp_size(float(max(sig_n.max(), sig_r.max())), ellipticity=ellipticity)
+    size = max(sci.stamp_size(float(sig_n.max()), ellipticity=ellipticity),
+               tmp.stamp_size(float(sig_r.max()), ellipticity=ellipticity))  # fmt: skip
 
     truth = np.zeros(n, dtype=TRUTH_DTYPE)
     truth["id"] = np.arange(1, n + 1)
@@ -314,8 +324,8 @@ def difference_sources(
     sky = sci.wcs.all_pix2world(xy, 0)
     truth["ra"], truth["dec"] = sky[:, 0], sky[:, 1]
     for i in range(n):
-        pn = gaussian_psf(float(sig_n[i]), size, ellipticity=ellipticity)
-        pr = gaussian_psf(float(sig_r[i]), size, ellipticity=ellipticity)
+        pn = sci.psf_stamp(xy[i, 0], xy[i, 1], size, ellipticity=ellipticity)
+        pr = tmp.psf_stamp(xyt[i, 0], xyt[i, 1], size, ellipticity=ellipticity)
         a = zogy_flux_variance(pn, pr, float(bg_n[i]), float(bg_r[i]))
         bn = poisson_psf_factor(pn) * sci.calib / sci.gain
         br = poisson_psf_factor(pr) * tmp.calib / tmp.gain
@@ -337,30 +347,40 @@ def difference_sources(
 
 
 def add_point_sources(
-    out: np.ndarray, x, y, flux, sigma, *, ellipticity: float = 0.0, nsigma: float = 5.0
+    out: np.ndarray,
+    x,
+    y,
+    flux,
+    sigma,
+    *,
+    ellipticity: float = 0.0,
+    nsigma: float = 5.0,
+    profile: PsfProfile | None = None,
 ) -> None:
-    """Add pixel-integrated Gaussian point sources to ``out`` in place.
+    """Add pixel-integrated point sources (Gaussian unless ``profile`` says) to ``out``.
 
     ``x, y`` are 0-based pixel positions (pixel centres at integers), ``flux`` the total
     counts (or electrons) of each source and ``sigma`` its PSF sigma.  Each stamp has unit
     sum, so a source whose stamp lies inside ``out`` adds exactly ``flux``; parts of stamps
-    falling off the image are dropped.  A Python loop over sources (one ``gaussian_psf`` each)
+    falling off the image are dropped.  A Python loop over sources (one stamp each)
     is fast enough: ~30 us per source, against ~1 s of noise generation for 4k x 4k.
     """
     ny, nx = out.shape
+    prof = profile or PsfProfile()
     arrays = (np.atleast_1d(v) for v in (x, y, flux, sigma))
     for xi, yi, fi, si in zip(*arrays, strict=True):
         if fi == 0.0:
             continue
-        size = stamp_size(float(si), ellipticity=ellipticity, nsigma=nsigma)
-        half = size // 2
+        half = prof.half_size(float(si), ellipticity=ellipticity, nsigma=nsigma)
+        size = 2 * half + 1
         ix, iy = int(math.floor(xi + 0.5)), int(math.floor(yi + 0.5))
         x0, y0 = ix - half, iy - half
         if x0 + size <= 0 or y0 + size <= 0 or x0 >= nx or y0 >= ny:
             continue
-        stamp = gaussian_psf(
-            float(si), size, dx=float(xi - ix), dy=float(yi - iy), ellipticity=ellipticity
-        )
+        stamp = prof.stamp(
+            float(si), size, x=float(xi), y=float(yi), dx=float(xi - ix), dy=float(yi - iy),
+            ellipticity=ellipticity,
+        )  # fmt: skip
         sx0, sy0 = max(0, -x0), max(0, -y0)
         sx1, sy1 = size - max(0, x0 + size - nx), size - max(0, y0 + size - ny)
         out[y0 + sy0 : y0 + sy1, x0 + sx0 : x0 + sx1] += fi * stamp[sy0:sy1, sx0:sx1]
@@ -410,6 +430,7 @@ def static_model(
             frame.sigma_map(xs[sel], ys[sel]),
             ellipticity=ellipticity,
             nsigma=nsigma,
+            profile=frame.profile,
         )
     if bleed:
         bleed_columns(model, frame.full_well, np.round(xs[wide]).astype(int), half_width=12)

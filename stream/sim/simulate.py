@@ -39,7 +39,6 @@ import numpy as np
 from astropy.wcs import WCS, Sip
 
 from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE
-from diffstream.jitcore.psf import gaussian_psf
 from diffstream.stream.sim import render
 
 # The data model and the FITS writers live in stream.sim.model and stream.sim.fits;
@@ -50,6 +49,7 @@ from diffstream.stream.sim.fits import LAYOUTS as LAYOUTS
 from diffstream.stream.sim.fits import write_exposure, write_pair, write_truth_csv
 from diffstream.stream.sim.model import AB_NJY as AB_NJY
 from diffstream.stream.sim.model import Instrument, SimImage, SimPair
+from diffstream.stream.sim.psf import PROFILES, PsfProfile
 
 STAR_DTYPE = render.STAR_DTYPE
 TRUTH_DTYPE = render.TRUTH_DTYPE
@@ -164,6 +164,9 @@ def simulate_pair(
     n_cosmic_rays_template: int = 0,
     n_bad_columns_template: int = 0,
     avoid_defects: bool = True,
+    psf_profile: str = "gaussian",
+    moffat_beta: float = 3.0,
+    moffat_beta_gradient: float = 0.0,
     snr_range=(5.0, 60.0),
     transients: bool = True,
     wcs_kind: str = "tan",
@@ -199,7 +202,10 @@ def simulate_pair(
     pixel frame.  ``avoid_defects=False`` stops difference sources from keeping clear of bad
     columns and cosmic rays (the test of defect interpolation, issue 12); the sources, stars
     and geometry are then the same whatever the defects.  Raises ValueError on invalid input
-    or when the sources cannot be placed.
+    or when the sources cannot be placed.  ``psf_profile="moffat"`` gives both images Moffat
+    PSFs (wings) of index ``moffat_beta`` at the centre, changing by
+    ``moffat_beta_gradient`` across each field along its own direction
+    (:class:`diffstream.stream.sim.psf.PsfProfile`).
     """
     ny, nx = _check_shape("shape", shape)
     if template_shape is not None:
@@ -235,6 +241,8 @@ def simulate_pair(
     lo_snr, hi_snr = (float(v) for v in snr_range)
     if not 0 < lo_snr <= hi_snr < math.inf:
         raise ValueError(f"snr_range must satisfy 0 < low <= high < inf, got {snr_range!r}")
+    if psf_profile not in PROFILES:
+        raise ValueError(f"psf_profile must be one of {PROFILES}, got {psf_profile!r}")
     if wcs_kind not in WCS_KINDS:
         raise ValueError(f"wcs_kind must be one of {WCS_KINDS}, got {wcs_kind!r}")
     inst = instrument or Instrument()
@@ -266,6 +274,16 @@ def simulate_pair(
         psf_gradient=psf_gradient,
         sky_gradient=sky_gradient,
     )
+    if psf_profile != "gaussian":
+        # Its own stream: the Gaussian pairs of every seed stay as they were.
+        beta_angles = np.random.default_rng(np.random.SeedSequence(seed).spawn(11)[10]).uniform(
+            0, 2 * math.pi, 2
+        )
+        for frame, angle in zip((sci, tmp), beta_angles, strict=True):
+            frame.profile = PsfProfile(
+                kind=psf_profile, beta=moffat_beta, beta_gradient=moffat_beta_gradient,
+                angle=float(angle), shape=frame.shape,
+            )  # fmt: skip
     stars = render.draw_stars(
         rng_star,
         sci,
@@ -312,6 +330,7 @@ def simulate_pair(
                 frame.electrons(truth[fk]),
                 frame.sigma_map(truth[xk], truth[yk]),
                 ellipticity=psf_ellipticity,
+                profile=frame.profile,
             )
 
     planes = dict(DEFAULT_PLANES)
@@ -369,7 +388,7 @@ def simulate_pair(
     mjd_tmp = float(mjd_sci - rng_meta.uniform(200, 600))
     visit_sci, visit_tmp = (int(v) for v in rng_meta.integers(10**9, 2 * 10**9, 2))
     detector = int(rng_meta.integers(0, 189))
-    size = render.stamp_size(
+    size = sci.stamp_size(
         max(sci.sigma_map.sigma0, tmp.sigma_map.sigma0) * (1 + psf_gradient),
         ellipticity=psf_ellipticity,
     )
@@ -384,7 +403,8 @@ def simulate_pair(
             mask=mask,
             wcs=frame.wcs,
             psf_sigma_map=frame.sigma_map,
-            psf_centre=gaussian_psf(frame.sigma_map(cx, cy), size, ellipticity=psf_ellipticity),
+            psf_centre=frame.psf_stamp(cx, cy, size, ellipticity=psf_ellipticity),
+            psf_profile=frame.profile,
             photo_calib=frame.calib,
             gain=frame.gain,
             read_noise=frame.read_noise,
@@ -416,6 +436,9 @@ def simulate_pair(
         "transients": transients,
         "bad_columns": bad_cols,
         "bad_columns_template": bad_cols_t,
+        "psf_profile": psf_profile,
+        "moffat_beta": moffat_beta,
+        "moffat_beta_gradient": moffat_beta_gradient,
     }
     return SimPair(
         science=sim_image(sci, sci_raw, sci_var, sci_mask, mjd_sci, inst.exptime, visit_sci),
