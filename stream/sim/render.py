@@ -32,6 +32,7 @@ __all__ = [
     "bleed_columns",
     "difference_sources",
     "draw_stars",
+    "flux_noise_terms",
     "linear_map",
     "noisy",
     "read_out",
@@ -50,6 +51,7 @@ TRUTH_DTYPE = np.dtype(
     + [(name, _F8) for name in ("ra", "dec", "x", "y", "x_template", "y_template")]
     + [(name, _F8) for name in ("flux_diff_njy", "flux_science_njy", "flux_template_njy")]
     + [("sigma_flux_njy", _F8), ("snr_expected", _F8)]
+    + [("host_flux_njy", _F8)]  # total flux of the host galaxy (stream.sim.galaxies), or 0
 )
 STAR_DTYPE = np.dtype(
     [("id", "i8")]
@@ -309,12 +311,6 @@ def difference_sources(
     target = np.exp(lo + (hi - lo) * (rng.permutation(n) + rng.random(n)) / n)
     k = np.where(np.arange(n) >= n_transients, rng.uniform(1.5, 4.0, n), 0.0)
     sign = np.array([-1.0 if kd == "fading" else 1.0 for kd in kinds])
-    sig_n = sci.sigma_map(xy[:, 0], xy[:, 1])
-    sig_r = tmp.sigma_map(xyt[:, 0], xyt[:, 1])
-    bg_n = sci.background_sigma_njy(xy[:, 0], xy[:, 1])
-    bg_r = tmp.background_sigma_njy(xyt[:, 0], xyt[:, 1])
-    size = max(sci.stamp_size(float(sig_n.max()), ellipticity=ellipticity),
-               tmp.stamp_size(float(sig_r.max()), ellipticity=ellipticity))  # fmt: skip
 
     truth = np.zeros(n, dtype=TRUTH_DTYPE)
     truth["id"] = np.arange(1, n + 1)
@@ -323,12 +319,14 @@ def difference_sources(
     truth["x_template"], truth["y_template"] = xyt[:, 0], xyt[:, 1]
     sky = sci.wcs.all_pix2world(xy, 0)
     truth["ra"], truth["dec"] = sky[:, 0], sky[:, 1]
+    # One stamp size for all (the widest PSF): what the pairs were made with so far.
+    size = max(sci.stamp_size(float(sci.sigma_map(xy[:, 0], xy[:, 1]).max()),
+                              ellipticity=ellipticity),
+               tmp.stamp_size(float(tmp.sigma_map(xyt[:, 0], xyt[:, 1]).max()),
+                              ellipticity=ellipticity))  # fmt: skip
     for i in range(n):
-        pn = sci.psf_stamp(xy[i, 0], xy[i, 1], size, ellipticity=ellipticity)
-        pr = tmp.psf_stamp(xyt[i, 0], xyt[i, 1], size, ellipticity=ellipticity)
-        a = zogy_flux_variance(pn, pr, float(bg_n[i]), float(bg_r[i]))
-        bn = poisson_psf_factor(pn) * sci.calib / sci.gain
-        br = poisson_psf_factor(pr) * tmp.calib / tmp.gain
+        a, bn, br = flux_noise_terms(sci, tmp, xy[i, 0], xy[i, 1], xyt[i, 0], xyt[i, 1],
+                                     ellipticity=ellipticity, size=size)  # fmt: skip
         b = bn * (k[i] + sign[i]) + br * k[i]
         s2 = target[i] ** 2
         d = 0.5 * (s2 * b + math.sqrt((s2 * b) ** 2 + 4 * s2 * a))  # |d|^2 = s^2 (a + b |d|)
@@ -341,6 +339,31 @@ def difference_sources(
         truth["sigma_flux_njy"][i] = sigma_f
         truth["snr_expected"][i] = d / sigma_f
     return truth
+
+
+def flux_noise_terms(
+    sci: Frame, tmp: Frame, x: float, y: float, xt: float, yt: float, *,
+    ellipticity: float = 0.0, extra_e: tuple[float, float] = (0.0, 0.0), size: int | None = None,
+) -> tuple[float, float, float]:  # fmt: skip
+    """``(a, bn, br)`` of sigma_F^2 = a + bn F_sci + br F_tmpl at science (x, y) / template
+    (xt, yt): ``a`` from the backgrounds (plus ``extra_e`` electrons per pixel of static
+    light, e.g. a host galaxy, in each image), ``bn``/``br`` the sources' own photon terms
+    per nJy (the model in :mod:`diffstream.stream.sim.simulate`).  ``size``: the PSF stamps'
+    size (default: wide enough for both PSFs here)."""
+    if size is None:
+        sig_n, sig_r = float(sci.sigma_map(x, y)), float(tmp.sigma_map(xt, yt))
+        size = max(sci.stamp_size(sig_n, ellipticity=ellipticity),
+                   tmp.stamp_size(sig_r, ellipticity=ellipticity))  # fmt: skip
+    pn = sci.psf_stamp(x, y, size, ellipticity=ellipticity)
+    pr = tmp.psf_stamp(xt, yt, size, ellipticity=ellipticity)
+    bg = []
+    for frame, px, py, e in ((sci, x, y, extra_e[0]), (tmp, xt, yt, extra_e[1])):
+        b0 = float(frame.background_sigma_njy(px, py))
+        bg.append(math.sqrt(b0**2 + e * (frame.calib / frame.gain) ** 2))
+    a = zogy_flux_variance(pn, pr, bg[0], bg[1])
+    bn = poisson_psf_factor(pn) * sci.calib / sci.gain
+    br = poisson_psf_factor(pr) * tmp.calib / tmp.gain
+    return a, bn, br
 
 
 # --- pixels ---------------------------------------------------------------------------------

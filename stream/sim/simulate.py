@@ -17,7 +17,12 @@ calibrated fluxes, ``photo_calib`` nJy per count):
   ``template_gain``), so its sky-noise variance relative to flux is ``template_depth`` times
   lower and its ``photo_calib`` differs.
 * PSF: pixel-integrated Gaussian, sigma = FWHM / 2.3548 at the image centre, varying linearly
-  by ``psf_gradient`` across the field (in each image along its own random direction).
+  by ``psf_gradient`` across the field (in each image along its own random direction); or a
+  Moffat of that FWHM whose index beta varies too (``psf_profile``).  Rendered by the
+  simulator's own :mod:`diffstream.stream.sim.psf`, never by the pipeline's PSF code.
+* Optional (all off by default, so earlier pairs are unchanged): defects in the template,
+  sources free to sit on defects, Sersic host galaxies under transients, correlated
+  (resampled) template noise; see :func:`simulate_pair`.
 * Pixels: Poisson(sky + sources) in electrons + Gaussian read noise; pixels at or above the
   full well are clipped to SATURATE and flagged SAT (charge bled along the columns first).
   The variance plane is the expected variance ``(sky + sources) / g + (rn / g)^2`` (counts^2).
@@ -39,7 +44,7 @@ import numpy as np
 from astropy.wcs import WCS, Sip
 
 from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE
-from diffstream.stream.sim import render
+from diffstream.stream.sim import galaxies, render
 
 # The data model and the FITS writers live in stream.sim.model and stream.sim.fits;
 # they are imported here (listed in __all__, or as ``X as X``) so that
@@ -167,6 +172,8 @@ def simulate_pair(
     psf_profile: str = "gaussian",
     moffat_beta: float = 3.0,
     moffat_beta_gradient: float = 0.0,
+    n_hosted: int = 0,
+    resampled_template_noise: float = 0.0,
     snr_range=(5.0, 60.0),
     transients: bool = True,
     wcs_kind: str = "tan",
@@ -205,7 +212,13 @@ def simulate_pair(
     or when the sources cannot be placed.  ``psf_profile="moffat"`` gives both images Moffat
     PSFs (wings) of index ``moffat_beta`` at the centre, changing by
     ``moffat_beta_gradient`` across each field along its own direction
-    (:class:`diffstream.stream.sim.psf.PsfProfile`).
+    (:class:`diffstream.stream.sim.psf.PsfProfile`).  ``n_hosted`` of the transients sit on
+    Sersic host galaxies (:mod:`diffstream.stream.sim.galaxies`; their truth S/N counts the
+    host's light).  ``resampled_template_noise`` f in [0, 0.5] gives the template the
+    correlated noise of a resampled coadd: its noise is shifted by f px in x and y with
+    bilinear weights, which lowers the per-pixel scatter by ((1-f)^2 + f^2)^2 (the variance
+    plane follows, as a warper propagating variance per pixel would) while the noise a
+    matched filter sees stays nearly what it was.
     """
     ny, nx = _check_shape("shape", shape)
     if template_shape is not None:
@@ -219,6 +232,7 @@ def simulate_pair(
         "n_bad_columns": n_bad_columns,
         "n_cosmic_rays_template": n_cosmic_rays_template,
         "n_bad_columns_template": n_bad_columns_template,
+        "n_hosted": n_hosted,
         "edge_px": edge_px,
     }
     for name, count in counts.items():
@@ -241,6 +255,12 @@ def simulate_pair(
     lo_snr, hi_snr = (float(v) for v in snr_range)
     if not 0 < lo_snr <= hi_snr < math.inf:
         raise ValueError(f"snr_range must satisfy 0 < low <= high < inf, got {snr_range!r}")
+    if not 0.0 <= resampled_template_noise <= 0.5:
+        raise ValueError(
+            f"resampled_template_noise must be in [0, 0.5], got {resampled_template_noise!r}"
+        )
+    if n_hosted > n_transients:
+        raise ValueError(f"n_hosted must be <= n_transients ({n_transients}), got {n_hosted}")
     if psf_profile not in PROFILES:
         raise ValueError(f"psf_profile must be one of {PROFILES}, got {psf_profile!r}")
     if wcs_kind not in WCS_KINDS:
@@ -256,9 +276,9 @@ def simulate_pair(
     # cosmic rays there are) leaves the geometry, the stars and the other defects unchanged.
     # spawn(n)[:8] does not depend on n, so the template's defect streams (added later) left
     # every earlier pair unchanged.
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(10)]
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(12)]
     rng_geom, rng_star, rng_diff, rng_nsci, rng_ntmp, rng_cr, rng_bad, rng_meta = streams[:8]
-    rng_cr_t, rng_bad_t = streams[8:]
+    rng_cr_t, rng_bad_t, rng_beta, rng_gal = streams[8:]
 
     sci, tmp = _frames(
         rng_geom,
@@ -276,9 +296,7 @@ def simulate_pair(
     )
     if psf_profile != "gaussian":
         # Its own stream: the Gaussian pairs of every seed stay as they were.
-        beta_angles = np.random.default_rng(np.random.SeedSequence(seed).spawn(11)[10]).uniform(
-            0, 2 * math.pi, 2
-        )
+        beta_angles = rng_beta.uniform(0, 2 * math.pi, 2)
         for frame, angle in zip((sci, tmp), beta_angles, strict=True):
             frame.profile = PsfProfile(
                 kind=psf_profile, beta=moffat_beta, beta_gradient=moffat_beta_gradient,
@@ -319,6 +337,18 @@ def simulate_pair(
             margin=edge_margin_px,
             ellipticity=psf_ellipticity,
         )
+        if n_hosted:
+            hosts = galaxies.place_hosts(rng_gal, truth, sci, tmp, n_hosted)
+            host_e = [
+                galaxies.add_galaxies(
+                    model, frame, hosts, xk, yk, thk, ellipticity=psf_ellipticity
+                )  # fmt: skip
+                for frame, model, xk, yk, thk in (
+                    (sci, sci_model, "x", "y", "theta"),
+                    (tmp, tmp_model, "x_template", "y_template", "theta_template"),
+                )
+            ]
+            galaxies.rescore(truth, hosts, sci, tmp, *host_e, ellipticity=psf_ellipticity)
         for frame, model, xk, yk, fk in (
             (sci, sci_model, "x", "y", "flux_science_njy"),
             (tmp, tmp_model, "x_template", "y_template", "flux_template_njy"),
@@ -363,6 +393,8 @@ def simulate_pair(
         sci_mask[edge] |= np.int32(1 << planes["EDGE"])
     tmp_mask = np.zeros(tmp.shape, dtype=MASK_DTYPE)
     tmp_e = render.noisy(rng_ntmp, tmp, tmp_model)
+    if resampled_template_noise:
+        tmp_e = tmp_model + _bilinear_shift(tmp_e - tmp_model, resampled_template_noise)
     render.add_cosmic_rays(
         tmp_e,
         tmp_mask,
@@ -374,6 +406,9 @@ def simulate_pair(
         level_e=(cr_low, max(0.3 * sci.full_well, 2 * cr_low)),
     )
     tmp_raw, tmp_var = render.read_out(tmp, tmp_model, tmp_e, tmp_mask, planes)
+    if resampled_template_noise:
+        f = resampled_template_noise
+        tmp_var *= ((1 - f) ** 2 + f**2) ** 2
     render.add_bad_columns(
         tmp_raw,
         tmp_mask,
@@ -439,6 +474,7 @@ def simulate_pair(
         "psf_profile": psf_profile,
         "moffat_beta": moffat_beta,
         "moffat_beta_gradient": moffat_beta_gradient,
+        "resampled_template_noise": resampled_template_noise,
     }
     return SimPair(
         science=sim_image(sci, sci_raw, sci_var, sci_mask, mjd_sci, inst.exptime, visit_sci),
@@ -449,6 +485,13 @@ def simulate_pair(
         stars=stars,
         params=params,
     )
+
+
+def _bilinear_shift(noise: np.ndarray, f: float) -> np.ndarray:
+    """``noise`` resampled at a shift of f px in x and y (bilinear weights, edges repeated)."""
+    p = np.pad(noise, ((0, 1), (0, 1)), mode="edge")
+    return ((1 - f) ** 2 * p[:-1, :-1] + f * (1 - f) * (p[:-1, 1:] + p[1:, :-1])
+            + f * f * p[1:, 1:])  # fmt: skip
 
 
 def _bad_columns(rng, n: int, shape: tuple[int, int]) -> list[tuple[int, int, int]]:
