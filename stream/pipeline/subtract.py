@@ -301,7 +301,7 @@ def subtract_exposures(
     unusable = bits(planes, list(UNUSABLE_PLANES))
     mask, bad = combine_planes(science.mask, t_mask, unusable, s_img, t_img, s_var, t_var)
     # Only what has no data is blanked (background: 0 and NaN) and zero-weighted by ZOGY
-    # (then dilated into `valid`); repaired defects are data again.  `bad` still keeps them
+    # or AL (then dilated into `valid`); repaired defects are data again.  `bad` still keeps them
     # out of PSFs and star matching.
     _, no_data_px = combine_planes(
         science.mask, t_mask, hard_bits(planes), s_img, t_img, s_var, t_var
@@ -369,7 +369,7 @@ def subtract_exposures(
             # AL decorrelates in its own tiles and has no astrometric term (see al_subtract).
             try:
                 z, al_info = al_subtract(
-                    s_img, s_var, t_img, t_var, bad, psf_s, psf_t, mode=settings.al_mode,
+                    s_img, s_var, t_img, t_var, no_data_px, psf_s, psf_t, mode=settings.al_mode,
                     spatial_order=settings.al_spatial_order,
                     background_order=settings.al_background_order,
                     min_stars=settings.al_min_stars,
