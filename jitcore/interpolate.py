@@ -105,8 +105,6 @@ def interpolate_over(
     if min_good < 1:
         raise ValueError(f"min_good must be >= 1, got {min_good}")
 
-    # Neighbours must be data: masked, non-finite or non-positive-variance pixels are not.
-    unusable = bad | ~np.isfinite(img) | ~(np.isfinite(var) & (var > 0))
     out_img = np.array(img, copy=True, order="C")
     out_var = np.array(var, copy=True, order="C")
     filled = np.zeros(img.shape, dtype=np.bool_)
@@ -118,7 +116,7 @@ def interpolate_over(
     m = (2 * int(radius) + 1) ** 2
     n_patterns = kriging_fill(
         np.ascontiguousarray(img), np.ascontiguousarray(var),
-        np.ascontiguousarray(unusable), ys.astype(np.int64), xs.astype(np.int64),
+        np.ascontiguousarray(bad), ys.astype(np.int64), xs.astype(np.int64),
         int(radius), math.sqrt(2.0) * float(psf_sigma), float(nugget), int(min_good),
         out_img, out_var, filled,
         np.zeros(m, np.bool_), np.zeros(m, np.bool_), np.zeros((m, 2), np.int64),

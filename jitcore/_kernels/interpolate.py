@@ -56,10 +56,12 @@ def kriging_fill(
 ):  # fmt: skip
     """Fill ``out_image``/``out_variance`` at the masked pixels (ys[k], xs[k]).
 
-    Neighbours are the pixels with ``bad`` False in the window (never another filled pixel,
-    so the result does not depend on the order).  ``out_variance`` gets the |w|-weighted mean
-    of the neighbours' variances (the local level; sum w_i v_i could go negative next to a
-    bright star, where some weights are negative) times max(1, 2 sum_i w_i g_i + sum_i w_i^2),
+    Neighbours are the pixels of the window with ``bad`` False, a finite value and a finite
+    variance > 0 (never another filled pixel, so the result does not depend on the order;
+    checked here rather than in a full-frame mask: only windows around defects are read).
+    ``out_variance`` gets the |w|-weighted mean of the neighbours' variances (the local
+    level; sum w_i v_i could go negative next to a bright star, where some weights are
+    negative) times max(1, 2 sum_i w_i g_i + sum_i w_i^2),
     g_i = exp(-d_i^2 / l^2).  Why: the fill is made of its neighbours' noise, so a matched
     filter (a PSF of sigma l / sqrt 2) centred on it sums that noise coherently; its true
     variance there is v sum_j (k_j + k_0 w_j)^2, not the v sum_j k_j^2 that white noise of
@@ -89,7 +91,10 @@ def kriging_fill(
             dx = t % side - radius
             yy = y + dy
             xx = x + dx
-            ok = 0 <= yy < ny and 0 <= xx < nx and not bad[yy, xx]
+            ok = False
+            if 0 <= yy < ny and 0 <= xx < nx and not bad[yy, xx]:
+                v = variance[yy, xx]
+                ok = math.isfinite(image[yy, xx]) and v > 0.0 and math.isfinite(v)
             pattern[t] = ok
             if ok != last[t]:
                 same = False
