@@ -34,8 +34,8 @@ def _run(d: Path, seed: int, case: str, method: str, transients: bool = True):
 
 
 def report(method: str, d: Path) -> None:
-    from diffstream.stream.cli.demo import match_truth
     from tests.science.acceptance import CASES, NOISE_SEEDS, SEEDS, completeness
+    from tests.science.truth import match_truth
 
     for case in CASES:
         rows, n_false = [], []

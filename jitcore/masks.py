@@ -28,6 +28,13 @@ DEFAULT_PLANES: dict[str, int] = {
 # Pixels that must not be used as data in the subtraction (filled/zero-weighted there).
 UNUSABLE_PLANES = ("BAD", "SAT", "CR", "EDGE", "NO_DATA")
 
+# Defects repaired by interpolation before any convolution (diffstream.jitcore.interpolate);
+# a repaired pixel keeps its plane and gains INTERPOLATED_PLANE.  SAT is not among them: a
+# saturated core filled from its wings underestimates the star by far more than the other
+# image's noise, so it would not cancel; it stays unusable (flagged pixelFlags_saturated).
+INTERPOLATE_PLANES = ("BAD", "CR")
+INTERPOLATED_PLANE = "INTRP"
+
 
 def bits(planes: dict[str, int], names: tuple[str, ...] | list[str]) -> int:
     """OR of the bit values of the named planes that exist in ``planes``."""
@@ -41,6 +48,23 @@ def bits(planes: dict[str, int], names: tuple[str, ...] | list[str]) -> int:
 MAX_PLANE = (
     30  # bit 31 is the sign bit of the int32 mask (diffstream.stream.io.fitsio allows 0..30)
 )
+
+
+def with_planes(planes: dict[str, int], names: tuple[str, ...]) -> dict[str, int]:
+    """``planes`` plus each missing name at the lowest free bit (a new dict; unchanged if none).
+
+    Raises ValueError when no bit in 0..MAX_PLANE is free.
+    """
+    out = dict(planes)
+    for name in names:
+        if name in out:
+            continue
+        used = set(out.values())
+        free = [b for b in range(MAX_PLANE + 1) if b not in used]
+        if not free:
+            raise ValueError(f"no free mask bit for plane {name!r}: all 0..{MAX_PLANE} used")
+        out[name] = free[0]
+    return out
 
 
 def _plane_bits(name: str, planes: dict[str, int]) -> None:

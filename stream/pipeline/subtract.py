@@ -6,9 +6,9 @@ steps are here, the tail (detection onwards) is :mod:`diffstream.stream.pipeline
 with :mod:`diffstream.stream.pipeline.detect_only`.  Every step is timed under
 ``imageDifference.*`` and its numbers go to the task metadata; the numerics live in ``jitcore``.
 
-Steps (the seed ImageDifferenceTask's order): load -> warp -> template coverage check ->
-photometric scaling -> background -> PSFs -> star matching -> ZOGY -> detection ->
-measurement -> ids -> alerts.
+Steps (the seed ImageDifferenceTask's order): load -> defect interpolation -> warp ->
+template coverage check -> photometric scaling -> background -> PSFs -> star matching ->
+ZOGY -> detection -> measurement -> ids -> alerts.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from diffstream.stream.io.surveys import exposure_metadata, flag
 from diffstream.stream.ops.errors import BadExposure, KernelFailure, NoWorkFound
 from diffstream.stream.ops.settings import Settings, config_hash
 from diffstream.stream.pipeline.astrometry import refit_mapping
+from diffstream.stream.pipeline.defects import hard_bits, interpolate_defects
 from diffstream.stream.pipeline.dipoles import dipole_options
 from diffstream.stream.pipeline.steps import (
     detect_sources,
@@ -286,9 +287,12 @@ class Prepared:
     t_var: np.ndarray
     t_mask: np.ndarray  # warped template mask, in the science plane layout
     mask: np.ndarray  # combined mask on the science grid
-    bad: np.ndarray  # pixels no step may use
+    bad: np.ndarray  # pixels no measurement may use (repaired defects included)
     jacobian: np.ndarray
     coverage: float
+    # Pixels with no data at all: what the background blanks and ZOGY / AL zero-weight (then
+    # dilate into `valid`).  Repaired defects are data again (stream/pipeline/defects.py).
+    no_data: np.ndarray
 
 
 def note_provenance(meta: TaskMetadata, settings: Settings) -> int:
@@ -302,6 +306,21 @@ def note_provenance(meta: TaskMetadata, settings: Settings) -> int:
     threads = settings.threads()
     note(meta, "threads", threads)
     return threads
+
+
+def repair_defects(
+    science: Exposure, template: Exposure, *, meta: TaskMetadata
+) -> tuple[Exposure, Exposure]:
+    """Both exposures with their BAD/CR pixels interpolated (INTRP), each in its own frame.
+
+    Before any convolution (the template's first is the warp): a defect left as no data
+    would blank the whole kernel footprint around it (issue 12).
+    """
+    with meta.timer("interpolateDefects"):
+        science, s_fix = interpolate_defects(science, name="science")
+        template, t_fix = interpolate_defects(template, name="template")
+        note(meta, "interpolation", {"science": s_fix, "template": t_fix})
+    return science, template
 
 
 def warp_and_check(
@@ -324,6 +343,7 @@ def warp_and_check(
             order=settings.lanczos_order,
             mapping=mapping,
             workers=threads,
+            bad_planes=("NO_DATA",),  # unrepaired defects are NO_DATA (repair_defects)
         )
         # The warped mask is in the template's plane layout; everything downstream uses the
         # science layout (files that do not name their planes may differ).  remap returns
@@ -371,11 +391,13 @@ def calibrate_pair(
 
     unusable = bits(planes, list(UNUSABLE_PLANES))
     mask, bad = combine_planes(science.mask, t_mask, unusable, s_img, t_img, s_var, t_var)
+    # Only what has no data is blanked (background: 0 and NaN); repaired defects stay data.
+    _, no_data = combine_planes(science.mask, t_mask, hard_bits(planes), s_img, t_img, s_var, t_var)
 
     with meta.timer("background"):
         (s_img, s_var), (t_img, t_var) = both(
-            lambda: subtract_background(s_img, s_var, bad),
-            lambda: subtract_background(t_img, t_var, bad),
+            lambda: subtract_background(s_img, s_var, no_data),
+            lambda: subtract_background(t_img, t_var, no_data),
         )
 
     if settings.scale_template_variance:
@@ -389,7 +411,7 @@ def calibrate_pair(
             s_var = (s_var * np.float32(f_s)).astype(np.float32)
             t_var = (t_var * np.float32(f_t)).astype(np.float32)
             note(meta, "inputVarianceScale", {"science": f_s, "template": f_t})
-    return Prepared(s_img, s_var, t_img, t_var, t_mask, mask, bad, jacobian, coverage)
+    return Prepared(s_img, s_var, t_img, t_var, t_mask, mask, bad, jacobian, coverage, no_data)
 
 
 def measure_psfs(
@@ -501,7 +523,7 @@ def difference(
             # AL decorrelates in its own tiles and has no astrometric term (see al_subtract).
             try:
                 z, al_info = al_subtract(
-                    p.s_img, p.s_var, p.t_img, p.t_var, p.bad, psf_s, psf_t,
+                    p.s_img, p.s_var, p.t_img, p.t_var, p.no_data, psf_s, psf_t,
                     mode=settings.al_mode,
                     spatial_order=settings.al_spatial_order,
                     background_order=settings.al_background_order,
@@ -523,7 +545,7 @@ def difference(
             sig_ast = (stars.sigma_x, stars.sigma_y) if settings.astrometric_noise else (0.0, 0.0)
             try:
                 z = zogy(
-                    p.s_img, p.s_var, p.t_img, p.t_var, p.bad, psf_s, psf_t,
+                    p.s_img, p.s_var, p.t_img, p.t_var, p.no_data, psf_s, psf_t,
                     f_n=1.0, f_r=f_r, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
                     workers=threads, psf_error_fraction=settings.psf_error_fraction,
                     precision=settings.zogy_precision,
@@ -613,6 +635,7 @@ def subtract_exposures(
     check_processable(science, template)
     both = _Both(threads)
 
+    science, template = repair_defects(science, template, meta=meta)
     warped = warp_and_check(science, template, settings=settings, meta=meta, threads=threads)
     p = calibrate_pair(science, template, warped, settings=settings, meta=meta, both=both)
     psf_s, psf_t, sources = measure_psfs(science, template, p, settings=settings, meta=meta,

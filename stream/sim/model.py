@@ -16,6 +16,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from diffstream.jitcore.masks import DEFAULT_PLANES
+from diffstream.stream.sim.psf import PsfProfile
 
 __all__ = ["AB_NJY", "Instrument", "SimImage", "SimPair"]
 
@@ -65,6 +66,7 @@ class SimImage:
     sky_max: float = 0.0  # counts, the largest sky level in the image (for plain SATURATE)
     psf_ellipticity: float = 0.0
     mask_planes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PLANES))
+    psf_profile: PsfProfile = field(default_factory=PsfProfile)  # with psf_sigma_map: the truth
 
     @property
     def shape(self) -> tuple[int, int]:

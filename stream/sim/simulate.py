@@ -17,7 +17,12 @@ calibrated fluxes, ``photo_calib`` nJy per count):
   ``template_gain``), so its sky-noise variance relative to flux is ``template_depth`` times
   lower and its ``photo_calib`` differs.
 * PSF: pixel-integrated Gaussian, sigma = FWHM / 2.3548 at the image centre, varying linearly
-  by ``psf_gradient`` across the field (in each image along its own random direction).
+  by ``psf_gradient`` across the field (in each image along its own random direction); or a
+  Moffat of that FWHM whose index beta varies too (``psf_profile``).  Rendered by the
+  simulator's own :mod:`diffstream.stream.sim.psf`, never by the pipeline's PSF code.
+* Optional (all off by default, so earlier pairs are unchanged): defects in the template,
+  sources free to sit on defects, Sersic host galaxies under transients, correlated
+  (resampled) template noise; see :func:`simulate_pair`.
 * Pixels: Poisson(sky + sources) in electrons + Gaussian read noise; pixels at or above the
   full well are clipped to SATURATE and flagged SAT (charge bled along the columns first).
   The variance plane is the expected variance ``(sky + sources) / g + (rn / g)^2`` (counts^2).
@@ -39,8 +44,7 @@ import numpy as np
 from astropy.wcs import WCS, Sip
 
 from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE
-from diffstream.jitcore.psf import gaussian_psf
-from diffstream.stream.sim import render
+from diffstream.stream.sim import galaxies, render
 
 # The data model and the FITS writers live in stream.sim.model and stream.sim.fits;
 # they are imported here (listed in __all__, or as ``X as X``) so that
@@ -50,6 +54,7 @@ from diffstream.stream.sim.fits import LAYOUTS as LAYOUTS
 from diffstream.stream.sim.fits import write_exposure, write_pair, write_truth_csv
 from diffstream.stream.sim.model import AB_NJY as AB_NJY
 from diffstream.stream.sim.model import Instrument, SimImage, SimPair
+from diffstream.stream.sim.psf import PROFILES, PsfProfile
 
 STAR_DTYPE = render.STAR_DTYPE
 TRUTH_DTYPE = render.TRUTH_DTYPE
@@ -161,6 +166,14 @@ def simulate_pair(
     n_saturated: int = 3,
     n_cosmic_rays: int = 15,
     n_bad_columns: int = 2,
+    n_cosmic_rays_template: int = 0,
+    n_bad_columns_template: int = 0,
+    avoid_defects: bool = True,
+    psf_profile: str = "gaussian",
+    moffat_beta: float = 3.0,
+    moffat_beta_gradient: float = 0.0,
+    n_hosted: int = 0,
+    resampled_template_noise: float = 0.0,
     snr_range=(5.0, 60.0),
     transients: bool = True,
     wcs_kind: str = "tan",
@@ -191,8 +204,21 @@ def simulate_pair(
     keep ``edge_margin_px`` from the edges and ``min_separation_px`` from each other, from
     stars with science S/N > ``bright_snr``, from SAT pixels and from bad columns.
     ``transients=False`` gives the same stars with no difference sources.  ``edge_px`` flags
-    a border band EDGE in the science mask.  Raises ValueError on invalid input or when the
-    sources cannot be placed.
+    a border band EDGE in the science mask.  ``n_cosmic_rays_template`` and
+    ``n_bad_columns_template`` put defects (flagged CR / BAD) in the template too, in its own
+    pixel frame.  ``avoid_defects=False`` stops difference sources from keeping clear of bad
+    columns and cosmic rays (the test of defect interpolation, issue 12); the sources, stars
+    and geometry are then the same whatever the defects.  Raises ValueError on invalid input
+    or when the sources cannot be placed.  ``psf_profile="moffat"`` gives both images Moffat
+    PSFs (wings) of index ``moffat_beta`` at the centre, changing by
+    ``moffat_beta_gradient`` across each field along its own direction
+    (:class:`diffstream.stream.sim.psf.PsfProfile`).  ``n_hosted`` of the transients sit on
+    Sersic host galaxies (:mod:`diffstream.stream.sim.galaxies`; their truth S/N counts the
+    host's light).  ``resampled_template_noise`` f in [0, 0.5] gives the template the
+    correlated noise of a resampled coadd: its noise is shifted by f px in x and y with
+    bilinear weights, which lowers the per-pixel scatter by ((1-f)^2 + f^2)^2 (the variance
+    plane follows, as a warper propagating variance per pixel would) while the noise a
+    matched filter sees stays nearly what it was.
     """
     ny, nx = _check_shape("shape", shape)
     if template_shape is not None:
@@ -204,6 +230,9 @@ def simulate_pair(
         "n_saturated": n_saturated,
         "n_cosmic_rays": n_cosmic_rays,
         "n_bad_columns": n_bad_columns,
+        "n_cosmic_rays_template": n_cosmic_rays_template,
+        "n_bad_columns_template": n_bad_columns_template,
+        "n_hosted": n_hosted,
         "edge_px": edge_px,
     }
     for name, count in counts.items():
@@ -226,6 +255,14 @@ def simulate_pair(
     lo_snr, hi_snr = (float(v) for v in snr_range)
     if not 0 < lo_snr <= hi_snr < math.inf:
         raise ValueError(f"snr_range must satisfy 0 < low <= high < inf, got {snr_range!r}")
+    if not 0.0 <= resampled_template_noise <= 0.5:
+        raise ValueError(
+            f"resampled_template_noise must be in [0, 0.5], got {resampled_template_noise!r}"
+        )
+    if n_hosted > n_transients:
+        raise ValueError(f"n_hosted must be <= n_transients ({n_transients}), got {n_hosted}")
+    if psf_profile not in PROFILES:
+        raise ValueError(f"psf_profile must be one of {PROFILES}, got {psf_profile!r}")
     if wcs_kind not in WCS_KINDS:
         raise ValueError(f"wcs_kind must be one of {WCS_KINDS}, got {wcs_kind!r}")
     inst = instrument or Instrument()
@@ -237,8 +274,11 @@ def simulate_pair(
 
     # One independent stream per ingredient: switching transients off (or changing how many
     # cosmic rays there are) leaves the geometry, the stars and the other defects unchanged.
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
-    rng_geom, rng_star, rng_diff, rng_nsci, rng_ntmp, rng_cr, rng_bad, rng_meta = streams
+    # spawn(n)[:8] does not depend on n, so the template's defect streams (added later) left
+    # every earlier pair unchanged.
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(12)]
+    rng_geom, rng_star, rng_diff, rng_nsci, rng_ntmp, rng_cr, rng_bad, rng_meta = streams[:8]
+    rng_cr_t, rng_bad_t, rng_beta, rng_gal = streams[8:]
 
     sci, tmp = _frames(
         rng_geom,
@@ -254,6 +294,14 @@ def simulate_pair(
         psf_gradient=psf_gradient,
         sky_gradient=sky_gradient,
     )
+    if psf_profile != "gaussian":
+        # Its own stream: the Gaussian pairs of every seed stay as they were.
+        beta_angles = rng_beta.uniform(0, 2 * math.pi, 2)
+        for frame, angle in zip((sci, tmp), beta_angles, strict=True):
+            frame.profile = PsfProfile(
+                kind=psf_profile, beta=moffat_beta, beta_gradient=moffat_beta_gradient,
+                angle=float(angle), shape=frame.shape,
+            )  # fmt: skip
     stars = render.draw_stars(
         rng_star,
         sci,
@@ -269,11 +317,8 @@ def simulate_pair(
         tmp, stars, "x_template", "y_template", ellipticity=psf_ellipticity, bleed=bleed
     )
     # Bad-column geometry is drawn now so that difference sources can avoid it.
-    bad_cols = []
-    for _ in range(n_bad_columns):
-        x = int(rng_bad.integers(8, nx - 8))
-        y0 = int(rng_bad.integers(0, ny // 2)) if rng_bad.random() < 0.5 else 0
-        bad_cols.append((x, y0, ny))
+    bad_cols = _bad_columns(rng_bad, n_bad_columns, (ny, nx))
+    bad_cols_t = _bad_columns(rng_bad_t, n_bad_columns_template, tmp.shape)
 
     truth = np.zeros(0, dtype=TRUTH_DTYPE)
     if transients and n_transients + n_variables:
@@ -284,7 +329,7 @@ def simulate_pair(
             stars,
             sci_sat=sci_model >= sci.full_well,
             tmp_sat=tmp_model >= tmp.full_well,
-            bad_cols=bad_cols,
+            bad_cols=bad_cols if avoid_defects else [],
             n_transients=n_transients,
             n_variables=n_variables,
             snr=(lo_snr, hi_snr),
@@ -292,6 +337,18 @@ def simulate_pair(
             margin=edge_margin_px,
             ellipticity=psf_ellipticity,
         )
+        if n_hosted:
+            hosts = galaxies.place_hosts(rng_gal, truth, sci, tmp, n_hosted)
+            host_e = [
+                galaxies.add_galaxies(
+                    model, frame, hosts, xk, yk, thk, ellipticity=psf_ellipticity
+                )  # fmt: skip
+                for frame, model, xk, yk, thk in (
+                    (sci, sci_model, "x", "y", "theta"),
+                    (tmp, tmp_model, "x_template", "y_template", "theta_template"),
+                )
+            ]
+            galaxies.rescore(truth, hosts, sci, tmp, *host_e, ellipticity=psf_ellipticity)
         for frame, model, xk, yk, fk in (
             (sci, sci_model, "x", "y", "flux_science_njy"),
             (tmp, tmp_model, "x_template", "y_template", "flux_template_njy"),
@@ -303,6 +360,7 @@ def simulate_pair(
                 frame.electrons(truth[fk]),
                 frame.sigma_map(truth[xk], truth[yk]),
                 ellipticity=psf_ellipticity,
+                profile=frame.profile,
             )
 
     planes = dict(DEFAULT_PLANES)
@@ -316,7 +374,7 @@ def simulate_pair(
         rng_cr,
         n_cosmic_rays,
         avoid=np.column_stack([truth["x"], truth["y"]]),
-        avoid_radius=10.0,
+        avoid_radius=10.0 if avoid_defects else 0.0,
         level_e=(cr_low, max(0.3 * sci.full_well, 2 * cr_low)),
     )
     sci_raw, sci_var = render.read_out(sci, sci_model, sci_e, sci_mask, planes)
@@ -334,15 +392,38 @@ def simulate_pair(
         edge[edge_px:-edge_px, edge_px:-edge_px] = False
         sci_mask[edge] |= np.int32(1 << planes["EDGE"])
     tmp_mask = np.zeros(tmp.shape, dtype=MASK_DTYPE)
-    tmp_raw, tmp_var = render.read_out(
-        tmp, tmp_model, render.noisy(rng_ntmp, tmp, tmp_model), tmp_mask, planes
+    tmp_e = render.noisy(rng_ntmp, tmp, tmp_model)
+    if resampled_template_noise:
+        tmp_e = tmp_model + _bilinear_shift(tmp_e - tmp_model, resampled_template_noise)
+    render.add_cosmic_rays(
+        tmp_e,
+        tmp_mask,
+        planes["CR"],
+        rng_cr_t,
+        n_cosmic_rays_template,
+        avoid=np.column_stack([truth["x_template"], truth["y_template"]]),
+        avoid_radius=10.0 if avoid_defects else 0.0,
+        level_e=(cr_low, max(0.3 * sci.full_well, 2 * cr_low)),
+    )
+    tmp_raw, tmp_var = render.read_out(tmp, tmp_model, tmp_e, tmp_mask, planes)
+    if resampled_template_noise:
+        f = resampled_template_noise
+        tmp_var *= ((1 - f) ** 2 + f**2) ** 2
+    render.add_bad_columns(
+        tmp_raw,
+        tmp_mask,
+        planes["BAD"],
+        rng_bad_t,
+        bad_cols_t,
+        sky=tmp.sky_e_centre / tmp.gain,
+        saturation=tmp.full_well / tmp.gain,
     )
 
     mjd_sci = float(60300.0 + rng_meta.uniform(0, 700))
     mjd_tmp = float(mjd_sci - rng_meta.uniform(200, 600))
     visit_sci, visit_tmp = (int(v) for v in rng_meta.integers(10**9, 2 * 10**9, 2))
     detector = int(rng_meta.integers(0, 189))
-    size = render.stamp_size(
+    size = sci.stamp_size(
         max(sci.sigma_map.sigma0, tmp.sigma_map.sigma0) * (1 + psf_gradient),
         ellipticity=psf_ellipticity,
     )
@@ -357,7 +438,8 @@ def simulate_pair(
             mask=mask,
             wcs=frame.wcs,
             psf_sigma_map=frame.sigma_map,
-            psf_centre=gaussian_psf(frame.sigma_map(cx, cy), size, ellipticity=psf_ellipticity),
+            psf_centre=frame.psf_stamp(cx, cy, size, ellipticity=psf_ellipticity),
+            psf_profile=frame.profile,
             photo_calib=frame.calib,
             gain=frame.gain,
             read_noise=frame.read_noise,
@@ -388,6 +470,11 @@ def simulate_pair(
         "snr_range": (lo_snr, hi_snr),
         "transients": transients,
         "bad_columns": bad_cols,
+        "bad_columns_template": bad_cols_t,
+        "psf_profile": psf_profile,
+        "moffat_beta": moffat_beta,
+        "moffat_beta_gradient": moffat_beta_gradient,
+        "resampled_template_noise": resampled_template_noise,
     }
     return SimPair(
         science=sim_image(sci, sci_raw, sci_var, sci_mask, mjd_sci, inst.exptime, visit_sci),
@@ -398,6 +485,24 @@ def simulate_pair(
         stars=stars,
         params=params,
     )
+
+
+def _bilinear_shift(noise: np.ndarray, f: float) -> np.ndarray:
+    """``noise`` resampled at a shift of f px in x and y (bilinear weights, edges repeated)."""
+    p = np.pad(noise, ((0, 1), (0, 1)), mode="edge")
+    return ((1 - f) ** 2 * p[:-1, :-1] + f * (1 - f) * (p[:-1, 1:] + p[1:, :-1])
+            + f * f * p[1:, 1:])  # fmt: skip
+
+
+def _bad_columns(rng, n: int, shape: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """``n`` (x, y0, y1) column segments: half of them whole columns, half from a random row."""
+    ny, nx = shape
+    cols = []
+    for _ in range(n):
+        x = int(rng.integers(8, nx - 8))
+        y0 = int(rng.integers(0, ny // 2)) if rng.random() < 0.5 else 0
+        cols.append((x, y0, ny))
+    return cols
 
 
 def _frames(

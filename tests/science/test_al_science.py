@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import diffstream.stream.pipeline.subtract as pipeline
-from diffstream.stream.cli.demo import match_truth
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.sim.simulate import simulate_pair, write_pair
 from tests.science import acceptance
 from tests.science.acceptance import CASES, NOISE_SEEDS, SEEDS
+from tests.science.truth import match_truth
 
 pytestmark = [pytest.mark.science, pytest.mark.slow]
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffstream.stream.cli.demo import match_truth
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.subtract import subtract_files
 from diffstream.stream.sim.simulate import simulate_pair, write_pair
+from tests.science.truth import match_truth
 
 pytestmark = [pytest.mark.science, pytest.mark.slow]
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import pytest
 
-from diffstream.stream.cli.demo import match_truth
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.subtract import subtract_files
 from diffstream.stream.sim.simulate import simulate_pair, write_pair
 from tests.science import acceptance
 from tests.science.acceptance import CASES, NOISE_SEEDS, SEEDS
+from tests.science.truth import match_truth
 
 pytestmark = [pytest.mark.science, pytest.mark.slow]
 
