@@ -14,6 +14,7 @@ measurement -> ids -> alerts.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -26,6 +27,11 @@ from diffstream.jitcore.background import subtract_background
 from diffstream.jitcore.coverage import template_coverage
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, remap
 from diffstream.jitcore.noise import diffim_scale_factors, variance_scale_factor
+from diffstream.jitcore.noisecorr import (
+    empty_sky_scale,
+    input_noise_correlation,
+    scale_map,
+)
 from diffstream.jitcore.planes import combine_planes
 from diffstream.jitcore.psf import PsfModel
 from diffstream.jitcore.psfmeasure import find_stars, measure_psf
@@ -59,6 +65,8 @@ if TYPE_CHECKING:  # Alard-Lupton loads (1-2 s of imports) only when a run asks 
     from diffstream.jitcore.alardlupton import ALInfo
 
 __all__ = ["SubtractResult", "mjd_now", "subtract_exposures", "subtract_files"]
+
+log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -474,22 +482,71 @@ def scale_difference_variance(
     z: ZogyResult, *, settings: Settings, meta: TaskMetadata, both: _Both
 ) -> None:
     """Stated noise to the measured scatter, in place, so that 5 sigma means 5 sigma (see
-    jitcore/noise.py for why the raw ZOGY score is a few per cent wide)."""
+    jitcore/noise.py for why the raw ZOGY score is a few per cent wide).
+
+    The score is divided by its robust spread on empty sky (sources masked), measured per
+    ZOGY tile and interpolated between tile centres: resampled inputs have correlated noise
+    that a white variance plane understates by a factor that varies over the frame, so one
+    global factor leaves some regions too wide (jitcore/noisecorr.py).  The flux variance
+    takes the same map, so flux / sqrt(flux_variance) stays equal to the score.
+    """
     with meta.timer("scaleDiffimVariance"):
-        f_score, f_diff = diffim_scale_factors(
-            z.score, z.difference, z.difference_variance, z.valid
-        )
+        f_all, f_diff = diffim_scale_factors(z.score, z.difference, z.difference_variance, z.valid)
+        sky = empty_sky_scale(z.score, z.valid, tile=settings.tile_size)
         if settings.scale_variance:
+            fmap = scale_map(sky, z.score.shape)
 
             def scale_variances() -> None:
-                z.flux_variance *= np.float32(f_score**2)
+                np.multiply(z.flux_variance, np.square(fmap), out=z.flux_variance)
                 z.difference_variance *= np.float32(f_diff**2)
 
             # Three full-frame passes, the score's beside the two variances' (NumPy's
             # in-place arithmetic releases the GIL).
-            both(lambda: np.divide(z.score, np.float32(f_score), out=z.score), scale_variances)
-        note(meta, "varianceScale", {"score": f_score, "difference": f_diff,
-                                     "applied": settings.scale_variance})  # fmt: skip
+            both(lambda: np.divide(z.score, fmap, out=z.score), scale_variances)
+        lo, hi = float(sky.tiles.min()), float(sky.tiles.max())
+        note(meta, "varianceScale", {
+            "score": sky.factor, "scoreAllPixels": f_all, "scoreTileMin": lo,
+            "scoreTileMax": hi, "tilesMeasured": sky.measured_tiles, "tileSize": sky.tile,
+            "emptySkyFraction": sky.free_fraction, "difference": f_diff,
+            "applied": settings.scale_variance,
+        })  # fmt: skip
+        # A large or uneven correction is worth a look (correlated noise, a bad variance
+        # plane): never silent.  1.2 / 10%: beyond what warping alone gives (noise.py).
+        if max(hi, 1.0 / lo) > 1.2 or hi / lo > 1.1:
+            log.warning(
+                "score spread on empty sky %.3f (tiles %.3f-%.3f, all pixels %.3f)%s: the "
+                "variance planes understate the noise (correlated noise?)",
+                sky.factor,
+                lo,
+                hi,
+                f_all,
+                "" if settings.scale_variance else " NOT applied",
+            )
+
+
+def measure_noise_correlation(
+    p: Prepared, psf_s: PsfModel, psf_t: PsfModel, *, meta: TaskMetadata
+) -> None:
+    """Neighbour correlation of each input's noise on empty sky, and the factor by which it
+    makes a PSF matched filter's variance exceed what the variance plane states.
+
+    A diagnostic recorded in the task metadata ("noiseCorrelation"): it explains the score
+    factor of :func:`scale_difference_variance`, which does the correcting.
+    """
+    with meta.timer("noiseCorrelation"):
+        ny, nx = p.s_img.shape
+        out: dict[str, Any] = {}
+        for name, img, var, psf in (("science", p.s_img, p.s_var, psf_s),
+                                    ("template", p.t_img, p.t_var, psf_t)):  # fmt: skip
+            stamp = psf.at((nx - 1) / 2.0, (ny - 1) / 2.0)
+            try:
+                rho, factor = input_noise_correlation(img, var, ~p.bad, stamp)
+            except ValueError as exc:  # too few free pixels: say so, do not guess
+                out[name] = {"error": str(exc)}
+                continue
+            out[name] = {"rho10": float(rho[3, 4]), "rho01": float(rho[4, 3]),
+                         "rho11": float(rho[4, 4]), "psfVarianceFactor": factor}  # fmt: skip
+        note(meta, "noiseCorrelation", out)
 
 
 def subtract_exposures(
@@ -511,6 +568,7 @@ def subtract_exposures(
                                          both=both)  # fmt: skip
     stars = match(p, psf_s, psf_t, sources, meta=meta)
     z, al_info = difference(p, psf_s, psf_t, stars, settings=settings, meta=meta, threads=threads)
+    measure_noise_correlation(p, psf_s, psf_t, meta=meta)
     scale_difference_variance(z, settings=settings, meta=meta, both=both)
 
     found = detect_sources(z.score, z.valid, settings=settings, meta=meta)
