@@ -485,19 +485,20 @@ def scale_difference_variance(
     jitcore/noise.py for why the raw ZOGY score is a few per cent wide).
 
     The score is divided by its robust spread on empty sky (sources masked), measured per
-    ZOGY tile and interpolated between tile centres: resampled inputs have correlated noise
+    256 px tile and interpolated between tile centres: resampled inputs have correlated noise
     that a white variance plane understates by a factor that varies over the frame, so one
     global factor leaves some regions too wide (jitcore/noisecorr.py).  The flux variance
     takes the same map, so flux / sqrt(flux_variance) stays equal to the score.
     """
     with meta.timer("scaleDiffimVariance"):
         f_all, f_diff = diffim_scale_factors(z.score, z.difference, z.difference_variance, z.valid)
-        sky = empty_sky_scale(z.score, z.valid, tile=settings.tile_size)
+        sky = empty_sky_scale(z.score, z.valid, first=f_all)
         if settings.scale_variance:
             fmap = scale_map(sky, z.score.shape)
 
             def scale_variances() -> None:
-                np.multiply(z.flux_variance, np.square(fmap), out=z.flux_variance)
+                z.flux_variance *= fmap  # twice rather than a full-frame fmap**2
+                z.flux_variance *= fmap
                 z.difference_variance *= np.float32(f_diff**2)
 
             # Three full-frame passes, the score's beside the two variances' (NumPy's
