@@ -505,18 +505,20 @@ def scale_difference_variance(
             # in-place arithmetic releases the GIL).
             both(lambda: np.divide(z.score, fmap, out=z.score), scale_variances)
         lo, hi = float(sky.tiles.min()), float(sky.tiles.max())
+        # A large or uneven correction is worth a look (correlated noise, a bad variance
+        # plane): never silent.  1.2: beyond what warping alone gives (noise.py); 1.25
+        # between tiles: beyond the ~2% noise of one tile's factor (+-3 sigma over 256 tiles).
+        large = max(hi, 1.0 / lo) > 1.2 or hi / lo > 1.25
         note(meta, "varianceScale", {
             "score": sky.factor, "scoreAllPixels": f_all, "scoreTileMin": lo,
             "scoreTileMax": hi, "tilesMeasured": sky.measured_tiles, "tileSize": sky.tile,
             "emptySkyFraction": sky.free_fraction, "difference": f_diff,
-            "applied": settings.scale_variance,
+            "applied": settings.scale_variance, "large": large,
         })  # fmt: skip
-        # A large or uneven correction is worth a look (correlated noise, a bad variance
-        # plane): never silent.  1.2 / 10%: beyond what warping alone gives (noise.py).
-        if max(hi, 1.0 / lo) > 1.2 or hi / lo > 1.1:
+        if large:
             log.warning(
                 "score spread on empty sky %.3f (tiles %.3f-%.3f, all pixels %.3f)%s: the "
-                "variance planes understate the noise (correlated noise?)",
+                "variance planes misstate the noise (correlated noise?)",
                 sky.factor,
                 lo,
                 hi,
