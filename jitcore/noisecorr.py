@@ -8,15 +8,17 @@ as if the noise were white.  Filtering with a kernel k (ZOGY's k_n, k_r) then ha
 
 instead of the V A_k(0) that ZOGY's V_S assumes (eqs. 28-29).  For a PSF-sized k and positive
 rho the ratio :func:`correlated_variance_factor` is > 1, up to ~1 / sum w^2 for a resampling
-kernel w (3.7 for a half-pixel bilinear shift): S_corr is that much too wide, 1.9x on such
-noise, and a 5 sigma cut becomes ~2.6 sigma.  Why the pipeline's global factor
-(jitcore/noise.py diffim_scale_factors) is not enough for it:
+kernel w (4 for a half-pixel bilinear shift, 3.7 with a 2 px PSF): when the variance plane
+states the pixel variance, S_corr is 1.9x too wide on such noise and a 5 sigma cut is ~2.6
+sigma (DECam cutouts: 1.05-1.14x).  Why the pipeline's global factor (jitcore/noise.py
+diffim_scale_factors) is not enough for it:
 
 * the correlation differs over the frame (drizzle weight and the number of dithers vary,
   warps shift by different fractions of a pixel), so one factor leaves some regions too wide
   (their false detections are the "blotches" of issue 12) and others too narrow (missed
   sources);
-* it is measured on all pixels, sources included, so a crowded frame inflates it.
+* it is measured on all pixels, sources included, so sources inflate it (the DECam pairs'
+  empty-sky std was 0.97 after it: over-corrected, real sources lose S/N).
 
 Rejected: folding the measured rho into V_S itself.  It would need rho for each input, on
 each tile, under ZOGY's own kernels (a second spectral pass per tile), and it still leaves
@@ -25,8 +27,9 @@ empirical step, which has to run anyway.  Chosen: measure rho and its predicted 
 input (:func:`noise_autocorrelation`, :func:`correlated_variance_factor`) as a diagnostic
 that explains the factor, and rescale S_corr by its own robust spread on empty sky (sources
 masked), per tile, interpolated smoothly between tile centres (:func:`empty_sky_scale`,
-:func:`scale_map`).  tests/science/test_corrnoise_science.py shows the global factor leaving
-2x the Euler-characteristic false detections on half-resampled noise and this one within it.
+:func:`scale_map`).  tests/science/test_corrnoise_science.py: on 25 Mpix of noise going from
+white to resampled across the frame, the global factor leaves 724 noise detections at 5 sigma
+against an Euler-characteristic expectation of 7.3, the tiled one 5.
 """
 
 from __future__ import annotations
