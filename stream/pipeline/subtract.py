@@ -29,6 +29,11 @@ from diffstream.jitcore.extendedness import extendedness
 from diffstream.jitcore.hostfit import hosts_from_catalogues, psf_fluxes, vet_detections
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, remap
 from diffstream.jitcore.noise import diffim_scale_factors, variance_scale_factor
+from diffstream.jitcore.noisecorr import (
+    empty_sky_scale,
+    input_noise_correlation,
+    scale_map,
+)
 from diffstream.jitcore.planes import combine_planes
 from diffstream.jitcore.psf import PsfModel
 from diffstream.jitcore.psfmeasure import measure_psf
@@ -65,6 +70,8 @@ if TYPE_CHECKING:  # Alard-Lupton loads (1-2 s of imports) only when a run asks 
     from diffstream.jitcore.alardlupton import ALInfo
 
 __all__ = ["SubtractResult", "mjd_now", "subtract_exposures", "subtract_files"]
+
+log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -559,22 +566,74 @@ def scale_difference_variance(
     z: ZogyResult, *, settings: Settings, meta: TaskMetadata, both: _Both
 ) -> None:
     """Stated noise to the measured scatter, in place, so that 5 sigma means 5 sigma (see
-    jitcore/noise.py for why the raw ZOGY score is a few per cent wide)."""
+    jitcore/noise.py for why the raw ZOGY score is a few per cent wide).
+
+    The score is divided by its robust spread on empty sky (sources masked), measured per
+    256 px tile and interpolated between tile centres: resampled inputs have correlated noise
+    that a white variance plane understates by a factor that varies over the frame, so one
+    global factor leaves some regions too wide (jitcore/noisecorr.py).  The flux variance
+    takes the same map, so flux / sqrt(flux_variance) stays equal to the score.
+    """
     with meta.timer("scaleDiffimVariance"):
-        f_score, f_diff = diffim_scale_factors(
-            z.score, z.difference, z.difference_variance, z.valid
-        )
+        f_all, f_diff = diffim_scale_factors(z.score, z.difference, z.difference_variance, z.valid)
+        sky = empty_sky_scale(z.score, z.valid, first=f_all)
         if settings.scale_variance:
+            fmap = scale_map(sky, z.score.shape)
 
             def scale_variances() -> None:
-                z.flux_variance *= np.float32(f_score**2)
+                z.flux_variance *= fmap  # twice rather than a full-frame fmap**2
+                z.flux_variance *= fmap
                 z.difference_variance *= np.float32(f_diff**2)
 
             # Three full-frame passes, the score's beside the two variances' (NumPy's
             # in-place arithmetic releases the GIL).
-            both(lambda: np.divide(z.score, np.float32(f_score), out=z.score), scale_variances)
-        note(meta, "varianceScale", {"score": f_score, "difference": f_diff,
-                                     "applied": settings.scale_variance})  # fmt: skip
+            both(lambda: np.divide(z.score, fmap, out=z.score), scale_variances)
+        lo, hi = float(sky.tiles.min()), float(sky.tiles.max())
+        # A large or uneven correction is worth a look (correlated noise, a bad variance
+        # plane): never silent.  1.2: beyond what warping alone gives (noise.py); 1.25
+        # between tiles: beyond the ~2% noise of one tile's factor (+-3 sigma over 256 tiles).
+        large = max(hi, 1.0 / lo) > 1.2 or hi / lo > 1.25
+        note(meta, "varianceScale", {
+            "score": sky.factor, "scoreAllPixels": f_all, "scoreTileMin": lo,
+            "scoreTileMax": hi, "tilesMeasured": sky.measured_tiles, "tileSize": sky.tile,
+            "emptySkyFraction": sky.free_fraction, "difference": f_diff,
+            "applied": settings.scale_variance, "large": large,
+        })  # fmt: skip
+        if large:
+            log.warning(
+                "score spread on empty sky %.3f (tiles %.3f-%.3f, all pixels %.3f)%s: the "
+                "variance planes misstate the noise (correlated noise?)",
+                sky.factor,
+                lo,
+                hi,
+                f_all,
+                "" if settings.scale_variance else " NOT applied",
+            )
+
+
+def measure_noise_correlation(
+    p: Prepared, psf_s: PsfModel, psf_t: PsfModel, *, meta: TaskMetadata
+) -> None:
+    """Neighbour correlation of each input's noise on empty sky, and the factor by which it
+    makes a PSF matched filter's variance exceed what the variance plane states.
+
+    A diagnostic recorded in the task metadata ("noiseCorrelation"): it explains the score
+    factor of :func:`scale_difference_variance`, which does the correcting.
+    """
+    with meta.timer("noiseCorrelation"):
+        ny, nx = p.s_img.shape
+        out: dict[str, Any] = {}
+        for name, img, var, psf in (("science", p.s_img, p.s_var, psf_s),
+                                    ("template", p.t_img, p.t_var, psf_t)):  # fmt: skip
+            stamp = psf.at((nx - 1) / 2.0, (ny - 1) / 2.0)
+            try:
+                rho, factor = input_noise_correlation(img, var, ~p.bad, stamp)
+            except ValueError as exc:  # too few free pixels: say so, do not guess
+                out[name] = {"error": str(exc)}
+                continue
+            out[name] = {"rho10": float(rho[3, 4]), "rho01": float(rho[4, 3]),
+                         "rho11": float(rho[4, 4]), "psfVarianceFactor": factor}  # fmt: skip
+        note(meta, "noiseCorrelation", out)
 
 
 def host_test(
@@ -644,6 +703,7 @@ def subtract_exposures(
     f_r = template_scale(science, template, stars, settings=settings, meta=meta)
     z, al_info = difference(p, psf_s, psf_t, stars, settings=settings, meta=meta, threads=threads,
                             f_r=f_r)  # fmt: skip
+    measure_noise_correlation(p, psf_s, psf_t, meta=meta)
     scale_difference_variance(z, settings=settings, meta=meta, both=both)
 
     found = detect_sources(z.score, z.valid, settings=settings, meta=meta)

@@ -15,6 +15,7 @@ from diffstream.jitcore._kernels.measure import refine_peaks
 from diffstream.jitcore.detect import SOURCE_DTYPE, _footprints, _footprints_sep, detect
 from diffstream.jitcore.labels import _MIN_RUNS
 from diffstream.jitcore.psf import gaussian_psf
+from tests.ec import ec_count, smoothness
 
 pytestmark = pytest.mark.unit
 
@@ -397,12 +398,13 @@ def test_false_detections_on_pure_noise():
     assert counts[3.5] == labelled
     tail = erfc(3.0 / np.sqrt(2))  # P(|z| > 3), both polarities
     assert 0.9 < npix3 / (tail * area) < 1.1
-    # EC density (Adler): lambda u exp(-u^2/2) / (2 pi)^(3/2) per polarity, with
-    # lambda = 1 / (2 sigma_eff^2) for a Gaussian PSF (pixel integration adds 1/12).
+    # EC density (Adler, tests/ec.py) with lambda = 1 / (2 sigma_eff^2) for a Gaussian PSF
+    # (pixel integration adds 1/12); the smoothness measured from the field agrees.
     lam = 1.0 / (2.0 * (psf_sigma**2 + 1.0 / 12.0))
+    assert smoothness(score, valid) == pytest.approx(lam, rel=0.03)
 
     def expected(u):
-        return 2 * area * lam * u * np.exp(-u * u / 2) / (2 * np.pi) ** 1.5
+        return ec_count(area, lam, u)
 
     # The lattice misses excursions smaller than a pixel, so the count is a little below.
     assert 0.75 < counts[3.5] / expected(3.5) < 1.05
