@@ -19,11 +19,38 @@ PARALLEL = os.environ.get("DIFFSTREAM_NUMBA_PARALLEL", "0") == "1"
 JIT_OPTIONS = {"cache": True, "nogil": True, "fastmath": False}
 
 
+def _lazy(opts: dict, args: tuple):
+    """``numba.njit`` that compiles (or loads from the cache) on first call, never at import.
+
+    The kernels' explicit signatures stay in the source as their contract (the checked
+    wrappers in jitcore/ enforce it: dtypes, layouts, C-contiguity), and are kept on the
+    dispatcher as ``diffstream_signatures``, but they are not handed to Numba: with them,
+    Numba compiles every listed signature when the module is imported, which cost ~1.5 s of
+    every process start for kernels a run may never call (issue 17).  Called with the
+    arrays a wrapper passes, the dispatcher compiles exactly the signature the explicit list
+    would have chosen first (C-contiguous inputs type as C arrays), and the on-disk cache
+    (``cache=True``) is read per kernel on its first call.  ``diffstream warmup`` and the
+    worker's warm-up run a simulated exposure, so the first real one still compiles nothing
+    (tests/unit/test_warmup.py).
+    """
+    if args and callable(args[0]):
+        return numba.njit(**opts)(args[0])
+    sigs = args[0] if args else None
+
+    def wrap(func):
+        disp = numba.njit(**opts)(func)
+        disp.diffstream_signatures = sigs
+        return disp
+
+    return wrap
+
+
 def njit(*args, **kwargs):
-    """``numba.njit`` with the project's options (explicit signatures may be passed)."""
+    """``numba.njit`` with the project's options, compiled on first call (see :func:`_lazy`;
+    explicit signatures may be passed, and document the kernel)."""
     opts = dict(JIT_OPTIONS)
     opts.update(kwargs)
-    return numba.njit(*args, **opts)
+    return _lazy(opts, args)
 
 
 def pnjit(*args, **kwargs):
@@ -31,7 +58,7 @@ def pnjit(*args, **kwargs):
     opts = dict(JIT_OPTIONS)
     opts["parallel"] = PARALLEL
     opts.update(kwargs)
-    return numba.njit(*args, **opts)
+    return _lazy(opts, args)
 
 
 def njit_sums(*args, **kwargs):
