@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from diffstream import __version__
+from diffstream.stream.cli.summary import print_summary
 from diffstream.stream.ops.errors import (
     EXIT_BAD_INPUT,
     EXIT_NO_WORK,
@@ -194,30 +195,8 @@ def cmd_subtract(args: argparse.Namespace) -> int:
 
         for path in write_debug_plots(result, args.debug_plots):
             paths[f"plot {path.stem.rsplit('-', 1)[-1]}"] = path
-    _print_summary(result, paths)
+    print_summary(result, paths)
     return EXIT_OK
-
-
-def _print_summary(result: Any, paths: dict[str, Path]) -> None:
-    import numpy as np
-
-    src = result.dia_sources
-    snr = np.array([abs(s["snr"] or 0.0) for s in src]) if src else np.zeros(0)
-    neg = np.array([bool(s["isNegative"]) for s in src]) if src else np.zeros(0, bool)
-    print(f"diaSources: {len(src)} ({int((~neg).sum())} positive, {int(neg.sum())} negative)")
-    edges = [0, 7, 10, 20, 50, np.inf]
-    print("  |S/N|    positive  negative")
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        sel = (snr >= lo) & (snr < hi)
-        label = f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">={lo:g}"
-        print(f"  {label:<8} {int((sel & ~neg).sum()):>8}  {int((sel & neg).sum()):>8}")
-    print("timings (s):")
-    for name, secs in result.metadata.timings().items():
-        depth = name.count(".")
-        print(f"  {'  ' * depth}{name.split('.')[-1]:<{28 - 2 * depth}} {secs:8.3f}")
-    print("outputs:")
-    for key, path in paths.items():
-        print(f"  {key:<11} {path}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -255,16 +255,13 @@ def load_exposure(
 # --- reading (stream.io.fitsread) -------------------------------------------------------------
 
 
-def _read_bytes(path: str, limit: int) -> tuple[bytes, str]:
+def read_bytes(path: str, limit: int) -> tuple[bytes, str]:
     """The file's (decompressed) bytes and the SHA-256 of the bytes as stored on disk.
 
     Kept for callers that want the digest at once (stream.io.calibrated); load_exposure uses
     :func:`diffstream.stream.io.fitsread.read_file`, which hashes while the pixels are decoded."""
     raw, sha256 = read_file(path, limit)
     return raw, sha256()
-
-
-_open_fits = open_fits
 
 
 def _ensure_plane(planes: dict[str, int], name: str, path: str) -> dict[str, int]:
