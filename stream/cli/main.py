@@ -2,6 +2,9 @@
 
     diffstream subtract SCIENCE.fits TEMPLATE.fits --out DIR
         [--visit N --detector N --exposure-id N]
+        [--science-hdu EXT --science-variance FILE --science-mask FILE]
+        [--template-hdu EXT --template-variance FILE --template-mask FILE]
+        [--variance-kind variance|weight|sigma]
     diffstream demo [--out DIR] [--size N] [--seed S]
 
 Exit codes: 0 done, 2 bad input (the message names the file and the reason), 3 no work.
@@ -57,6 +60,53 @@ def _add_settings_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--astrometry-order", type=int, default=None)
     g.add_argument("--data-root", action="append", dest="data_roots", default=None)
+
+
+def _add_survey_args(p: argparse.ArgumentParser) -> None:
+    from diffstream.stream.io.companions import VARIANCE_KINDS
+
+    g = p.add_argument_group(
+        "survey files (DECam ooi/oow/ood, ZTF sciimg/mskimg, JWST i2d; stream/io/companions.py)"
+    )
+    for side in ("science", "template"):
+        g.add_argument(f"--{side}-hdu", help=f"EXTNAME or index of the {side} image HDU")
+        g.add_argument(
+            f"--{side}-variance",
+            metavar="FILE",
+            help=f"{side} noise map (its kind: --{side}-variance-kind)",
+        )
+        g.add_argument(
+            f"--{side}-variance-kind",
+            choices=VARIANCE_KINDS,
+            default=None,
+            help="variance, inverse-variance weight (DECam oow) or sigma; default --variance-kind",
+        )
+        g.add_argument(
+            f"--{side}-mask", metavar="FILE", help=f"{side} mask file (nonzero = bad; ZTF bits)"
+        )
+    g.add_argument(
+        "--variance-kind",
+        choices=VARIANCE_KINDS,
+        default="variance",
+        help="what the --*-variance files hold when not said per side (default: variance)",
+    )
+
+
+def survey_files(args: argparse.Namespace, side: str) -> dict[str, Any]:
+    """load_exposure's survey keywords for ``side`` ("science"/"template") from the flags."""
+    files: dict[str, Any] = {}
+    hdu = getattr(args, f"{side}_hdu", None)
+    if hdu is not None:
+        files["hdu"] = hdu
+    variance = getattr(args, f"{side}_variance", None)
+    if variance is not None:
+        files["variance_path"] = variance
+        kind = getattr(args, f"{side}_variance_kind", None)
+        files["variance_kind"] = kind or getattr(args, "variance_kind", "variance")
+    mask = getattr(args, f"{side}_mask", None)
+    if mask is not None:
+        files["mask_path"] = mask
+    return files
 
 
 def _add_provenance_args(p: argparse.ArgumentParser) -> None:
@@ -124,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--science-psf", help="external PSF for the science (FITS stamp)")
     p.add_argument("--template-psf", help="external PSF for the template (FITS stamp)")
     p.add_argument("--science-background", help="background to add back to the science (FITS)")
+    _add_survey_args(p)
     _add_provenance_args(p)
     _add_settings_args(p)
 
@@ -180,6 +231,8 @@ def cmd_subtract(args: argparse.Namespace) -> int:
                 science_psf=args.science_psf,
                 template_psf=args.template_psf,
                 science_background=args.science_background,
+                science_files=survey_files(args, "science"),
+                template_files=survey_files(args, "template"),
             )
             paths = write_products(result, out)
     except NoWorkFound as exc:

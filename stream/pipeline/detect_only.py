@@ -34,6 +34,7 @@ from diffstream.stream.io.calibrated import apply_external
 from diffstream.stream.io.exposure import Exposure
 from diffstream.stream.io.fitsio import load_exposure, load_options
 from diffstream.stream.io.outputs import write_planes
+from diffstream.stream.io.surveys import exposure_metadata
 from diffstream.stream.ops.errors import BadExposure, NoWorkFound
 from diffstream.stream.ops.settings import Settings, config_hash
 from diffstream.stream.pipeline.dipoles import DipoleStep, dipole_options
@@ -111,7 +112,13 @@ def detect_difference(
         diff = apply_external(diff, psf_path=psf_path)
     meta.set(
         "science",
-        {"path": diff.path, "sha256": diff.sha256, "layout": diff.layout, "kind": "difference"},
+        {
+            "path": diff.path,
+            "sha256": diff.sha256,
+            "layout": diff.layout,
+            "kind": "difference",
+            **exposure_metadata(diff),
+        },  # survey facts and fallbacks (stream.io.surveys)
         step=meta.name,
     )
     meta.set("template", None, step=meta.name)

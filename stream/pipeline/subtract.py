@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +38,7 @@ from diffstream.jitcore.zogy import ZogyResult, zogy
 from diffstream.stream.io.calibrated import apply_external
 from diffstream.stream.io.exposure import Exposure
 from diffstream.stream.io.fitsio import load_exposure, load_options
+from diffstream.stream.io.surveys import exposure_metadata, flag
 from diffstream.stream.ops.errors import BadExposure, KernelFailure, NoWorkFound
 from diffstream.stream.ops.settings import Settings, config_hash
 from diffstream.stream.pipeline.astrometry import refit_mapping
@@ -104,8 +105,14 @@ def subtract_files(
     science_psf: str | None = None,
     template_psf: str | None = None,
     science_background: str | None = None,
+    science_files: Mapping[str, Any] | None = None,
+    template_files: Mapping[str, Any] | None = None,
 ) -> SubtractResult:
-    """Load both files and run :func:`subtract_exposures` (load timed as ``*.load``)."""
+    """Load both files and run :func:`subtract_exposures` (load timed as ``*.load``).
+
+    ``science_files`` / ``template_files`` are :func:`load_exposure`'s survey keywords for
+    each side: ``hdu``, ``variance_path``, ``variance_kind``, ``mask_path``.
+    """
     meta = metadata or TaskMetadata()
     with meta.timer("load"):
         # The template loads on a second thread while the science loads here: reading,
@@ -122,6 +129,7 @@ def subtract_files(
                 psf_degree=0,
                 defer_checksum=True,
                 **load_options(settings),
+                **(template_files or {}),
             )
             science = load_exposure(
                 science_path,
@@ -131,8 +139,15 @@ def subtract_files(
                 psf_degree=settings.psf_degree,
                 defer_checksum=True,
                 **load_options(settings),
+                **(science_files or {}),
             )
             template = template_loaded.result()
+        if science.exposure_id is None:
+            flag(
+                science.info, science.path, "no_exposure_id",
+                "no exposure id (no --exposure-id, no integer EXPID/EXPNUM keyword): "
+                "diaSourceIds are made with exposure id 0 and may collide across exposures",
+            )  # fmt: skip
         science = apply_external(science, psf_path=science_psf, background_path=science_background)
         template = apply_external(template, psf_path=template_psf)
     try:
@@ -140,14 +155,17 @@ def subtract_files(
     finally:  # also for NoWorkFound and failures: their metadata names the inputs too
         # External PSF stamps and backgrounds are inputs too: {"psf"/"background": {path,
         # sha256}} next to the exposure's own (diffstream.stream.io.calibrated.apply_external).
+        # The survey facts (instrument, band, filter, where each id came from) and every
+        # fallback taken while loading (stream.io.surveys): never silent.
         meta.set(
             "science",
             {"path": science.path, "sha256": science.checksum(), "layout": science.layout,
-             **science.info.get("inputs", {})},
+             **science.info.get("inputs", {}), **exposure_metadata(science)},
             step=meta.name,
         )  # fmt: skip
         meta.set("template", {"path": template.path, "sha256": template.checksum(),
-                              **template.info.get("inputs", {})}, step=meta.name)  # fmt: skip
+                              "layout": template.layout, **template.info.get("inputs", {}),
+                              **exposure_metadata(template)}, step=meta.name)  # fmt: skip
 
 
 def _calibrate(image: np.ndarray, variance: np.ndarray, calib: float | None):
