@@ -4,7 +4,7 @@
         [--mosaic clean-detections.png] [--pairs 18c-04c 18d-04d ...]
 
 For each pairing (science of epoch 18 minus template of epoch 04) and seed, fakes are put into
-the science exposure with ``diffstream inject``'s library (stream/sim/inject.py): half on the
+the science exposure with ``diffstream inject``'s function (stream/cli/inject.py): half on the
 light of stars and galaxies ("hosted"), half on empty sky ("hostless"), shaped by stamps of
 the exposure's own bright stars (``--psf-model``: by its PSF model), with S/N from the total
 noise over the PSF uniform in ``--snr``.  The pair then goes through ``subtract_files``, as
@@ -54,43 +54,6 @@ def _path(tag: str) -> Path:
     return DATA / f"DEC-OBS{tag}.fits"
 
 
-def inject_file(src: Path, dst: Path, *, seed: int, snr: tuple[float, float], star_shapes: bool,
-                n_host: int, n_sky: int) -> dict[str, np.ndarray]:  # fmt: skip
-    """The library path of ``diffstream inject``: fakes into ``src``, written to ``dst``."""
-    from astropy.io import fits
-
-    from diffstream.stream.io.fitsio import load_exposure
-    from diffstream.stream.sim import inject as inj
-
-    exp = load_exposure(str(src), allow_uncalibrated=True, exposure_id=0)
-    ny, nx = exp.shape
-    fwhm = float(exp.psf.fwhm_at((nx - 1) / 2, (ny - 1) / 2))
-    bad = (exp.mask != 0) | ~np.isfinite(exp.image) | ~(exp.variance > 0)
-    sc = inj.scene(exp.image, exp.variance, bad, fwhm=fwhm)
-    rng = np.random.default_rng(seed)
-    xs, ys, on_host = inj.choose_positions(sc, n_host=n_host, n_sky=n_sky, rng=rng)
-    size = int(2 * np.ceil(3.0 * fwhm) + 1)
-    stamps = inj.star_stamps(sc, size=size, saturation=exp.saturation) if star_shapes else []
-    if star_shapes and not stamps:
-        raise SystemExit(f"{src.name}: no bright isolated star for star-stamp fakes")
-    shapes = (
-        [stamps[i % len(stamps)] for i in range(len(xs))]
-        if stamps
-        else [inj.psf_stamp(exp.psf, x, y) for x, y in zip(xs, ys, strict=True)]
-    )
-    snrs = rng.uniform(*snr, len(xs))
-    host_noise = bool(exp.info.get("variance_estimated"))
-    fluxes = np.array([
-        inj.snr_to_flux(sc, s, x, y, r, gain=exp.gain, host_noise=host_noise)
-        for s, x, y, r in zip(shapes, xs, ys, snrs, strict=True)
-    ])  # fmt: skip
-    image, _ = inj.inject(exp.image, exp.variance, xs, ys, fluxes, shapes, gain=exp.gain)
-    with fits.open(src) as hdul:
-        hdul[0].data = (hdul[0].data + (image - exp.image)).astype(hdul[0].data.dtype)
-        hdul.writeto(dst, overwrite=True)
-    return {"x": xs, "y": ys, "on_host": on_host, "flux": fluxes, "snr": snrs, "fwhm": fwhm}
-
-
 def run_pair(sci: Path, tmpl: Path, exposure_id: int):
     from diffstream.stream.ops.settings import Settings
     from diffstream.stream.pipeline.subtract import subtract_files
@@ -100,6 +63,7 @@ def run_pair(sci: Path, tmpl: Path, exposure_id: int):
 
 
 def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_store: dict):
+    from diffstream.stream.cli.inject import inject_file
     from diffstream.stream.sim.inject import match_positions
 
     s_tag, t_tag = pair.split("-")
@@ -111,13 +75,14 @@ def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_sto
     out = []
     for seed in range(seeds):
         dst = work / f"{pair}-{seed}.fits"
-        truth = inject_file(sci, dst, seed=1000 * seed + hash(pair) % 997, snr=snr,
-                            star_shapes=star_shapes, n_host=8, n_sky=12)  # fmt: skip
+        truth = inject_file(sci, dst, seed=1000 * seed + sum(map(ord, pair)), snr=snr,
+                            from_stars=star_shapes, n_host=8, n_sky=12,
+                            allow_uncalibrated=True)  # fmt: skip
         res = run_pair(dst, tmpl, exposure_id=2 + seed)
         pos = [s for s in res.dia_sources if not s.get("isNegative")]
         fx = np.array([s["x"] for s in pos])
         fy = np.array([s["y"] for s in pos])
-        hit = match_positions(truth["x"], truth["y"], fx, fy, max(2.0, truth["fwhm"]))
+        hit = match_positions(truth.x, truth.y, fx, fy, max(2.0, truth.fwhm))
         psf_flux = np.array([pos[j]["psfFlux"] if j >= 0 else np.nan for j in hit])
         matched = {id(pos[j]) for j in hit if j >= 0}
         n_false = 0
@@ -127,7 +92,7 @@ def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_sto
             if len(cx) and (np.hypot(cx - s["x"], cy - s["y"]) <= 2.0).any():
                 continue  # already in the clean run: not made by the fakes
             n_false += 1
-        out.append(Outcome(pair, truth["snr"], truth["flux"], truth["on_host"], hit >= 0,
+        out.append(Outcome(pair, truth.snr, truth.flux, truth.on_host, hit >= 0,
                            psf_flux, n_false))  # fmt: skip
     return out
 

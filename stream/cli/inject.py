@@ -19,13 +19,14 @@ import argparse
 import csv
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from diffstream.stream.ops.errors import EXIT_BAD_INPUT, EXIT_OK, DiffstreamError
+from diffstream.stream.ops.errors import EXIT_BAD_INPUT, EXIT_OK, BadExposure, DiffstreamError
 
-__all__ = ["cmd_inject", "register"]
+__all__ = ["Injected", "cmd_inject", "inject_file", "register"]
 
 
 def register(sub: argparse._SubParsersAction, add_settings_args: Callable) -> None:
@@ -74,51 +75,80 @@ def _read_positions(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | Non
     raise ValueError(f"{path}: needs a flux or an snr column")
 
 
-def cmd_inject(args: argparse.Namespace) -> int:
+@dataclass
+class Injected:
+    """What :func:`inject_file` put where (file units; ``flux_njy`` None when uncalibrated)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+    flux: np.ndarray
+    flux_njy: np.ndarray | None
+    snr: np.ndarray
+    on_host: np.ndarray
+    shape: list[str]
+    fwhm: float
+
+    def write_csv(self, path: Path) -> None:
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "x", "y", "ra", "dec", "flux", "flux_njy", "snr", "on_host",
+                        "shape"])  # fmt: skip
+            for i in range(len(self.x)):
+                njy = "" if self.flux_njy is None else f"{self.flux_njy[i]:.6g}"
+                w.writerow([i, f"{self.x[i]:.3f}", f"{self.y[i]:.3f}", f"{self.ra[i]:.8f}",
+                            f"{self.dec[i]:.8f}", f"{self.flux[i]:.6g}", njy,
+                            f"{self.snr[i]:.3f}", int(self.on_host[i]), self.shape[i]])  # fmt: skip
+
+
+def inject_file(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    positions: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray] | None = None,
+    n_host: int = 0,
+    n_sky: int = 0,
+    snr: tuple[float, float] | None = None,
+    flux: tuple[float, float] | None = None,
+    from_stars: bool = False,
+    seed: int = 0,
+    hdu: str | None = None,
+    allow_uncalibrated: bool = False,
+) -> Injected:
+    """Fakes into the exposure ``src``, written to ``dst`` (the same file with the sources
+    added to its image HDU); see the module docstring.  ``positions``: (x, y, flux or None,
+    snr) arrays.  Raises BadExposure for an unusable file, ValueError when ``from_stars``
+    finds no star to use."""
     from astropy.io import fits
 
     from diffstream.stream.io.fitsio import load_exposure
     from diffstream.stream.sim import inject as inj
 
-    try:
-        exp = load_exposure(
-            args.exposure, allow_uncalibrated=args.allow_uncalibrated, exposure_id=0,
-            **({"hdu": args.hdu} if args.hdu is not None else {}),
-        )  # fmt: skip
-    except DiffstreamError as exc:
-        print(f"diffstream: error: {exc.message}", file=sys.stderr)
-        return exc.exit_code
+    exp = load_exposure(str(src), allow_uncalibrated=allow_uncalibrated, exposure_id=0, hdu=hdu)
     if exp.psf is None:
-        print(f"diffstream: error: no PSF for {args.exposure}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    rng = np.random.default_rng(args.seed)
+        raise BadExposure("no PSF to shape the fakes", path=str(src), reason="no_psf")
+    rng = np.random.default_rng(seed)
     ny, nx = exp.shape
-    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
-    fwhm = float(exp.psf.fwhm_at(cx, cy))
+    fwhm = float(exp.psf.fwhm_at((nx - 1) / 2.0, (ny - 1) / 2.0))
     bad = (exp.mask != 0) | ~np.isfinite(exp.image) | ~(exp.variance > 0)
     sc = inj.scene(exp.image, exp.variance, bad, fwhm=fwhm)
 
     fluxes: np.ndarray | None
-    if args.positions:
-        try:
-            xs, ys, fluxes, snrs = _read_positions(args.positions)
-        except (OSError, ValueError, KeyError) as exc:
-            print(f"diffstream: error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+    if positions is not None:
+        xs, ys, fluxes, snrs = positions
         on_host = np.zeros(len(xs), bool)
     else:
-        xs, ys, on_host = inj.choose_positions(sc, n_host=args.n_host, n_sky=args.n_sky, rng=rng)
-        lo, hi = args.flux or args.snr or (10.0, 30.0)
+        xs, ys, on_host = inj.choose_positions(sc, n_host=n_host, n_sky=n_sky, rng=rng)
+        lo, hi = flux or snr or (10.0, 30.0)
         draw = rng.uniform(lo, hi, len(xs))
-        fluxes, snrs = (draw, np.full(len(xs), np.nan)) if args.flux else (None, draw)
+        fluxes, snrs = (draw, np.full(len(xs), np.nan)) if flux else (None, draw)
 
     size = int(2 * np.ceil(3.0 * fwhm) + 1)
-    if args.from_stars:
+    if from_stars:
         stamps = inj.star_stamps(sc, size=size, saturation=exp.saturation)
         if not stamps:
-            print("diffstream: error: no bright isolated unsaturated star for --from-stars",
-                  file=sys.stderr)  # fmt: skip
-            return EXIT_BAD_INPUT
+            raise ValueError(f"{src}: no bright isolated unsaturated star for star-stamp fakes")
         shapes = [f"star{i % len(stamps)}" for i in range(len(xs))]
         per_fake = [stamps[i % len(stamps)] for i in range(len(xs))]
     else:
@@ -139,9 +169,8 @@ def cmd_inject(args: argparse.Namespace) -> int:
         ])  # fmt: skip
     image, variance = inj.inject(exp.image, exp.variance, xs, ys, fluxes, per_fake, gain=exp.gain)
 
-    out = Path(args.out)
-    with fits.open(args.exposure) as hdul:
-        target = _image_hdu(hdul, args.hdu)
+    with fits.open(src) as hdul:
+        target = _image_hdu(hdul, hdu)
         target.data = (target.data + (image - exp.image)).astype(target.data.dtype)
         names = [h.name.upper() for h in hdul]
         added_var = variance - exp.variance
@@ -149,19 +178,38 @@ def cmd_inject(args: argparse.Namespace) -> int:
             hdul["VARIANCE"].data = hdul["VARIANCE"].data + added_var
         elif "ERR" in names and target.name.upper() == "SCI":
             hdul["ERR"].data = np.sqrt(hdul["ERR"].data ** 2 + added_var)
-        target.header["HISTORY"] = f"diffstream inject: {len(xs)} fakes (seed {args.seed})"
-        hdul.writeto(out, overwrite=True)
+        target.header["HISTORY"] = f"diffstream inject: {len(xs)} fakes (seed {seed})"
+        hdul.writeto(dst, overwrite=True)
 
     ra, dec = exp.wcs.pixel_to_world_values(xs, ys) if len(xs) else (xs, ys)
+    njy = None if exp.photo_calib is None else fluxes * exp.photo_calib
+    return Injected(np.asarray(xs), np.asarray(ys), np.asarray(ra), np.asarray(dec), fluxes,
+                    njy, np.asarray(snrs), on_host, shapes, fwhm)  # fmt: skip
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    positions = None
+    if args.positions:
+        try:
+            positions = _read_positions(args.positions)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"diffstream: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    out = Path(args.out)
+    try:
+        fakes = inject_file(
+            args.exposure, out, positions=positions, n_host=args.n_host, n_sky=args.n_sky,
+            snr=args.snr, flux=args.flux, from_stars=args.from_stars, seed=args.seed,
+            hdu=args.hdu, allow_uncalibrated=args.allow_uncalibrated,
+        )  # fmt: skip
+    except DiffstreamError as exc:
+        print(f"diffstream: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except ValueError as exc:
+        print(f"diffstream: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     cat_path = Path(args.catalog) if args.catalog else out.with_suffix(".csv")
-    with cat_path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "x", "y", "ra", "dec", "flux", "flux_njy", "snr", "on_host", "shape"])
-        for i in range(len(xs)):
-            njy = "" if exp.photo_calib is None else f"{fluxes[i] * exp.photo_calib:.6g}"
-            w.writerow([i, f"{xs[i]:.3f}", f"{ys[i]:.3f}", f"{ra[i]:.8f}", f"{dec[i]:.8f}",
-                        f"{fluxes[i]:.6g}", njy, f"{snrs[i]:.3f}", int(on_host[i]),
-                        shapes[i]])  # fmt: skip
-    print(f"injected {len(xs)} fakes ({int(on_host.sum())} on hosts) into {out}; "
+    fakes.write_csv(cat_path)
+    print(f"injected {len(fakes.x)} fakes ({int(fakes.on_host.sum())} on hosts) into {out}; "
           f"catalogue {cat_path}")  # fmt: skip
     return EXIT_OK
