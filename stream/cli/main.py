@@ -39,6 +39,7 @@ PLUGIN_MODULES = (
     "diffstream.stream.cli.stream",
     "diffstream.stream.cli.tools",
     "diffstream.stream.cli.science",
+    "diffstream.stream.cli.inject",
 )
 
 
