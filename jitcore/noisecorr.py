@@ -40,7 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft, ndimage
 
-from diffstream.jitcore.noise import robust_sigma, source_free_mask
+from diffstream.jitcore.noise import source_free_mask
+from diffstream.jitcore.robust import iqr_sigma
 
 __all__ = [
     "ScoreScale",
@@ -222,7 +223,7 @@ def empty_sky_scale(
     # first costs more than the quantiles.
     g = max(1, math.isqrt(s.size // _GLOBAL_SAMPLE))
     if first is None or not first > 0:
-        first = robust_sigma(s[::g, ::g][ok[::g, ::g]])
+        first = iqr_sigma(s[::g, ::g][ok[::g, ::g]])
     hot = ok & (np.abs(s) >= threshold * first)
     if grow > 0 and hot.any():
         hot = _grow_blocks(hot, -(-grow // k))
@@ -235,7 +236,7 @@ def empty_sky_scale(
         return float(min(max(f, 1.0 / limit), limit))
 
     sub = free[::g, ::g]
-    factor = clip(robust_sigma(s[::g, ::g][sub])) if sub.sum() >= 100 else first
+    factor = clip(iqr_sigma(s[::g, ::g][sub])) if sub.sum() >= 100 else first
     tiles = np.full((nty, ntx), factor)
     measured = 0
     t = tile // k
@@ -245,7 +246,7 @@ def empty_sky_scale(
             f = free[win]
             if f.sum() < max(100, min_free * f.size):
                 continue
-            tiles[i, j] = clip(robust_sigma(s[win][f]))
+            tiles[i, j] = clip(iqr_sigma(s[win][f]))
             measured += 1
     return ScoreScale(factor, tiles, tile, n_free / n_ok, measured)
 
