@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffstream.jitcore.constants import IQR_PER_SIGMA
+
 __all__ = ["mode_stamps", "fit_mode_model"]
 
 
@@ -59,7 +61,7 @@ def _clipped_polyfit(t: np.ndarray, values: np.ndarray, w: np.ndarray, clip: flo
         coef, *_ = np.linalg.lstsq(tw, values[keep] * w[keep], rcond=None)
         resid = values - t @ coef
         q75, q25 = np.percentile(resid[keep], [75, 25])
-        s = max((q75 - q25) / 1.349, 1e-12)
+        s = max((q75 - q25) / IQR_PER_SIGMA, 1e-12)
         new = np.isfinite(values) & (np.abs(resid) <= clip * s)
         if np.array_equal(new, keep):
             break

@@ -38,8 +38,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from diffstream.jitcore.constants import FWHM_PER_SIGMA
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits
 from diffstream.jitcore.psf import psf_moments
+from diffstream.jitcore.robust import mad_sigma
 
 __all__ = ["PLOT_KINDS", "write_debug_plots", "plot_prefix", "decode_cutout"]
 
@@ -352,7 +354,7 @@ def plot_score_hist(result: Any, path: Path, *, dpi: int = 90) -> Path:
     density = counts / (values.size * width)
     ax.stairs(density, edges, color="black", linewidth=1.2, label=f"S_corr ({values.size} px)")
     med = float(np.median(values))
-    robust = float(1.4826 * np.median(np.abs(values - med)))
+    robust = mad_sigma(values)
     grid = np.linspace(-lim, lim, 600)
     ax.plot(grid, _normal_pdf(grid), color="tab:blue", lw=1.5, label="unit Gaussian N(0, 1)")
     if robust > 0:
@@ -443,7 +445,7 @@ def _stamp_panel(ax, stamp: np.ndarray | None, norm, *, half: int, annotate: boo
         coords = np.arange(-h, h + 1)
         ax.contour(coords, coords, stamp, levels=[0.5 * peak], colors="cyan", linewidths=0.8)
         ixx, iyy, ixy = psf_moments(stamp)
-        fwhm = 2.3548 * math.sqrt(max(0.5 * (ixx + iyy), 0.0))
+        fwhm = FWHM_PER_SIGMA * math.sqrt(max(0.5 * (ixx + iyy), 0.0))
         e = math.hypot(ixx - iyy, 2 * ixy) / (ixx + iyy) if ixx + iyy > 0 else 0.0
         ax.text(0.04, 0.96, f"FWHM {fwhm:.2f} px\ne {e:.3f}", transform=ax.transAxes,
                 va="top", ha="left", color="white", fontsize=8)  # fmt: skip

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from diffstream.jitcore.constants import FWHM_PER_SIGMA
 from diffstream.jitcore.interpolate import interpolate_over
 from diffstream.jitcore.masks import (
     INTERPOLATE_PLANES,
@@ -30,8 +31,6 @@ from diffstream.stream.io.exposure import Exposure
 __all__ = ["interpolate_defects", "hard_bits"]
 
 log = logging.getLogger(__name__)
-
-_FWHM_PER_SIGMA = 2.3548200450309493
 
 
 def hard_bits(planes: dict[str, int]) -> int:
@@ -66,7 +65,7 @@ def interpolate_defects(exposure: Exposure, *, name: str) -> tuple[Exposure, dic
         info = {"skipped": "no PSF", "nFilled": 0, "nUnfilled": n_masked}
         return dataclasses.replace(exposure, mask=mask, mask_planes=planes), info
     ny, nx = exposure.shape
-    sigma = float(psf.fwhm_at((nx - 1) / 2.0, (ny - 1) / 2.0)) / _FWHM_PER_SIGMA
+    sigma = float(psf.fwhm_at((nx - 1) / 2.0, (ny - 1) / 2.0)) / FWHM_PER_SIGMA
     image = np.asarray(exposure.image, dtype=np.float32)
     variance = np.asarray(exposure.variance, dtype=np.float32)
     result = interpolate_over(image, variance, masked, psf_sigma=sigma)
