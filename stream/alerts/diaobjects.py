@@ -30,13 +30,15 @@ __all__ = [
     "DIA_OBJECT_FIELDS",
     "DIA_FORCED_SOURCE_FIELDS",
     "dia_object_summary",
+    "lsst_specs",
     "record_of",
 ]
 
 BANDS = ("u", "g", "r", "i", "z", "y")
 
 
-def _specs(name: str) -> tuple[tuple[str, str, bool], ...]:
+def lsst_specs(name: str) -> tuple[tuple[str, str, bool], ...]:
+    """(name, Avro primitive, nullable) of each field of the 11.1 record ``name``."""
     record = load_parsed(f"lsst/lsst.v11_1.{name}")
     out = []
     for field in record["fields"]:
@@ -48,8 +50,8 @@ def _specs(name: str) -> tuple[tuple[str, str, bool], ...]:
 
 
 # (name, Avro primitive, nullable) of each field, in schema order.
-DIA_OBJECT_SPECS = _specs("diaObject")
-DIA_FORCED_SOURCE_SPECS = _specs("diaForcedSource")
+DIA_OBJECT_SPECS = lsst_specs("diaObject")
+DIA_FORCED_SOURCE_SPECS = lsst_specs("diaForcedSource")
 DIA_OBJECT_FIELDS = tuple(name for name, _, _ in DIA_OBJECT_SPECS)
 DIA_FORCED_SOURCE_FIELDS = tuple(name for name, _, _ in DIA_FORCED_SOURCE_SPECS)
 

@@ -468,6 +468,13 @@ def subtract_exposures(
             }
             alerts.append(make_alert(src, cutouts=cut, task_metadata=summary_meta))
 
+    if settings.apdb:  # association, forced photometry, histories (stream/pipeline/apdb/)
+        from diffstream.stream.pipeline.apdb.step import associate_exposure
+
+        with meta.timer("association"):
+            done = associate_exposure(science, dia_sources, alerts, images, settings=settings,
+                                      processed_mjd_tai=mjd_now())  # fmt: skip
+            note("association", done)
     note("nDiaSources", len(dia_sources))
     note("nPositive", int(sum(1 for s in dia_sources if not s.get("isNegative"))))
     note("nNegative", int(sum(1 for s in dia_sources if s.get("isNegative"))))
