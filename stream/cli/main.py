@@ -35,6 +35,7 @@ PLUGIN_MODULES = (
     "diffstream.stream.cli.stream",
     "diffstream.stream.cli.tools",
     "diffstream.stream.cli.science",
+    "diffstream.stream.cli.apdb",
 )
 
 
@@ -56,6 +57,12 @@ def _add_settings_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--astrometry-order", type=int, default=None)
     g.add_argument("--data-root", action="append", dest="data_roots", default=None)
+    g.add_argument(
+        "--apdb",
+        default=None,
+        help="APDB URL (sqlite:///path or postgresql://...): associate, forced photometry, "
+        "histories in the alerts (also DIFFSTREAM_APDB)",
+    )
 
 
 def _add_provenance_args(p: argparse.ArgumentParser) -> None:
