@@ -48,6 +48,7 @@ __all__ = ["Apdb", "open_apdb", "normalise_url", "sky_pixels", "cone_pixels"]
 
 # Advisory-lock namespace (first key of the two-int form), so ours never meet another app's.
 _LOCK_SPACE = 0x0D1F
+_DDL_KEY = 0x0D1F_A9DB  # the one-key form: never meets the two-key cell locks
 _CHUNK = 5000  # ids per IN (...): under SQLite's variable limit, cheap for PostgreSQL
 # version -> SQL statements that take a database from version-1 to version (none yet).
 _MIGRATIONS: dict[int, list[str]] = {}
@@ -164,6 +165,10 @@ class Apdb:
     def init(self) -> None:
         """Create the tables (those missing) and record the schema version."""
         with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Two workers meeting a new database would both CREATE TABLE (and one fail):
+                # the DDL waits behind one lock (SQLite's BEGIN IMMEDIATE does this already).
+                conn.execute(self.sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_KEY})
             self.meta.create_all(conn, checkfirst=True)
             self._upsert(conn, "ApdbMeta", [{"name": "version", "value": str(SCHEMA_VERSION)}])
 
