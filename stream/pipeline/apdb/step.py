@@ -142,7 +142,10 @@ def associate_exposure(
             apdb.upsert_objects(conn, rows)
         timings["summaries"] = time.perf_counter() - t0
 
-    _fill_alerts(alerts, by_object, forced_by_object, mjd=mjd, months=settings.apdb_history_months)
+    latest = {s["diaObjectId"]: s for s in summaries}
+    _fill_alerts(
+        alerts, by_object, forced_by_object, latest, mjd=mjd, months=settings.apdb_history_months
+    )
     timings["alerts"] = time.perf_counter() - t0
     return {
         "nObjectsLoaded": int(objects["diaObjectId"].size),
@@ -211,17 +214,24 @@ def _fill_alerts(
     alerts: Sequence[dict[str, Any]],
     sources: Mapping[int, list[dict[str, Any]]],
     forced: Mapping[int, list[dict[str, Any]]],
+    latest: Mapping[int, dict[str, Any]],
     *,
     mjd: float,
     months: float,
 ) -> None:
-    """Each alert's diaObject as of its exposure, and its history before it (by time)."""
+    """Each alert's diaObject as of its exposure, and its history before it (by time).
+
+    ``latest`` (the summaries just stored) serves when nothing of the object is later than
+    this exposure: always, except when an older exposure is reprocessed."""
     since = mjd - months * _DAYS_PER_MONTH
     as_of: dict[int, dict[str, Any]] = {}
     for alert in alerts:
         oid = int(alert["diaSource"]["diaObjectId"])
         mine = sources.get(oid, [])
         mine_forced = forced.get(oid, [])
+        if oid not in as_of and oid in latest:
+            if not any(r["midpointMjdTai"] > mjd for r in (*mine, *mine_forced)):
+                as_of[oid] = latest[oid]
         if oid not in as_of:
             upto = [s for s in mine if s["midpointMjdTai"] <= mjd] or [alert["diaSource"]]
             upto_forced = [f for f in mine_forced if f["midpointMjdTai"] <= mjd]
