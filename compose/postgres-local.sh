@@ -13,7 +13,7 @@
 #
 # Environment (all optional):
 #   PGPORT            port (default 5432; the tests use the one they are given)
-#   PG_LOCAL_DIR      state file dir (default <repo>/.postgres-local): url, data dir path, log
+#   PG_LOCAL_DIR      state file dir (default <repo>/.postgres-local/PORT): url, data dir path
 #   PG_LOCAL_USER     system user that runs the server (default postgres)
 #   PG_BIN            folder of initdb/pg_ctl (default: newest /usr/lib/postgresql/*/bin)
 #   PG_DATABASE       database to create (default apdb)
@@ -26,7 +26,8 @@ PORT="${PGPORT:-5432}"
     echo "postgres-local: error: PGPORT must be a port number, got '$PORT'" >&2
     exit 1
 }
-STATE="${PG_LOCAL_DIR:-$REPO/.postgres-local}"
+# One state dir per port: servers on two ports never mistake each other for themselves.
+STATE="${PG_LOCAL_DIR:-$REPO/.postgres-local/$PORT}"
 RUN_AS="${PG_LOCAL_USER:-postgres}"
 DB="${PG_DATABASE:-apdb}"
 [[ "$(id -u)" == 0 ]] || RUN_AS="$(id -un)" # an unprivileged user runs its own server
