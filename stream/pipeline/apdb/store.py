@@ -24,6 +24,7 @@ taken before it reads anything):
 from __future__ import annotations
 
 import contextlib
+import operator
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -299,7 +300,12 @@ class Apdb:
             sql += f"ON CONFLICT ({quoted(keys)}) DO UPDATE SET {changed}"
         else:  # DiaForcedSource: either key, its id or (object, visit, detector)
             sql += "ON CONFLICT DO NOTHING"
-        conn.exec_driver_sql(sql, [tuple(row.get(n) for n in names) for row in rows])
+        pick = operator.itemgetter(*names)
+        try:
+            params = [pick(row) for row in rows]
+        except KeyError:  # rows that leave nullable columns out
+            params = [tuple(row.get(n) for n in names) for row in rows]
+        conn.exec_driver_sql(sql, params)
 
     def insert_sources(self, conn: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         """Store diaSources; one already stored (same diaSourceId) is left as it is."""
