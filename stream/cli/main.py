@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo-out")
     d.add_argument("--size", type=int, default=1024, help="image side in pixels")
     d.add_argument("--seed", type=int, default=42)
+    d.add_argument(
+        "--visits",
+        type=int,
+        default=None,
+        help="N visits of one field (variables, a transient at visit 4) through the APDB",
+    )
     _add_settings_args(d)
 
     # Other command groups register themselves (each module: register(sub) adding parsers
@@ -230,6 +236,14 @@ def _print_summary(result: Any, paths: dict[str, Path]) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from diffstream.stream.cli.demo import run_demo
 
+    if args.visits:
+        from diffstream.stream.cli.demo_visits import run_visits_demo
+
+        settings = _settings_from(args)
+        if settings.apdb is None:  # the embedded APDB, as run_demo's
+            db = Path(args.out).resolve() / "apdb.sqlite3"
+            settings = settings.model_copy(update={"apdb": f"sqlite:///{db}"})
+        return run_visits_demo(args, settings)
     return run_demo(args, _settings_from(args))
 
 
