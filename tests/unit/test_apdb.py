@@ -15,7 +15,7 @@ from astropy.coordinates import SkyCoord
 from diffstream.stream.alerts.diaobjects import dia_object_summary
 from diffstream.stream.alerts.packets import dia_source_record, make_alert
 from diffstream.stream.io.exposure import Exposure
-from diffstream.stream.ops.errors import ApdbError, ConfigError
+from diffstream.stream.ops.errors import ApdbError, BadExposure, ConfigError
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.apdb.association import associate, separation_arcsec
 from diffstream.stream.pipeline.apdb.schema import SCHEMA_VERSION
@@ -286,6 +286,17 @@ def test_history_window_is_a_setting(apdb_url):  # noqa: F811
         apdb=Apdb(url), processed_mjd_tai=60600.0,
     )  # fmt: skip
     assert alerts[0]["prvDiaSources"] == [] and alerts[0]["diaObject"]["nDiaSources"] == 2
+
+
+def test_step_refuses_an_exposure_without_id(apdb_url):  # noqa: F811
+    url = apdb_url("sqlite")
+    exp, src, alerts, images = _visit(1, [400.0, 0.0, 0.0])
+    exp.exposure_id = None
+    with pytest.raises(BadExposure, match="an APDB needs the exposure id"):
+        associate_exposure(
+            exp, src, alerts, images, settings=Settings(apdb=url), processed_mjd_tai=60600.0
+        )
+    assert Apdb(url).stats()["DiaSource"] == 0
 
 
 def test_forced_source_ids_are_stable_and_distinct():

@@ -42,6 +42,7 @@ from diffstream.stream.alerts.diaobjects import (
     record_of,
 )
 from diffstream.stream.io.exposure import Exposure
+from diffstream.stream.ops.errors import BadExposure
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.apdb.association import associate, separation_arcsec
 from diffstream.stream.pipeline.apdb.store import Apdb, cone_pixels, open_apdb, sky_pixels
@@ -81,6 +82,11 @@ def associate_exposure(
     """Associate this exposure's diaSources, store them and forced photometry, and fill the
     alerts' diaObject and history (module docstring).  Returns counts and timings for the
     task metadata.  ``apdb`` defaults to :func:`open_apdb` of ``settings.apdb``."""
+    if exposure.exposure_id is None:
+        # diaSourceIds would then start from exposure 0 for every such exposure, and the
+        # APDB, keyed on them, would take one exposure's sources for another's replay.
+        msg = "an APDB needs the exposure id (diaSourceIds key its rows): give --exposure-id"
+        raise BadExposure(msg + " or an exposure id in the header", path=exposure.path)
     if apdb is None:
         if not settings.apdb:
             raise ValueError("associate_exposure needs settings.apdb or an apdb")
