@@ -5,8 +5,10 @@
 
 Prints a table: the pipeline's wall time per step (JIT cache warm), the reference's time
 (scipy.fft rfft2 ZOGY of the whole image with the true PSFs: no warp, no tiles, no
-detection), their ratio, and peak RSS.  ``--compile`` also times a first run in fresh
-processes with an empty Numba cache and with the warm cache.  Timing never gates a test.
+detection), their ratio, and peak RSS: of this process, and of the pipeline alone in a fresh
+process (one FITS-in, alerts-out run, as a worker holds it).  ``--compile`` also times a
+first run in fresh processes with an empty Numba cache and with the warm cache.  Timing never
+gates a test.
 """
 
 from __future__ import annotations
@@ -130,7 +132,35 @@ def bench(size: int, repeat: int, workdir: Path, *, alerts_only: bool = False) -
     print(f"{lab_r:<48}{best_r:>10.3f}")
     print(f"{'ratio pipeline / reference':<48}{best_p / best_r:>10.2f}")
     print(f"{'diaSources':<48}{len(res.dia_sources):>10d}")
-    print(f"{'peak RSS (MiB)':<48}{peak_rss_mb():>10.0f}")
+    print(f"{'peak RSS, this process (MiB; sim + reference too)':<48}{peak_rss_mb():>10.0f}")
+    print(f"{'peak RSS, pipeline alone (MiB; own process)':<48}{pipeline_rss(sci, tmpl):>10.0f}")
+
+
+_RSS_CHILD = """
+import sys
+from diffstream.stream.ops.memory import configure_from_env
+from diffstream.stream.ops.settings import Settings
+from diffstream.stream.pipeline.subtract import subtract_files
+from diffstream.stream.alerts.packets import write_alert_file
+configure_from_env()  # as the CLI and the worker do
+res = subtract_files(sys.argv[1], sys.argv[2], settings=Settings())
+write_alert_file(sys.argv[3], res.alerts)
+del res
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        print(int(line.split()[1]) / 1024)
+"""
+
+
+def pipeline_rss(sci: Path, tmpl: Path) -> float:
+    """Peak RSS of one subtraction (FITS in, alerts.avro out) in a fresh process: what a
+    worker holds, without this process's simulated pair and in-process reference."""
+    with tempfile.TemporaryDirectory() as d:
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_CHILD, str(sci), str(tmpl), str(Path(d) / "a.avro")],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+        )  # fmt: skip
+    return float(out.stdout.split()[-1])
 
 
 def compile_times() -> None:

@@ -187,6 +187,10 @@ cmd_start() {
     echo "$PORT" >"$PORTFILE"
     : >"$LOG"
     # In-memory H2 storage (the default): every start is a clean registry, like the test broker.
+    # requireEmptyRegistry=false lets the admin import API (/apis/registry/v3/admin/import) add
+    # a schema under a chosen id to a registry that already holds others: that is how diffstream
+    # puts Rubin's alert schema under Rubin's id (1101 for 11.1; stream/transport/registry.py),
+    # which the Confluent-compatible API cannot do (it ignores a requested id).
     # The marker property names this state dir on the command line, so running_pid can tell our
     # JVM from any other. setsid and exec as in kafka-local.sh: the recorded pid is the JVM's.
     # shellcheck disable=SC2086,SC2016 # HEAP_OPTS is a list of JVM flags; $$ is the inner shell's
@@ -195,6 +199,7 @@ cmd_start() {
         "-Ddiffstream.registry.state=$STATE" \
         -Dquarkus.http.host="$HOST" -Dquarkus.http.port="$PORT" \
         -Dquarkus.log.console.color=false \
+        -Dapicurio.import.requireEmptyRegistry=false \
         -jar "$jar" </dev/null >>"$LOG" 2>&1 &
 
     local i

@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import signal
 
 from diffstream.jitcore._kernels.alardlupton import (
     expand_spatial,
@@ -180,10 +179,13 @@ def stamp_systems(
     # accumulated in float64 by the kernel.
     basis32 = basis.astype(np.float32)
 
+    # scipy.signal costs ~1 s of imports: only the runs that fit a kernel pay it.
+    from scipy.signal import fftconvolve
+
     def chunk(start: int) -> None:
         sel = range(start, min(n, start + _CHUNK))
         cuts = np.stack([ref[ys[i] - r : ys[i] + r + 1, xs[i] - r : xs[i] + r + 1] for i in sel])
-        conv = signal.fftconvolve(
+        conv = fftconvolve(
             cuts.astype(np.float32)[:, None], basis32[None], mode="valid", axes=(2, 3)
         )
         planes = np.empty((npar, h, h), np.float32)

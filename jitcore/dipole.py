@@ -53,7 +53,7 @@ import numpy as np
 from diffstream.jitcore._kernels import dipole as _k
 from diffstream.jitcore._kernels.psffit import PAD
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits
-from diffstream.jitcore.measure import _check_mask, _check_sources, _image_pair
+from diffstream.jitcore.measure import check_mask, check_sources, image_pair
 from diffstream.jitcore.photometry import stack_psfs
 from diffstream.jitcore.psf import psf_moments
 
@@ -128,7 +128,7 @@ def _optional_plane(name, img, var, psf_at, shape, dtype):
         return None
     if not callable(psf_at):
         raise TypeError(f"psf_{name}_at must be callable (x, y) -> stamp")
-    a, v = _image_pair(name, img, var, shape)
+    a, v = image_pair(name, img, var, shape)
     return np.ascontiguousarray(a, dtype=dtype), np.ascontiguousarray(v, dtype=dtype), psf_at
 
 
@@ -185,7 +185,7 @@ def fit_dipoles(
     same fit); unpaired sources have ``dipoleFitAttempted`` False, NaN values,
     ``dipoleNdata`` 0 and ``dipolePartner`` -1.
     """
-    _check_sources(sources)
+    check_sources(sources)
     names = sources.dtype.names or ()
     missing = [f for f in _SOURCE_EXTRA if f not in names]
     if missing:
@@ -200,7 +200,7 @@ def fit_dipoles(
         raise TypeError(f"rows lacks fields {missing}; it has {list(rnames)}")
     if rows.shape != sources.shape:
         raise ValueError(f"rows has {rows.shape[0]} entries but sources has {sources.shape[0]}")
-    diff, dvar = _image_pair("difference", difference, difference_variance, None)
+    diff, dvar = image_pair("difference", difference, difference_variance, None)
     shape = diff.shape
     if not callable(psf_d_at):
         raise TypeError("psf_d_at must be callable (x, y) -> stamp")
@@ -215,7 +215,7 @@ def fit_dipoles(
             "science and template must be given together (or neither), got "
             f"science={sci is not None}, template={tpl is not None}"
         )
-    mask, planes = _check_mask(mask, mask_planes, shape)
+    mask, planes = check_mask(mask, mask_planes, shape)
     if isinstance(bad_mask_planes, str) or not all(isinstance(p, str) for p in bad_mask_planes):
         raise TypeError(
             f"bad_mask_planes must be a sequence of plane names, got {bad_mask_planes!r}"

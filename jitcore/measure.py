@@ -133,7 +133,7 @@ _SOURCE_FIELDS = ("x", "y", "sign", "bbox")
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
-def _image_pair(name: str, img, var, shape) -> tuple[np.ndarray, np.ndarray]:
+def image_pair(name: str, img, var, shape) -> tuple[np.ndarray, np.ndarray]:
     """Check an (image, variance) pair; return C-contiguous arrays of one float dtype."""
     for label, arr in ((name, img), (f"{name}_variance", var)):
         if not isinstance(arr, np.ndarray) or arr.dtype not in (np.float32, np.float64):
@@ -150,7 +150,7 @@ def _image_pair(name: str, img, var, shape) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(img, dtype=dtype), np.ascontiguousarray(var, dtype=dtype)
 
 
-def _check_sources(sources) -> None:
+def check_sources(sources) -> None:
     names = getattr(getattr(sources, "dtype", None), "names", None)
     if not isinstance(sources, np.ndarray) or names is None or sources.ndim != 1:
         raise TypeError(
@@ -173,7 +173,7 @@ def _check_number(name: str, value, *, minimum: float, allow_none: bool = False)
         raise ValueError(f"{name} must be a finite number > {minimum:g}, got {value!r}")
 
 
-def _check_mask(mask, mask_planes, shape) -> tuple[np.ndarray, Mapping[str, int]]:
+def check_mask(mask, mask_planes, shape) -> tuple[np.ndarray, Mapping[str, int]]:
     if mask is None:
         mask = np.zeros(shape, dtype=MASK_DTYPE)
     if not isinstance(mask, np.ndarray) or not np.issubdtype(mask.dtype, np.integer):
@@ -204,7 +204,7 @@ def _optional_triplet(name: str, img, var, psf_at, shape):
         return None
     if not callable(psf_at):
         raise TypeError(f"psf_{name}_at must be callable (x, y) -> stamp")
-    return (*_image_pair(name, img, var, shape), psf_at, f"psf_{name}_at")
+    return (*image_pair(name, img, var, shape), psf_at, f"psf_{name}_at")
 
 
 def _work(psfs: np.ndarray) -> np.ndarray:
@@ -244,8 +244,8 @@ def forced_psf_flux(
     photometry of known diaObjects (stream/pipeline/apdb/forced.py).  ``flag`` is set when
     the stamp leaves the image or has no usable pixel (flux NaN then).
     """
-    img, var = _image_pair("image", image, variance, None)
-    mask, planes = _check_mask(mask, mask_planes, img.shape)
+    img, var = image_pair("image", image, variance, None)
+    mask, planes = check_mask(mask, mask_planes, img.shape)
     if not callable(psf_at):
         raise TypeError("psf_at must be callable (x, y) -> stamp")
     xs = np.ascontiguousarray(x, dtype=np.float64)
@@ -297,17 +297,17 @@ def measure(
     ``sources``.  ``workers`` (scipy.fft convention; None: 1, -1: all cores) measures
     chunks of the sources on that many threads, with the same rows as one thread.
     """
-    _check_sources(sources)
-    diff, dvar = _image_pair("difference", difference, difference_variance, None)
+    check_sources(sources)
+    diff, dvar = image_pair("difference", difference, difference_variance, None)
     shape = diff.shape
     if not callable(psf_d_at):
         raise TypeError("psf_d_at must be callable (x, y) -> stamp")
     if (flux is None) != (flux_variance is None):
         raise ValueError("flux and flux_variance must be given together")
-    score_maps = None if flux is None else _image_pair("flux", flux, flux_variance, shape)
+    score_maps = None if flux is None else image_pair("flux", flux, flux_variance, shape)
     sci = _optional_triplet("science", science, science_variance, psf_science_at, shape)
     tpl = _optional_triplet("template", template, template_variance, psf_template_at, shape)
-    mask, planes = _check_mask(mask, mask_planes, shape)
+    mask, planes = check_mask(mask, mask_planes, shape)
     _check_number("ap_radius", ap_radius, minimum=0.0, allow_none=True)
     _check_number("centroid_bound", centroid_bound, minimum=0.0)
     if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:

@@ -1,12 +1,22 @@
-"""Alert cutouts: small in-memory FITS files (image + VARIANCE + MASK) around a diaSource.
+"""Alert cutouts: small in-memory FITS files in astropy's CCDData layout, as Rubin's are.
 
-Layout (what LSST's alert cutouts carry, in the fewest bytes plain FITS allows):
+Rubin writes its cutouts with astropy ``CCDData.to_hdu`` (ap_association packageAlerts.py), so
+brokers open them with ``CCDData.read(io.BytesIO(cutout))``.  We write the same layout, read
+back by that call with its defaults (tests/unit/test_cutouts.py::test_ccddata_round_trip):
 
-- primary HDU: the image cutout, float32, with a WCS, and ``LTV1``/``LTV2`` = minus the
-  parent pixel of the cutout's pixel (0, 0) (IRAF/LSST convention: parent = cutout - LTV);
-- ``VARIANCE``: float32, same grid, no WCS (it is the primary's);
+- primary HDU: the image cutout, float32, ``BUNIT = 'nJy'`` (CCDData's unit; without it
+  ``CCDData.read`` refuses the file), a WCS, and ``LTV1``/``LTV2`` = minus the parent pixel of
+  the cutout's pixel (0, 0) (IRAF/LSST convention: parent = cutout - LTV);
 - ``MASK``: int16 when the values fit (they do for LSST's default planes), else int32, with
-  ``MP_<PLANE>`` = bit index cards as LSST writes them.
+  ``MP_<PLANE>`` = bit index cards as LSST writes them (CCDData reads it as ``!= 0``; the bits
+  stay in the file for readers of plain FITS);
+- ``UNCERT``: the variance, float32, with ``UTYPE = 'VarianceUncertainty'`` (without UTYPE
+  CCDData takes the plane for a standard deviation: every S/N computed from it would be wrong);
+- ``PSFIMAGE``: the PSF at the source, float32, at most :data:`PSF_MAX_SIZE` px a side (and
+  never larger than the cutout): CCDData's ``psf``.
+
+The side follows the source: its footprint's bbox clamped to [:data:`MIN_SIZE`,
+:data:`MAX_SIZE`] (30-102 px, Rubin's rule; :func:`cutout_size`).
 
 The WCS is the parent's linearised at the source, as LSST's alert production does
 (ap_association ``makeLocalTransformMatrix``): a TAN projection with CRPIX at the source,
@@ -17,9 +27,9 @@ slicing the full WCS (Cutout2D's ``wcs=``): a SIP header does not fit one 2880-b
 block, which costs 2.9 KB per cutout (8.6 KB per alert, 79 KB in all), too close to LSST's
 82 KB limit.
 
-Plain FITS pads every header and data unit to 2880 bytes, so a 30 x 30 cutout is 3 header
-blocks + 2 + 2 + 1 data blocks = 23,040 bytes whatever its content; three of them keep an
-alert near 70 KB.  Pixels outside the parent image are NaN in the image and variance and have
+Plain FITS pads every header and data unit to 2880 bytes, so a 30 x 30 cutout with a 21 x 21
+PSF is 3 header blocks + 2 + 2 + 1 data blocks, +1 +1 for the PSF: 28,800 bytes whatever its
+content.  Pixels outside the parent image are NaN in the image and variance and have
 NO_DATA set in the mask (Cutout2D ``mode='partial'``), so a source near an edge still gets a
 full-size cutout centred on it.
 
@@ -43,7 +53,12 @@ from astropy.wcs import WCS
 
 from diffstream.jitcore.masks import DEFAULT_PLANES
 
-__all__ = ["make_cutout", "CutoutMaker"]
+__all__ = ["make_cutout", "CutoutMaker", "cutout_size", "MIN_SIZE", "MAX_SIZE", "PSF_MAX_SIZE"]
+
+MIN_SIZE = 30  # Rubin's cutout side: the footprint bbox clamped to [30, 102] px
+MAX_SIZE = 102
+PSF_MAX_SIZE = 21  # PSFIMAGE side: the PSF's core and wings, one FITS data block in float32
+BUNIT = "nJy"  # the pipeline's images are calibrated to nJy before subtraction
 
 Card = tuple[str, Any, str]
 Triple = tuple[np.ndarray, np.ndarray, np.ndarray]  # (image, variance, mask), one grid
@@ -190,7 +205,7 @@ def _image_cards(first: Card, bitpix: int, size: int) -> list[Card]:
             ("NAXIS2", size, "")]  # fmt: skip
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=512)
 def _extension_header(name: str, bitpix: int, size: int, extra: tuple[Card, ...]) -> bytes:
     cards = [
         *_image_cards(("XTENSION", "IMAGE", "image extension"), bitpix, size),
@@ -202,13 +217,14 @@ def _extension_header(name: str, bitpix: int, size: int, extra: tuple[Card, ...]
     return _end(_cards(cards))
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _primary_parts(size: int, ctype1: str, ctype2: str, tail: tuple[Card, ...]) -> tuple[str, ...]:
     """The constant runs of cards around the per-source ones (see CutoutMaker._primary)."""
     return (
         _cards([
             *_image_cards(("SIMPLE", True, "conforms to FITS standard"), -32, size),
             ("EXTEND", True, ""),
+            ("BUNIT", BUNIT, "astropy CCDData unit"),
             ("CTYPE1", ctype1, "local linear approximation at the source"),
             ("CTYPE2", ctype2, "local linear approximation at the source"),
         ]),
@@ -220,6 +236,30 @@ def _primary_parts(size: int, ctype1: str, ctype2: str, tail: tuple[Card, ...]) 
 def _data_span(size: int, bitpix: int) -> int:
     nbytes = size * size * abs(bitpix) // 8
     return nbytes + (-nbytes % _BLOCK)
+
+
+def cutout_size(bbox_size: Any, *, minimum: int = MIN_SIZE, maximum: int = MAX_SIZE) -> int:
+    """The cutout side for a source whose footprint bbox is ``bbox_size`` px: clamped to
+    [``minimum``, ``maximum``] (a missing or non-finite bbox gives ``minimum``)."""
+    try:
+        side = float(bbox_size)
+    except (TypeError, ValueError):
+        return int(minimum)
+    if not math.isfinite(side):
+        return int(minimum)
+    return int(min(max(math.ceil(side), minimum), maximum))
+
+
+def _psf_stamp(psf: np.ndarray | None, size: int) -> np.ndarray | None:
+    """The PSF cropped about its centre to an odd side <= min(PSF_MAX_SIZE, size), float32."""
+    if psf is None:
+        return None
+    arr = np.asarray(psf)
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] % 2 == 0:
+        raise ValueError(f"a PSF image must be a square 2-D array of odd side, got {arr.shape}")
+    side = min(arr.shape[0], PSF_MAX_SIZE, size - (1 - size % 2))
+    cut = (arr.shape[0] - side) // 2
+    return np.ascontiguousarray(arr[cut : cut + side, cut : cut + side], dtype=np.float32)
 
 
 class CutoutMaker:
@@ -242,39 +282,69 @@ class CutoutMaker:
         self.size = int(size)
         self._no_data = 1 << planes["NO_DATA"] if "NO_DATA" in planes else 0
         # Names past 8 characters (MP_DETECTED) get HIERARCH cards, as LSST's files have.
-        plane_cards = tuple(
+        plane_cards: tuple[Card, ...] = tuple(
             (f"MP_{name}", int(bit), "")
             for name, bit in sorted(planes.items(), key=lambda kv: kv[1])
         )
-        ctype1, ctype2, tail = _wcs_constants(wcs)
-        self._primary_parts = _primary_parts(self.size, ctype1, ctype2, tail)
-        self._variance_header = _extension_header("VARIANCE", -32, self.size, ())
-        self._mask_headers = {
-            bitpix: _extension_header("MASK", bitpix, self.size, plane_cards) for bitpix in (16, 32)
-        }
-        self._spans = {bitpix: _data_span(self.size, bitpix) for bitpix in (-32, 16, 32)}
+        self._plane_cards = plane_cards
+        self._ctypes = _wcs_constants(wcs)
 
     def __call__(
-        self, image: np.ndarray, variance: np.ndarray, mask: np.ndarray, x: float, y: float
+        self,
+        image: np.ndarray,
+        variance: np.ndarray,
+        mask: np.ndarray,
+        x: float,
+        y: float,
+        *,
+        psf: np.ndarray | None = None,
+        size: int | None = None,
     ) -> bytes:
         """The cutout of one (image, variance, mask) triple at (``x``, ``y``)."""
-        return self.make([(image, variance, mask)], x, y)[0]
+        psfs = None if psf is None else [psf]
+        return self.make([(image, variance, mask)], x, y, psfs=psfs, size=size)[0]
 
-    def make(self, triples: Sequence[Triple], x: float, y: float) -> list[bytes]:
-        """FITS bytes of a ``size`` x ``size`` cutout of each (image, variance, mask) triple,
-        centred on parent pixel (``x``, ``y``) (0-based, pixel centres at integers).
+    def make(
+        self,
+        triples: Sequence[Triple],
+        x: float,
+        y: float,
+        *,
+        psfs: Sequence[np.ndarray | None] | None = None,
+        size: int | None = None,
+    ) -> list[bytes]:
+        """FITS bytes of a ``size`` x ``size`` cutout (default: the maker's size) of each
+        (image, variance, mask) triple, centred on parent pixel (``x``, ``y``) (0-based, pixel
+        centres at integers), with ``psfs[i]`` (odd square stamp, or None) as triple i's
+        PSFIMAGE.
 
         Raises ValueError when a cutout would not overlap its image at all.
         """
         for image, variance, mask in triples:
             _check_arrays(image, variance, mask)
-        return self._make(triples, x, y, None)
+        side = self._side(size)
+        return self._make(triples, x, y, None, side, _psf_list(psfs, len(triples)))
+
+    def _side(self, size: int | None) -> int:
+        if size is None:
+            return self.size
+        _check_wcs_size(self.wcs, size)
+        return int(size)
 
     def make_many(
-        self, triples: Sequence[Triple], xs: Sequence[float], ys: Sequence[float]
+        self,
+        triples: Sequence[Triple],
+        xs: Sequence[float],
+        ys: Sequence[float],
+        *,
+        sizes: Sequence[int] | None = None,
+        psfs_at: Sequence[Any] | None = None,
     ) -> Iterator[list[bytes]]:
         """``make(triples, x, y)`` for each position, in order, with the local WCSs of all
-        positions computed in one pass (a generator: cutouts are made as they are taken)."""
+        positions computed in one pass (a generator: cutouts are made as they are taken).
+
+        ``sizes``: one side per position (default the maker's); ``psfs_at``: one callable
+        ``(x, y) -> PSF stamp`` (or None) per triple, giving each cutout's PSFIMAGE."""
         for image, variance, mask in triples:
             _check_arrays(image, variance, mask)
         x_arr = np.asarray(xs, dtype=float)
@@ -282,15 +352,32 @@ class CutoutMaker:
         if x_arr.shape != y_arr.shape or x_arr.ndim != 1:
             raise ValueError(f"xs and ys must be 1-D of one length, got {x_arr.shape}, "
                              f"{y_arr.shape}")  # fmt: skip
+        if sizes is not None and len(sizes) != x_arr.size:
+            raise ValueError(f"sizes must have one side per position, got {len(sizes)}")
+        if psfs_at is not None and len(psfs_at) != len(triples):
+            raise ValueError(f"psfs_at must have one entry per triple, got {len(psfs_at)}")
         ok = np.isfinite(x_arr) & np.isfinite(y_arr)
         crval, cd = _local_tans(self.wcs, np.where(ok, x_arr, 0.0), np.where(ok, y_arr, 0.0))
         for i, (x, y) in enumerate(zip(x_arr.tolist(), y_arr.tolist(), strict=True)):
-            yield self._make(triples, x, y, (crval[i], cd[i]))
+            side = self._side(None if sizes is None else int(sizes[i]))
+            psfs = (
+                [None] * len(triples)
+                if psfs_at is None
+                else [None if f is None else f(x, y) for f in psfs_at]
+            )
+            yield self._make(triples, x, y, (crval[i], cd[i]), side, psfs)
 
-    def _make(self, triples: Sequence[Triple], x: float, y: float, tan: Any) -> list[bytes]:
+    def _make(
+        self,
+        triples: Sequence[Triple],
+        x: float,
+        y: float,
+        tan: Any,
+        size: int,
+        psfs: Sequence[np.ndarray | None],
+    ) -> list[bytes]:
         if not (math.isfinite(x) and math.isfinite(y)):
             raise ValueError(f"cutout centre must be finite, got ({x}, {y})")
-        size = self.size
         # Parent pixel of cutout pixel (0, 0): astropy's overlap_slices (Cutout2D, partial
         # mode), ceil(position - size / 2); test_cutout_geometry_matches_cutout2d checks it.
         x0, y0 = math.ceil(x - size / 2.0), math.ceil(y - size / 2.0)
@@ -301,10 +388,13 @@ class CutoutMaker:
                     f"a {size} px cutout at ({x:.1f}, {y:.1f}) does not overlap image {image.shape}"
                 )
                 raise ValueError(msg)
-        primary = self._primary(x, y, x0, y0, tan)
-        return [self._write(primary, *triple, x0, y0) for triple in triples]
+        primary = self._primary(x, y, x0, y0, tan, size)
+        return [
+            self._write(primary, *triple, x0, y0, size, _psf_stamp(psf, size))
+            for triple, psf in zip(triples, psfs, strict=True)
+        ]
 
-    def _primary(self, x: float, y: float, x0: int, y0: int, tan: Any) -> bytes:
+    def _primary(self, x: float, y: float, x0: int, y0: int, tan: Any, size: int) -> bytes:
         if tan is None:
             crval1, crval2, cd = _local_tan(self.wcs, x, y)
         else:
@@ -312,7 +402,7 @@ class CutoutMaker:
                 raise ValueError(f"wcs has no sky position at or near pixel ({x}, {y})")
             crval1, crval2 = float(tan[0][0]), float(tan[0][1])
             cd = [float(v) for v in tan[1]]
-        head, units, tail = self._primary_parts
+        head, units, tail = _primary_parts(size, *self._ctypes)
         text = "".join((
             head,
             _card("CRPIX1", (x - x0) + 1.0, "source position (1-based)"),
@@ -330,8 +420,7 @@ class CutoutMaker:
         ))  # fmt: skip
         return _end(text)
 
-    def _write(self, primary, image, variance, mask, x0: int, y0: int) -> bytes:
-        size = self.size
+    def _write(self, primary, image, variance, mask, x0: int, y0: int, size: int, psf) -> bytes:
         ny, nx = image.shape
         # The overlap of the cutout with the parent, in parent and in cutout pixels.
         ya, yb, xa, xb = max(y0, 0), min(y0 + size, ny), max(x0, 0), min(x0 + size, nx)
@@ -343,26 +432,45 @@ class CutoutMaker:
         if partial:
             lo, hi = min(lo, self._no_data), max(hi, self._no_data)
         mask_bitpix = 16 if lo >= _INT16.min and hi <= _INT16.max else 32
-        mask_header = self._mask_headers[mask_bitpix]
 
-        hdus = (
-            (primary, image[parent], -32, np.nan),
-            (self._variance_header, variance[parent], -32, np.nan),
-            (mask_header, sub_mask, mask_bitpix, self._no_data),
-        )
-        out = bytearray(sum(len(h) + self._spans[b] for h, _, b, _ in hdus))  # zero padding
+        # CCDData.to_hdu's order: the image, MASK, UNCERT, then PSFIMAGE.
+        hdus = [
+            (primary, image[parent], -32, np.nan, size),
+            (_extension_header("MASK", mask_bitpix, size, self._plane_cards), sub_mask,
+             mask_bitpix, self._no_data, size),
+            (_extension_header("UNCERT", -32, size, _UNCERT_CARDS), variance[parent], -32,
+             np.nan, size),
+        ]  # fmt: skip
+        if psf is not None:
+            side = psf.shape[0]
+            hdus.append((_extension_header("PSFIMAGE", -32, side, ()), psf, -32, np.nan, side))
+        out = bytearray(sum(len(h) + _data_span(n, b) for h, _, b, _, n in hdus))  # zero pad
         pos = 0
-        for header, data, bitpix, fill in hdus:
+        for header, data, bitpix, fill, side in hdus:
             out[pos : pos + len(header)] = header
             pos += len(header)
-            pixels = np.frombuffer(out, _BIG_ENDIAN[bitpix], size * size, pos).reshape(size, size)
-            if partial:
-                pixels[...] = fill
-            # One cast into the big-endian bytes (unsafe: float64 -> float32 as astype does,
-            # and a mask that needs 32 bits wraps into int32 as astype does).
-            np.copyto(pixels[inner], data, casting="unsafe")
-            pos += self._spans[bitpix]
+            pixels = np.frombuffer(out, _BIG_ENDIAN[bitpix], side * side, pos).reshape(side, side)
+            if side != size:  # the PSF: whole
+                np.copyto(pixels, data, casting="unsafe")
+            else:
+                if partial:
+                    pixels[...] = fill
+                # One cast into the big-endian bytes (unsafe: float64 -> float32 as astype
+                # does, and a mask that needs 32 bits wraps into int32 as astype does).
+                np.copyto(pixels[inner], data, casting="unsafe")
+            pos += _data_span(side, bitpix)
         return bytes(out)
+
+
+def _psf_list(psfs: Sequence[np.ndarray | None] | None, n: int) -> list[np.ndarray | None]:
+    if psfs is None:
+        return [None] * n
+    if len(psfs) != n:
+        raise ValueError(f"psfs must have one entry per triple ({n}), got {len(psfs)}")
+    return list(psfs)
+
+
+_UNCERT_CARDS: tuple[Card, ...] = (("UTYPE", "VarianceUncertainty", "astropy CCDData"),)
 
 
 def make_cutout(
@@ -375,6 +483,7 @@ def make_cutout(
     *,
     size: int = 30,
     mask_planes: Mapping[str, int] | None = None,
+    psf: np.ndarray | None = None,
 ) -> bytes:
     """FITS bytes of a ``size`` x ``size`` cutout centred on pixel (``x``, ``y``).
 
@@ -385,4 +494,5 @@ def make_cutout(
     (or several images per source) :class:`CutoutMaker` does the same work once.
     """
     _check_arrays(image, variance, mask)
-    return CutoutMaker(wcs, size=size, mask_planes=mask_planes)(image, variance, mask, x, y)
+    maker = CutoutMaker(wcs, size=size, mask_planes=mask_planes)
+    return maker(image, variance, mask, x, y, psf=psf)

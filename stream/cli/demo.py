@@ -31,7 +31,7 @@ def match_truth(result, truth, *, radius: float = 2.0) -> np.ndarray:
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Simulate, then run the stream worker over the directory transport (the embedded
     default: the same Worker as ``diffstream run`` on Kafka; only the transport differs)."""
-    from diffstream.stream.cli.main import _print_summary
+    from diffstream.stream.cli.summary import print_summary
     from diffstream.stream.pipeline.products import write_products
     from diffstream.stream.pipeline.subtract import subtract_files
     from diffstream.stream.sim.simulate import simulate_pair, write_pair
@@ -84,7 +84,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     result = kept["result"]
     paths = dict(kept["paths"])
     paths["stream"] = out / "stream"
-    _print_summary(result, paths)
+    print_summary(result, paths)
 
     truth = pair.truth
     hit = match_truth(result, truth)

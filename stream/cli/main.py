@@ -2,6 +2,9 @@
 
     diffstream subtract SCIENCE.fits TEMPLATE.fits --out DIR
         [--visit N --detector N --exposure-id N]
+        [--science-hdu EXT --science-variance FILE --science-mask FILE]
+        [--template-hdu EXT --template-variance FILE --template-mask FILE]
+        [--variance-kind variance|weight|sigma]
     diffstream demo [--out DIR] [--size N] [--seed S]
 
 Exit codes: 0 done, 2 bad input (the message names the file and the reason), 3 no work.
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from diffstream import __version__
+from diffstream.stream.cli.summary import print_summary
 from diffstream.stream.ops.errors import (
     EXIT_BAD_INPUT,
     EXIT_NO_WORK,
@@ -63,6 +67,53 @@ def _add_settings_args(p: argparse.ArgumentParser) -> None:
         help="APDB URL (sqlite:///path or postgresql://...): associate, forced photometry, "
         "histories in the alerts (also DIFFSTREAM_APDB)",
     )
+
+
+def _add_survey_args(p: argparse.ArgumentParser) -> None:
+    from diffstream.stream.io.companions import VARIANCE_KINDS
+
+    g = p.add_argument_group(
+        "survey files (DECam ooi/oow/ood, ZTF sciimg/mskimg, JWST i2d; stream/io/companions.py)"
+    )
+    for side in ("science", "template"):
+        g.add_argument(f"--{side}-hdu", help=f"EXTNAME or index of the {side} image HDU")
+        g.add_argument(
+            f"--{side}-variance",
+            metavar="FILE",
+            help=f"{side} noise map (its kind: --{side}-variance-kind)",
+        )
+        g.add_argument(
+            f"--{side}-variance-kind",
+            choices=VARIANCE_KINDS,
+            default=None,
+            help="variance, inverse-variance weight (DECam oow) or sigma; default --variance-kind",
+        )
+        g.add_argument(
+            f"--{side}-mask", metavar="FILE", help=f"{side} mask file (nonzero = bad; ZTF bits)"
+        )
+    g.add_argument(
+        "--variance-kind",
+        choices=VARIANCE_KINDS,
+        default="variance",
+        help="what the --*-variance files hold when not said per side (default: variance)",
+    )
+
+
+def survey_files(args: argparse.Namespace, side: str) -> dict[str, Any]:
+    """load_exposure's survey keywords for ``side`` ("science"/"template") from the flags."""
+    files: dict[str, Any] = {}
+    hdu = getattr(args, f"{side}_hdu", None)
+    if hdu is not None:
+        files["hdu"] = hdu
+    variance = getattr(args, f"{side}_variance", None)
+    if variance is not None:
+        files["variance_path"] = variance
+        kind = getattr(args, f"{side}_variance_kind", None)
+        files["variance_kind"] = kind or getattr(args, "variance_kind", "variance")
+    mask = getattr(args, f"{side}_mask", None)
+    if mask is not None:
+        files["mask_path"] = mask
+    return files
 
 
 def _add_provenance_args(p: argparse.ArgumentParser) -> None:
@@ -130,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--science-psf", help="external PSF for the science (FITS stamp)")
     p.add_argument("--template-psf", help="external PSF for the template (FITS stamp)")
     p.add_argument("--science-background", help="background to add back to the science (FITS)")
+    _add_survey_args(p)
     _add_provenance_args(p)
     _add_settings_args(p)
 
@@ -192,6 +244,8 @@ def cmd_subtract(args: argparse.Namespace) -> int:
                 science_psf=args.science_psf,
                 template_psf=args.template_psf,
                 science_background=args.science_background,
+                science_files=survey_files(args, "science"),
+                template_files=survey_files(args, "template"),
             )
             paths = write_products(result, out)
     except NoWorkFound as exc:
@@ -207,30 +261,8 @@ def cmd_subtract(args: argparse.Namespace) -> int:
 
         for path in write_debug_plots(result, args.debug_plots):
             paths[f"plot {path.stem.rsplit('-', 1)[-1]}"] = path
-    _print_summary(result, paths)
+    print_summary(result, paths)
     return EXIT_OK
-
-
-def _print_summary(result: Any, paths: dict[str, Path]) -> None:
-    import numpy as np
-
-    src = result.dia_sources
-    snr = np.array([abs(s["snr"] or 0.0) for s in src]) if src else np.zeros(0)
-    neg = np.array([bool(s["isNegative"]) for s in src]) if src else np.zeros(0, bool)
-    print(f"diaSources: {len(src)} ({int((~neg).sum())} positive, {int(neg.sum())} negative)")
-    edges = [0, 7, 10, 20, 50, np.inf]
-    print("  |S/N|    positive  negative")
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        sel = (snr >= lo) & (snr < hi)
-        label = f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">={lo:g}"
-        print(f"  {label:<8} {int((sel & ~neg).sum()):>8}  {int((sel & neg).sum()):>8}")
-    print("timings (s):")
-    for name, secs in result.metadata.timings().items():
-        depth = name.count(".")
-        print(f"  {'  ' * depth}{name.split('.')[-1]:<{28 - 2 * depth}} {secs:8.3f}")
-    print("outputs:")
-    for key, path in paths.items():
-        print(f"  {key:<11} {path}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

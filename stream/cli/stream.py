@@ -73,7 +73,16 @@ def add_registry_arg(p: Any) -> None:
         "--schema-registry-url",
         dest="schema_registry_url",
         default=None,
-        help="Confluent-compatible schema registry: events and alerts in its wire format",
+        help="Confluent-compatible schema registry: events under <topic>-value, the official "
+        "alert schema under Rubin's subject lsst-alerts-v{M.m}-value",
+    )
+    p.add_argument(
+        "--alert-wire-format",
+        dest="alert_wire_format",
+        choices=["confluent", "schemaless"],
+        default=None,
+        help="alerts on Kafka: confluent (default) = Rubin's framing, magic byte + schema id "
+        "1101 + the official schema; schemaless = unframed Avro in our extended schema",
     )
 
 
@@ -172,11 +181,9 @@ def _make_metrics(settings: Settings) -> Any:
 
 
 def _codecs(settings: Settings) -> dict[str, Any]:
-    """Worker keyword arguments for the value encodings: the registry's wire format when a
-    schema registry is configured (the alert schema is checked and registered now, before
-    anything is consumed), else the defaults (single-object events, schemaless alerts)."""
-    if not settings.schema_registry_url:
-        return {}
+    """Worker keyword arguments for the value encodings (stream.transport.wire.worker_codecs):
+    alerts Rubin-framed by default, events single-object encoded; with a schema registry the
+    alert schema is registered now, before anything is consumed."""
     from diffstream.stream.transport.wire import worker_codecs
 
     events, alerts = worker_codecs(settings)

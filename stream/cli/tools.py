@@ -8,6 +8,8 @@
         [--group-id G] [--metadata-topic M] [--dlq-topic D] [--data-root DIR]
         [--schema-registry-url U] [--metrics-port P]
     diffstream check --bootstrap-servers B [--schema-registry-url U] [--topic T ...]
+    diffstream topics create --bootstrap-servers B [--partitions 45] [--retention 7d]
+        [--aux-partitions 3] [--aux-retention 30d] [--replication-factor R]
 
 Exit codes: 0 done; 1 some message could not be decoded/processed (tail, replay) or a check
 failed (check); 2 bad arguments or settings.
@@ -28,7 +30,7 @@ from typing import Any
 from diffstream.stream.ops.errors import EXIT_OK, ConfigError
 from diffstream.stream.ops.settings import Settings
 
-__all__ = ["register", "cmd_tail", "cmd_replay", "cmd_check"]
+__all__ = ["register", "cmd_tail", "cmd_replay", "cmd_check", "cmd_topics_create"]
 
 log = logging.getLogger("diffstream.tools")
 
@@ -133,6 +135,7 @@ def register(sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], No
     _add_common(c)
     add_settings_args(c)
     c.set_defaults(func=cmd_check)
+    _register_topics(sub, add_settings_args)
 
 
 # -- shared ---------------------------------------------------------------------------------
@@ -276,7 +279,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise ConfigError("replay --mode events needs --data-root: the events' files live there")
     group = args.replay_group or new_group_id()
     registry = _registry(settings)
-    out_codec = alert_codec(args.output_topic, registry=registry)
+    out_codec = alert_codec(
+        args.output_topic, registry=registry, wire_format=settings.alert_wire_format
+    )
     out_codec.ensure()  # compatibility checked and schema registered before anything is read
     metrics = start_metrics(settings.metrics_port, addr=settings.metrics_addr)
     cconf, pconf = _clients(settings, group)
@@ -346,9 +351,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 # -- check ----------------------------------------------------------------------------------
-def cmd_check(args: argparse.Namespace) -> int:
+def _admin(settings: Settings) -> Any:
+    """An AdminClient with the worker's connection settings (and -X) but no consumer keys."""
     from confluent_kafka.admin import AdminClient
 
+    conf, _ = _clients(settings, settings.group_id)
+    consumer_only = (
+        "group.id",
+        "auto.offset.reset",
+        "isolation.level",
+        "enable.partition.eof",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "group.instance.id",
+        "metadata.recovery.strategy",
+    )
+    admin_conf = {k: v for k, v in conf.items() if k not in consumer_only}
+    # A dead broker would otherwise fill stderr with librdkafka's reconnect chatter.
+    admin_conf.setdefault("log_level", 0)
+    admin_conf["error_cb"] = lambda err: log.debug("kafka: %s", err)
+    return AdminClient(admin_conf)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
     from diffstream.stream.transport.check import TopicRole, format_checks, run_checks
 
     settings = _settings(args)
@@ -362,25 +387,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             TopicRole(settings.dlq_topic, "output"),
             TopicRole(settings.metadata_topic, "output"),
         ]
-    conf, _ = _clients(settings, settings.group_id)
-    admin_conf = {
-        k: v
-        for k, v in conf.items()
-        if k
-        not in (
-            "group.id",
-            "auto.offset.reset",
-            "isolation.level",
-            "enable.partition.eof",
-            "enable.auto.commit",
-            "enable.auto.offset.store",
-            "group.instance.id",
-        )
-    }
-    # A dead broker would otherwise fill stderr with librdkafka's reconnect chatter.
-    admin_conf.setdefault("log_level", 0)
-    admin_conf["error_cb"] = lambda err: log.debug("kafka: %s", err)
-    admin = AdminClient(admin_conf)
+    admin = _admin(settings)
     auth = settings.schema_registry_auth
     checks = run_checks(
         admin,
@@ -393,3 +400,59 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     print(format_checks(checks))
     return 1 if any(c.status == "FAIL" for c in checks) else EXIT_OK
+
+
+# -- topics ---------------------------------------------------------------------------------
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from diffstream.stream.transport.topics import create_topics, default_specs, parse_duration_ms
+
+    settings = _settings(args)
+    _need_bootstrap(settings, "topics create")
+    try:
+        specs = default_specs(
+            settings,
+            partitions=args.partitions,
+            retention_ms=parse_duration_ms(args.retention),
+            aux_partitions=args.aux_partitions,
+            aux_retention_ms=parse_duration_ms(args.aux_retention),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    result = create_topics(
+        _admin(settings), specs, replication_factor=args.replication_factor, timeout=30.0
+    )
+    for spec in specs:
+        print(
+            f"{spec.name}: {result[spec.name]} (asked {spec.partitions} partitions, "
+            f"retention.ms={spec.retention_ms})"
+        )
+    return EXIT_OK
+
+
+def _register_topics(
+    sub: Any, add_settings_args: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    from diffstream.stream.transport.topics import ALERT_PARTITIONS
+
+    tp = sub.add_parser("topics", help="create the worker's output topics, sized on purpose")
+    tsub = tp.add_subparsers(dest="topics_command", required=True)
+    c = tsub.add_parser(
+        "create",
+        help="create the alert, dead-letter and metadata topics (existing ones are kept)",
+        description="Create the output topics with the AdminClient: the alert topic with "
+        f"--partitions (default {ALERT_PARTITIONS}, Rubin's) and --retention, the dead-letter "
+        "and metadata topics with --aux-partitions and --aux-retention (docs/streaming.md).",
+    )
+    c.add_argument("--partitions", type=int, default=ALERT_PARTITIONS)
+    c.add_argument("--retention", default="7d", help="alert topic: 7d, 36h, ms, or forever")
+    c.add_argument("--aux-partitions", type=int, default=3)
+    c.add_argument("--aux-retention", default="30d")
+    c.add_argument(
+        "--replication-factor", type=int, default=-1, help="default: the broker's default"
+    )
+    _add_common(c)
+    c.add_argument("--output-topic", dest="output_topic", default=None)
+    c.add_argument("--dlq-topic", dest="dlq_topic", default=None)
+    c.add_argument("--metadata-topic", dest="metadata_topic", default=None)
+    add_settings_args(c)
+    c.set_defaults(func=cmd_topics_create)

@@ -8,13 +8,20 @@ keyword        meaning                                      nJy per count
 =============  ==========================================  ===========================
 ``PHOTCALIB``  nJy per count, directly (LSST PhotoCalib)    value
 ``MAGZP``      AB magnitude of a 1-count source             10**((31.4 - zp) / 2.5)
-``MAGZERO``    same as MAGZP (older spelling)               10**((31.4 - zp) / 2.5)
+``MAGZERO``    same as MAGZP (older spelling; DECam CP)     10**((31.4 - zp) / 2.5)
+``MAGZPT``     same as MAGZP (DECam CP's other spelling)    10**((31.4 - zp) / 2.5)
 ``FLUXMAG0``   counts of a magnitude-0 (AB) source          3631e9 / FLUXMAG0
 ``BUNIT``      'nJy': pixels are already calibrated         1.0
+``BUNIT``      'MJy/sr' with ``PIXAR_SR`` (JWST, sr/pixel)  1e15 * PIXAR_SR
 =============  ==========================================  ===========================
 
 31.4 is the AB magnitude of 1 nJy (AB zero point 3631 Jy = 3631e9 nJy; 2.5 log10(3631e9) =
-31.40).  A keyword present with a non-numeric, non-finite or non-positive value is a broken
+31.40).  MAGZPT is read as a zero point of the pixel unit (the total counts of the
+exposure), like MAGZERO: a per-second zero point would need EXPTIME and is not assumed.
+JWST surface brightness: 1 MJy/sr over a pixel of PIXAR_SR steradians is 1e6 Jy x PIXAR_SR
+= 1e15 PIXAR_SR nJy (ERR is in the same unit, so the variance scales with it).
+
+A keyword present with a non-numeric, non-finite or non-positive value is a broken
 file, not a missing calibration: it raises BadExposure rather than silently falling through
 to the next keyword.
 """
@@ -32,6 +39,7 @@ __all__ = ["AB_MAG_OF_1_NJY", "photo_calib_from_header"]
 
 AB_MAG_OF_1_NJY = 31.4
 _AB_ZERO_NJY = 3631e9
+_NJY_PER_MJY = 1e15
 
 
 def _number(header: Mapping[str, Any], key: str, path: str | None) -> float:
@@ -66,7 +74,7 @@ def photo_calib_from_header(
     """
     if "PHOTCALIB" in header:
         return _positive(_number(header, "PHOTCALIB", path), "PHOTCALIB", path), "PHOTCALIB"
-    for key in ("MAGZP", "MAGZERO"):
+    for key in ("MAGZP", "MAGZERO", "MAGZPT"):
         if key in header:
             zp = _number(header, key, path)
             try:
@@ -85,6 +93,10 @@ def photo_calib_from_header(
         flux0 = _positive(_number(header, "FLUXMAG0", path), "FLUXMAG0", path)
         return _AB_ZERO_NJY / flux0, "FLUXMAG0"
     bunit = header.get("BUNIT")
-    if isinstance(bunit, str) and bunit.strip().lower() == "njy":
+    unit = bunit.strip().lower().replace(" ", "") if isinstance(bunit, str) else ""
+    if unit == "njy":
         return 1.0, "BUNIT"
+    if unit in ("mjy/sr", "mjysr-1", "mjy.sr-1") and "PIXAR_SR" in header:
+        pixar = _positive(_number(header, "PIXAR_SR", path), "PIXAR_SR", path)
+        return _NJY_PER_MJY * pixar, "BUNIT*PIXAR_SR"
     return None, "none"

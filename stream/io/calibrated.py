@@ -29,7 +29,7 @@ from astropy.io import fits
 
 from diffstream.jitcore.psf import PsfModel
 from diffstream.stream.io.exposure import Exposure
-from diffstream.stream.io.fitsio import _open_fits, _read_bytes
+from diffstream.stream.io.fitsio import open_fits, read_bytes
 from diffstream.stream.ops.errors import BadExposure
 
 __all__ = ["apply_external", "read_psf_stamp", "read_background", "MAX_PSF_SIZE"]
@@ -70,8 +70,8 @@ def read_psf_stamp(path: str | Path) -> np.ndarray:
 def _psf_stamp_and_sha256(path: str | Path) -> tuple[np.ndarray, str]:
     """:func:`read_psf_stamp` and the file's SHA-256 (an input of the run: provenance)."""
     spath = str(path)
-    raw, sha256 = _read_bytes(spath, _PSF_BYTES)
-    with _open_fits(raw, spath) as hdul:
+    raw, sha256 = read_bytes(spath, _PSF_BYTES)
+    with open_fits(raw, spath) as hdul:
         names = [hdu.name.upper() for hdu in hdul]
         if "PSF" in names:
             hdu = hdul["PSF"]
@@ -130,8 +130,8 @@ def _background_and_sha256(path: str | Path, shape: tuple[int, int]) -> tuple[np
     """:func:`read_background` and the file's SHA-256."""
     spath = str(path)
     limit = 8 * shape[0] * shape[1] + _BYTES_SLACK
-    raw, sha256 = _read_bytes(spath, limit)
-    with _open_fits(raw, spath) as hdul:
+    raw, sha256 = read_bytes(spath, limit)
+    with open_fits(raw, spath) as hdul:
         names = [hdu.name.upper() for hdu in hdul]
         if "IMAGE" in names:
             hdu = hdul["IMAGE"]

@@ -6,10 +6,20 @@ Two layouts are read:
     HDUs named IMAGE, MASK, VARIANCE (LSST afw's Exposure/MaskedImage files), optionally
     PSF (an image stamp, odd and square).  Mask planes come from ``MP_<NAME>`` keywords
     in the MASK header, else :data:`diffstream.jitcore.masks.DEFAULT_PLANES`.
+``sci-err``
+    JWST/HST: a SCI image with ERR (1 sigma), WHT and/or DQ extensions
+    (:func:`diffstream.stream.io.fitsread.read_sci_err`).
 ``plain``
-    The first HDU holding a 2-D image.  Variance is estimated from the image (sep
+    The first HDU holding a 2-D image (or the HDU named by ``hdu``: one CCD of a DECam
+    MEF).  Variance is estimated from the image (sep
     background RMS^2 plus the source Poisson term max(image - background, 0) / GAIN when
     GAIN is known); the mask marks non-finite pixels NO_DATA and pixels >= SATURATE SAT.
+
+A variance (or weight, or sigma) map and a mask may come as files of their own
+(``variance_path``, ``mask_path``: :mod:`diffstream.stream.io.companions`); they replace the
+estimated variance and add to the mask.  What survey headers mean (instrument, ids, band,
+time scale) is :mod:`diffstream.stream.io.surveys`' job; every fallback taken there or here
+(an id ignored, no calibration) logs a WARNING and is listed in ``info["fallbacks"]``.
 
 Keywords are looked up in the image HDU's header, then the primary header (LSST writes
 observation metadata to the primary); ``Exposure.header`` holds that merged view.  The WCS
@@ -19,8 +29,10 @@ Conventions decided here (document, don't guess):
 
 * ``MJD-OBS`` is the exposure start; the midpoint is MJD-OBS + EXPTIME/2 (``MJD-AVG`` is
   used when MJD-OBS is absent).  ``TIMESYS`` names its time scale; when it is absent the
-  value is taken as TAI (LSST's convention) rather than the FITS default UTC, and
-  ``info["timesys"]`` records which was assumed.
+  value is taken as TAI (LSST's convention) rather than the FITS default UTC, unless the
+  instrument documents UTC (DECam, ZTF), and ``info["timesys"]`` records which was
+  assumed.  ZTF's ``OBSMJD`` (exposure start) stands in for a missing MJD-OBS; JWST's
+  ``XPOSURE``/``EFFEXPTM`` for a missing EXPTIME.
 * ``PSF_FWHM`` and ``FWHM`` are in pixels.  ``SEEING`` is in arcsec, converted with the
   WCS pixel scale at the reference pixel, unless its comment mentions pixels ("pix").
 * Non-finite pixels stay NaN in ``image`` (and ``variance``) and are flagged NO_DATA; a
@@ -49,7 +61,9 @@ from diffstream.jitcore import psfmeasure
 from diffstream.jitcore.background import estimate_background
 from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, bits
 from diffstream.jitcore.psf import PsfModel, gaussian_psf
+from diffstream.stream.io import surveys
 from diffstream.stream.io.calib import photo_calib_from_header
+from diffstream.stream.io.companions import read_mask_file, read_variance_file
 from diffstream.stream.io.exposure import Exposure
 from diffstream.stream.io.fitsread import (
     first_image_hdu,
@@ -59,6 +73,7 @@ from diffstream.stream.io.fitsread import (
     read_file,
     read_image,
     read_mef,
+    read_sci_err,
 )
 from diffstream.stream.ops.errors import BadExposure, NotCalibrated
 
@@ -112,6 +127,10 @@ def load_exposure(
     measure_psf: bool = True,
     psf_degree: int = 1,
     defer_checksum: bool = False,
+    hdu: str | int | None = None,
+    variance_path: str | Path | None = None,
+    variance_kind: str = "variance",
+    mask_path: str | Path | None = None,
 ) -> Exposure:
     """Read ``path`` (plain path; resolve it against the data roots first) into an Exposure.
 
@@ -123,6 +142,9 @@ def load_exposure(
     PSF HDU (``psf_degree`` is the requested polynomial degree); the PSF_FWHM/FWHM/SEEING
     keyword Gaussian is the last resort.  ``defer_checksum`` returns before the file's
     SHA-256 is known: ``sha256`` is then empty until :meth:`Exposure.checksum` is called.
+    ``hdu`` (EXTNAME or index) picks the image HDU of a multi-extension file.
+    ``variance_path`` (of ``variance_kind`` "variance", "weight" or "sigma") and
+    ``mask_path`` are companion files (stream.io.companions).
     """
     spath = str(path)
     if not max_pixels > 0:
@@ -134,43 +156,84 @@ def load_exposure(
     with open_fits(raw, spath) as hdul:
         names = [hdu.name.upper() for hdu in hdul]
         is_mef = "IMAGE" in names and ("MASK" in names or "VARIANCE" in names)
-        if is_mef:
+        mask: np.ndarray | None
+        if hdu is None and is_mef:
             layout = "lsst-mef"
             image, variance, mask, planes, img_hdu = read_mef(
                 hdul, names, raw, spath, max_pixels, info
             )
+        elif hdu is None and _is_sci_err(hdul, names):
+            layout = "sci-err"
+            image, variance, mask, planes, img_hdu = read_sci_err(
+                hdul, names, raw, spath, max_pixels, info
+            )
         else:
             layout = "plain"
-            img_hdu = first_image_hdu(hdul, spath)
+            img_hdu = _chosen_hdu(hdul, hdu, spath)
             image = read_image(img_hdu, raw, spath, max_pixels, "image")
             variance, mask, planes = None, None, dict(DEFAULT_PLANES)
             info["mask_planes_from"] = "default"
-        info["hdu"] = next(i for i, hdu in enumerate(hdul) if hdu is img_hdu)
+            n_images = sum(1 for h in hdul if is_image(h) and len(h.shape or ()) == 2)
+            if hdu is None and n_images > 1:
+                # A DECam CP file holds 60 CCDs: reading the first without being told to is a
+                # guess, so it is said (the run goes on: the first image is a valid exposure).
+                surveys.flag(
+                    info, spath, "first_hdu_chosen",
+                    f"{n_images} image HDUs and no --science-hdu/--template-hdu: read the "
+                    f"first, {img_hdu.name or 'PRIMARY'!r}",
+                    hdu=img_hdu.name,
+                )  # fmt: skip
+        info["hdu"] = next(i for i, h in enumerate(hdul) if h is img_hdu)
         primary = hdul[0].header
         header = _merged_header(img_hdu.header, primary if img_hdu is not hdul[0] else None)
         wcs = _celestial_wcs([img_hdu.header, primary], spath, image.shape)
         psf_stamp = _psf_hdu_stamp(hdul, names, spath, info)
 
     # Cheap keyword checks first: a file refused for its header costs no PSF measurement.
+    instrument = surveys.instrument_of(header)
+    info["instrument"] = instrument
     gain = _optional_positive(header, "GAIN", spath)
     saturation = _optional_positive(header, "SATURATE", spath)
     photo_calib, calib_source = photo_calib_from_header(header, path=spath)
-    if photo_calib is None and not allow_uncalibrated:
-        raise NotCalibrated(
-            "no photometric calibration keyword (PHOTCALIB, MAGZP, MAGZERO, FLUXMAG0 or "
-            "BUNIT='nJy') and allow_uncalibrated is off",
-            path=spath,
-            reason="not_calibrated",
-        )
-    midpoint, exptime = _midpoint(header, spath, info)
-    band = header.get("FILTER", header.get("BAND"))
-    band = str(band).strip() or None if band is not None else None
-    if visit is None:
-        visit = _optional_int(header, "VISIT", spath)
-    if detector is None:
-        detector = _optional_int(header, "DETECTOR", spath)
-    if exposure_id is None:
-        exposure_id = _optional_int(header, "EXPID", spath)
+    if photo_calib is None:
+        if not allow_uncalibrated:
+            raise NotCalibrated(
+                "no photometric calibration keyword (PHOTCALIB, MAGZP, MAGZERO, MAGZPT, "
+                "FLUXMAG0, BUNIT='nJy' or BUNIT='MJy/sr' with PIXAR_SR) and "
+                "allow_uncalibrated is off",
+                path=spath,
+                reason="not_calibrated",
+            )
+        surveys.flag(
+            info, spath, "uncalibrated",
+            "no photometric calibration keyword: fluxes stay in the file's units "
+            "(allow_uncalibrated)",
+        )  # fmt: skip
+    midpoint, exptime = _midpoint(header, spath, info, instrument)
+    band, info["filter"] = surveys.band_of(header, instrument)
+    ids = surveys.header_ids(
+        header,
+        instrument=instrument,
+        given={"visit": visit, "detector": detector, "exposure_id": exposure_id},
+        path=spath,
+        info=info,
+    )
+    visit, detector, exposure_id = ids["visit"], ids["detector"], ids["exposure_id"]
+    if variance_path is not None:
+        variance, digest = read_variance_file(
+            str(variance_path), kind=variance_kind, shape=image.shape,
+            extname=img_hdu.name or None, max_pixels=max_pixels,
+        )  # fmt: skip
+        info["variance_from"] = f"file ({variance_kind})"
+        info.setdefault("inputs", {})["variance"] = {"path": str(variance_path), "sha256": digest}
+    if mask_path is not None:
+        extra, digest, rule = read_mask_file(
+            str(mask_path), shape=image.shape, planes=planes, instrument=instrument,
+            extname=img_hdu.name or None, max_pixels=max_pixels,
+        )  # fmt: skip
+        mask = extra if mask is None else mask | extra
+        info["mask_from"] = f"file ({rule})"
+        info.setdefault("inputs", {})["mask"] = {"path": str(mask_path), "sha256": digest}
 
     # These whole-image passes run while the file's hash is computed on another thread;
     # count_nonzero and a masked bitwise_or avoid the float mean and the boolean fancy
@@ -190,9 +253,9 @@ def load_exposure(
         )
     if mask is None:
         mask = np.zeros(image.shape, dtype=MASK_DTYPE)
-        if saturation is not None:
-            with np.errstate(invalid="ignore"):
-                mask[image >= saturation] |= 1 << planes["SAT"]
+    if saturation is not None and layout == "plain":
+        with np.errstate(invalid="ignore"):
+            mask[image >= saturation] |= 1 << planes["SAT"]
     if n_nonfinite:
         planes = _ensure_plane(planes, "NO_DATA", spath)
         np.bitwise_or(mask, 1 << planes["NO_DATA"], out=mask, where=nonfinite)
@@ -253,7 +316,7 @@ def load_exposure(
 # --- reading (stream.io.fitsread) -------------------------------------------------------------
 
 
-def _read_bytes(path: str, limit: int) -> tuple[bytes, str]:
+def read_bytes(path: str, limit: int) -> tuple[bytes, str]:
     """The file's (decompressed) bytes and the SHA-256 of the bytes as stored on disk.
 
     Kept for callers that want the digest at once (stream.io.calibrated); load_exposure uses
@@ -262,7 +325,40 @@ def _read_bytes(path: str, limit: int) -> tuple[bytes, str]:
     return raw, sha256()
 
 
-_open_fits = open_fits
+def _is_sci_err(hdul: fits.HDUList, names: list[str]) -> bool:
+    """A SCI image with at least one of its noise/quality planes: a lone HDU named SCI is
+    read as a plain image (tests/unit/test_fitsio.py's first-extension case)."""
+    planes = ("ERR", "WHT", "DQ", "VAR_POISSON", "VAR_RNOISE")
+    return "SCI" in names and is_image(hdul["SCI"]) and any(n in names for n in planes)
+
+
+def _chosen_hdu(hdul: fits.HDUList, hdu: str | int | None, path: str) -> Any:
+    """The image HDU named (EXTNAME, case-blind) or numbered by ``hdu``; the first 2-D image
+    when None."""
+    if hdu is None:
+        return first_image_hdu(hdul, path)
+    names = [h.name.upper() for h in hdul]
+    if isinstance(hdu, str) and hdu.strip().lstrip("-").isdigit():
+        hdu = int(hdu)
+    if isinstance(hdu, int):
+        if not 0 <= hdu < len(hdul):
+            raise BadExposure(
+                f"HDU {hdu} requested, the file has {len(hdul)} HDUs ({names})",
+                path=path,
+                reason="missing_hdu",
+            )
+        chosen = hdul[hdu]
+    else:
+        if hdu.upper() not in names:
+            raise BadExposure(
+                f"HDU {hdu!r} requested, the file has {names}", path=path, reason="missing_hdu"
+            )
+        chosen = hdul[names.index(hdu.upper())]
+    if not is_image(chosen):
+        raise BadExposure(
+            f"HDU {hdu!r} is a {type(chosen).__name__}, not an image", path=path, reason="no_image"
+        )
+    return chosen
 
 
 def _ensure_plane(planes: dict[str, int], name: str, path: str) -> dict[str, int]:
@@ -438,43 +534,38 @@ def _optional_positive(header: fits.Header, key: str, path: str) -> float | None
     return value
 
 
-def _optional_int(header: fits.Header, key: str, path: str) -> int | None:
-    if key not in header:
-        return None
-    value = header[key]
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    raise BadExposure(
-        f"keyword {key} must be an integer, got {value!r}",
-        path=path,
-        reason="bad_keyword",
-        keyword=key,
-    )
-
-
-def _midpoint(header, path, info) -> tuple[float | None, float | None]:
+def _midpoint(header, path, info, instrument=None) -> tuple[float | None, float | None]:
     exptime = None
-    if "EXPTIME" in header:
-        exptime = _number(header, "EXPTIME", path)
+    exp_key = surveys.exposure_time_keyword(header)
+    if exp_key is not None:
+        exptime = _number(header, exp_key, path)
         if exptime < 0:
             raise BadExposure(
-                f"EXPTIME must be >= 0, got {exptime!r}",
+                f"{exp_key} must be >= 0, got {exptime!r}",
                 path=path,
                 reason="bad_keyword",
-                keyword="EXPTIME",
+                keyword=exp_key,
             )
-    if "MJD-OBS" in header:
-        mjd = _number(header, "MJD-OBS", path) + (exptime or 0.0) / 2.0 / 86400.0
+    # The exposure start (MJD-OBS; ZTF's OBSMJD) plus half the exposure, or the midpoint.
+    start_key = next((k for k in ("MJD-OBS", "OBSMJD") if k in header), None)
+    if start_key is not None:
+        mjd = _number(header, start_key, path) + (exptime or 0.0) / 2.0 / 86400.0
         if exptime is None:
-            info["midpoint_note"] = "EXPTIME missing: midpoint is MJD-OBS"
+            info["midpoint_note"] = f"EXPTIME missing: midpoint is {start_key}"
     elif "MJD-AVG" in header:
         mjd = _number(header, "MJD-AVG", path)
     else:
         return None, exptime
-    scale = str(header.get("TIMESYS", "TAI")).strip().lower()
-    info["timesys"] = scale.upper() if "TIMESYS" in header else "TAI (assumed)"
+    documented = surveys.default_timesys(instrument)
+    if "TIMESYS" in header:
+        scale = str(header["TIMESYS"]).strip().lower()
+        info["timesys"] = scale.upper()
+    elif documented is not None:
+        scale = documented.lower()
+        info["timesys"] = f"{documented} ({instrument} convention)"
+    else:
+        scale = "tai"
+        info["timesys"] = "TAI (assumed)"
     if scale != "tai":
         if scale in Time.SCALES and scale != "local":
             mjd = float(Time(mjd, format="mjd", scale=scale).tai.mjd)

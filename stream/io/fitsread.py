@@ -41,6 +41,7 @@ __all__ = [
     "load_pixels",
     "read_image",
     "read_mef",
+    "read_sci_err",
 ]
 
 # Below this many bytes the hash is computed in line: a thread would cost more than it saves.
@@ -318,3 +319,67 @@ def _mask_planes(header: fits.Header, path: str) -> dict[str, int] | None:
             f"mask plane keywords reuse a bit: {planes}", path=path, reason="bad_mask_planes"
         )
     return planes or None
+
+
+# JWST data-quality bits (jwst.datamodels.dqflags): DO_NOT_USE, SATURATED, JUMP_DET.
+_JWST_DQ_PLANES = ((1 << 0, "BAD"), (1 << 1, "SAT"), (1 << 2, "CR"))
+
+
+def read_sci_err(hdul, names, raw, path, max_pixels, info):
+    """SCI (float32), variance (float32 or None), mask (int32) and the SCI HDU of a file in
+    the JWST/HST layout: SCI with ERR (1-sigma, SCI's units), WHT (weight map) and/or DQ.
+
+    The variance is ERR^2 when ERR is there, else the sum of JWST's VAR_POISSON, VAR_RNOISE
+    and VAR_FLAT, else None (estimated from the image by the caller).  WHT is not a
+    variance: JWST's resample writes exposure-time or read-noise-only inverse-variance
+    weights (``weight_type``), so it only marks the pixels no exposure covered (WHT <= 0)
+    NO_DATA.  DQ (level-2 files) maps DO_NOT_USE/SATURATED/JUMP_DET to BAD/SAT/CR.
+    ``info`` gets ``variance_from`` and ``mask_from``.
+    """
+    sci = hdul["SCI"]
+    image = read_image(sci, raw, path, max_pixels, "SCI")
+
+    def plane(name: str) -> np.ndarray | None:
+        if name not in names or not is_image(hdul[name]) or hdul[name].shape is None:
+            return None
+        if tuple(hdul[name].shape) != image.shape:
+            raise BadExposure(
+                f"{name} HDU has shape {tuple(hdul[name].shape)}, SCI has {image.shape}",
+                path=path,
+                reason="shape_mismatch",
+            )
+        return read_image(hdul[name], raw, path, max_pixels, name)
+
+    variance = None
+    err = plane("ERR")
+    if err is not None:
+        variance = np.square(err, dtype=np.float32)
+        info["variance_from"] = "ERR"
+    else:
+        found = (plane(n) for n in ("VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"))
+        parts = [p for p in found if p is not None]
+        if parts:
+            variance = np.sum(parts, axis=0, dtype=np.float32)
+            info["variance_from"] = "VAR_POISSON+VAR_RNOISE+VAR_FLAT"
+    planes = dict(DEFAULT_PLANES)
+    mask = np.zeros(image.shape, dtype=MASK_DTYPE)
+    used = []
+    wht = plane("WHT")
+    if wht is not None:
+        with np.errstate(invalid="ignore"):
+            mask[~(wht > 0)] |= 1 << planes["NO_DATA"]
+        used.append("WHT")
+    if "DQ" in names and is_image(hdul["DQ"]):
+        dq = _read_mask(hdul["DQ"], raw, path)
+        if dq.shape != image.shape:
+            raise BadExposure(
+                f"DQ HDU has shape {dq.shape}, SCI has {image.shape}",
+                path=path,
+                reason="shape_mismatch",
+            )
+        for bit, name in _JWST_DQ_PLANES:
+            mask[(dq & bit) != 0] |= 1 << planes[name]
+        used.append("DQ")
+    info["mask_from"] = "+".join(used) or "none"
+    info["mask_planes_from"] = "default"
+    return image, variance, mask, planes, sci

@@ -151,8 +151,16 @@ class Settings(BaseSettings):
     # --- tools and observability (replay, tail, check, metrics, logs) ----------------------
     schema_registry_url: str | None = Field(
         None,
-        description="Confluent-compatible schema registry URL: values in the Confluent wire "
-        "format, subjects <topic>-value (None: schemaless Avro + fingerprint header)",
+        description="Confluent-compatible schema registry URL: events in the Confluent wire "
+        "format under <topic>-value, the official alert schema under Rubin's subject "
+        "lsst-alerts-v{M.m}-value (None: alerts still Rubin-framed with id 1101, events "
+        "single-object encoded)",
+    )
+    alert_wire_format: Literal["confluent", "schemaless"] = Field(
+        "confluent",
+        description="alert values on Kafka: confluent = Rubin's framing (magic byte, schema id "
+        "1101, official schema), with or without a registry; schemaless = unframed Avro in our "
+        "extended schema with the fingerprint header (opt-in)",
     )
     schema_registry_auth: SecretStr | None = Field(
         None, description="schema registry basic auth, 'user:password'"

@@ -5,8 +5,9 @@ DIR``.  The file is read like any exposure (diffstream.stream.io.fitsio: LSST ME
 VARIANCE and optionally a PSF HDU, or a plain image), calibrated to nJy, and then:
 
     score (PSF matched filter, diffstream.jitcore.matched_filter) -> coverage check -> variance
-    scaling -> detection -> measurement (difference only) -> dipoles (difference only)
-    -> ids -> alerts (cutoutDifference only)
+    scaling -> then the subtraction's own tail (stream.pipeline.steps): detection ->
+    measurement (difference only) -> dipoles (difference only) -> ids -> alerts
+    (cutoutDifference only)
 
 The PSF is the file's (or ``psf_path``'s, stream.io.calibrated) at the image centre for the
 score, and at each source for measurement.  No background is subtracted: a difference has
@@ -24,24 +25,28 @@ from typing import Any
 
 import numpy as np
 
-from diffstream import __version__
-from diffstream.jitcore.detect import detect
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits
 from diffstream.jitcore.matched_filter import matched_filter_score
-from diffstream.jitcore.measure import measure
 from diffstream.jitcore.noise import diffim_scale_factors
 from diffstream.jitcore.psf import PsfModel
-from diffstream.stream.alerts.cutouts import make_cutout
-from diffstream.stream.alerts.diasources import assign_ids, dia_source_records
-from diffstream.stream.alerts.packets import make_alert, write_alert_file
+from diffstream.stream.alerts.packets import write_alert_file
 from diffstream.stream.io.calibrated import apply_external
 from diffstream.stream.io.exposure import Exposure
 from diffstream.stream.io.fitsio import load_exposure, load_options
 from diffstream.stream.io.outputs import write_planes
+from diffstream.stream.io.surveys import exposure_metadata
 from diffstream.stream.ops.errors import BadExposure, NoWorkFound
 from diffstream.stream.ops.settings import Settings, config_hash
-from diffstream.stream.pipeline.dipoles import DipoleStep, dipole_options, measure_dipoles
-from diffstream.stream.pipeline.subtract import mjd_now
+from diffstream.stream.pipeline.dipoles import DipoleStep, dipole_options
+from diffstream.stream.pipeline.steps import (
+    detect_sources,
+    make_alerts,
+    make_dia_sources,
+    measure_sources,
+    note_counts,
+    run_dipoles,
+    summary_record,
+)
 from diffstream.stream.provenance.taskmeta import TaskMetadata
 from diffstream.stream.provenance.versions import package_versions, versions_hash
 
@@ -107,7 +112,13 @@ def detect_difference(
         diff = apply_external(diff, psf_path=psf_path)
     meta.set(
         "science",
-        {"path": diff.path, "sha256": diff.sha256, "layout": diff.layout, "kind": "difference"},
+        {
+            "path": diff.path,
+            "sha256": diff.sha256,
+            "layout": diff.layout,
+            "kind": "difference",
+            **exposure_metadata(diff),
+        },  # survey facts and fallbacks (stream.io.surveys)
         step=meta.name,
     )
     meta.set("template", None, step=meta.name)
@@ -173,79 +184,35 @@ def detect_exposure(
         note("varianceScale", {"score": f_score, "difference": f_diff,
                                "applied": settings.scale_variance})  # fmt: skip
 
-    opts = dipole_options(settings)
-    with meta.timer("detection"):
-        found = detect(
-            score,
-            valid,
-            threshold=settings.detection_threshold,
-            min_area=settings.detection_min_area,
-            dipole_radius=float(opts["dipole_radius"]),
-        )
-        note("nDetections", int(len(found)))
-
+    # The pipeline's own tail (stream.pipeline.steps): the same ordering, and so the same ids.
+    found = detect_sources(score, valid, settings=settings, meta=meta)
     var_meas = np.where(bad, np.nan, variance).astype(np.float32)
-    with meta.timer("measurement"):
-        rows = measure(
-            found,
-            difference=image,
-            difference_variance=var_meas,
-            psf_d_at=psf.at,
-            mask=mask,
-            mask_planes=planes,
-            ap_radius=settings.ap_radius,
-        )
-        # As in stream.pipeline.subtract: the schema's snr is the S/N at which the source was
-        # detected.
-        if len(rows):
-            rows["snr"] = np.abs(found["peak_score"])
-    with meta.timer("dipoles"):
-        step = measure_dipoles(
-            found, rows, difference=image, difference_variance=var_meas, psf_d_at=psf.at,
-            wcs=difference.wcs, settings=settings, mask=mask, mask_planes=planes,
-        )  # fmt: skip
-        rows = step.rows
-        note("dipoles", step.summary)
-
-    with meta.timer("alerts"):
-        ids = assign_ids(difference, len(rows), exposure_bits=settings.exposure_bits)
-        # No science or template here: their forced fluxes are not measured (null).
-        dia_sources = dia_source_records(
-            rows, ids, difference, processed_mjd_tai=mjd_now(), row_fields=step.row_fields,
-            overrides={k: None for k in ("scienceFlux", "scienceFluxErr", "templateFlux",
-                                         "templateFluxErr")},
-        )  # fmt: skip
-        cutouts = [
-            make_cutout(
-                image, variance, mask, difference.wcs, s["x"], s["y"],
-                size=settings.cutout_size, mask_planes=planes,
-            )
-            for s in dia_sources
-        ]  # fmt: skip
-
-    note("nDiaSources", len(dia_sources))
-    note("nPositive", int(sum(1 for s in dia_sources if not s.get("isNegative"))))
-    note("nNegative", int(sum(1 for s in dia_sources if s.get("isNegative"))))
-    note("totalWallTime", time.perf_counter() - t_start)
-    summary = {
-        "pipelineVersion": __version__,
-        "method": settings.method,
-        "configHash": meta.get("configHash", step=meta.name),
-        "versionsHash": meta.get("versionsHash", step=meta.name),
-        "exposureId": int(difference.exposure_id or 0),
-        "visit": int(difference.visit or 0),
-        "detector": int(difference.detector or 0),
-        "timings": {k: float(v) for k, v in meta.timings().items()},
-        "nDiaSources": len(dia_sources),
-        "templateCoverage": coverage,
-        "scienceSha256": difference.sha256,
-        "templateSha256": "",  # no template: the difference came already subtracted
-        "processedMjdTai": mjd_now(),
+    images: dict[str, Any] = {
+        "difference": image,
+        "difference_variance": var_meas,
+        "psf_d_at": psf.at,
+        "mask": mask,
+        "mask_planes": planes,
     }
-    alerts = [
-        make_alert(src, cutouts={"cutoutDifference": cut}, task_metadata=summary)
-        for src, cut in zip(dia_sources, cutouts, strict=True)
-    ]
+    rows = measure_sources(found, images, settings=settings, meta=meta)
+    step = run_dipoles(found, rows, images, wcs=difference.wcs, settings=settings, meta=meta)
+    rows = step.rows
+    # No science or template here: their forced fluxes are not measured (null).
+    dia_sources = make_dia_sources(
+        rows, difference, settings=settings, meta=meta, row_fields=step.row_fields,
+        overrides={k: None for k in ("scienceFlux", "scienceFluxErr", "templateFlux",
+                                     "templateFluxErr")},
+    )  # fmt: skip
+    alerts = make_alerts(
+        dia_sources, {"cutoutDifference": (image, variance, mask)}, wcs=difference.wcs,
+        mask_planes=planes, settings=settings, meta=meta, psfs_at=[psf.at],
+    )  # fmt: skip
+    note_counts(meta, dia_sources, t_start)
+    # No template: the difference came already subtracted.
+    summary = summary_record(meta, difference, template_sha256="", coverage=coverage,
+                             n=len(dia_sources))  # fmt: skip
+    for alert in alerts:
+        alert["diffstreamMetadata"] = summary
     return DetectResult(
         difference=difference,
         image=image,

@@ -70,12 +70,17 @@ class DipoleStep:
     alert_fields: dict[str, np.ndarray]  # ALERT_FIELDS in schema units, aligned with rows
     index: np.ndarray  # original row of each kept row
     summary: dict[str, Any] = field(default_factory=dict)
+    fitted: bool = True  # dipole_fit was on
 
     def row_fields(self, i: int) -> dict[str, Any]:
-        """Alert fields of row ``i``; isDipole is None (null) where no fit was attempted."""
+        """Alert fields of row ``i``.
+
+        isDipole is False for a source with no opposite-sign detection beside it (one sign:
+        not a dipole, a definite answer brokers filter on; it used to be null), and None
+        (null: not measured) only when dipole fitting is off."""
         out = {k: v[i] for k, v in self.alert_fields.items()}
         if not out["dipoleFitAttempted"]:
-            out["isDipole"] = None
+            out["isDipole"] = False if self.fitted else None
         return out
 
 
@@ -139,6 +144,7 @@ def measure_dipoles(
         alert_fields=dipole_alert_fields(dip, wcs),
         index=index,
         summary=summary,
+        fitted=bool(opts["dipole_fit"]),
     )
 
 

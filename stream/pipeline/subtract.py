@@ -1,8 +1,10 @@
 """The subtraction pipeline: two exposures in, diaSources and alerts out.
 
-One function, :func:`subtract_exposures`, used by ``diffstream subtract`` and by the stream
-worker alike (only the transport differs).  Every step is timed under ``imageDifference.*``
-and its numbers go to the task metadata; the numerics live in ``jitcore``.
+:func:`subtract_exposures` (the ``run()`` of the pipeline), used by ``diffstream subtract`` and
+by the stream worker alike (only the transport differs), calls one function per step: the head
+steps are here, the tail (detection onwards) is :mod:`diffstream.stream.pipeline.steps`, shared
+with :mod:`diffstream.stream.pipeline.detect_only`.  Every step is timed under
+``imageDifference.*`` and its numbers go to the task metadata; the numerics live in ``jitcore``.
 
 Steps (the seed ImageDifferenceTask's order): load -> warp -> template coverage check ->
 photometric scaling -> background -> PSFs -> star matching -> ZOGY -> detection ->
@@ -13,21 +15,17 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from astropy.time import Time
 
-from diffstream import __version__
-from diffstream.jitcore.alardlupton import ALInfo, al_subtract
 from diffstream.jitcore.background import subtract_background
 from diffstream.jitcore.coverage import template_coverage
-from diffstream.jitcore.detect import detect
+from diffstream.jitcore.extendedness import extendedness
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, remap
-from diffstream.jitcore.measure import measure
 from diffstream.jitcore.noise import diffim_scale_factors, variance_scale_factor
 from diffstream.jitcore.planes import combine_planes
 from diffstream.jitcore.psf import PsfModel
@@ -36,21 +34,32 @@ from diffstream.jitcore.starmatch import StarMatch, match_stars
 from diffstream.jitcore.tiles import thread_count
 from diffstream.jitcore.warp import warp_stamp
 from diffstream.jitcore.zogy import ZogyResult, zogy
-from diffstream.stream.alerts.cutouts import CutoutMaker
-from diffstream.stream.alerts.diasources import assign_ids, dia_source_records
-from diffstream.stream.alerts.packets import make_alert
 from diffstream.stream.io.calibrated import apply_external
 from diffstream.stream.io.exposure import Exposure
 from diffstream.stream.io.fitsio import load_exposure, load_options
+from diffstream.stream.io.surveys import exposure_metadata, flag
 from diffstream.stream.ops.errors import BadExposure, KernelFailure, NoWorkFound
 from diffstream.stream.ops.settings import Settings, config_hash
 from diffstream.stream.pipeline.astrometry import refit_mapping
-from diffstream.stream.pipeline.dipoles import dipole_options, measure_dipoles
+from diffstream.stream.pipeline.steps import (
+    detect_sources,
+    make_alerts,
+    make_dia_sources,
+    measure_sources,
+    mjd_now,
+    note,
+    note_counts,
+    run_dipoles,
+    summary_record,
+)
 from diffstream.stream.pipeline.warping import warp_template
 from diffstream.stream.provenance.taskmeta import TaskMetadata
 from diffstream.stream.provenance.versions import package_versions, versions_hash
 
-__all__ = ["SubtractResult", "subtract_files", "subtract_exposures"]
+if TYPE_CHECKING:  # Alard-Lupton loads (1-2 s of imports) only when a run asks for it.
+    from diffstream.jitcore.alardlupton import ALInfo
+
+__all__ = ["SubtractResult", "mjd_now", "subtract_exposures", "subtract_files"]
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -75,10 +84,6 @@ class SubtractResult:
     al: ALInfo | None = None  # Alard-Lupton products (matched image, kernels) with method="al"
 
 
-def mjd_now() -> float:
-    return float(Time.now().tai.mjd)
-
-
 def subtract_files(
     science_path: str,
     template_path: str,
@@ -91,8 +96,14 @@ def subtract_files(
     science_psf: str | None = None,
     template_psf: str | None = None,
     science_background: str | None = None,
+    science_files: Mapping[str, Any] | None = None,
+    template_files: Mapping[str, Any] | None = None,
 ) -> SubtractResult:
-    """Load both files and run :func:`subtract_exposures` (load timed as ``*.load``)."""
+    """Load both files and run :func:`subtract_exposures` (load timed as ``*.load``).
+
+    ``science_files`` / ``template_files`` are :func:`load_exposure`'s survey keywords for
+    each side: ``hdu``, ``variance_path``, ``variance_kind``, ``mask_path``.
+    """
     meta = metadata or TaskMetadata()
     with meta.timer("load"):
         # The template loads on a second thread while the science loads here: reading,
@@ -109,6 +120,7 @@ def subtract_files(
                 psf_degree=0,
                 defer_checksum=True,
                 **load_options(settings),
+                **(template_files or {}),
             )
             science = load_exposure(
                 science_path,
@@ -118,8 +130,15 @@ def subtract_files(
                 psf_degree=settings.psf_degree,
                 defer_checksum=True,
                 **load_options(settings),
+                **(science_files or {}),
             )
             template = template_loaded.result()
+        if science.exposure_id is None:
+            flag(
+                science.info, science.path, "no_exposure_id",
+                "no exposure id (no --exposure-id, no integer EXPID/EXPNUM keyword): "
+                "diaSourceIds are made with exposure id 0 and may collide across exposures",
+            )  # fmt: skip
         science = apply_external(science, psf_path=science_psf, background_path=science_background)
         template = apply_external(template, psf_path=template_psf)
     try:
@@ -127,14 +146,17 @@ def subtract_files(
     finally:  # also for NoWorkFound and failures: their metadata names the inputs too
         # External PSF stamps and backgrounds are inputs too: {"psf"/"background": {path,
         # sha256}} next to the exposure's own (diffstream.stream.io.calibrated.apply_external).
+        # The survey facts (instrument, band, filter, where each id came from) and every
+        # fallback taken while loading (stream.io.surveys): never silent.
         meta.set(
             "science",
             {"path": science.path, "sha256": science.checksum(), "layout": science.layout,
-             **science.info.get("inputs", {})},
+             **science.info.get("inputs", {}), **exposure_metadata(science)},
             step=meta.name,
         )  # fmt: skip
         meta.set("template", {"path": template.path, "sha256": template.checksum(),
-                              **template.info.get("inputs", {})}, step=meta.name)  # fmt: skip
+                              "layout": template.layout, **template.info.get("inputs", {}),
+                              **exposure_metadata(template)}, step=meta.name)  # fmt: skip
 
 
 def _calibrate(image: np.ndarray, variance: np.ndarray, calib: float | None):
@@ -216,38 +238,46 @@ def _science_psf(
     return psf
 
 
-def subtract_exposures(
-    science: Exposure,
-    template: Exposure,
-    *,
-    settings: Settings,
-    metadata: TaskMetadata | None = None,
-) -> SubtractResult:
-    meta = metadata or TaskMetadata()
-    t_start = time.perf_counter()
+@dataclass
+class Prepared:
+    """Science and warped template on one grid, calibrated to nJy, background-subtracted."""
 
-    def note(item: str, value: Any) -> None:
-        # Results of the whole task live on the top-level task (full key imageDifference:item).
-        meta.set(item, value, step=meta.name)
+    s_img: np.ndarray
+    s_var: np.ndarray
+    t_img: np.ndarray
+    t_var: np.ndarray
+    t_mask: np.ndarray  # warped template mask, in the science plane layout
+    mask: np.ndarray  # combined mask on the science grid
+    bad: np.ndarray  # pixels no step may use
+    jacobian: np.ndarray
+    coverage: float
 
-    note("config", settings.science_config())
-    note("configHash", config_hash(settings.science_config()))
+
+def note_provenance(meta: TaskMetadata, settings: Settings) -> int:
+    """Config, versions and the thread count on the task; returns that thread count (the
+    fft_workers setting resolved against the CPUs this process may use, ops/cpus.py)."""
+    note(meta, "config", settings.science_config())
+    note(meta, "configHash", config_hash(settings.science_config()))
     versions = package_versions()
-    note("versions", versions)
-    note("versionsHash", versions_hash(versions))
-    # The thread count behind the timings (fft_workers resolved against the CPUs this
-    # process may use: affinity and cgroup quota, stream/ops/cpus.py).
+    note(meta, "versions", versions)
+    note(meta, "versionsHash", versions_hash(versions))
     threads = settings.threads()
-    note("threads", threads)
+    note(meta, "threads", threads)
+    return threads
 
+
+def warp_and_check(
+    science: Exposure, template: Exposure, *, settings: Settings, meta: TaskMetadata, threads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Optional astrometric refit, the warp onto the science grid, and the coverage check
+    (NoWorkFound below ``required_template_fraction``)."""
     planes = science.mask_planes
     no_data = science.bitmask("NO_DATA")
-
     mapping = None
     if settings.refit_astrometry:
         with meta.timer("fitAstrometry"):
             mapping, astrometry = refit_mapping(science, template, order=settings.astrometry_order)
-            note("astrometry", astrometry)
+            note(meta, "astrometry", astrometry)
     with meta.timer("warp"):
         t_img, t_var, t_mask, jacobian = warp_template(
             template,
@@ -269,7 +299,7 @@ def subtract_exposures(
             science_mask=science.mask,
             science_no_data_bit=no_data,
         )
-        note("templateCoverage", coverage)
+        note(meta, "templateCoverage", coverage)
         if coverage < settings.required_template_fraction:
             raise NoWorkFound(
                 f"template covers {coverage:.1%} < required "
@@ -277,17 +307,29 @@ def subtract_exposures(
                 coverage=coverage,
                 required=settings.required_template_fraction,
             )
+    return t_img, t_var, t_mask, jacobian, coverage
 
-    # Science and template go through calibration, background and star finding side by
-    # side: the kernels release the GIL, and these steps are single-threaded each.
-    both = _Both(threads)
+
+def calibrate_pair(
+    science: Exposure,
+    template: Exposure,
+    warped: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float],
+    *,
+    settings: Settings,
+    meta: TaskMetadata,
+    both: _Both,
+) -> Prepared:
+    """Both images to nJy, the combined mask, background subtraction, optional variance
+    rescaling.  Science and template run side by side (the kernels release the GIL)."""
+    t_img, t_var, t_mask, jacobian, coverage = warped
+    planes = science.mask_planes
     with meta.timer("scaleVariance"):
         # Photometric scaling: both exposures to nJy (one flux unit).
         (s_img, s_var), (t_img, t_var) = both(
             lambda: _calibrate(science.image, science.variance, science.photo_calib),
             functools.partial(_calibrate, t_img, t_var, template.photo_calib),
         )
-        note("photoCalib", {"science": science.photo_calib, "template": template.photo_calib})
+        note(meta, "photoCalib", {"science": science.photo_calib, "template": template.photo_calib})
 
     unusable = bits(planes, list(UNUSABLE_PLANES))
     mask, bad = combine_planes(science.mask, t_mask, unusable, s_img, t_img, s_var, t_var)
@@ -308,26 +350,40 @@ def subtract_exposures(
             f_t = variance_scale_factor(t_img, t_var, good)
             s_var = (s_var * np.float32(f_s)).astype(np.float32)
             t_var = (t_var * np.float32(f_t)).astype(np.float32)
-            note("inputVarianceScale", {"science": f_s, "template": f_t})
+            note(meta, "inputVarianceScale", {"science": f_s, "template": f_t})
+    return Prepared(s_img, s_var, t_img, t_var, t_mask, mask, bad, jacobian, coverage)
 
+
+def measure_psfs(
+    science: Exposure,
+    template: Exposure,
+    p: Prepared,
+    *,
+    settings: Settings,
+    meta: TaskMetadata,
+    both: _Both,
+) -> tuple[PsfModel, PsfModel, tuple[np.ndarray, np.ndarray] | None]:
+    """Both PSFs on the science grid, and the star catalogues they came from (or None)."""
     with meta.timer("psf"):
         # One detection per image serves the PSF measurement and the star matching.
-        cats = both(
-            lambda: _find_stars_or_none(s_img, s_var, bad),
-            lambda: _find_stars_or_none(t_img, t_var, bad),
+        s_cat, t_cat = both(
+            lambda: _find_stars_or_none(p.s_img, p.s_var, p.bad),
+            lambda: _find_stars_or_none(p.t_img, p.t_var, p.bad),
         )
         # Nothing usable in either: the PSF fallbacks and match_stars' own search.
-        s_cat, t_cat = cats
         sources = None if s_cat is None or t_cat is None else (s_cat, t_cat)
         psf_s, psf_t = both(
-            lambda: _science_psf(science, s_img, s_var, bad, settings, sources and sources[0]),
+            lambda: _science_psf(
+                science, p.s_img, p.s_var, p.bad, settings, sources and sources[0]
+            ),
             lambda: _template_psf(
-                template, t_img, t_var, bad, jacobian, settings, science.shape,
+                template, p.t_img, p.t_var, p.bad, p.jacobian, settings, science.shape,
                 sources and sources[1],
             ),
         )  # fmt: skip
         cy, cx = (science.shape[0] - 1) / 2.0, (science.shape[1] - 1) / 2.0
         note(
+            meta,
             "psf",
             {
                 "science": {"source": psf_s.source, "fwhm": psf_s.fwhm_at(cx, cy),
@@ -336,25 +392,55 @@ def subtract_exposures(
                              "nstars": psf_t.nstars, "degree": psf_t.degree},
             },
         )  # fmt: skip
+    return psf_s, psf_t, sources
 
+
+def match(
+    p: Prepared,
+    psf_s: PsfModel,
+    psf_t: PsfModel,
+    sources: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    meta: TaskMetadata,
+) -> StarMatch:
+    """Matched stars: the registration scatter (ZOGY's astrometric term) and flux ratio."""
     with meta.timer("matchStars"):
+        ny, nx = p.s_img.shape
+        cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
         fwhm = max(psf_s.fwhm_at(cx, cy), psf_t.fwhm_at(cx, cy))
         stars: StarMatch = match_stars(
-            s_img, s_var, t_img, t_var, bad, aperture=3.0 * fwhm, sources=sources
+            p.s_img, p.s_var, p.t_img, p.t_var, p.bad, aperture=3.0 * fwhm, sources=sources
         )
         note(
+            meta,
             "starMatch",
             {"n": stars.n_matched, "sigmaX": stars.sigma_x, "sigmaY": stars.sigma_y,
              "fluxRatio": stars.flux_ratio, "fluxRatioErr": stars.flux_ratio_err},
         )  # fmt: skip
+    return stars
 
+
+def difference(
+    p: Prepared,
+    psf_s: PsfModel,
+    psf_t: PsfModel,
+    stars: StarMatch,
+    *,
+    settings: Settings,
+    meta: TaskMetadata,
+    threads: int,
+) -> tuple[ZogyResult, ALInfo | None]:
+    """The difference and its score: ZOGY, or Alard-Lupton with decorrelation."""
     al_info: ALInfo | None = None
     with meta.timer("alardLupton" if settings.method == "al" else "zogy"):
         if settings.method == "al":
+            from diffstream.jitcore.alardlupton import al_subtract
+
             # AL decorrelates in its own tiles and has no astrometric term (see al_subtract).
             try:
                 z, al_info = al_subtract(
-                    s_img, s_var, t_img, t_var, bad, psf_s, psf_t, mode=settings.al_mode,
+                    p.s_img, p.s_var, p.t_img, p.t_var, p.bad, psf_s, psf_t,
+                    mode=settings.al_mode,
                     spatial_order=settings.al_spatial_order,
                     background_order=settings.al_background_order,
                     min_stars=settings.al_min_stars,
@@ -363,7 +449,7 @@ def subtract_exposures(
                 )  # fmt: skip
             except ValueError as exc:
                 raise KernelFailure(f"Alard-Lupton failed: {exc}") from exc
-            note("alardLupton", {
+            note(meta, "alardLupton", {
                 "direction": al_info.direction, "kernelSum": al_info.kernel_sum,
                 "nStarsUsed": al_info.n_stars_used, "nStarsFound": al_info.n_stars_found,
                 "residualRms": al_info.residual_rms,
@@ -375,17 +461,22 @@ def subtract_exposures(
             sig_ast = (stars.sigma_x, stars.sigma_y) if settings.astrometric_noise else (0.0, 0.0)
             try:
                 z = zogy(
-                    s_img, s_var, t_img, t_var, bad, psf_s, psf_t,
+                    p.s_img, p.s_var, p.t_img, p.t_var, p.bad, psf_s, psf_t,
                     f_n=1.0, f_r=1.0, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
                     workers=threads, psf_error_fraction=settings.psf_error_fraction,
                     precision=settings.zogy_precision,
                 )  # fmt: skip
             except ValueError as exc:
                 raise KernelFailure(f"ZOGY failed: {exc}") from exc
+    return z, al_info
 
+
+def scale_difference_variance(
+    z: ZogyResult, *, settings: Settings, meta: TaskMetadata, both: _Both
+) -> None:
+    """Stated noise to the measured scatter, in place, so that 5 sigma means 5 sigma (see
+    jitcore/noise.py for why the raw ZOGY score is a few per cent wide)."""
     with meta.timer("scaleDiffimVariance"):
-        # Stated noise must match the measured scatter for 5 sigma to mean 5 sigma (see
-        # jitcore/noise.py for why the raw ZOGY score is a few per cent wide).
         f_score, f_diff = diffim_scale_factors(
             z.score, z.difference, z.difference_variance, z.valid
         )
@@ -398,126 +489,108 @@ def subtract_exposures(
             # Three full-frame passes, the score's beside the two variances' (NumPy's
             # in-place arithmetic releases the GIL).
             both(lambda: np.divide(z.score, np.float32(f_score), out=z.score), scale_variances)
-        note("varianceScale", {"score": f_score, "difference": f_diff,
-                               "applied": settings.scale_variance})  # fmt: skip
+        note(meta, "varianceScale", {"score": f_score, "difference": f_diff,
+                                     "applied": settings.scale_variance})  # fmt: skip
 
-    with meta.timer("detection"):
-        found = detect(
-            z.score,
-            z.valid,
-            threshold=settings.detection_threshold,
-            min_area=settings.detection_min_area,
-            dipole_radius=float(dipole_options(settings)["dipole_radius"]),
-        )
-        # Stable order => stable ids across reruns of the same exposure.
-        if len(found):
-            found = found[np.lexsort((found["peak_x"], found["peak_y"]))]
-        note("nDetections", int(len(found)))
 
+def measure_extendedness(
+    science: Exposure, p: Prepared, psf_s: PsfModel, rows: np.ndarray, *, meta: TaskMetadata
+) -> np.ndarray:
+    """On the science image, as LSST's: PSF flux against an aperture model flux."""
+    with meta.timer("extendedness"):
+        unusable = bits(science.mask_planes, list(UNUSABLE_PLANES))
+        return extendedness(
+            p.s_img, p.s_var, p.mask, unusable, rows["x"], rows["y"], psf_s.at,
+            rows["scienceFlux"], rows["scienceFluxErr"],
+        )  # fmt: skip
+
+
+def subtract_exposures(
+    science: Exposure,
+    template: Exposure,
+    *,
+    settings: Settings,
+    metadata: TaskMetadata | None = None,
+) -> SubtractResult:
+    """Run the steps, in the seed ImageDifferenceTask's order (see the module docstring)."""
+    meta = metadata or TaskMetadata()
+    t_start = time.perf_counter()
+    threads = note_provenance(meta, settings)
+    both = _Both(threads)
+
+    warped = warp_and_check(science, template, settings=settings, meta=meta, threads=threads)
+    p = calibrate_pair(science, template, warped, settings=settings, meta=meta, both=both)
+    psf_s, psf_t, sources = measure_psfs(science, template, p, settings=settings, meta=meta,
+                                         both=both)  # fmt: skip
+    stars = match(p, psf_s, psf_t, sources, meta=meta)
+    z, al_info = difference(p, psf_s, psf_t, stars, settings=settings, meta=meta, threads=threads)
+    scale_difference_variance(z, settings=settings, meta=meta, both=both)
+
+    found = detect_sources(z.score, z.valid, settings=settings, meta=meta)
     # The images every measurement step reads: the difference with its PSF, and the
     # (calibrated, background-subtracted) science and warped template with theirs.
     images: dict[str, Any] = {
         "difference": z.difference,
         "difference_variance": z.difference_variance,
         "psf_d_at": lambda x, y: z.tile_at(x, y).psf_d,
-        "science": s_img,
-        "science_variance": s_var,
+        "science": p.s_img,
+        "science_variance": p.s_var,
         "psf_science_at": psf_s.at,
-        "template": t_img,
-        "template_variance": t_var,
+        "template": p.t_img,
+        "template_variance": p.t_var,
         "psf_template_at": psf_t.at,
-        "mask": mask,
-        "mask_planes": planes,
+        "mask": p.mask,
+        "mask_planes": science.mask_planes,
     }
-    with meta.timer("measurement"):
-        rows = measure(
-            found, flux=z.flux, flux_variance=z.flux_variance, ap_radius=settings.ap_radius,
-            workers=threads, **images,
-        )  # fmt: skip
-        # The schema's snr is "the S/N at which this source was detected": the score peak.
-        if len(rows):
-            rows["snr"] = np.abs(found["peak_score"])
-    with meta.timer("dipoles"):
-        dipoles = measure_dipoles(found, rows, wcs=science.wcs, settings=settings, **images)
-        found, rows = dipoles.sources, dipoles.rows
-        note("dipoles", dipoles.summary)
-    with meta.timer("ids"):
-        ids = assign_ids(science, len(rows), exposure_bits=settings.exposure_bits)
+    rows = measure_sources(found, images, settings=settings, meta=meta, flux=z.flux,
+                           flux_variance=z.flux_variance, workers=threads)  # fmt: skip
+    dipoles = run_dipoles(found, rows, images, wcs=science.wcs, settings=settings, meta=meta)
+    ext = measure_extendedness(science, p, psf_s, dipoles.rows, meta=meta)
 
-    with meta.timer("alerts"):
-        alerts: list[dict[str, Any]] = []
-        summary_meta = None  # filled below, after the timings of this step are known
-        dia_sources = dia_source_records(
-            rows, ids, science, processed_mjd_tai=mjd_now(), row_fields=dipoles.row_fields
-        )
-        # One local WCS and one set of header cards per source for its three cutouts.
-        maker = CutoutMaker(science.wcs, size=settings.cutout_size, mask_planes=planes)
-        cutout_planes = [
-            (z.difference, z.difference_variance, mask),
-            (s_img, s_var, science.mask),
-            (t_img, t_var, t_mask),
-        ]
-        cutouts = maker.make_many(
-            cutout_planes, [s["x"] for s in dia_sources], [s["y"] for s in dia_sources]
-        )
-        for src, (diff_cut, sci_cut, tmpl_cut) in zip(dia_sources, cutouts, strict=True):
-            cut = {
-                "cutoutDifference": diff_cut,
-                "cutoutScience": sci_cut,
-                "cutoutTemplate": tmpl_cut,
-            }
-            alerts.append(make_alert(src, cutouts=cut, task_metadata=summary_meta))
+    def row_fields(i: int) -> dict[str, Any]:
+        return {**dipoles.row_fields(i), "extendedness": ext[i]}
 
+    dia_sources = make_dia_sources(dipoles.rows, science, settings=settings, meta=meta,
+                                   row_fields=row_fields)  # fmt: skip
+    alerts = make_alerts(
+        dia_sources,
+        {
+            "cutoutDifference": (z.difference, z.difference_variance, p.mask),
+            "cutoutScience": (p.s_img, p.s_var, science.mask),
+            "cutoutTemplate": (p.t_img, p.t_var, p.t_mask),
+        },
+        # Each cutout carries its own image's PSF at the source (PSFIMAGE).
+        psfs_at=[images["psf_d_at"], psf_s.at, psf_t.at],
+        wcs=science.wcs, mask_planes=science.mask_planes, settings=settings, meta=meta,
+    )  # fmt: skip
     if settings.apdb:  # association, forced photometry, histories (stream/pipeline/apdb/)
         from diffstream.stream.pipeline.apdb.step import associate_exposure
 
         with meta.timer("association"):
             done = associate_exposure(science, dia_sources, alerts, images, settings=settings,
                                       processed_mjd_tai=mjd_now())  # fmt: skip
-            note("association", done)
-    note("nDiaSources", len(dia_sources))
-    note("nPositive", int(sum(1 for s in dia_sources if not s.get("isNegative"))))
-    note("nNegative", int(sum(1 for s in dia_sources if s.get("isNegative"))))
-    note("totalWallTime", time.perf_counter() - t_start)
+            note(meta, "association", done)
+
+    note_counts(meta, dia_sources, t_start)
     science.checksum()  # the deferred hashes of subtract_files (no-ops otherwise)
     template.checksum()
-    summary_meta = task_metadata_summary(meta, science, template, coverage, len(dia_sources))
+    summary_meta = summary_record(meta, science, template_sha256=template.sha256,
+                                  coverage=p.coverage, n=len(dia_sources))  # fmt: skip
     for alert in alerts:
         alert["diffstreamMetadata"] = summary_meta
     return SubtractResult(
         science=science,
-        template_image=t_img,
-        template_variance=t_var,
-        template_mask=t_mask,
+        template_image=p.t_img,
+        template_variance=p.t_var,
+        template_mask=p.t_mask,
         zogy=z,
-        sources=rows,
+        sources=dipoles.rows,
         dia_sources=dia_sources,
         alerts=alerts,
-        mask=mask,
+        mask=p.mask,
         metadata=meta,
         summary=summary_meta,
         psf_science=psf_s,
         psf_template=psf_t,
         al=al_info,
     )
-
-
-def task_metadata_summary(
-    meta: TaskMetadata, science: Exposure, template: Exposure, coverage: float, n: int
-) -> dict[str, Any]:
-    """The compact record that travels with every alert (schemas/diffstream.taskmetadata)."""
-    return {
-        "pipelineVersion": __version__,
-        "method": meta.get("config", step=meta.name)["method"],
-        "configHash": meta.get("configHash", step=meta.name),
-        "versionsHash": meta.get("versionsHash", step=meta.name),
-        "exposureId": int(science.exposure_id or 0),
-        "visit": int(science.visit or 0),
-        "detector": int(science.detector or 0),
-        "timings": {k: float(v) for k, v in meta.timings().items()},
-        "nDiaSources": int(n),
-        "templateCoverage": float(coverage),
-        "scienceSha256": science.sha256,
-        "templateSha256": template.sha256,
-        "processedMjdTai": mjd_now(),
-    }

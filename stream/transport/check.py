@@ -238,7 +238,16 @@ def _check_registry(
     except ConfigError as exc:
         rep.add(f"schema registry {url}", FAIL, exc.message)
         return
-    subjects = [subject_for(r.topic) for r in roles if r.schema]
+
+    def subject_schema(r: TopicRole) -> tuple[str, Any, str]:
+        if r.schema == "diffstream.alert":
+            # Alerts carry the official schema under Rubin's subject (stream/transport/wire.py).
+            from diffstream.stream.transport.wire import RUBIN_SUBJECT, official_schema_json
+
+            return RUBIN_SUBJECT, official_schema_json(), "official alert schema"
+        return subject_for(r.topic), r.schema, str(r.schema)
+
+    subjects = [subject_schema(r)[0] for r in roles if r.schema]
     status = registry_status(client, subjects=subjects)
     if not status.reachable:
         rep.add(f"schema registry {url}", FAIL, status.error or "unreachable")
@@ -252,7 +261,7 @@ def _check_registry(
     for r in roles:
         if not r.schema:
             continue
-        subject = subject_for(r.topic)
+        subject, schema, what = subject_schema(r)
         latest = status.latest.get(subject)
         if latest is None:
             status_ = WARN if r.role == "input" else OK
@@ -260,7 +269,7 @@ def _check_registry(
             continue
         version, schema_id = latest
         try:
-            ok, reasons = check_compatibility(client, subject, avro_schema(r.schema))
+            ok, reasons = check_compatibility(client, subject, avro_schema(schema))
         except ConfigError as exc:
             rep.add(
                 f"subject {subject}",
@@ -268,7 +277,12 @@ def _check_registry(
                 f"version {version} (id {schema_id}); compatibility not checked: {exc.message}",
             )
             continue
-        head = f"version {version} (id {schema_id}); our {r.schema}"
+        head = f"version {version} (id {schema_id}); our {what}"
+        if what == "official alert schema":
+            from diffstream.stream.transport.wire import RUBIN_SCHEMA_ID
+
+            if schema_id != RUBIN_SCHEMA_ID:
+                head += f" (id is not Rubin's {RUBIN_SCHEMA_ID}: alerts are framed with it)"
         if ok:
             rep.add(f"subject {subject}", OK, f"{head} is compatible")
         else:

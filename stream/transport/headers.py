@@ -26,15 +26,27 @@ def ascii_bytes(value: Any) -> bytes:
     return str(value).encode("ascii", "replace")
 
 
-def alert_headers(alert: dict[str, Any], event: dict[str, Any]) -> tuple[tuple[str, bytes], ...]:
-    """Kafka headers of one alert: visit, detector, exposure, schema and pipeline version."""
+# The task metadata's ids and hashes that travel as headers: the alert body on Kafka is the
+# official schema alone (stream/transport/wire.py says why), and the full record is the
+# metadata topic's summary, keyed by exposureId.
+_META_HEADERS = ("method", "configHash", "versionsHash")
+
+
+def alert_headers(
+    alert: dict[str, Any], event: dict[str, Any], *, fingerprint: str | None = None
+) -> tuple[tuple[str, bytes], ...]:
+    """Kafka headers of one alert: visit, detector, exposure, request, the writer schema's
+    fingerprint (``fingerprint``: the one the value was written with; default our extended
+    schema's), the pipeline version and the task metadata's method and hashes."""
     src = alert["diaSource"]
+    meta = alert.get("diffstreamMetadata") or {}
     return (
         (HEADER_PREFIX + "visit", ascii_bytes(src["visit"])),
         (HEADER_PREFIX + "detector", ascii_bytes(src["detector"])),
         (HEADER_PREFIX + "exposureId", ascii_bytes(event["exposureId"])),
         (HEADER_PREFIX + "requestId", event["requestId"].encode()),
         (HEADER_PREFIX + "schema.name", ascii_bytes(ALERT_SCHEMA["name"])),
-        (HEADER_PREFIX + "schema.fingerprint", ascii_bytes(ALERT_FINGERPRINT)),
+        (HEADER_PREFIX + "schema.fingerprint", ascii_bytes(fingerprint or ALERT_FINGERPRINT)),
         (HEADER_PREFIX + "pipeline.version", ascii_bytes(__version__)),
+        *((HEADER_PREFIX + k, ascii_bytes(meta[k])) for k in _META_HEADERS if meta.get(k)),
     )

@@ -197,7 +197,9 @@ class Worker:
                     diaSourceId=alert.get("diaSourceId"),
                 ) from exc
             key = ascii_bytes(alert["diaSourceId"])
-            out.append(OutRecord(key=key, value=value, headers=alert_headers(alert, event)))
+            fp = getattr(self._serialize, "fingerprint", None)  # of the schema it writes
+            headers = alert_headers(alert, event, fingerprint=fp)
+            out.append(OutRecord(key=key, value=value, headers=headers))
         return out
 
     # -- records ----------------------------------------------------------------------------

@@ -1,17 +1,29 @@
-"""Message framing: the Confluent wire format with a schema registry, schemaless without one.
+"""Message framing: the Confluent wire format, as Rubin frames its alerts.
 
-With a registry (``--schema-registry-url``) every value is the Confluent wire format::
+Alerts on Kafka are, by default and with or without a registry, what Rubin's alert stream
+carries (ap_association ``packageAlerts.py``), so a stock Rubin consumer decodes them unchanged::
 
     byte 0     magic byte 0
-    bytes 1-4  schema id, unsigned 32-bit big-endian (the registry's id of the writer schema)
-    bytes 5-   the schemaless Avro body
+    bytes 1-4  schema id, unsigned 32-bit big-endian: Rubin's id of the official schema,
+               major*100 + minor (1101 for v11.1, ``lsst.alert.packet`` ``get_schema_id``)
+    bytes 5-   the schemaless Avro body in the *official* LSST schema (no trailing field)
 
-Without one, alerts are schemaless Avro and carry the writer schema's CRC-64-AVRO fingerprint
-in the Kafka header ``diffstream.schema.fingerprint`` (what :mod:`stream.transport.service`
-sends), and
-events keep their own Avro single-object framing (:mod:`stream.transport.events`), which puts the
-same
-fingerprint in the value.
+The task metadata travels beside the body, never in it: Kafka headers carry the ids and hashes
+(:func:`diffstream.stream.transport.headers.alert_headers`) and the full record is on the
+metadata topic keyed by exposureId.  We rejected the trailing ``diffstreamMetadata`` field on
+the wire: ``lsst.alert.packet``'s reader happens to stop before it, but a message that claims
+schema 1101 must be schema 1101 for every reader (Java's, ours with its left-over check).
+
+With a registry (``--schema-registry-url``) the official schema is registered under Rubin's
+subject ``lsst-alerts-v{M.m}-value`` with Rubin's id where the registry can hold a chosen id
+(:func:`diffstream.stream.transport.registry.ensure_rubin_schema`); where it cannot, alerts are
+framed with the id it gave, with a WARNING.  Events use the Confluent wire format under
+``<topic>-value`` with a registry, and their own Avro single-object framing
+(:mod:`stream.transport.events`) without one.
+
+Unframed alerts stay available as an opt-in (``alert_wire_format="schemaless"``): schemaless
+Avro in our extended schema, with the writer schema's CRC-64-AVRO fingerprint in the Kafka
+header ``diffstream.schema.fingerprint``.
 
 Either way a reader learns which schema wrote a message before decoding it, so a message in a
 schema it cannot read is refused with a :class:`WireError` naming both schemas, instead of being
@@ -31,19 +43,26 @@ import io
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.read import SchemaResolutionError
 
 from diffstream.schemas import AVRO_DECODE_ERRORS, fingerprint
-from diffstream.stream.alerts.packets import ALERT_SCHEMA
+from diffstream.stream.alerts.packets import ALERT_SCHEMA, LSST_SCHEMA
 from diffstream.stream.ops.errors import BadEvent
 
 __all__ = [
     "MAGIC_BYTE",
     "PREFIX_LEN",
     "FINGERPRINT_HEADER",
+    "RUBIN_SCHEMA_ID",
+    "RUBIN_SUBJECT",
+    "ALERT_WIRE_FORMATS",
+    "rubin_schema_id",
+    "rubin_subject",
+    "official_schema_json",
+    "FramedAlertSerializer",
     "WireError",
     "frame",
     "unframe",
@@ -67,6 +86,56 @@ _SINGLE_OBJECT = (
     b"\xc3\x01"  # Avro single-object encoding marker (diffstream.stream.transport.events)
 )
 _MAX_ID = 2**32 - 1
+ALERT_WIRE_FORMATS = ("confluent", "schemaless")
+
+
+def _lsst_version(name: str) -> tuple[int, int]:
+    """(major, minor) of an LSST alert schema full name such as ``lsst.v11_1.alert``."""
+    import re
+
+    found = re.fullmatch(r"(?:.*/)?lsst\.v(\d+)_(\d+)\.alert", name)
+    if found is None:
+        raise ValueError(f"not an LSST alert schema name (lsst.vM_m.alert): {name!r}")
+    return int(found[1]), int(found[2])
+
+
+def rubin_schema_id(name: str) -> int:
+    """Rubin's registry id of alert schema ``name``: major*100 + minor (``lsst.v11_1.alert``
+    -> 1101), as ``lsst.alert.packet.Schema.get_schema_id`` computes it."""
+    major, minor = _lsst_version(name)
+    if minor > 99:
+        raise ValueError(f"minor version {minor} of {name!r} does not fit Rubin's id scheme")
+    return major * 100 + minor
+
+
+def rubin_subject(name: str) -> str:
+    """Rubin's registry subject of alert schema ``name``: ``lsst-alerts-v11.1-value`` for
+    ``lsst.v11_1.alert`` (Rubin's syncAllSchemasToRegistry.py)."""
+    major, minor = _lsst_version(name)
+    return f"lsst-alerts-v{major}.{minor}-value"
+
+
+RUBIN_SCHEMA_ID: int = rubin_schema_id(str(LSST_SCHEMA["name"]))
+RUBIN_SUBJECT: str = rubin_subject(str(LSST_SCHEMA["name"]))
+
+
+def official_schema_json() -> dict[str, Any]:
+    """The official alert schema as one self-contained JSON record (each named type defined
+    at its first use), the form Rubin registers: fastavro's parse without its private keys.
+
+    Object keys are sorted: the registry stores the text, and a lookup must find the text
+    registered by another process, whose parsed schema may hold its keys in another order
+    (seen: ``default`` before ``doc`` after the schema had been used for reading)."""
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: clean(node[k]) for k in sorted(node) if not k.startswith("__")}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    return cast(dict[str, Any], clean(LSST_SCHEMA))
+
 
 _DECODE_ERRORS = AVRO_DECODE_ERRORS
 
@@ -301,7 +370,8 @@ class RegistrySerializer:
 class RegistryDeserializer:
     """``(bytes, ctx) -> obj`` for the Confluent wire format.
 
-    The writer schema is fetched from the registry by the message's id (once per id) and
+    The writer schema is looked up in ``known`` (id -> parsed schema), else fetched from the
+    registry by the message's id (once per id; ``client`` None: no registry) and
     resolved into ``reader_schema``; a writer that cannot be resolved (another record, a
     changed type) is a ``schema_mismatch`` WireError naming both, an unknown id is
     ``unknown_schema_id``.  ``fallback`` reads messages that are clearly schemaless (they
@@ -314,14 +384,28 @@ class RegistryDeserializer:
         reader_schema: dict[str, Any],
         *,
         fallback: SchemalessDeserializer | None = None,
+        known: Mapping[int, dict[str, Any]] | None = None,
     ) -> None:
         self.client = client
         self.reader_schema = reader_schema
         self.fallback = fallback
-        self._writers: dict[int, Any] = {}
+        # Ids known without asking a registry (Rubin's 1101 -> the official schema), so a
+        # reader without a registry (client None) still reads Rubin-framed alerts.
+        self._writers: dict[int, Any] = dict(known or {})
+
+    def know(self, schema_id: int, parsed: Any) -> None:
+        """Read ``schema_id`` with ``parsed`` without asking the registry (unless known)."""
+        self._writers.setdefault(schema_id, parsed)
 
     def writer(self, schema_id: int) -> Any:
         parsed = self._writers.get(schema_id)
+        if parsed is None and self.client is None:
+            raise WireError(
+                f"schema id {schema_id} is not one this reader knows ({sorted(self._writers)}) "
+                "and no schema registry is configured (--schema-registry-url)",
+                reason="unknown_schema_id",
+                schema_id=schema_id,
+            )
         if parsed is None:
             from diffstream.stream.transport.registry import RegistryError, fetch_schema
 
@@ -359,6 +443,40 @@ class RegistryDeserializer:
         return _decode(body, writer, self.reader_schema, f"(schema id {schema_id})")
 
 
+class FramedAlertSerializer:
+    """``(alert, ctx) -> bytes``: the Confluent wire format with ``schema_id`` around the
+    alert encoded in the official LSST schema (extra keys such as ``diffstreamMetadata`` are
+    not written); Rubin's framing.
+
+    ``ensure`` (optional) is called once, by :meth:`ensure` or the first serialization, and
+    returns the id to frame with (a registry's); without it ``schema_id`` is used as given.
+    """
+
+    def __init__(
+        self, schema_id: int = RUBIN_SCHEMA_ID, *, ensure: Callable[[], int] | None = None
+    ) -> None:
+        self.schema = LSST_SCHEMA
+        self.fingerprint = fingerprint(LSST_SCHEMA)
+        self.headers: tuple[tuple[str, bytes], ...] = (
+            (FINGERPRINT_HEADER, self.fingerprint.encode("ascii")),
+        )
+        self._ensure = ensure
+        self.schema_id: int | None = None
+        if ensure is None:
+            frame(schema_id, b"")  # checks the id now, not at the first alert
+            self.schema_id = schema_id
+
+    def ensure(self) -> int:
+        if self.schema_id is None and self._ensure is not None:
+            self.schema_id = int(self._ensure())
+        if self.schema_id is None:
+            raise RuntimeError("FramedAlertSerializer has neither a schema id nor an ensure")
+        return self.schema_id
+
+    def __call__(self, obj: Any, ctx: Any = None) -> bytes:
+        return frame(self.ensure(), _encode(self.schema, obj, "alert"))
+
+
 # -- what producers and consumers use -------------------------------------------------------
 @dataclass
 class Codec:
@@ -384,35 +502,57 @@ def alert_codec(
     reader_schema: dict[str, Any] | None = None,
     register: bool = True,
     check: bool = True,
+    wire_format: str = "confluent",
 ) -> Codec:
-    """Alerts on ``topic``: the Confluent wire format under ``<topic>-value`` when ``registry``
-    (a SchemaRegistryClient) is given, else schemaless with the fingerprint header.
+    """Alerts on ``topic``.
 
-    ``reader_schema`` (e.g. :data:`stream.alerts.packets.LSST_SCHEMA`) is what readers resolve to.
+    ``wire_format="confluent"`` (the default): Rubin's framing, the official schema under
+    Rubin's id (:data:`RUBIN_SCHEMA_ID`); with ``registry`` (a SchemaRegistryClient) the
+    official schema is registered under :data:`RUBIN_SUBJECT` at :meth:`Codec.ensure` and the
+    frames carry the id the registry holds it under (Rubin's where the registry can hold a
+    chosen id).  ``wire_format="schemaless"``: unframed Avro in our extended schema with the
+    fingerprint header (``topic`` unused in either case: the subject is Rubin's).
+
+    The deserializer reads all three: Rubin-framed alerts (id 1101 known without a
+    registry; other ids from ``registry``), and schemaless ones (fingerprint header or
+    single-object marker).  ``reader_schema`` (default our schema: ``diffstreamMetadata``
+    comes back None from framed alerts) is what readers resolve to.
     """
-    from diffstream.schemas import load_json
-
+    if wire_format not in ALERT_WIRE_FORMATS:
+        raise ValueError(f"wire_format must be one of {ALERT_WIRE_FORMATS}, got {wire_format!r}")
     reader = reader_schema or ALERT_SCHEMA
-    if registry is None:
-        return Codec(
-            mode="schemaless",
-            serialize=SchemalessSerializer(ALERT_SCHEMA),
-            deserialize=SchemalessDeserializer(ALERT_SCHEMA, reader_schema=reader),
-            headers=SchemalessSerializer(ALERT_SCHEMA).headers,
-        )
-    from diffstream.stream.transport.registry import subject_for
-
-    subject = subject_for(topic)
-    ser = RegistrySerializer(
-        registry, subject, load_json("diffstream.alert"), register=register, check=check
-    )
     fallback = SchemalessDeserializer(ALERT_SCHEMA, reader_schema=reader)
+    deserialize = RegistryDeserializer(
+        registry, reader, fallback=fallback, known={RUBIN_SCHEMA_ID: LSST_SCHEMA}
+    )
+    if wire_format == "schemaless":
+        ser = SchemalessSerializer(ALERT_SCHEMA)
+        return Codec(mode="schemaless", serialize=ser, deserialize=deserialize, headers=ser.headers)
+    if registry is None:
+        framed = FramedAlertSerializer(RUBIN_SCHEMA_ID)
+        return Codec(mode="confluent", serialize=framed, deserialize=deserialize,
+                     headers=framed.headers)  # fmt: skip
+
+    def ensure() -> int:
+        from diffstream.stream.transport.registry import ensure_rubin_schema
+
+        schema_id = ensure_rubin_schema(
+            registry, official_schema_json(), subject=RUBIN_SUBJECT, schema_id=RUBIN_SCHEMA_ID,
+            register=register,
+        )  # fmt: skip
+        if schema_id != RUBIN_SCHEMA_ID:
+            # The frames must carry the registry's id (readers resolve it there); readers
+            # keyed on Rubin's id see the mapping in this log line and in the summary.
+            deserialize.know(schema_id, LSST_SCHEMA)
+        return schema_id
+
+    framed = FramedAlertSerializer(ensure=ensure)
     return Codec(
         mode="registry",
-        serialize=ser,
-        deserialize=RegistryDeserializer(registry, reader, fallback=fallback),
-        headers=ser.headers,
-        subject=subject,
+        serialize=framed,
+        deserialize=deserialize,
+        headers=framed.headers,
+        subject=RUBIN_SUBJECT,
     )
 
 
@@ -467,17 +607,20 @@ def reencode(
 def worker_codecs(settings: Any) -> tuple[Codec, Codec]:
     """(events codec for ``settings.input_topic``, alerts codec for ``settings.output_topic``).
 
-    With ``settings.schema_registry_url`` both use the Confluent wire format and the alert
-    schema is checked for compatibility and registered *now* (call this at start-up, before
-    consuming: an incompatible schema raises :class:`stream.transport.registry.SchemaIncompatible`).
-    Without it: single-object events and schemaless alerts with the fingerprint header,
-    byte-identical to :func:`stream.transport.events.decode_event` /
-    :func:`diffstream.stream.alerts.packets.serialize_alert`.
+    Alerts are Rubin-framed (``settings.alert_wire_format``, default ``confluent``) with or
+    without a registry.  With ``settings.schema_registry_url`` events use the Confluent wire
+    format too, and the official alert schema is registered under Rubin's subject *now* (call
+    this at start-up, before consuming: a registry problem stops the worker before it reads).
+    Without it events are single-object encoded (:func:`stream.transport.events.decode_event`).
     """
     from diffstream.stream.transport.registry import client_from_settings
 
     client = client_from_settings(settings)
     events = event_codec(settings.input_topic, registry=client, register=False, check=False)
-    alerts = alert_codec(settings.output_topic, registry=client)
+    alerts = alert_codec(
+        settings.output_topic,
+        registry=client,
+        wire_format=getattr(settings, "alert_wire_format", "confluent"),
+    )
     alerts.ensure()
     return events, alerts

@@ -20,16 +20,20 @@ from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from diffstream.schemas import load_json
 from diffstream.stream.alerts.packets import ALERT_SCHEMA, serialize_alert
 from diffstream.stream.cli.main import main
 from diffstream.stream.transport.events import make_event
 from diffstream.stream.transport.registry import (
     SchemaIncompatible,
     ensure_schema,
+    fetch_schema,
     make_client,
     subject_for,
 )
 from diffstream.stream.transport.wire import (
+    RUBIN_SCHEMA_ID,
+    RUBIN_SUBJECT,
     RegistryDeserializer,
     RegistrySerializer,
     WireError,
@@ -106,19 +110,34 @@ def test_alerts_round_trip_through_broker_and_registry(registry_url, kafka_boots
         topic,
         [{"value": codec.serialize(a, None), "headers": list(codec.headers)} for a in alerts],
     )
-    schema_id = codec.ensure()
+    # The real registry holds the official schema under Rubin's subject and Rubin's id (the
+    # admin import API), so the frames are the same as without a registry.
+    assert codec.ensure() == RUBIN_SCHEMA_ID == 1101
     got = consume(kafka_bootstrap, topic, 3)
-    assert all(m.value()[:5] == frame(schema_id, b"") for m in got)
-    assert all(m.value()[5:] == serialize_alert(a) for m, a in zip(got, alerts, strict=True))
+    plain = alert_codec(topic)
+    assert [m.value() for m in got] == [plain.serialize(a, None) for a in alerts]
     # A fresh client has nothing cached: it fetches the writer schema by id.
-    fresh = alert_codec(topic, registry=make_client(registry_url))
-    assert [fresh.deserialize(m.value(), m) for m in got] == alerts
+    fresh = RegistryDeserializer(make_client(registry_url), ALERT_SCHEMA)
+    assert [fresh(m.value(), m) for m in got] == alerts
     theirs = AvroDeserializer(make_client(registry_url))
     ctx = SerializationContext(topic, MessageField.VALUE)
     assert [theirs(m.value(), ctx)["diaSourceId"] for m in got] == [
         a["diaSourceId"] for a in alerts
     ]
-    assert subject_for(topic) in make_client(registry_url).get_subjects()
+    client = make_client(registry_url)
+    assert RUBIN_SUBJECT in client.get_subjects()
+    assert client.get_latest_version(RUBIN_SUBJECT).schema_id == RUBIN_SCHEMA_ID
+
+
+def test_rubins_id_is_kept_beside_other_subjects_and_ids_go_on_after_it(registry_url):
+    # Registered after others (the registry is not empty), and ids handed out afterwards
+    # do not collide with it.
+    client = make_client(registry_url)
+    subject = f"it-reg-after-{uuid.uuid4().hex[:8]}-value"
+    assert alert_codec("x", registry=client).ensure() == RUBIN_SCHEMA_ID
+    later = RegistrySerializer(client, subject, _schema([{"name": "z", "type": "int"}])).ensure()
+    assert later != RUBIN_SCHEMA_ID
+    assert fetch_schema(client, RUBIN_SCHEMA_ID)["name"] == "lsst.v11_1.alert"
 
 
 def test_an_incompatible_schema_stops_start_up(registry_url):
@@ -127,8 +146,9 @@ def test_an_incompatible_schema_stops_start_up(registry_url):
     subject = subject_for(topic)
     client.set_compatibility(subject, "BACKWARD")
     event_codec(topic, registry=client).ensure()  # the subject now holds the event schema
+    alert = RegistrySerializer(make_client(registry_url), subject, load_json("diffstream.alert"))
     with pytest.raises(SchemaIncompatible, match=f"not compatible .* subject {subject} .*BACKWARD"):
-        alert_codec(topic, registry=make_client(registry_url)).ensure()
+        alert.ensure()
 
 
 def test_a_compatible_evolution_is_accepted_and_resolved(registry_url):
@@ -168,7 +188,7 @@ def test_replay_moves_a_schemaless_topic_to_the_registry(
     registry_url, kafka_bootstrap, topics, capsys
 ):
     source, target = topics("reg-src", 1), topics("reg-dst", 1)
-    plain = alert_codec(source)
+    plain = alert_codec(source, wire_format="schemaless")
     alerts = [make_test_alert(i) for i in range(4)]
     produce(
         kafka_bootstrap,
@@ -210,8 +230,8 @@ def test_check_reports_the_registry_and_subjects(
     out = capsys.readouterr().out
     assert rc == 0, out
     assert f"[ OK ] schema registry {registry_url}: reachable" in out
-    assert f"[ OK ] subject {names['out']}-value: version 1 (id " in out
-    assert "our diffstream.alert is compatible" in out
+    assert f"[ OK ] subject {RUBIN_SUBJECT}: version 1 (id {RUBIN_SCHEMA_ID}); our official" in out
+    assert "official alert schema is compatible" in out
     assert f"[WARN] subject {names['in']}-value: no versions yet" in out
     rc = main(
         [

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from diffstream.stream.alerts.packets import ALERT_SCHEMA, schema_fingerprint
+from diffstream.stream.alerts.packets import LSST_SCHEMA, schema_fingerprint
 from diffstream.stream.transport.events import EVENT_FINGERPRINT, encode_event, make_event
 from tests.integration.stream_helpers import (
     REPO,
@@ -69,10 +69,10 @@ def _check_alerts(bootstrap, topic, pairs, *, exactly_once: bool, isolation="rea
     if exactly_once:
         dups = {sid: len(v) for sid, v in got.items() if len(v) > 1}
         assert not dups, f"{len(dups)} alerts duplicated under --exactly-once"
-    fp = schema_fingerprint(ALERT_SCHEMA).encode()
+    fp = schema_fingerprint(LSST_SCHEMA).encode()  # Rubin-framed: the official schema
     for sid, copies in got.items():
         for alert, headers in copies:
-            check_alert_matches_offline(alert, want[sid])
+            check_alert_matches_offline(alert, want[sid], headers)
             src = alert["diaSource"]
             assert headers["diffstream.visit"] == str(src["visit"]).encode()
             assert headers["diffstream.detector"] == str(src["detector"]).encode()

@@ -32,17 +32,18 @@ from diffstream.stream.cli.main import main
 from diffstream.stream.ops.metrics import start_metrics
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.sim.simulate import simulate_pair, write_pair
-from diffstream.stream.transport.events import EVENT_SCHEMA, encode_event, make_event
+from diffstream.stream.transport.events import encode_event, make_event
 from diffstream.stream.transport.kafka import KafkaTransport
-from diffstream.stream.transport.registry import make_client
 from diffstream.stream.transport.replay import REPLAY_SOURCE_HEADER
 from diffstream.stream.transport.service import Worker, run_loop
 from diffstream.stream.transport.wire import (
     FINGERPRINT_HEADER,
+    RUBIN_SCHEMA_ID,
     WireError,
     alert_codec,
     event_codec,
     unframe,
+    worker_codecs,
 )
 from tests.unit.test_metrics import sample
 
@@ -217,7 +218,13 @@ def first_run(kafka_bootstrap: str, topics: Any, tmp_path_factory) -> dict[str, 
         data_roots=[str(root)],
     )
     metrics = start_metrics(0)
-    worker = Worker(settings, metrics=metrics)
+    events, alerts_out = worker_codecs(settings)  # as `diffstream run` builds its worker
+    worker = Worker(
+        settings,
+        metrics=metrics,
+        event_decoder=events.deserialize,
+        alert_serializer=alerts_out.serialize,
+    )
     transport = KafkaTransport(settings, metrics=metrics, worker=worker.worker_id)
     result: dict[str, Any] = {}
 
@@ -483,42 +490,36 @@ def test_tail_with_the_wrong_schema_is_a_clear_error(first_run, kafka_bootstrap,
 
 # -- wire formats through the broker --------------------------------------------------------
 def test_wire_round_trips_through_the_broker(first_run, kafka_bootstrap, topics):
-    codec = alert_codec("x")
-    alerts = [codec.deserialize(m.value(), m) for m in first_run["messages"][:3]]
+    # The worker's alerts are Rubin-framed (id 1101) by default; the schemaless opt-in too
+    # goes through the broker and back.
+    framed_codec = alert_codec("x")
+    assert all(unframe(m.value())[0] == RUBIN_SCHEMA_ID for m in first_run["messages"])
+    alerts = [framed_codec.deserialize(m.value(), m) for m in first_run["messages"][:3]]
+    plain_codec = alert_codec("x", wire_format="schemaless")
     schemaless, framed = topics("wire-plain", 1), topics("wire-framed", 1)
-    registry = make_client("mock://it-tools")
-    reg = alert_codec(framed, registry=registry)
-    produce(
-        kafka_bootstrap,
-        schemaless,
-        [{"value": codec.serialize(a, None), "headers": list(codec.headers)} for a in alerts],
-    )
-    produce(
-        kafka_bootstrap,
-        framed,
-        [{"value": reg.serialize(a, None), "headers": list(reg.headers)} for a in alerts],
-    )
+    for topic, codec in ((schemaless, plain_codec), (framed, framed_codec)):
+        produce(
+            kafka_bootstrap,
+            topic,
+            [{"value": codec.serialize(a, None), "headers": list(codec.headers)} for a in alerts],
+        )
     got = consume(kafka_bootstrap, schemaless, 3)
-    assert [codec.deserialize(m.value(), m) for m in got] == alerts
+    assert all(m.value()[0] != 0 for m in got)
+    assert [plain_codec.deserialize(m.value(), m) for m in got] == alerts
     got = consume(kafka_bootstrap, framed, 3)
-    assert all(m.value()[0] == 0 and unframe(m.value())[0] == reg.ensure() for m in got)
-    assert [reg.deserialize(m.value(), m) for m in got] == alerts
-    # The registry-framed bytes through a schemaless reader: refused, with the hint.
-    with pytest.raises(WireError, match="fingerprint"):
-        alert_codec("x").deserialize(got[0].value(), None)
+    assert all(unframe(m.value())[0] == RUBIN_SCHEMA_ID for m in got)
+    assert [framed_codec.deserialize(m.value(), m) for m in got] == alerts
 
 
-def test_registry_wrong_schema_through_the_broker(kafka_bootstrap, topics):
-    registry = make_client("mock://it-tools-wrong")
+def test_wrong_schema_through_the_broker(kafka_bootstrap, topics):
     topic = topics("wire-wrong", 1)
-    events = event_codec(topic, registry=registry)
+    events = event_codec(topic)
     event = make_event("/d/s.fits", "/d/t.fits", visit=1, detector=2, exposure_id=3)
     produce(kafka_bootstrap, topic, [{"value": events.serialize(event, None)}])
     (msg,) = consume(kafka_bootstrap, topic, 1)
     assert events.deserialize(msg.value(), msg)["requestId"] == event["requestId"]
-    reader = alert_codec(topic, registry=registry)
-    with pytest.raises(WireError, match=f"{EVENT_SCHEMA['name']}, which cannot be read as lsst"):
-        reader.deserialize(msg.value(), msg)
+    with pytest.raises(WireError, match="single-object encoded with schema fingerprint"):
+        alert_codec(topic).deserialize(msg.value(), msg)
 
 
 # -- check ----------------------------------------------------------------------------------

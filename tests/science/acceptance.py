@@ -20,6 +20,16 @@ SEEDS = (101, 202, 303)
 NOISE_SEEDS = (11, 22, 33, 44)
 
 
+def assert_psfs_measured(result):
+    """The simulated files carry their true PSFs as HDUs: a run that silently fell back to
+    them (or to a keyword Gaussian) would flatter every figure below.  Both PSFs must have
+    been measured from the images' stars, as the run itself reports."""
+    psf = result.metadata.get("psf", step=result.metadata.name)
+    for side in ("science", "template"):
+        assert psf[side]["source"] == "measured", (side, psf[side])
+        assert psf[side]["nstars"] >= 10, (side, psf[side])
+
+
 def completeness(rows, lo, hi):
     sel = [r for r in rows if lo <= r["snr"] < hi]
     return sum(r["src"] is not None for r in sel), len(sel)

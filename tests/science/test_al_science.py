@@ -34,6 +34,7 @@ def _write(tmp_path_factory, seed, case, transients=True):
 
 def _subtract(sci, tmpl, seed, *, method, infos=None):
     result = pipeline.subtract_files(sci, tmpl, settings=Settings(method=method), exposure_id=seed)
+    acceptance.assert_psfs_measured(result)
     if method == "al" and infos is not None:
         infos.append(result.al)
     return result

@@ -26,6 +26,7 @@ def _run(tmp_path_factory, seed, case, *, transients=True):
     d = tmp_path_factory.mktemp(f"{case}-{seed}-{int(transients)}")
     sci, tmpl = write_pair(pair, d)
     result = subtract_files(str(sci), str(tmpl), settings=Settings(), exposure_id=seed)
+    acceptance.assert_psfs_measured(result)
     return pair, result
 
 

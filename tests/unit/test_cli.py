@@ -72,6 +72,51 @@ def test_external_psf_and_background_files_are_recorded_as_inputs(pair_files, tm
     assert "psf" not in inputs["template"] and len(inputs["science"]["sha256"]) == 64
 
 
+def _gaussian_stamp(fwhm: float, size: int = 31) -> np.ndarray:
+    y, x = np.mgrid[:size, :size] - size // 2
+    s = fwhm / 2.3548
+    g = np.exp(-(x * x + y * y) / (2 * s * s))
+    return g / g.sum()
+
+
+def test_template_psf_file_is_the_template_psf_used(pair_files, tmp_path):
+    # A template PSF 2-4 times as wide as the true one: ignored, the run would measure the true
+    # one on the warped template (source "measured", the true width).
+    pair, sci, tmpl = pair_files
+    wide = 12.0  # px; the simulated PSFs are 3-6 px wide
+    psf = tmp_path / "tpsf.fits"
+    fits.PrimaryHDU(_gaussian_stamp(wide, 61)).writeto(psf)
+    out = tmp_path / "out"
+    rc = main(["subtract", str(sci), str(tmpl), "--out", str(out), "--template-psf", str(psf)])
+    assert rc == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    used = meta["psf"]["template"]
+    assert used["source"] == "warped", used
+    # The warp onto the science grid keeps the width up to the small pixel-scale change.
+    assert used["fwhm"] == pytest.approx(wide, rel=0.1), used
+    assert meta["inputs"]["template"]["psf"]["path"] == str(psf)
+
+
+def test_science_background_file_is_added_to_the_science_image(pair_files, tmp_path):
+    from diffstream.stream.io.fitsio import load_exposure
+    from diffstream.stream.ops.settings import Settings
+    from diffstream.stream.pipeline.subtract import subtract_files
+
+    _, sci, tmpl = pair_files
+    plain = load_exposure(str(sci))
+    ny, nx = plain.image.shape
+    # A ramp, so that a constant offset elsewhere could not pass for it.
+    bkg_img = (np.arange(nx)[None, :] * 0.5 + np.arange(ny)[:, None] * 0.25).astype(np.float32)
+    bkg = tmp_path / "bkg.fits"
+    fits.PrimaryHDU(bkg_img).writeto(bkg)
+    result = subtract_files(str(sci), str(tmpl), settings=Settings(), science_background=str(bkg))
+    good = np.isfinite(plain.image)
+    np.testing.assert_allclose(
+        result.science.image[good], (plain.image + bkg_img)[good], rtol=1e-6, atol=1e-3
+    )
+    assert result.science.info["background_added"]["path"] == str(bkg)
+
+
 def test_alerts_read_with_the_official_lsst_schema(first_run, pair_files):
     from lsst.alert.packet import Schema
 

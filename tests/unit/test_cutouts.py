@@ -73,12 +73,14 @@ def test_cutout_layout(planes):
     image, variance, mask = planes()
     data = make_cutout(image, variance, mask, make_wcs(sip=False), 123.4, 87.6)
     hdul, _ = decode(data)
-    assert [h.name for h in hdul] == ["PRIMARY", "VARIANCE", "MASK"]
+    assert [h.name for h in hdul] == ["PRIMARY", "MASK", "UNCERT"]  # CCDData.to_hdu's order
+    assert hdul[0].header["BUNIT"] == "nJy"
+    assert hdul["UNCERT"].header["UTYPE"] == "VarianceUncertainty"
     assert hdul[0].data.dtype == np.dtype(">f4")
-    assert hdul[1].data.dtype == np.dtype(">f4")
-    assert hdul[2].data.dtype == np.dtype(">i2")
+    assert hdul["UNCERT"].data.dtype == np.dtype(">f4")
+    assert hdul["MASK"].data.dtype == np.dtype(">i2")
     assert all(h.data.shape == (30, 30) for h in hdul)
-    assert {k: hdul[2].header[f"MP_{k}"] for k in DEFAULT_PLANES} == DEFAULT_PLANES
+    assert {k: hdul["MASK"].header[f"MP_{k}"] for k in DEFAULT_PLANES} == DEFAULT_PLANES
     # Plain FITS: 3 one-block headers + 2 + 2 + 1 data blocks.
     assert len(data) == 8 * 2880
 
@@ -91,8 +93,8 @@ def test_cutout_pixels_come_from_the_right_place(planes, size):
     x0, y0 = -hdul[0].header["LTV1"], -hdul[0].header["LTV2"]
     sl = np.s_[y0 : y0 + size, x0 : x0 + size]
     np.testing.assert_array_equal(hdul[0].data, image[sl])
-    np.testing.assert_array_equal(hdul[1].data, variance[sl])
-    np.testing.assert_array_equal(hdul[2].data, mask[sl])
+    np.testing.assert_array_equal(hdul["UNCERT"].data, variance[sl])
+    np.testing.assert_array_equal(hdul["MASK"].data, mask[sl])
     # (x, y) is at the cutout's centre (to the nearest pixel for even sizes).
     assert abs((x - x0) - (size - 1) / 2) <= 0.5
     assert abs((y - y0) - (size - 1) / 2) <= 0.5
@@ -142,7 +144,7 @@ def test_edge_cutout_fills_off_image_pixels(planes):
     hdul, _ = decode(make_cutout(image, variance, mask, make_wcs(sip=False), x, y))
     x0, y0 = -hdul[0].header["LTV1"], -hdul[0].header["LTV2"]
     assert (x0, y0) == (-12, -11)
-    img, var, msk = (h.data for h in hdul)
+    img, var, msk = hdul[0].data, hdul["UNCERT"].data, hdul["MASK"].data
     off = np.zeros((30, 30), bool)
     off[:11, :] = True
     off[:, :12] = True
@@ -158,17 +160,17 @@ def test_edge_cutout_custom_planes_without_no_data(planes):
         make_cutout(image, variance, mask, make_wcs(sip=False), 399.0, 10.0,
                     mask_planes={"BAD": 0, "SAT": 1})
     )  # fmt: skip
-    assert hdul[2].header["MP_SAT"] == 1
-    assert "MP_NO_DATA" not in hdul[2].header
-    assert (hdul[2].data[:, 16:] == 0).all()  # off-image columns: no plane to flag them
+    assert hdul["MASK"].header["MP_SAT"] == 1
+    assert "MP_NO_DATA" not in hdul["MASK"].header
+    assert (hdul["MASK"].data[:, 16:] == 0).all()  # off-image columns: no plane to flag them
 
 
 def test_cutout_mask_keeps_high_bits(planes):
     image, variance, mask = planes()
     mask[100:110, 100:110] |= 1 << 20
     hdul, _ = decode(make_cutout(image, variance, mask, make_wcs(sip=False), 105.0, 105.0))
-    assert hdul[2].data.dtype == np.dtype(">i4")
-    assert (hdul[2].data[10:20, 10:20] & (1 << 20)).all()
+    assert hdul["MASK"].data.dtype == np.dtype(">i4")
+    assert (hdul["MASK"].data[10:20, 10:20] & (1 << 20)).all()
 
 
 def test_cutout_from_float64_image(planes):
@@ -228,7 +230,7 @@ def test_cutout_bytes_agree_with_astropy_writer(planes):
     for ours, other in zip(hdul, theirs, strict=True):
         assert ours.data.tobytes() == other.data.tobytes()
         assert list(ours.header.items()) == list(other.header.items())
-    assert hdul[2].header["MP_DETECTED_NEGATIVE"] == DEFAULT_PLANES["DETECTED_NEGATIVE"]
+    assert hdul["MASK"].header["MP_DETECTED_NEGATIVE"] == DEFAULT_PLANES["DETECTED_NEGATIVE"]
 
 
 def test_fits_card_formatting():
@@ -294,7 +296,7 @@ def test_maker_bytes_equal_make_cutout(planes, sip, x, y):
         assert data == make_cutout(image, variance, mask, wcs, x, y)
         assert data == maker(image, variance, mask, x, y)
     hdul, _ = decode(made[1])
-    assert hdul[2].data.dtype == np.dtype(">i4")
+    assert hdul["MASK"].data.dtype == np.dtype(">i4")
 
 
 @pytest.mark.parametrize("size", [30, 31, 7])
@@ -321,10 +323,10 @@ def test_cutout_geometry_matches_cutout2d(planes, size):
         np.testing.assert_array_equal(hdul[0].data, ref.data)
         var = np.full((size, size), np.nan, np.float32)
         var[ref.slices_cutout] = variance[ref.slices_original]
-        np.testing.assert_array_equal(hdul[1].data, var)
+        np.testing.assert_array_equal(hdul["UNCERT"].data, var)
         msk = np.full((size, size), NO_DATA, np.int32)
         msk[ref.slices_cutout] = mask[ref.slices_original]
-        np.testing.assert_array_equal(hdul[2].data, msk)
+        np.testing.assert_array_equal(hdul["MASK"].data, msk)
 
 
 def test_maker_checks_wcs_and_size_once():
@@ -372,3 +374,81 @@ def test_make_many_errors_come_with_their_source(planes):
         next(maker.make_many([(image, variance, mask)], [float("nan")], [1.0]))
     with pytest.raises(ValueError, match="xs and ys must be 1-D of one length"):
         next(maker.make_many([(image, variance, mask)], [1.0, 2.0], [1.0]))
+
+
+# --- astropy CCDData: how brokers open Rubin's cutouts --------------------------------------
+
+
+def test_ccddata_round_trip(planes):
+    # What a broker does with a Rubin cutout, default arguments: data, variance (as a
+    # VarianceUncertainty, not a standard deviation), mask, WCS, unit and PSF all come back.
+    from astropy import units as u
+    from astropy.nddata import CCDData, VarianceUncertainty
+
+    image, variance, mask = planes()
+    wcs = make_wcs(sip=True)
+    yy, xx = np.mgrid[-12:13, -12:13]
+    psf = np.exp(-(xx**2 + yy**2) / 8.0)
+    psf /= psf.sum()
+    x, y, size = 201.3, 150.8, 41
+    data = make_cutout(image, variance, mask, wcs, x, y, size=size, psf=psf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ccd = CCDData.read(io.BytesIO(data))
+    x0, y0 = int(np.ceil(x - size / 2)), int(np.ceil(y - size / 2))
+    sl = np.s_[y0 : y0 + size, x0 : x0 + size]
+    assert ccd.unit == u.nJy
+    np.testing.assert_array_equal(ccd.data, image[sl])
+    assert isinstance(ccd.uncertainty, VarianceUncertainty)
+    np.testing.assert_array_equal(ccd.uncertainty.array, variance[sl])
+    np.testing.assert_array_equal(ccd.mask, mask[sl] != 0)
+    # The cutout WCS at the source and at a corner, against the parent's.
+    for cx, cy in ((x - x0, y - y0), (0.0, 0.0), (size - 1.0, size - 1.0)):
+        ours = ccd.wcs.pixel_to_world(cx, cy)
+        theirs = wcs.pixel_to_world(cx + x0, cy + y0)
+        assert ours.separation(theirs).to_value(u.arcsec) < 0.01 * 0.2  # << 0.01 px
+    # PSFIMAGE: float32, cropped about its centre to PSF_MAX_SIZE (21) px.
+    side = cutouts.PSF_MAX_SIZE
+    assert ccd.psf.shape == (side, side) and ccd.psf.dtype == np.dtype(">f4")
+    cut = (25 - side) // 2
+    np.testing.assert_allclose(ccd.psf, psf[cut : cut + side, cut : cut + side], rtol=1e-6)
+
+
+def test_psf_is_never_larger_than_the_cutout(planes):
+    image, variance, mask = planes()
+    psf = np.ones((25, 25))
+    hdul, _ = decode(make_cutout(image, variance, mask, make_wcs(sip=False), 200.0, 150.0,
+                                 size=10, psf=psf))  # fmt: skip
+    assert hdul["PSFIMAGE"].data.shape == (9, 9)  # odd, centred, <= the side
+    with pytest.raises(ValueError, match="square 2-D array of odd side"):
+        make_cutout(image, variance, mask, make_wcs(sip=False), 200.0, 150.0, psf=np.ones((4, 4)))
+
+
+@pytest.mark.parametrize(
+    ("bbox", "side"), [(0, 30), (12, 30), (30, 30), (30.2, 31), (57, 57), (102, 102),
+                       (500, 102), (None, 30), (float("nan"), 30)],
+)  # fmt: skip
+def test_cutout_size_is_the_bbox_clamped_to_30_102(bbox, side):
+    assert cutouts.cutout_size(bbox) == side
+
+
+def test_make_many_sizes_and_psfs_per_source(planes):
+    wcs = make_wcs(sip=False)
+    triples = [planes(seed=0), planes(seed=1)]
+    maker = cutouts.CutoutMaker(wcs, size=30)
+    stamp = np.zeros((15, 15), np.float32)
+    stamp[7, 7] = 1.0
+    psfs_at = [lambda x, y: stamp * (x + y), None]
+    made = list(maker.make_many(triples, [100.0, 200.5], [80.0, 150.2], sizes=[30, 64],
+                                psfs_at=psfs_at))  # fmt: skip
+    for (first, second), (x, y), side in zip(made, [(100.0, 80.0), (200.5, 150.2)], [30, 64],
+                                             strict=True):  # fmt: skip
+        hdul, _ = decode(first)
+        assert hdul[0].data.shape == (side, side)
+        assert hdul["PSFIMAGE"].data[7, 7] == np.float32(x + y)
+        assert first == maker.make(triples, x, y, psfs=[stamp * (x + y), None], size=side)[0]
+        assert "PSFIMAGE" not in [h.name for h in decode(second)[0]]
+    with pytest.raises(ValueError, match="one side per position"):
+        list(maker.make_many(triples, [1.0], [1.0], sizes=[30, 30]))
+    with pytest.raises(ValueError, match="one entry per triple"):
+        list(maker.make_many(triples, [1.0], [1.0], psfs_at=[None]))

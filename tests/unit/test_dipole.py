@@ -514,7 +514,12 @@ def test_measure_dipoles_step_and_alert_record():
     dipole = next(f for f in fields if f["dipoleFitAttempted"])
     lone = next(f for f in fields if not f["dipoleFitAttempted"])
     assert dipole["isDipole"] is np.True_ or dipole["isDipole"] is True
-    assert lone["isDipole"] is None and lone["dipoleNdata"] == 0
+    # One sign, no partner: not a dipole (False), not "not measured" (null).
+    assert lone["isDipole"] is False and lone["dipoleNdata"] == 0
+    Knobs.dipole_fit = False  # type: ignore[attr-defined]
+    off = measure_dipoles(found, rows, difference=img, difference_variance=var,
+                          psf_d_at=lambda x, y: psf, wcs=wcs, settings=Knobs())  # fmt: skip
+    assert all(off.row_fields(i)["isDipole"] is None for i in range(len(off.rows)))
     assert dipole["dipoleLength"] == pytest.approx(0.2 * math.hypot(3.0, 1.0), rel=0.05)
     row = {n: step.rows[n][0] for n in step.rows.dtype.names}
     row.update(fields[0])

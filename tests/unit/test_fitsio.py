@@ -700,10 +700,16 @@ def test_string_integer_ids(write_plain):
     assert exp.visit == 42 and exp.detector == 7
 
 
+def test_non_integer_ids_do_not_reject_the_file(write_plain):
+    """Issue 12: DECam/JWST write DETECTOR as a name; a float VISIT is no id either."""
+    exp = load_exposure(write_plain(np.zeros((20, 20), ">f4"), VISIT=12.5, DETECTOR="MULTIPLE"))
+    assert exp.visit is None and exp.detector is None
+    assert [f["keyword"] for f in exp.info["fallbacks"]] == ["VISIT", "DETECTOR"]
+
+
 @pytest.mark.parametrize(
     ("cards", "match"),
     [
-        ({"VISIT": 12.5}, r"VISIT must be an integer, got 12.5"),
         ({"GAIN": 0.0}, r"GAIN must be > 0, got 0.0"),
         ({"SATURATE": "high"}, r"SATURATE must be a finite number, got 'high'"),
         ({"EXPTIME": -3.0}, r"EXPTIME must be >= 0, got -3.0"),

@@ -258,12 +258,12 @@ def test_truncated_file_with_threaded_hash(tmp_path, monkeypatch):
 
 def test_read_bytes_kept_for_other_modules(tmp_path):
     # diffstream.stream.io.calibrated imports these two from diffstream.stream.io.fitsio.
-    from diffstream.stream.io.fitsio import _open_fits, _read_bytes
+    from diffstream.stream.io.fitsio import open_fits, read_bytes
 
     path = _mef(tmp_path, mask=np.zeros(SHAPE, np.int32))
-    raw, sha = _read_bytes(str(path), 10**9)
+    raw, sha = read_bytes(str(path), 10**9)
     assert raw == path.read_bytes() and sha == hashlib.sha256(raw).hexdigest()
-    with _open_fits(raw, str(path)) as hdul:
+    with open_fits(raw, str(path)) as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "IMAGE", "MASK", "VARIANCE"]
 
 

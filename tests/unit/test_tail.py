@@ -172,7 +172,7 @@ class FakeConsumer:
 
 
 def test_tail_topic_prints_and_reports_undecodable_messages():
-    codec = alert_codec("alerts")
+    codec = alert_codec("alerts", wire_format="schemaless")
     good = [(FINGERPRINT_HEADER, ALERT_FP.encode())]
     messages = [
         FakeMessage(serialize_alert(make_test_alert(0)), 5, 1, good),
@@ -205,7 +205,7 @@ def test_tail_topic_prints_and_reports_undecodable_messages():
 
 
 def test_tail_topic_json_carries_the_position_and_max_stops():
-    codec = alert_codec("alerts")
+    codec = alert_codec("alerts", wire_format="schemaless")
     hdr = list(codec.headers)
     messages = [FakeMessage(serialize_alert(make_test_alert(i)), i, 0, hdr) for i in range(5)]
     out = io.StringIO()

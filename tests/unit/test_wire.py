@@ -2,14 +2,19 @@
 a real registry.
 
 The Confluent framing is checked byte for byte, and against confluent-kafka's own
-AvroSerializer/AvroDeserializer over its in-process ``mock://`` registry client.
+AvroSerializer/AvroDeserializer over its in-process mock registry client, used here as a test
+double (answering compatibility questions itself): the product has no branch for it.  What
+needs a registry's behaviour (Rubin's ids, compatibility rules) is tested against the real one
+in tests/integration/test_registry.py and test_rubin_compat.py.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 
+import fastavro
 import pytest
 from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
     MockSchemaRegistryClient,
@@ -47,6 +52,8 @@ from diffstream.stream.transport.wire import (
     FINGERPRINT_HEADER,
     MAGIC_BYTE,
     PREFIX_LEN,
+    RUBIN_SCHEMA_ID,
+    RUBIN_SUBJECT,
     RegistryDeserializer,
     RegistrySerializer,
     SchemalessDeserializer,
@@ -56,7 +63,10 @@ from diffstream.stream.transport.wire import (
     event_codec,
     frame,
     header_value,
+    official_schema_json,
     reencode,
+    rubin_schema_id,
+    rubin_subject,
     unframe,
     worker_codecs,
 )
@@ -125,7 +135,7 @@ class CompatMock(MockSchemaRegistryClient):
 
 @pytest.fixture
 def mock_registry():
-    return MockSchemaRegistryClient({"url": "mock://wire-tests"})
+    return CompatMock()
 
 
 # -- framing, byte for byte -----------------------------------------------------------------
@@ -225,7 +235,7 @@ def test_schemaless_serializer_is_serialize_alert_plus_header():
 
 def test_schemaless_round_trip_with_header():
     alert = make_test_alert()
-    codec = alert_codec("alerts")
+    codec = alert_codec("alerts", wire_format="schemaless")
     data = codec.serialize(alert, None)
     assert codec.mode == "schemaless"
     assert codec.deserialize(data, list(codec.headers)) == alert
@@ -318,13 +328,59 @@ def test_registry_bytes_equal_confluent_avro_serializer(mock_registry, name, rec
     )
 
 
-def test_registry_body_is_the_schemaless_alert(mock_registry):
+def test_alert_codec_default_is_rubin_framing_of_the_official_schema():
+    # What packageAlerts.py sends: magic byte 0, id 1101 (11*100 + 1), the official schema's
+    # body; our trailing diffstreamMetadata is not written.
+    alert = make_test_alert()
+    alert["diffstreamMetadata"] = None
+    codec = alert_codec("alerts")
+    data = codec.serialize(alert, None)
+    assert codec.mode == "confluent" and RUBIN_SCHEMA_ID == 1101
+    assert data[:PREFIX_LEN] == b"\x00\x00\x00\x04\x4d"
+    body = io.BytesIO(data[PREFIX_LEN:])
+    assert fastavro.schemaless_reader(body, LSST_SCHEMA, None)["diaSource"] == alert["diaSource"]
+    assert body.tell() == len(data) - PREFIX_LEN  # no byte of a trailing field
+    assert codec.deserialize(data, None) == alert
+    assert codec.headers == ((FINGERPRINT_HEADER, fingerprint(LSST_SCHEMA).encode()),)
+
+
+def test_rubin_ids_and_subjects_follow_the_schema_name():
+    assert rubin_schema_id("lsst.v11_1.alert") == 1101
+    assert rubin_schema_id("lsst/lsst.v7_0.alert") == 700
+    assert rubin_subject("lsst.v11_1.alert") == "lsst-alerts-v11.1-value" == RUBIN_SUBJECT
+    with pytest.raises(ValueError, match="not an LSST alert schema name"):
+        rubin_schema_id("diffstream.alert")
+    with pytest.raises(ValueError, match="does not fit Rubin's id scheme"):
+        rubin_schema_id("lsst.v1_100.alert")
+
+
+def test_official_schema_json_is_self_contained_with_each_type_defined_once():
+    text = json.dumps(official_schema_json())
+    assert "__fastavro" not in text
+    assert text.count('"name": "lsst.v11_1.diaSource"') == 1
+    assert fingerprint(fastavro.parse_schema(json.loads(text))) == fingerprint(LSST_SCHEMA)
+
+
+def test_alert_codec_rejects_an_unknown_wire_format():
+    with pytest.raises(ValueError, match="wire_format must be one of"):
+        alert_codec("alerts", wire_format="json")
+
+
+def test_framed_reader_without_registry_refuses_an_unknown_id():
+    data = frame(7, serialize_alert(make_test_alert()))
+    with pytest.raises(WireError, match="schema id 7 is not one this reader knows") as e:
+        alert_codec("alerts").deserialize(data, None)
+    assert e.value.fields["reason"] == "unknown_schema_id"
+
+
+def test_registry_alert_codec_registers_the_official_schema_under_rubins_subject(mock_registry):
+    # The mock assigns its own ids (1): the frames carry the registry's id, with a WARNING.
     alert = make_test_alert()
     codec = alert_codec("alerts", registry=mock_registry)
     data = codec.serialize(alert, None)
-    assert data[PREFIX_LEN:] == serialize_alert(alert)
-    assert codec.subject == "alerts-value"
-    assert mock_registry.get_subjects() == ["alerts-value"]
+    assert codec.subject == "lsst-alerts-v11.1-value"
+    assert mock_registry.get_subjects() == ["lsst-alerts-v11.1-value"]
+    assert unframe(data) == (1, alert_codec("alerts").serialize(alert, None)[PREFIX_LEN:])
     assert codec.deserialize(data, None) == alert
 
 
@@ -405,7 +461,8 @@ def test_codec_ensure_registers_once_and_returns_the_id(mock_registry):
     codec = alert_codec("alerts", registry=mock_registry)
     first = codec.ensure()
     assert first == codec.ensure() == 1
-    assert alert_codec("alerts").ensure() is None  # schemaless: nothing to register
+    assert alert_codec("alerts").ensure() == RUBIN_SCHEMA_ID  # no registry: Rubin's id
+    assert alert_codec("alerts", wire_format="schemaless").ensure() is None
 
 
 def test_ensure_schema_checks_compatibility_when_the_subject_has_versions():
@@ -450,12 +507,10 @@ def test_make_client_rejects_empty_url():
 
 
 def test_make_client_rejects_bad_url():
-    with pytest.raises(ConfigError, match="invalid schema registry settings for 'ftp://x'"):
+    with pytest.raises(ConfigError, match=r"schema registry urls must be http\(s\)://"):
         make_client("ftp://x")
-
-
-def test_make_client_mock_url_gives_the_mock():
-    assert isinstance(make_client("mock://unit"), MockSchemaRegistryClient)
+    with pytest.raises(ConfigError, match="schema registry urls must be"):
+        make_client("mock://unit")  # confluent's mock is a test double, not a registry
 
 
 def test_registry_status_of_an_unreachable_registry():
@@ -467,9 +522,9 @@ def test_registry_status_of_an_unreachable_registry():
 
 def test_registry_status_lists_subjects_and_latest(mock_registry):
     alert_codec("alerts", registry=mock_registry).ensure()
-    status = registry_status(mock_registry, subjects=["alerts-value", "none-value"])
-    assert status.reachable and status.subjects == ["alerts-value"]
-    assert status.latest == {"alerts-value": (1, 1), "none-value": None}
+    status = registry_status(mock_registry, subjects=[RUBIN_SUBJECT, "none-value"])
+    assert status.reachable and status.subjects == [RUBIN_SUBJECT]
+    assert status.latest == {RUBIN_SUBJECT: (1, 1), "none-value": None}
 
 
 def test_avro_schema_text_is_the_file_json():
@@ -482,27 +537,19 @@ def test_registry_reader_also_reads_marked_schemaless_alerts(mock_registry):
     # A topic moving to the registry: older schemaless alerts (with the fingerprint header)
     # stay readable; framed ones are read through the registry.
     alert = make_test_alert()
-    plain = alert_codec("alerts")
+    plain = alert_codec("alerts", wire_format="schemaless")
     reader = alert_codec("alerts", registry=mock_registry)
     assert reader.deserialize(plain.serialize(alert, None), list(plain.headers)) == alert
     assert reader.deserialize(reader.serialize(alert, None), list(reader.headers)) == alert
 
 
-def test_worker_codecs_without_a_registry_match_the_worker_encoding():
+def test_worker_codecs_without_a_registry_frame_alerts_as_rubin_does():
     from diffstream.stream.ops.settings import Settings
 
     events, alerts = worker_codecs(Settings())
     event, alert = make_test_event(), make_test_alert()
     assert events.serialize(event, None) == encode_event(event)
-    assert alerts.serialize(alert, None) == serialize_alert(alert)
-    assert alerts.headers == ((FINGERPRINT_HEADER, ALERT_FP.encode()),)
-
-
-def test_worker_codecs_with_a_registry_register_the_alert_schema_at_start():
-    from diffstream.stream.ops.settings import Settings
-
-    events, alerts = worker_codecs(Settings(schema_registry_url="mock://w", output_topic="out"))
-    assert (events.mode, alerts.mode) == ("registry", "registry")
-    assert alerts.serialize.client.get_subjects() == ["out-value"]  # registered at start
-    data = alerts.serialize(make_test_alert(), None)
-    assert unframe(data)[0] == alerts.ensure()
+    assert unframe(alerts.serialize(alert, None))[0] == RUBIN_SCHEMA_ID
+    _, plain = worker_codecs(Settings(alert_wire_format="schemaless"))
+    assert plain.serialize(alert, None) == serialize_alert(alert)
+    assert plain.headers == ((FINGERPRINT_HEADER, ALERT_FP.encode()),)

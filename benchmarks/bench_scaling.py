@@ -1,0 +1,146 @@
+"""Scaling benchmark: N workers in one consumer group, one CPU each, on the local broker.
+
+    .venv/bin/python benchmarks/bench_scaling.py [--bootstrap-servers B] [--size 4096]
+        [--workers 1 2] [--events 8] [--distinct 2] [--work DIR]
+
+Each worker is a ``diffstream run`` process with ``DIFFSTREAM_CPUS=1`` (its thread count and
+FFT workers resolve to one core) in one consumer group on an input topic with one partition
+per worker.  The load is the closed loop of ``bench_stream.py`` (each partition has one event
+in flight), so the figures are the service's own:
+
+- CCDs/s: events / (last alert received - first event published);
+- core-seconds per CCD: the CPU time the workers consumed during the measured events
+  (utime + stime from /proc), divided by the events -- measured, not N / rate;
+- event-to-alert latency p50 / p99;
+- cores for LSST: 189 CCDs per ~39 s visit (4.85 CCD/s) times the core-seconds per CCD.
+
+Timing never gates a test.  The machine is shared: run it twice and give the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_stream import ROOT, Run, make_pairs, start_broker  # noqa: E402
+
+LSST_CCDS_PER_S = 189 / 39.0
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its reaped children, in seconds (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command name: state is fields[0]; utime, stime, cutime, cstime are 11-14.
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / _TICK
+
+
+class OneCpuRun(Run):
+    """bench_stream's Run with one CPU per worker."""
+
+    def start_workers(self) -> None:
+        old = os.environ.get("DIFFSTREAM_CPUS")
+        os.environ["DIFFSTREAM_CPUS"] = "1"  # inherited by the worker processes
+        try:
+            super().start_workers()
+        finally:
+            if old is None:
+                os.environ.pop("DIFFSTREAM_CPUS", None)
+            else:
+                os.environ["DIFFSTREAM_CPUS"] = old
+
+    def measure(self, n_events: int) -> dict:
+        # One warm-up event per worker (Numba cache load, FFT plans, connections), then the
+        # CPU clock of the workers is read around the measured events only.
+        for p in range(self.n):
+            self.publish(p)
+        for _ in range(self.n):
+            self.wait_one()
+        before = sum(cpu_seconds(p.pid) for p in self.procs)
+        t0 = time.monotonic()
+        result = _closed_loop(self, n_events)
+        wall = time.monotonic() - t0
+        used = sum(cpu_seconds(p.pid) for p in self.procs) - before
+        result.update(cpu_s=used, wall_s=wall, core_s_per_ccd=used / n_events)
+        return result
+
+
+def _closed_loop(run: Run, n_events: int) -> dict:
+    import statistics
+
+    t0 = time.monotonic()
+    sent = 0
+    for p in range(min(run.n, n_events)):
+        run.publish(p)
+        sent += 1
+    results = []
+    while len(results) < n_events:
+        st = run.wait_one()
+        results.append(st)
+        if sent < n_events:
+            run.publish(st["partition"])
+            sent += 1
+    elapsed = time.monotonic() - t0
+    lat = sorted(r["latency_s"] for r in results)
+    return {
+        "events": n_events,
+        "ccds_per_s": n_events / elapsed,
+        "p50": statistics.median(lat),
+        "p99": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bootstrap-servers")
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--events", type=int, default=8)
+    ap.add_argument("--distinct", type=int, default=2, help="distinct pairs")
+    ap.add_argument("--work", default=None, help="cache dir for the simulated pairs")
+    args = ap.parse_args()
+    args.exactly_once = False
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-scaling-"))
+    work.mkdir(parents=True, exist_ok=True)
+    broker_env = None
+    bootstrap = args.bootstrap_servers
+    if not bootstrap:
+        bootstrap, broker_env = start_broker(work / "kafka")
+    rows = []
+    try:
+        pairs = make_pairs(work, args.size, args.distinct)
+        for n in args.workers:
+            run = OneCpuRun(args, bootstrap, work, pairs, n)
+            try:
+                run.start_workers()
+                rows.append((n, run.measure(args.events)))
+            finally:
+                run.close()
+            r = rows[-1][1]
+            print(f"  {n} worker(s): {r['ccds_per_s']:.3f} CCD/s, "
+                  f"{r['core_s_per_ccd']:.2f} core-s/CCD", flush=True)  # fmt: skip
+    finally:
+        if broker_env is not None:
+            subprocess.run(["bash", str(ROOT / "compose/kafka-local.sh"), "stop"],
+                           env=broker_env, check=False, timeout=120)  # fmt: skip
+    print(f"\nscaling, {args.size}x{args.size} CCDs, one CPU per worker, one consumer group, "
+          f"{os.cpu_count()} CPUs on this machine")  # fmt: skip
+    print(f"{'workers':>7} {'CCDs':>5} {'CCD/s':>7} {'core-s/CCD':>10} {'lat p50 s':>9} "
+          f"{'lat p99 s':>9} {'cores for LSST':>14}")  # fmt: skip
+    for n, r in rows:
+        cores = LSST_CCDS_PER_S * r["core_s_per_ccd"]
+        print(f"{n:>7} {r['events']:>5} {r['ccds_per_s']:>7.3f} {r['core_s_per_ccd']:>10.2f} "
+              f"{r['p50']:>9.2f} {r['p99']:>9.2f} {cores:>14.0f}")  # fmt: skip
+    print("cores for LSST: 189 CCDs per 39 s visit x core-seconds per CCD (no headroom)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

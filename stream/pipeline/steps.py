@@ -1,0 +1,193 @@
+"""The pipeline's tail, one function a step: detection -> measurement -> dipoles -> ids ->
+diaSources -> alerts, and the compact task-metadata record every alert carries.
+
+Both entry points run these same functions: :mod:`diffstream.stream.pipeline.subtract` (two
+exposures in) and :mod:`diffstream.stream.pipeline.detect_only` (a difference that arrives
+already made), so a detection found by one is ordered, measured, numbered and packaged exactly
+as by the other.  Each step times itself under the caller's :class:`TaskMetadata`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from astropy.time import Time
+
+from diffstream import __version__
+from diffstream.jitcore.detect import detect
+from diffstream.jitcore.measure import measure
+from diffstream.stream.alerts.cutouts import CutoutMaker, cutout_size
+from diffstream.stream.alerts.diasources import assign_ids, dia_source_records
+from diffstream.stream.alerts.packets import make_alert
+from diffstream.stream.io.exposure import Exposure
+from diffstream.stream.ops.settings import Settings
+from diffstream.stream.pipeline.dipoles import DipoleStep, dipole_options, measure_dipoles
+from diffstream.stream.provenance.taskmeta import TaskMetadata
+
+__all__ = [
+    "detect_sources",
+    "make_alerts",
+    "make_dia_sources",
+    "measure_sources",
+    "mjd_now",
+    "note",
+    "note_counts",
+    "run_dipoles",
+    "summary_record",
+]
+
+
+def mjd_now() -> float:
+    return float(Time.now().tai.mjd)
+
+
+def note(meta: TaskMetadata, item: str, value: Any) -> None:
+    """A result of the whole task: it lives on the top-level task (key imageDifference:item)."""
+    meta.set(item, value, step=meta.name)
+
+
+def detect_sources(
+    score: np.ndarray, valid: np.ndarray, *, settings: Settings, meta: TaskMetadata
+) -> np.ndarray:
+    """Positive and negative detections on the score, in a stable order (row-major peaks).
+
+    The order matters beyond tidiness: ids are handed out in it, so a rerun of the same
+    exposure gives the same diaSourceIds.
+    """
+    with meta.timer("detection"):
+        found = detect(
+            score,
+            valid,
+            threshold=settings.detection_threshold,
+            min_area=settings.detection_min_area,
+            dipole_radius=float(dipole_options(settings)["dipole_radius"]),
+        )
+        if len(found):
+            found = found[np.lexsort((found["peak_x"], found["peak_y"]))]
+        note(meta, "nDetections", int(len(found)))
+    return found
+
+
+def measure_sources(
+    found: np.ndarray,
+    images: Mapping[str, Any],
+    *,
+    settings: Settings,
+    meta: TaskMetadata,
+    flux: np.ndarray | None = None,
+    flux_variance: np.ndarray | None = None,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Measurement rows of ``found`` on ``images`` (the keyword arguments of
+    :func:`diffstream.jitcore.measure.measure`: the difference with its PSF, and optionally the
+    science and template with theirs, the mask and its planes)."""
+    with meta.timer("measurement"):
+        rows = measure(
+            found, flux=flux, flux_variance=flux_variance, ap_radius=settings.ap_radius,
+            workers=workers, **images,
+        )  # fmt: skip
+        # The schema's snr is "the S/N at which this source was detected": the score peak.
+        if len(rows):
+            rows["snr"] = np.abs(found["peak_score"])
+    return rows
+
+
+def run_dipoles(
+    found: np.ndarray,
+    rows: np.ndarray,
+    images: Mapping[str, Any],
+    *,
+    wcs: Any,
+    settings: Settings,
+    meta: TaskMetadata,
+) -> DipoleStep:
+    """Fit, classify and merge dipoles (:mod:`diffstream.stream.pipeline.dipoles`)."""
+    with meta.timer("dipoles"):
+        step = measure_dipoles(found, rows, wcs=wcs, settings=settings, **images)
+        note(meta, "dipoles", step.summary)
+    return step
+
+
+def make_dia_sources(
+    rows: np.ndarray,
+    exposure: Exposure,
+    *,
+    settings: Settings,
+    meta: TaskMetadata,
+    row_fields: Callable[[int], Mapping[str, Any]] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Deterministic ids, then one schema-complete diaSource record per row."""
+    with meta.timer("ids"):
+        ids = assign_ids(exposure, len(rows), exposure_bits=settings.exposure_bits)
+    # Timed with the alerts they become (the seed's step names; entering adds up).
+    with meta.timer("alerts"):
+        return dia_source_records(
+            rows, ids, exposure, processed_mjd_tai=mjd_now(), row_fields=row_fields,
+            overrides=overrides,
+        )  # fmt: skip
+
+
+def make_alerts(
+    dia_sources: Sequence[dict[str, Any]],
+    planes: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    wcs: Any,
+    mask_planes: Mapping[str, int],
+    settings: Settings,
+    meta: TaskMetadata,
+    psfs_at: Sequence[Callable[[float, float], np.ndarray] | None] | None = None,
+) -> list[dict[str, Any]]:
+    """One alert per diaSource, with a cutout of each of ``planes`` (cutout field name ->
+    (image, variance, mask)) and, from ``psfs_at`` (one per plane), its PSFIMAGE; the task
+    metadata is attached later (:func:`summary_record`).  Rubin's side: the footprint's bbox
+    clamped to [cutout_size (30), 102] px."""
+    with meta.timer("alerts"):
+        # One local WCS and one set of header cards per source for all its cutouts.
+        maker = CutoutMaker(wcs, size=settings.cutout_size, mask_planes=mask_planes)
+        names = list(planes)
+        sizes = [cutout_size(s["bboxSize"], minimum=settings.cutout_size) for s in dia_sources]
+        cutouts = maker.make_many(
+            [planes[n] for n in names], [s["x"] for s in dia_sources],
+            [s["y"] for s in dia_sources], sizes=sizes, psfs_at=psfs_at,
+        )  # fmt: skip
+        return [
+            make_alert(src, cutouts=dict(zip(names, cuts, strict=True)), task_metadata=None)
+            for src, cuts in zip(dia_sources, cutouts, strict=True)
+        ]
+
+
+def note_counts(meta: TaskMetadata, dia_sources: Sequence[Mapping[str, Any]], t_start: float):
+    note(meta, "nDiaSources", len(dia_sources))
+    note(meta, "nPositive", int(sum(1 for s in dia_sources if not s.get("isNegative"))))
+    note(meta, "nNegative", int(sum(1 for s in dia_sources if s.get("isNegative"))))
+    note(meta, "totalWallTime", time.perf_counter() - t_start)
+
+
+def summary_record(
+    meta: TaskMetadata,
+    science: Exposure,
+    *,
+    template_sha256: str,
+    coverage: float,
+    n: int,
+) -> dict[str, Any]:
+    """The compact record that travels with every alert (schemas/diffstream.taskmetadata)."""
+    return {
+        "pipelineVersion": __version__,
+        "method": meta.get("config", step=meta.name)["method"],
+        "configHash": meta.get("configHash", step=meta.name),
+        "versionsHash": meta.get("versionsHash", step=meta.name),
+        "exposureId": int(science.exposure_id or 0),
+        "visit": int(science.visit or 0),
+        "detector": int(science.detector or 0),
+        "timings": {k: float(v) for k, v in meta.timings().items()},
+        "nDiaSources": int(n),
+        "templateCoverage": float(coverage),
+        "scienceSha256": science.sha256,
+        "templateSha256": template_sha256,
+        "processedMjdTai": mjd_now(),
+    }
