@@ -14,8 +14,9 @@ repeat is a new visit on the same footprint, so histories grow.  The table print
 times of the last repeat (the database is warm).
 
 Then the alert size with 12 months of history, part by part (schemaless Avro of the 11.1
-records): one diaSource, ``--prv`` previous diaSources, ``--prv-forced`` forced sources, the
-diaObject, and three 30x30 cutouts.  Timing never gates a test.
+records, from a real alert of a simulated 10-visit field): its diaSource, ``--prv`` previous
+diaSources and ``--prv-forced`` forced sources (the alert's mean record sizes), its diaObject
+and its three cutouts as the pipeline makes them.  Timing never gates a test.
 """
 
 from __future__ import annotations
@@ -121,57 +122,40 @@ def exposure_run(db: Apdb, url: str, n_sources: int, visit: int, seed: int) -> d
 
 
 def alert_sizes(n_prv: int, n_forced: int) -> dict[str, int]:
+    """Parts of a real alert: the last visit of a 10-visit simulated field through the
+    pipeline and a SQLite APDB (stream/sim/sequence.py), a variable detected at every visit;
+    its history records' mean sizes scaled to ``n_prv`` / ``n_forced`` rows."""
     import fastavro
 
     from diffstream.schemas import load_parsed
-    from diffstream.stream.alerts.cutouts import CutoutMaker
-    from diffstream.stream.alerts.diaobjects import (
-        DIA_FORCED_SOURCE_SPECS,
-        dia_object_summary,
-        record_of,
-    )
+    from diffstream.stream.pipeline.subtract import subtract_files
+    from diffstream.stream.sim.sequence import simulate_sequence, write_sequence
 
     def size(name: str, record) -> int:
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, load_parsed(f"lsst/lsst.v11_1.{name}"), record)
         return buf.tell()
 
-    rng = np.random.default_rng(0)
-    src = [
-        _source(k, RA0, DEC0, 100.0, 100.0, visit=k, mjd=60000.0 + 3 * k) for k in range(n_prv + 1)
-    ]
-    forced = [
-        record_of(
-            DIA_FORCED_SOURCE_SPECS,
-            {
-                "diaForcedSourceId": k,
-                "diaObjectId": 1,
-                "ra": RA0,
-                "dec": DEC0,
-                "visit": k,
-                "detector": 0,
-                "psfFlux": 500.0,
-                "psfFluxErr": 50.0,
-                "midpointMjdTai": 60000.0 + k,
-                "scienceFlux": 2000.0,
-                "scienceFluxErr": 60.0,
-                "band": "r",
-                "timeProcessedMjdTai": 60000.0 + k,
-            },
+    tmp = Path(tempfile.mkdtemp())
+    seq = simulate_sequence(seed=3, n_visits=10)
+    template, visits = write_sequence(seq, tmp)
+    settings = Settings(apdb=f"sqlite:///{tmp / 'sizes.sqlite3'}", fft_workers=1)
+    for v, path in enumerate(visits):
+        result = subtract_files(
+            str(path), str(template), settings=settings, exposure_id=9000 + v,
+            visit=seq.visits[v].visit, detector=1,
         )  # fmt: skip
-        for k in range(n_forced)
-    ]
-    exp = synthetic_exposure(ra=RA0, dec=DEC0, visit=1)
-    maker = CutoutMaker(exp.wcs, size=30, mask_planes=exp.mask_planes)
-    img = rng.normal(0, 1, exp.shape).astype(np.float32)
-    var = np.ones(exp.shape, np.float32)
-    cut = next(iter(maker.make_many([(img, var, exp.mask)] * 3, [100.0], [100.0])))
+    alert = max(result.alerts, key=lambda a: len(a["prvDiaSources"]))
+    prv, forced = alert["prvDiaSources"], alert["prvDiaForcedSources"]
+    per_prv = sum(size("diaSource", r) for r in prv) / len(prv)
+    per_forced = sum(size("diaForcedSource", r) for r in forced) / len(forced)
+    cut = {k: len(alert[k] or b"") for k in ("cutoutDifference", "cutoutScience", "cutoutTemplate")}
     return {
-        "diaSource": size("diaSource", src[-1]),
-        f"prvDiaSources ({n_prv})": sum(size("diaSource", s) for s in src[:-1]),
-        f"prvDiaForcedSources ({n_forced})": sum(size("diaForcedSource", f) for f in forced),
-        "diaObject": size("diaObject", dia_object_summary(1, src, forced)),
-        "cutouts (3 x 30x30 FITS)": sum(len(c) for c in cut if c is not None),
+        "diaSource": size("diaSource", alert["diaSource"]),
+        f"prvDiaSources ({n_prv} x {per_prv:.0f})": round(n_prv * per_prv),
+        f"prvDiaForcedSources ({n_forced} x {per_forced:.0f})": round(n_forced * per_forced),
+        "diaObject": size("diaObject", alert["diaObject"]),
+        **{f"{k} (FITS)": v for k, v in cut.items()},
     }
 
 
