@@ -4,6 +4,7 @@ PYTHON_BOOT ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 KAFKA_PORT ?= 9092
+PGPORT ?= 5432
 PYTEST_ARGS ?=
 # Derandomized property tests in the suite (tests/conftest.py explains); HYPOTHESIS_PROFILE=dev
 # make test draws fresh examples.
@@ -24,11 +25,17 @@ demo: install
 	$(VENV)/bin/diffstream demo --out demo-out
 
 ## make test: the whole suite; starts a local Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set,
-## and stops it again even when tests fail.
+## and a throwaway PostgreSQL (the APDB tests) unless DIFFSTREAM_TEST_APDB is set, and stops
+## them again even when tests fail.
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	@set -u; \
+	if [ -z "$${DIFFSTREAM_TEST_APDB:-}" ]; then \
+	  PGPORT=$(PGPORT) compose/postgres-local.sh start || exit 1; \
+	  trap 'PGPORT=$(PGPORT) compose/postgres-local.sh stop' EXIT; \
+	  export DIFFSTREAM_TEST_APDB="$$(PGPORT=$(PGPORT) compose/postgres-local.sh url)"; \
+	fi; \
 	if [ -n "$${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then \
 	  echo "using Kafka at $$KAFKA_BOOTSTRAP_SERVERS"; \
 	  $(PY) -m pytest $(PYTEST_ARGS); \

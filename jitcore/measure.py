@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -54,7 +54,7 @@ from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, UNUSABLE_PLANES
 from diffstream.jitcore.photometry import aperture_flux, stack_psfs, unusable_map
 from diffstream.jitcore.tiles import thread_count
 
-__all__ = ["MEASURE_DTYPE", "measure"]
+__all__ = ["MEASURE_DTYPE", "measure", "forced_psf_flux"]
 
 _F = np.float64
 _B = np.bool_
@@ -224,6 +224,43 @@ def _forced(images, xs, ys, badbits, mask, n):
     _fit.forced_psf_fit(img, var, mask, badbits, psfs, xs, ys, _work(psfs), res)
     no_good = (res[:, 3] == 0) | ~np.isfinite(res[:, 0])
     return res[:, 0], res[:, 1], res[:, 4] > 0, no_good
+
+
+def forced_psf_flux(
+    image: np.ndarray,
+    variance: np.ndarray,
+    psf_at: Callable[[float, float], np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    mask_planes: Mapping[str, int] | None = None,
+    bad_mask_planes: Sequence[str] = UNUSABLE_PLANES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Forced PSF photometry at fixed pixel positions: (flux, fluxErr, flag) per position.
+
+    The linear PSF fit that :func:`measure` uses for scienceFlux/templateFlux (same kernel,
+    same pixel rules), for positions that need not be detections: the APDB's forced
+    photometry of known diaObjects (stream/pipeline/apdb/forced.py).  ``flag`` is set when
+    the stamp leaves the image or has no usable pixel (flux NaN then).
+    """
+    img, var = image_pair("image", image, variance, None)
+    mask, planes = check_mask(mask, mask_planes, img.shape)
+    if not callable(psf_at):
+        raise TypeError("psf_at must be callable (x, y) -> stamp")
+    xs = np.ascontiguousarray(x, dtype=np.float64)
+    ys = np.ascontiguousarray(y, dtype=np.float64)
+    if xs.shape != ys.shape or xs.ndim != 1:
+        raise ValueError(f"x and y must be 1-D of one length, got {xs.shape} and {ys.shape}")
+    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+        raise ValueError("x, y must be finite")
+    n = xs.size
+    if n == 0:
+        empty = np.zeros(0)
+        return empty, empty.copy(), np.zeros(0, bool)
+    badbits = bits(dict(planes), tuple(bad_mask_planes))
+    flux, err, edge, no_good = _forced((img, var, psf_at, "psf_at"), xs, ys, badbits, mask, n)
+    return flux, err, edge | no_good
 
 
 def measure(

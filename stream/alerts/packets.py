@@ -32,6 +32,7 @@ import numpy as np
 from fastavro.validation import ValidationError, validate
 
 from diffstream.schemas import AVRO_DECODE_ERRORS, fingerprint, load_parsed, lsst_alert_name
+from diffstream.stream.alerts.diaobjects import dia_object_summary
 from diffstream.stream.ops.cpus import available_cpus
 
 __all__ = [
@@ -333,15 +334,21 @@ def make_alert(
     *,
     cutouts: Mapping[str, bytes | None],
     task_metadata: dict[str, Any] | None,
+    dia_object: dict[str, Any] | None = None,
+    prv_dia_sources: list[dict[str, Any]] | None = None,
+    prv_dia_forced_sources: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """An alert dict for our schema, for a diaSource from :func:`dia_source_record`.
 
     ``cutouts`` maps ``cutoutDifference``/``cutoutScience``/``cutoutTemplate`` to FITS bytes
-    (:func:`stream.alerts.cutouts.make_cutout`) or None; a missing key means None.  We keep no
-    history, so ``prvDiaSources``/``prvDiaForcedSources`` are None ("not provided", unlike
-    ``[]``, "none found"), as are ``diaObject``, ``ssSource``, ``mpc_orbits`` and the
-    scheduler's ``observation_reason``/``target_name``.  ``task_metadata`` has exactly
-    :data:`TASK_METADATA_FIELDS`, or is None.
+    (:func:`stream.alerts.cutouts.make_cutout`) or None; a missing key means None.
+    ``dia_object`` and the history lists come from the APDB (stream/pipeline/apdb/step.py
+    fills them after association); without one the alert still follows Rubin's invariants:
+    a diaObject built from this one diaSource (its id the diaSource's ``diaObjectId``, or
+    its ``diaSourceId`` when unset, as a new object is numbered) and ``[]`` histories ("none
+    found"), never None.  ``diaSource.diaObjectId`` is set to the object's id (in place).
+    ``ssSource``, ``mpc_orbits`` and the scheduler's ``observation_reason``/``target_name``
+    are None.  ``task_metadata`` has exactly :data:`TASK_METADATA_FIELDS`, or is None.
     """
     keys = set(dia_source)
     if keys != _DIA_NAMES:
@@ -369,14 +376,19 @@ def make_alert(
                 f"task_metadata must have the TaskMetadata fields: missing {missing}, extra {extra}"
             )
             raise ValueError(msg)
+    if dia_object is None:
+        object_id = dia_source["diaObjectId"]
+        object_id = dia_source["diaSourceId"] if object_id is None else object_id
+        dia_object = dia_object_summary(object_id, [dia_source])
+    dia_source["diaObjectId"] = dia_object["diaObjectId"]
     return {
         "diaSourceId": dia_source["diaSourceId"],
         "observation_reason": None,
         "target_name": None,
         "diaSource": dia_source,
-        "prvDiaSources": None,
-        "prvDiaForcedSources": None,
-        "diaObject": None,
+        "prvDiaSources": list(prv_dia_sources or []),
+        "prvDiaForcedSources": list(prv_dia_forced_sources or []),
+        "diaObject": dia_object,
         "ssSource": None,
         "mpc_orbits": None,
         **stamps,

@@ -44,6 +44,9 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from diffstream.stream.transport.service import Worker, run_loop
 
     out = Path(args.out).resolve()
+    if settings.apdb is None:  # the embedded APDB: diaObjects and histories in a file
+        settings = settings.model_copy(update={"apdb": f"sqlite:///{out / 'apdb.sqlite3'}"})
+        print(f"APDB: {settings.apdb}")
     inputs = out / "inputs"
     events = out / "events"
     for d in (inputs, events):

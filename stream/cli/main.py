@@ -40,6 +40,7 @@ PLUGIN_MODULES = (
     "diffstream.stream.cli.tools",
     "diffstream.stream.cli.science",
     "diffstream.stream.cli.inject",
+    "diffstream.stream.cli.apdb",
 )
 
 
@@ -61,6 +62,12 @@ def _add_settings_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--astrometry-order", type=int, default=None)
     g.add_argument("--data-root", action="append", dest="data_roots", default=None)
+    g.add_argument(
+        "--apdb",
+        default=None,
+        help="APDB URL (sqlite:///path or postgresql://...): associate, forced photometry, "
+        "histories in the alerts (also DIFFSTREAM_APDB)",
+    )
 
 
 def _add_survey_args(p: argparse.ArgumentParser) -> None:
@@ -183,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo-out")
     d.add_argument("--size", type=int, default=1024, help="image side in pixels")
     d.add_argument("--seed", type=int, default=42)
+    d.add_argument(
+        "--visits",
+        type=int,
+        default=None,
+        help="N visits of one field (variables, a transient at visit 4) through the APDB",
+    )
     _add_settings_args(d)
 
     # Other command groups register themselves (each module: register(sub) adding parsers
@@ -256,6 +269,14 @@ def cmd_subtract(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from diffstream.stream.cli.demo import run_demo
 
+    if args.visits:
+        from diffstream.stream.cli.demo_visits import run_visits_demo
+
+        settings = _settings_from(args)
+        if settings.apdb is None:  # the embedded APDB, as run_demo's
+            db = Path(args.out).resolve() / "apdb.sqlite3"
+            settings = settings.model_copy(update={"apdb": f"sqlite:///{db}"})
+        return run_visits_demo(args, settings)
     return run_demo(args, _settings_from(args))
 
 

@@ -46,7 +46,8 @@ def warm_up(settings: Settings, *, shape: tuple[int, int] = WARMUP_SHAPE) -> dic
     t1 = time.perf_counter()
     # Data roots concern event paths, not this private pair; the method, PSF and threading
     # settings are kept, since they pick the kernels and signatures.
-    run_settings = settings.model_copy(update={"data_roots": []})
+    # Never the APDB: the simulated pair's diaSources would become diaObjects of the survey.
+    run_settings = settings.model_copy(update={"data_roots": [], "apdb": None})
     with tempfile.TemporaryDirectory(prefix="diffstream-warmup-") as tmp:
         pair = simulate_pair(
             seed=20261125, shape=shape, n_stars=150, n_transients=10, n_variables=4

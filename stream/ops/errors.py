@@ -29,11 +29,14 @@ __all__ = [
     "NoWorkFound",
     "KernelFailure",
     "ConfigError",
+    "ApdbError",
     "ProduceError",
 ]
 
 STAGES = ("consume", "process", "produce")
-KINDS = ("bad_event", "bad_exposure", "no_work", "kernel_failure", "config", "produce")
+KINDS = (
+    "bad_event", "bad_exposure", "no_work", "kernel_failure", "config", "apdb", "produce",
+)  # fmt: skip
 
 # CLI exit codes (issue 3): 0 done, 2 bad input, 3 no work.
 EXIT_OK = 0
@@ -123,6 +126,15 @@ class ConfigError(DiffstreamError):
     stage = "process"
     kind = "config"
     exit_code = EXIT_BAD_INPUT
+
+
+class ApdbError(DiffstreamError):
+    """The APDB (stream/pipeline/apdb/) cannot be opened, is of another schema version, or a
+    write failed.  Nothing of the exposure was committed (one transaction per exposure)."""
+
+    stage = "process"
+    kind = "apdb"
+    exit_code = 1
 
 
 class ProduceError(DiffstreamError):

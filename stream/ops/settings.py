@@ -110,6 +110,20 @@ class Settings(BaseSettings):
     )
     data_roots: list[str] = Field(default_factory=list, description="readable data roots")
 
+    # --- APDB: association and history (stream/pipeline/apdb/) --------------------------
+    apdb: str | None = Field(
+        None,
+        description="APDB URL (sqlite:///path or postgresql://...): associate diaSources, "
+        "forced photometry, diaObjects and histories in the alerts (None: alerts carry a "
+        "diaObject of their one diaSource and empty histories)",
+    )
+    association_radius_arcsec: float = Field(
+        1.0, gt=0, le=60, description='diaSource-diaObject match radius (ap_association: 1")'
+    )
+    apdb_history_months: float = Field(
+        12.0, ge=0, description="prvDiaSources/prvDiaForcedSources cover this many months"
+    )
+
     # --- stream (Kafka) -----------------------------------------------------------------
     bootstrap_servers: str | None = None
     input_topic: str = "exposures"
@@ -223,7 +237,7 @@ class Settings(BaseSettings):
             "ap_radius", "cutout_size",
             "exposure_bits", "refit_astrometry", "astrometry_order", "dipole_fit", "dipole_merge",
             "dipole_snr_min", "dipole_max_flux_ratio", "dipole_max_area", "dipole_max_separation",
-            "dipole_rel_weight", "dipole_radius",
+            "dipole_rel_weight", "dipole_radius", "association_radius_arcsec",
         ]  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 

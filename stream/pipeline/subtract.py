@@ -744,6 +744,13 @@ def subtract_exposures(
         psfs_at=[images["psf_d_at"], psf_s.at, psf_t.at],
         wcs=science.wcs, mask_planes=science.mask_planes, settings=settings, meta=meta,
     )  # fmt: skip
+    if settings.apdb:  # association, forced photometry, histories (stream/pipeline/apdb/)
+        from diffstream.stream.pipeline.apdb.step import associate_exposure
+
+        with meta.timer("association"):
+            done = associate_exposure(science, dia_sources, alerts, images, settings=settings,
+                                      processed_mjd_tai=mjd_now())  # fmt: skip
+            note(meta, "association", done)
 
     note_counts(meta, dia_sources, t_start)
     science.checksum()  # the deferred hashes of subtract_files (no-ops otherwise)

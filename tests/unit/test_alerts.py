@@ -368,10 +368,18 @@ def test_make_alert_structure(make_row, make_metadata):
     assert alert["diaSource"] is source
     assert alert["cutoutScience"] == b"FITS"
     assert alert["cutoutDifference"] is None and alert["cutoutTemplate"] is None
-    for name in ("observation_reason", "target_name", "prvDiaSources", "prvDiaForcedSources"):
+    for name in ("observation_reason", "target_name", "ssSource", "mpc_orbits"):
         assert alert[name] is None
-    for name in ("diaObject", "ssSource", "mpc_orbits"):
-        assert alert[name] is None
+    # Rubin's invariants without an APDB: empty histories (lists), a diaObject of the one
+    # diaSource, numbered like a new object (its creating diaSourceId), and linked back.
+    assert alert["prvDiaSources"] == [] and alert["prvDiaForcedSources"] == []
+    obj = alert["diaObject"]
+    assert obj["diaObjectId"] == source["diaSourceId"] == source["diaObjectId"]
+    assert obj["nDiaSources"] == 1
+    assert obj["ra"] == pytest.approx(source["ra"]) and obj["dec"] == source["dec"]
+    assert obj["r_psfFluxNdata"] == 1 and obj["g_psfFluxNdata"] == 0
+    assert obj["r_psfFluxMean"] == source["psfFlux"]
+    assert obj["firstDiaSourceMjdTai"] == obj["lastDiaSourceMjdTai"] == source["midpointMjdTai"]
     assert alert["diffstreamMetadata"]["method"] == "zogy"
 
 
