@@ -85,9 +85,11 @@ def test_worker_fills_history_and_a_replay_adds_no_rows(kafka_bootstrap, workers
     assert sum(len(a["prvDiaSources"]) == N_VISITS - 1 for a in last) >= 4
     assert all(len(a["prvDiaForcedSources"]) >= len(a["prvDiaSources"]) for a in last)
 
-    # The replay: the same events again through a new worker (no ledger skips them).
+    # The replay: the same events again through a new worker.  --reprocess bypasses the
+    # processed-exposure ledger (which would skip them as duplicates), so association and
+    # forced photometry really run again, as a replay or a reprocessing does.
     publish(kafka_bootstrap, t["input"], events, partitions=1)
-    w = workers.start("--apdb", url, "--exactly-once")
+    w = workers.start("--apdb", url, "--exactly-once", "--reprocess")
     wait_summaries(kafka_bootstrap, t["metadata"], 2 * N_VISITS, procs=[w])
     assert w.stop() == 0, w.tail()
     after = Apdb(url).stats()

@@ -44,6 +44,8 @@ _mutation = st.tuples(
 
 def _mutate(raw: bytes, how: str, where: int, junk: bytes) -> bytes:
     n = len(raw)
+    if n == 0:  # an earlier mutation truncated everything: only a splice can add bytes
+        return junk if how not in ("truncate", "flip") else raw
     if how == "truncate":
         return raw[: where % n]
     if how == "flip":

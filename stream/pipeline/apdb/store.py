@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -124,7 +126,7 @@ class Apdb:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.engine = sa.create_engine(self.url, connect_args={"timeout": busy_timeout_s})
-            _sqlite_serialised(sa, self.engine)
+            _sqlite_serialised(sa, self.engine, busy_timeout_s)
         else:
             self.engine = sa.create_engine(self.url, pool_pre_ping=True)
         self.meta, self.tables = build_tables(sa)
@@ -321,7 +323,7 @@ class Apdb:
         self._upsert(conn, "DiaObject", rows, update=True)
 
 
-def _sqlite_serialised(sa: Any, engine: Any) -> None:
+def _sqlite_serialised(sa: Any, engine: Any, busy_timeout_s: float) -> None:
     """Make every SQLite transaction ``BEGIN IMMEDIATE`` (the write lock first: see the module
     docstring) in WAL mode.  pysqlite's own BEGIN is deferred, which lets two writers read,
     then one fail on upgrading its lock: the case this avoids."""
@@ -330,7 +332,18 @@ def _sqlite_serialised(sa: Any, engine: Any) -> None:
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # WAL is a property of the file: set once, by whoever opens a new file first.  The
+        # switch needs the file to itself and SQLite answers "locked" at once rather than
+        # waiting out the busy timeout, so two workers opening a new file together retry it
+        # (tests/unit/test_apdb.py::test_two_workers_on_one_sqlite_file_are_serialised).
+        deadline = time.monotonic() + busy_timeout_s
+        while str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
