@@ -34,7 +34,10 @@ def write_planes(
     wcs: WCS,
     header: dict[str, Any] | None = None,
     bunit: str = "nJy",
+    psf: np.ndarray | None = None,
 ) -> Path:
+    """IMAGE, MASK (with its MP_ plane cards) and VARIANCE HDUs, plus a ``PSF`` stamp HDU when
+    ``psf`` is given (as the LSST layout reads it back), written atomically."""
     path = Path(path)
     shape = np.shape(image)
     if len(shape) != 2 or np.shape(variance) != shape or np.shape(mask) != shape:
@@ -63,6 +66,12 @@ def write_planes(
             for hdu, data in ((img, image), (msk, mask), (var, variance)):
                 fh.write(_header_bytes(hdu))
                 _write_data(fh, data, hdu.data.dtype)
+            if psf is not None:
+                # The PSF of these pixels, so that the file stands on its own (e.g. for
+                # ``diffstream detect difference.fits``).
+                stamp = np.ascontiguousarray(psf, dtype=np.float32)
+                fh.write(_header_bytes(fits.ImageHDU(stamp, name="PSF")))
+                _write_data(fh, stamp, np.dtype(np.float32))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -96,6 +96,9 @@ def write_products(result: SubtractResult, outdir: str | Path) -> dict[str, Path
             mask_planes=planes,
             wcs=sci.wcs,
             header={"VISIT": sci.visit or 0, "DETECTOR": sci.detector or 0},
+            # The difference's PSF at the image centre: detect (and any LSST-layout reader)
+            # can use the file on its own.
+            psf=z.tile_at((sci.shape[1] - 1) / 2.0, (sci.shape[0] - 1) / 2.0).psf_d,
         )
         if result.al is not None:
             al = result.al

@@ -33,10 +33,6 @@ BOUNDS = {
 }
 SKIPPED = {
     "replay": "re-processes a whole archived topic",
-    # Found by this test: subtract's difference.fits has no PSF HDU and no PSF_FWHM keyword,
-    # and detect cannot measure one on a difference (exit 2, "no PSF").  Reported, not fixed
-    # here (the products are another room's); remove this entry with the fix.
-    "detect": "subtract's difference.fits carries no PSF for detect",
 }
 MUST_SUCCEED = {"subtract", "detect", "publish-event", "run", "run-dir", "tail"}
 

@@ -38,7 +38,7 @@ def test_subtract_writes_every_product(first_run):
     for name in ("alerts.avro", "difference.fits", "score.fits", "metadata.json"):
         assert (out / name).is_file(), name
     with fits.open(out / "difference.fits") as hdul:
-        assert [h.name for h in hdul[1:]] == ["IMAGE", "MASK", "VARIANCE"]
+        assert [h.name for h in hdul[1:]] == ["IMAGE", "MASK", "VARIANCE", "PSF"]
         assert hdul["IMAGE"].header["CTYPE1"].startswith("RA---")
         assert "MP_NO_DATA" in hdul["MASK"].header
     meta = json.loads((out / "metadata.json").read_text())
@@ -227,3 +227,17 @@ def test_variance_scaling_factors_in_metadata(pair_files, tmp_path):
     assert 0.9 < f["science"] < 1.1 and 0.8 < f["template"] < 1.1
     assert 0.9 < meta["varianceScale"]["score"] < 1.15
     assert "imageDifference.scaleTemplateVariance" in meta["timings"]
+
+
+def test_detect_runs_on_subtracts_own_difference(first_run, tmp_path):
+    # difference.fits carries the difference's PSF (HDU "PSF"), so it stands on its own.
+    _, out = first_run
+    with fits.open(out / "difference.fits") as hdul:
+        assert hdul["PSF"].data.sum() == pytest.approx(1.0, rel=1e-5)
+    assert main(["detect", str(out / "difference.fits"), "--out", str(tmp_path)]) == 0
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    first = json.loads((out / "metadata.json").read_text())
+    # A PSF matched filter on D finds what the score found, give or take the faintest.
+    assert abs(meta["counts"]["nDiaSources"] - first["counts"]["nDiaSources"]) <= max(
+        2, 0.2 * first["counts"]["nDiaSources"]
+    )
