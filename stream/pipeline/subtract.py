@@ -16,10 +16,10 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,19 +28,10 @@ from diffstream.jitcore.coverage import template_coverage
 from diffstream.jitcore.extendedness import extendedness
 from diffstream.jitcore.hostfit import hosts_from_catalogues, psf_fluxes, vet_detections
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, remap
-from diffstream.jitcore.noise import diffim_scale_factors, variance_scale_factor
-from diffstream.jitcore.noisecorr import (
-    empty_sky_scale,
-    input_noise_correlation,
-    scale_map,
-)
+from diffstream.jitcore.noise import variance_scale_factor
 from diffstream.jitcore.planes import combine_planes
 from diffstream.jitcore.psf import PsfModel
-from diffstream.jitcore.psfmeasure import measure_psf
-from diffstream.jitcore.sources import find_stars
-from diffstream.jitcore.starmatch import StarMatch, match_stars
-from diffstream.jitcore.tiles import thread_count
-from diffstream.jitcore.warp import warp_stamp
+from diffstream.jitcore.starmatch import StarMatch
 from diffstream.jitcore.zogy import ZogyResult, zogy
 from diffstream.stream.io.calibrated import apply_external
 from diffstream.stream.io.exposure import Exposure
@@ -51,6 +42,8 @@ from diffstream.stream.ops.settings import Settings, config_hash
 from diffstream.stream.pipeline.astrometry import refit_mapping
 from diffstream.stream.pipeline.defects import hard_bits, interpolate_defects
 from diffstream.stream.pipeline.dipoles import dipole_options
+from diffstream.stream.pipeline.psfs import match, measure_psfs, template_scale
+from diffstream.stream.pipeline.state import Both, Prepared
 from diffstream.stream.pipeline.steps import (
     detect_sources,
     make_alerts,
@@ -61,6 +54,10 @@ from diffstream.stream.pipeline.steps import (
     note_counts,
     run_dipoles,
     summary_record,
+)
+from diffstream.stream.pipeline.variance import (
+    measure_noise_correlation,
+    scale_difference_variance,
 )
 from diffstream.stream.pipeline.warping import warp_template
 from diffstream.stream.provenance.taskmeta import TaskMetadata
@@ -73,16 +70,8 @@ __all__ = ["SubtractResult", "mjd_now", "subtract_exposures", "subtract_files"]
 
 log = logging.getLogger(__name__)
 
-S = TypeVar("S")
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-
-def _analytic_fallback(psf: PsfModel, exposure: Exposure) -> bool:
-    """True when ``psf`` is the keyword Gaussian, directly or warped onto the science grid."""
-    file_psf = exposure.psf.source if exposure.psf is not None else None
-    return psf.source == "keyword" or (psf.source == "warped" and file_psf == "keyword")
 
 
 @dataclass
@@ -185,95 +174,6 @@ def _calibrate(image: np.ndarray, variance: np.ndarray, calib: float | None):
     return np.multiply(image, c, dtype=np.float32), np.multiply(variance, c * c, dtype=np.float32)
 
 
-class _Both:
-    """Run a science-side and a template-side callable, on two threads when ``workers``
-    (scipy.fft convention) allows more than one; returns both results, in that order.  An
-    exception of either side is raised here, after both have finished."""
-
-    def __init__(self, workers: int | None) -> None:
-        self.threads = thread_count(workers, 2)
-
-    def __call__(self, science: Callable[[], S], template: Callable[[], T]) -> tuple[S, T]:
-        if self.threads == 1:
-            return science(), template()
-        with ThreadPoolExecutor(1, "template-side") as pool:
-            t_future = pool.submit(template)
-            try:
-                s_result = science()
-            finally:
-                wait([t_future])
-            return s_result, t_future.result()
-
-
-def _find_stars_or_none(image, variance, bad) -> np.ndarray | None:
-    try:
-        return find_stars(image, variance, bad)
-    except ValueError:
-        return None
-
-
-def _template_psf(
-    template: Exposure, image, variance, mask_bad, jacobian, settings: Settings, shape, sources
-) -> PsfModel:
-    """The template PSF on the science grid.
-
-    Measured on the warped template when it has enough stars: that PSF already contains the
-    rotation and the small blur of the Lanczos resampling, which a PSF from the file lacks.
-    Otherwise the file's PSF is resampled through the local Jacobian of the mapping.
-    """
-    external = template.psf is not None and template.psf.source == "external"
-    if settings.psf_from_stars and not external:
-        try:
-            return measure_psf(
-                image, variance, mask_bad, bad_bits=1, saturation=None,
-                degree=settings.psf_degree, subtract_background=False, sources=sources,
-            )  # fmt: skip
-        except ValueError:
-            pass
-    if template.psf is None:
-        raise BadExposure("no PSF for the template", path=template.path)
-    stamp = template.psf.at(*(np.array(template.shape[::-1]) / 2.0))
-    return PsfModel.constant(warp_stamp(stamp, jacobian), shape, source="warped")
-
-
-MIN_STARS_OVER_HDU = 5
-
-
-def _science_psf(
-    science: Exposure, image, variance, mask_bad, settings: Settings, sources
-) -> PsfModel:
-    """The science PSF; a file PSF (one stamp) is refined into a spatial model from stars.
-
-    The loader already measured a spatial model when the file had no PSF HDU, so only an HDU
-    stamp (the PSF at the image centre) is refined here.
-    """
-    psf = science.psf
-    # "keyword": the loader found too few stars on the raw plane; the pipeline's plane has
-    # the combined mask and background, so it tries once more before the Gaussian stays.
-    if settings.psf_from_stars and (psf is None or psf.source in ("hdu", "keyword")):
-        try:
-            measured = measure_psf(
-                image, variance, mask_bad, bad_bits=1, saturation=None,
-                degree=settings.psf_degree, subtract_background=False, sources=sources,
-            )  # fmt: skip
-        except ValueError:
-            measured = None
-        # A file's PSF HDU comes from the survey's own model, made from many stars: a model
-        # from a handful of ours is no improvement.  With fewer than MIN_STARS_OVER_HDU the
-        # HDU stays (a 10-visit simulated field: 3-4 stars gave FWHM 1.3-4.6 px for a true
-        # 3.1, and forced fluxes biased by 1 sigma; tests/science/test_apdb_sequence.py).
-        # Without an HDU, 3 stars are still better than a keyword Gaussian (real DECam).
-        if measured is not None and (
-            psf is None or psf.source != "hdu" or measured.nstars >= MIN_STARS_OVER_HDU
-        ):
-            return measured
-    if psf is None:
-        raise BadExposure("no PSF for the science exposure", path=science.path)
-    return psf
-
-
-# No PSF, matching kernel or astrometric fit fits in an image narrower than this: a 1 x N
-# image made the warp's Jacobian NaN and surfaced as a ValueError traceback (issue 16).
 MIN_IMAGE_SIDE = 16
 
 
@@ -294,24 +194,6 @@ def check_processable(science: Exposure, template: Exposure) -> None:
                 reason="too_small",
                 shape=[int(ny), int(nx)],
             )
-
-
-@dataclass
-class Prepared:
-    """Science and warped template on one grid, calibrated to nJy, background-subtracted."""
-
-    s_img: np.ndarray
-    s_var: np.ndarray
-    t_img: np.ndarray
-    t_var: np.ndarray
-    t_mask: np.ndarray  # warped template mask, in the science plane layout
-    mask: np.ndarray  # combined mask on the science grid
-    bad: np.ndarray  # pixels no measurement may use (repaired defects included)
-    jacobian: np.ndarray
-    coverage: float
-    # Pixels with no data at all: what the background blanks and ZOGY / AL zero-weight (then
-    # dilate into `valid`).  Repaired defects are data again (stream/pipeline/defects.py).
-    no_data: np.ndarray
 
 
 def note_provenance(meta: TaskMetadata, settings: Settings) -> int:
@@ -394,7 +276,7 @@ def calibrate_pair(
     *,
     settings: Settings,
     meta: TaskMetadata,
-    both: _Both,
+    both: Both,
 ) -> Prepared:
     """Both images to nJy, the combined mask, background subtraction, optional variance
     rescaling.  Science and template run side by side (the kernels release the GIL)."""
@@ -431,94 +313,6 @@ def calibrate_pair(
             t_var = (t_var * np.float32(f_t)).astype(np.float32)
             note(meta, "inputVarianceScale", {"science": f_s, "template": f_t})
     return Prepared(s_img, s_var, t_img, t_var, t_mask, mask, bad, jacobian, coverage, no_data)
-
-
-def measure_psfs(
-    science: Exposure,
-    template: Exposure,
-    p: Prepared,
-    *,
-    settings: Settings,
-    meta: TaskMetadata,
-    both: _Both,
-) -> tuple[PsfModel, PsfModel, tuple[np.ndarray, np.ndarray] | None]:
-    """Both PSFs on the science grid, and the star catalogues they came from (or None)."""
-    with meta.timer("psf"):
-        # One detection per image serves the PSF measurement and the star matching.
-        s_cat, t_cat = both(
-            lambda: _find_stars_or_none(p.s_img, p.s_var, p.bad),
-            lambda: _find_stars_or_none(p.t_img, p.t_var, p.bad),
-        )
-        # Nothing usable in either: the PSF fallbacks and match_stars' own search.
-        sources = None if s_cat is None or t_cat is None else (s_cat, t_cat)
-        psf_s, psf_t = both(
-            lambda: _science_psf(
-                science, p.s_img, p.s_var, p.bad, settings, sources and sources[0]
-            ),
-            lambda: _template_psf(
-                template, p.t_img, p.t_var, p.bad, p.jacobian, settings, science.shape,
-                sources and sources[1],
-            ),
-        )  # fmt: skip
-        cy, cx = (science.shape[0] - 1) / 2.0, (science.shape[1] - 1) / 2.0
-        psf_note = {}
-        for role, psf, exp in (("science", psf_s, science), ("template", psf_t, template)):
-            fallback = _analytic_fallback(psf, exp)
-            psf_note[role] = {"source": psf.source, "fwhm": psf.fwhm_at(cx, cy),
-                              "nstars": psf.nstars, "degree": psf.degree,
-                              "fallback": fallback}  # fmt: skip
-            if fallback:
-                # Never silent (issue 12): a Gaussian from a FWHM keyword misses the real
-                # wings (psfFlux 0.81x on DECam), so the run says so where people look.
-                why = exp.psf.info.get("measure_error", "") if exp.psf is not None else ""
-                psf_note[role]["fallbackReason"] = why
-                log.warning(
-                    "%s PSF is the FWHM-keyword Gaussian (%s), not measured from its stars: "
-                    "%s", role, exp.path or "in memory", why or "measurement disabled",
-                )  # fmt: skip
-        note(meta, "psf", psf_note)
-    return psf_s, psf_t, sources
-
-
-def match(
-    p: Prepared,
-    psf_s: PsfModel,
-    psf_t: PsfModel,
-    sources: tuple[np.ndarray, np.ndarray] | None,
-    *,
-    meta: TaskMetadata,
-) -> StarMatch:
-    """Matched stars: the registration scatter (ZOGY's astrometric term) and flux ratio."""
-    with meta.timer("matchStars"):
-        ny, nx = p.s_img.shape
-        cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
-        fwhm = max(psf_s.fwhm_at(cx, cy), psf_t.fwhm_at(cx, cy))
-        stars: StarMatch = match_stars(
-            p.s_img, p.s_var, p.t_img, p.t_var, p.bad, aperture=3.0 * fwhm, sources=sources
-        )
-        note(
-            meta,
-            "starMatch",
-            {"n": stars.n_matched, "sigmaX": stars.sigma_x, "sigmaY": stars.sigma_y,
-             "fluxRatio": stars.flux_ratio, "fluxRatioErr": stars.flux_ratio_err},
-        )  # fmt: skip
-    return stars
-
-
-def template_scale(
-    science: Exposure, template: Exposure, stars: StarMatch, *, settings: Settings,
-    meta: TaskMetadata,
-) -> float:  # fmt: skip
-    """ZOGY's F_r: 1 for calibrated pairs; the matched stars' flux ratio for uncalibrated
-    counts (--allow-uncalibrated), whose throughputs differ (DECam epochs 18 vs 04: 6-9%):
-    unscaled, every bright star left a point-source residual of that fraction of its flux,
-    hiding sources on it (issue 12).  3 matched stars suffice (jitcore/starmatch.py)."""
-    f_r = 1.0
-    uncalibrated = science.photo_calib is None or template.photo_calib is None
-    if settings.method == "zogy" and uncalibrated and stars.n_matched >= 3:
-        f_r = stars.flux_ratio
-    note(meta, "photoScale", {"fR": f_r, "applied": f_r != 1.0})
-    return f_r
 
 
 def difference(
@@ -572,80 +366,6 @@ def difference(
             except ValueError as exc:
                 raise KernelFailure(f"ZOGY failed: {exc}") from exc
     return z, al_info
-
-
-def scale_difference_variance(
-    z: ZogyResult, *, settings: Settings, meta: TaskMetadata, both: _Both
-) -> None:
-    """Stated noise to the measured scatter, in place, so that 5 sigma means 5 sigma (see
-    jitcore/noise.py for why the raw ZOGY score is a few per cent wide).
-
-    The score is divided by its robust spread on empty sky (sources masked), measured per
-    256 px tile and interpolated between tile centres: resampled inputs have correlated noise
-    that a white variance plane understates by a factor that varies over the frame, so one
-    global factor leaves some regions too wide (jitcore/noisecorr.py).  The flux variance
-    takes the same map, so flux / sqrt(flux_variance) stays equal to the score.
-    """
-    with meta.timer("scaleDiffimVariance"):
-        f_all, f_diff = diffim_scale_factors(z.score, z.difference, z.difference_variance, z.valid)
-        sky = empty_sky_scale(z.score, z.valid, first=f_all)
-        if settings.scale_variance:
-            fmap = scale_map(sky, z.score.shape)
-
-            def scale_variances() -> None:
-                z.flux_variance *= fmap  # twice rather than a full-frame fmap**2
-                z.flux_variance *= fmap
-                z.difference_variance *= np.float32(f_diff**2)
-
-            # Three full-frame passes, the score's beside the two variances' (NumPy's
-            # in-place arithmetic releases the GIL).
-            both(lambda: np.divide(z.score, fmap, out=z.score), scale_variances)
-        lo, hi = float(sky.tiles.min()), float(sky.tiles.max())
-        # A large or uneven correction is worth a look (correlated noise, a bad variance
-        # plane): never silent.  1.2: beyond what warping alone gives (noise.py); 1.25
-        # between tiles: beyond the ~2% noise of one tile's factor (+-3 sigma over 256 tiles).
-        large = max(hi, 1.0 / lo) > 1.2 or hi / lo > 1.25
-        note(meta, "varianceScale", {
-            "score": sky.factor, "scoreAllPixels": f_all, "scoreTileMin": lo,
-            "scoreTileMax": hi, "tilesMeasured": sky.measured_tiles, "tileSize": sky.tile,
-            "emptySkyFraction": sky.free_fraction, "difference": f_diff,
-            "applied": settings.scale_variance, "large": large,
-        })  # fmt: skip
-        if large:
-            log.warning(
-                "score spread on empty sky %.3f (tiles %.3f-%.3f, all pixels %.3f)%s: the "
-                "variance planes misstate the noise (correlated noise?)",
-                sky.factor,
-                lo,
-                hi,
-                f_all,
-                "" if settings.scale_variance else " NOT applied",
-            )
-
-
-def measure_noise_correlation(
-    p: Prepared, psf_s: PsfModel, psf_t: PsfModel, *, meta: TaskMetadata
-) -> None:
-    """Neighbour correlation of each input's noise on empty sky, and the factor by which it
-    makes a PSF matched filter's variance exceed what the variance plane states.
-
-    A diagnostic recorded in the task metadata ("noiseCorrelation"): it explains the score
-    factor of :func:`scale_difference_variance`, which does the correcting.
-    """
-    with meta.timer("noiseCorrelation"):
-        ny, nx = p.s_img.shape
-        out: dict[str, Any] = {}
-        for name, img, var, psf in (("science", p.s_img, p.s_var, psf_s),
-                                    ("template", p.t_img, p.t_var, psf_t)):  # fmt: skip
-            stamp = psf.at((nx - 1) / 2.0, (ny - 1) / 2.0)
-            try:
-                rho, factor = input_noise_correlation(img, var, ~p.bad, stamp)
-            except ValueError as exc:  # too few free pixels: say so, do not guess
-                out[name] = {"error": str(exc)}
-                continue
-            out[name] = {"rho10": float(rho[3, 4]), "rho01": float(rho[4, 3]),
-                         "rho11": float(rho[4, 4]), "psfVarianceFactor": factor}  # fmt: skip
-        note(meta, "noiseCorrelation", out)
 
 
 def host_test(
@@ -704,7 +424,7 @@ def subtract_exposures(
     t_start = time.perf_counter()
     threads = note_provenance(meta, settings)
     check_processable(science, template)
-    both = _Both(threads)
+    both = Both(threads)
 
     science, template = repair_defects(science, template, meta=meta)
     warped = warp_and_check(science, template, settings=settings, meta=meta, threads=threads)

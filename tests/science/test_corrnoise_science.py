@@ -23,7 +23,8 @@ from diffstream.jitcore.noise import diffim_scale_factors
 from diffstream.jitcore.psf import PsfModel, gaussian_psf
 from diffstream.jitcore.zogy import zogy
 from diffstream.stream.ops.settings import Settings
-from diffstream.stream.pipeline.subtract import _Both, scale_difference_variance
+from diffstream.stream.pipeline.state import Both as _Both
+from diffstream.stream.pipeline.variance import scale_difference_variance
 from diffstream.stream.provenance.taskmeta import TaskMetadata
 from tests.ec import ec_count, smoothness
 

@@ -1,0 +1,98 @@
+"""The score's noise: the empty-sky rescale of S_corr (tiled, for correlated and resampled
+noise) and the inputs' noise-correlation diagnostic."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from diffstream.jitcore.noise import diffim_scale_factors
+from diffstream.jitcore.noisecorr import (
+    empty_sky_scale,
+    input_noise_correlation,
+    scale_map,
+)
+from diffstream.jitcore.psf import PsfModel
+from diffstream.jitcore.zogy import ZogyResult
+from diffstream.stream.ops.settings import Settings
+from diffstream.stream.pipeline.state import Both, Prepared
+from diffstream.stream.pipeline.steps import note
+from diffstream.stream.provenance.taskmeta import TaskMetadata
+
+log = logging.getLogger(__name__)
+
+
+def scale_difference_variance(
+    z: ZogyResult, *, settings: Settings, meta: TaskMetadata, both: Both
+) -> None:
+    """Stated noise to the measured scatter, in place, so that 5 sigma means 5 sigma (see
+    jitcore/noise.py for why the raw ZOGY score is a few per cent wide).
+
+    The score is divided by its robust spread on empty sky (sources masked), measured per
+    256 px tile and interpolated between tile centres: resampled inputs have correlated noise
+    that a white variance plane understates by a factor that varies over the frame, so one
+    global factor leaves some regions too wide (jitcore/noisecorr.py).  The flux variance
+    takes the same map, so flux / sqrt(flux_variance) stays equal to the score.
+    """
+    with meta.timer("scaleDiffimVariance"):
+        f_all, f_diff = diffim_scale_factors(z.score, z.difference, z.difference_variance, z.valid)
+        sky = empty_sky_scale(z.score, z.valid, first=f_all)
+        if settings.scale_variance:
+            fmap = scale_map(sky, z.score.shape)
+
+            def scale_variances() -> None:
+                z.flux_variance *= fmap  # twice rather than a full-frame fmap**2
+                z.flux_variance *= fmap
+                z.difference_variance *= np.float32(f_diff**2)
+
+            # Three full-frame passes, the score's beside the two variances' (NumPy's
+            # in-place arithmetic releases the GIL).
+            both(lambda: np.divide(z.score, fmap, out=z.score), scale_variances)
+        lo, hi = float(sky.tiles.min()), float(sky.tiles.max())
+        # A large or uneven correction is worth a look (correlated noise, a bad variance
+        # plane): never silent.  1.2: beyond what warping alone gives (noise.py); 1.25
+        # between tiles: beyond the ~2% noise of one tile's factor (+-3 sigma over 256 tiles).
+        large = max(hi, 1.0 / lo) > 1.2 or hi / lo > 1.25
+        note(meta, "varianceScale", {
+            "score": sky.factor, "scoreAllPixels": f_all, "scoreTileMin": lo,
+            "scoreTileMax": hi, "tilesMeasured": sky.measured_tiles, "tileSize": sky.tile,
+            "emptySkyFraction": sky.free_fraction, "difference": f_diff,
+            "applied": settings.scale_variance, "large": large,
+        })  # fmt: skip
+        if large:
+            log.warning(
+                "score spread on empty sky %.3f (tiles %.3f-%.3f, all pixels %.3f)%s: the "
+                "variance planes misstate the noise (correlated noise?)",
+                sky.factor,
+                lo,
+                hi,
+                f_all,
+                "" if settings.scale_variance else " NOT applied",
+            )
+
+
+def measure_noise_correlation(
+    p: Prepared, psf_s: PsfModel, psf_t: PsfModel, *, meta: TaskMetadata
+) -> None:
+    """Neighbour correlation of each input's noise on empty sky, and the factor by which it
+    makes a PSF matched filter's variance exceed what the variance plane states.
+
+    A diagnostic recorded in the task metadata ("noiseCorrelation"): it explains the score
+    factor of :func:`scale_difference_variance`, which does the correcting.
+    """
+    with meta.timer("noiseCorrelation"):
+        ny, nx = p.s_img.shape
+        out: dict[str, Any] = {}
+        for name, img, var, psf in (("science", p.s_img, p.s_var, psf_s),
+                                    ("template", p.t_img, p.t_var, psf_t)):  # fmt: skip
+            stamp = psf.at((nx - 1) / 2.0, (ny - 1) / 2.0)
+            try:
+                rho, factor = input_noise_correlation(img, var, ~p.bad, stamp)
+            except ValueError as exc:  # too few free pixels: say so, do not guess
+                out[name] = {"error": str(exc)}
+                continue
+            out[name] = {"rho10": float(rho[3, 4]), "rho01": float(rho[4, 3]),
+                         "rho11": float(rho[4, 4]), "psfVarianceFactor": factor}  # fmt: skip
+        note(meta, "noiseCorrelation", out)
