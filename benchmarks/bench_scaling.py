@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,44 +56,15 @@ class OneCpuRun(Run):
                 os.environ["DIFFSTREAM_CPUS"] = old
 
     def measure(self, n_events: int) -> dict:
-        # One warm-up event per worker (Numba cache load, FFT plans, connections), then the
-        # CPU clock of the workers is read around the measured events only.
-        for p in range(self.n):
-            self.publish(p)
-        for _ in range(self.n):
-            self.wait_one()
+        # One warm-up event per worker, then the CPU clock of the workers is read around the
+        # measured events only.
+        self.warm_up()
         before = sum(cpu_seconds(p.pid) for p in self.procs)
-        t0 = time.monotonic()
-        result = _closed_loop(self, n_events)
-        wall = time.monotonic() - t0
+        result = self.closed_loop(n_events)
         used = sum(cpu_seconds(p.pid) for p in self.procs) - before
-        result.update(cpu_s=used, wall_s=wall, core_s_per_ccd=used / n_events)
+        result.update(ccds_per_s=result["events_per_s"], cpu_s=used,
+                      core_s_per_ccd=used / n_events)  # fmt: skip
         return result
-
-
-def _closed_loop(run: Run, n_events: int) -> dict:
-    import statistics
-
-    t0 = time.monotonic()
-    sent = 0
-    for p in range(min(run.n, n_events)):
-        run.publish(p)
-        sent += 1
-    results = []
-    while len(results) < n_events:
-        st = run.wait_one()
-        results.append(st)
-        if sent < n_events:
-            run.publish(st["partition"])
-            sent += 1
-    elapsed = time.monotonic() - t0
-    lat = sorted(r["latency_s"] for r in results)
-    return {
-        "events": n_events,
-        "ccds_per_s": n_events / elapsed,
-        "p50": statistics.median(lat),
-        "p99": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
-    }
 
 
 def main() -> int:
