@@ -323,7 +323,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     timings = warm_up(settings)
     ny, nx = WARMUP_SHAPE
     print(
-        f"warm-up ({settings.method}, {nx}x{ny} simulated pair): imports (eager kernels) "
+        f"warm-up ({settings.method}, {nx}x{ny} simulated pair): imports "
         f"{timings['imports']:.1f} s, simulation {timings['simulate']:.1f} s, subtraction "
         f"{timings['subtract']:.1f} s, total {timings['total']:.1f} s"
     )
