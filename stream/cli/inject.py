@@ -51,16 +51,6 @@ def register(sub: argparse._SubParsersAction, add_settings_args: Callable) -> No
     p.set_defaults(func=cmd_inject)
 
 
-def _image_hdu(hdul, hdu: str | None):
-    names = [h.name.upper() for h in hdul]
-    if hdu is not None:
-        return hdul[int(hdu)] if str(hdu).lstrip("-").isdigit() else hdul[str(hdu).upper()]
-    for name in ("IMAGE", "SCI"):
-        if name in names:
-            return hdul[name]
-    return next(h for h in hdul if h.data is not None and np.ndim(h.data) == 2)
-
-
 def _read_positions(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -170,7 +160,7 @@ def inject_file(
     image, variance = inj.inject(exp.image, exp.variance, xs, ys, fluxes, per_fake, gain=exp.gain)
 
     with fits.open(src) as hdul:
-        target = _image_hdu(hdul, hdu)
+        target = hdul[exp.info["hdu"]]  # the HDU the loader read the image from
         target.data = (target.data + (image - exp.image)).astype(target.data.dtype)
         names = [h.name.upper() for h in hdul]
         added_var = variance - exp.variance
