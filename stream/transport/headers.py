@@ -10,15 +10,40 @@ the worker.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from diffstream import __version__
 from diffstream.stream.alerts.packets import ALERT_SCHEMA, schema_fingerprint
 
-__all__ = ["ALERT_FINGERPRINT", "HEADER_PREFIX", "alert_headers", "ascii_bytes"]
+__all__ = [
+    "ALERT_FINGERPRINT",
+    "HEADER_PREFIX",
+    "PRODUCER_TIMESTAMP",
+    "alert_headers",
+    "ascii_bytes",
+    "producer_timestamp_header",
+    "restamped",
+]
 
 ALERT_FINGERPRINT: str = schema_fingerprint(ALERT_SCHEMA)
 HEADER_PREFIX = "diffstream."
+
+
+PRODUCER_TIMESTAMP = "producer_timestamp"
+
+
+def producer_timestamp_header() -> tuple[str, bytes]:
+    """The ``producer_timestamp`` header Rubin's alerts carry: when the producer sent the
+    record, integer microseconds since the Unix epoch (UTC), as ASCII digits."""
+    return PRODUCER_TIMESTAMP, str(time.time_ns() // 1000).encode("ascii")
+
+
+def restamped(headers: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``headers`` with a fresh ``producer_timestamp`` in place of any old one: a replayed
+    alert is produced now, and a consumer measuring delivery latency from the header must not
+    see the archive's age."""
+    return [*(h for h in headers if h[0] != PRODUCER_TIMESTAMP), producer_timestamp_header()]
 
 
 def ascii_bytes(value: Any) -> bytes:

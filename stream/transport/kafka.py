@@ -52,6 +52,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from diffstream.stream.ops.errors import ConfigError
 from diffstream.stream.ops.logs import RepeatFilter
 from diffstream.stream.ops.settings import Settings
+from diffstream.stream.transport.headers import PRODUCER_TIMESTAMP, producer_timestamp_header
 from diffstream.stream.transport.kafkafaults import (
     FatalKafkaError,
     fatal_hint,
@@ -115,15 +116,6 @@ _LAG_REFRESH_S = 2.0  # how often an idle poll reads the group's committed offse
 _BROKER_QUERY_S = 2.0  # timeout of each of those reads
 _TXN_TIMEOUT_S = 30.0  # per call of send_offsets_to_transaction/commit/abort before a retry
 _BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-PRODUCER_TIMESTAMP = "producer_timestamp"
-
-
-def producer_timestamp_header() -> tuple[str, bytes]:
-    """The ``producer_timestamp`` header Rubin's alerts carry: when the producer sent the
-    record, integer microseconds since the Unix epoch (UTC), as ASCII digits."""
-    return PRODUCER_TIMESTAMP, str(time.time_ns() // 1000).encode("ascii")
 
 
 def _output_topics(settings: Settings) -> list[str]:

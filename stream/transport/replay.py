@@ -410,6 +410,7 @@ def replay_alerts(
     schema is counted as failed and reported, never passed on) and encoded with
     ``target_codec``, keyed and headed as it was.  ``metrics`` (a worker Metrics hook) counts
     alerts consumed and published."""
+    from diffstream.stream.transport.headers import restamped
     from diffstream.stream.transport.wire import FINGERPRINT_HEADER
 
     stats = _stats_for("alerts", source_topic, output_topic, group_id, ranges)
@@ -436,7 +437,7 @@ def replay_alerts(
             part.failed += 1
         else:
             headers = _with_source(msg.headers(), msg, drop=(FINGERPRINT_HEADER,))
-            headers = [*target_codec.headers, *headers]
+            headers = restamped([*target_codec.headers, *headers])
             pub.send([(output_topic, msg.key(), value, headers)])
             stats.done += 1
             stats.alerts += 1
@@ -478,7 +479,7 @@ def replay_events(
     letters to ``dlq_topic`` when those are given (else only counted and logged).
     """
     from diffstream.stream.transport.events import encode_event
-    from diffstream.stream.transport.headers import alert_headers
+    from diffstream.stream.transport.headers import alert_headers, restamped
     from diffstream.stream.transport.outcomes import SourceMessage
     from diffstream.stream.transport.wire import FINGERPRINT_HEADER
 
@@ -516,7 +517,7 @@ def replay_events(
             headers = [
                 (k, v) for k, v in alert_headers(alert, outcome.event) if k != FINGERPRINT_HEADER
             ]
-            headers = [*alert_codec.headers, *_with_source(headers, msg)]
+            headers = restamped([*alert_codec.headers, *_with_source(headers, msg)])
             key = str(alert["diaSourceId"]).encode("ascii")
             records.append((output_topic, key, alert_codec.serialize(alert, None), headers))
         if metadata_topic:

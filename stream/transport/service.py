@@ -77,6 +77,7 @@ from diffstream.stream.transport.records import (
     reason_record,
     worker_id,
 )
+from diffstream.stream.transport.wire import RUBIN_SCHEMA_ID
 
 # The message/outcome types, the metrics hook and the error policy live in
 # stream.transport.outcomes and
@@ -263,6 +264,9 @@ class Worker:
             "configHash": root.get("configHash"),
             "versionsHash": root.get("versionsHash"),
             "alertSchemaFingerprint": ALERT_FINGERPRINT,
+            # The id mapping when a registry could not hold Rubin's id (wire.alert_codec).
+            "alertSchemaId": getattr(self._serialize, "schema_id", None),
+            "rubinSchemaId": RUBIN_SCHEMA_ID,
             "pipelineVersion": __version__,
             "workerId": self.worker_id,
             "eventProducedAt": None if event is None else int(event["producedAt"]),

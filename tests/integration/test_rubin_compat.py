@@ -38,6 +38,7 @@ from diffstream.stream.sim.fits import write_pair
 from diffstream.stream.sim.simulate import simulate_pair
 from diffstream.stream.transport.events import encode_event, make_event
 from diffstream.stream.transport.kafka import KafkaTransport, client_configs
+from diffstream.stream.transport.records import decode_summary
 from diffstream.stream.transport.registry import client_from_settings, fetch_schema, make_client
 from diffstream.stream.transport.service import Worker, run_loop
 from diffstream.stream.transport.wire import (
@@ -199,6 +200,10 @@ def test_a_rubin_consumer_reads_our_alerts_with_the_registry(
     client = make_client(registry_url)
     assert RUBIN_SUBJECT == "lsst-alerts-v11.1-value" in client.get_subjects()
     assert client.get_latest_version(RUBIN_SUBJECT).schema_id == RUBIN_SCHEMA_ID
+    # The metadata topic's summary names the id the frames carry, and Rubin's.
+    (meta,) = consume(kafka_bootstrap, settings.metadata_topic, 1)
+    summary = decode_summary(meta.value())
+    assert (summary["alertSchemaId"], summary["rubinSchemaId"]) == (RUBIN_SCHEMA_ID,) * 2
     official = _rubin_registry().get_by_id(RUBIN_SCHEMA_ID).definition
     assert fetch_schema(client, RUBIN_SCHEMA_ID)["name"] == official["name"]
 

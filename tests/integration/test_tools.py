@@ -306,6 +306,7 @@ def _replay(first_run, kafka_bootstrap, out_topic, *extra: str) -> int:
 
 def test_replay_events_by_offset_gives_the_same_alerts(first_run, kafka_bootstrap, topics, capsys):
     out = topics("replay-offset")
+    t_start = time.time()
     assert _replay(first_run, kafka_bootstrap, out, "--start", "1", "--metrics-port", "0") == 0
     report = capsys.readouterr()
     want = {k: first_run["by_exposure"][k] for k in (1001, 1003, 1004)}  # e0, e2, e3
@@ -318,6 +319,7 @@ def test_replay_events_by_offset_gives_the_same_alerts(first_run, kafka_bootstra
         f"{first_run['events']}[0]@2",
         f"{first_run['events']}[1]@1",
     }
+    _assert_stamped_now(messages, t_start)
     assert "3 events in" in report.out and "done 3, no work 0, failed 0" in report.out
     rows = {line.split()[0]: line.split() for line in report.out.splitlines() if line}
     assert rows["0"][1:4] == ["1", "3", "2"] and rows["1"][1:4] == ["1", "2", "1"]
@@ -350,6 +352,7 @@ def test_replay_events_with_end_time_reports_the_bad_event(
 
 def test_replay_alerts_republishes_identical_alerts(first_run, kafka_bootstrap, topics, capsys):
     out = topics("replay-alerts")
+    t_start = time.time()
     rc = main(
         [
             "replay",
@@ -373,6 +376,16 @@ def test_replay_alerts_republishes_identical_alerts(first_run, kafka_bootstrap, 
     copied = consume(kafka_bootstrap, out, n)
     assert {m.key(): codec.deserialize(m.value(), m) for m in copied} == original
     assert all(dict(m.headers())[FINGERPRINT_HEADER] for m in copied)
+    _assert_stamped_now(copied, t_start)
+
+
+def _assert_stamped_now(messages, t_start: float) -> None:
+    """A replayed alert carries one producer_timestamp, of its re-publication (not the
+    archive's: a consumer measures delivery latency from it)."""
+    for m in messages:
+        stamps = [v for k, v in m.headers() if k == "producer_timestamp"]
+        assert len(stamps) == 1, m.headers()
+        assert t_start - 1 <= int(stamps[0]) / 1e6 <= time.time() + 1
 
 
 # -- tail -----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from diffstream.stream.transport.service import (
     Worker,
     run_loop,
 )
+from diffstream.stream.transport.wire import FramedAlertSerializer
 
 pytestmark = pytest.mark.unit
 
@@ -105,6 +106,19 @@ def test_done_outcome_alerts_match_offline_subtract(pair_dir, real_result):
     assert (summary["topic"], summary["partition"], summary["offset"]) == ("in", 1, 3)
     assert metrics.names() == ["on_consumed", "on_processed"]
     assert "imageDifference.zogy" in metrics.calls[1][1]
+    # Our own serializer (unframed) has no schema id; Rubin's id is still named.
+    assert summary["alertSchemaId"] is None and summary["rubinSchemaId"] == 1101
+
+
+def test_summary_maps_a_registry_id_to_rubins(pair_dir):
+    """A registry that cannot hold Rubin's id frames alerts with its own: the summary names
+    both, so a reader keyed on Rubin's ids knows the mapping."""
+    framed = FramedAlertSerializer(ensure=lambda: 7)  # as ensure_rubin_schema answers
+    out = _worker(pair_dir, alert_serializer=framed).process(_msg(_event_bytes(pair_dir)))
+    assert out.status == "done" and out.alert_records
+    assert {rec.value[1:5] for rec in out.alert_records} == {(7).to_bytes(4, "big")}
+    summary = decode_summary(out.summary.value)
+    assert (summary["alertSchemaId"], summary["rubinSchemaId"]) == (7, 1101)
 
 
 def test_event_exposure_bits_change_the_ids(pair_dir, real_result):
