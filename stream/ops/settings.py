@@ -93,7 +93,10 @@ class Settings(BaseSettings):
     ap_radius: float = Field(
         12.0, gt=0, description="apFlux aperture radius (px; the LSST schema's 12 px)"
     )
-    cutout_size: int = Field(30, ge=5, le=101, description="alert cutout side (px)")
+    cutout_size: int = Field(
+        30, ge=5, le=102,
+        description="smallest alert cutout side (px): the footprint bbox clamped to [this, 102]",
+    )  # fmt: skip
     exposure_bits: int = Field(
         40, ge=1, le=62, description="bits of the exposure id in diaSourceIds"
     )
