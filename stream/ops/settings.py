@@ -93,6 +93,15 @@ class Settings(BaseSettings):
     ap_radius: float = Field(
         12.0, gt=0, description="apFlux aperture radius (px; the LSST schema's 12 px)"
     )
+    # 3 FWHM: the curve of growth of the DECam cut-outs' brightest stars is within ~1% of
+    # its 4-FWHM value there; beyond, the sky noise of the aperture outweighs the wings.
+    aperture_correction: bool = Field(
+        True, description="scale PSF fluxes of a measured PSF to an aperture of "
+        "ap_corr_radius FWHM, the factor measured on the PSF stars (jitcore/apcorr.py)"
+    )
+    ap_corr_radius: float = Field(
+        3.0, gt=0, le=10, description="aperture-correction radius (units of the PSF FWHM)"
+    )
     cutout_size: int = Field(30, ge=5, le=101, description="alert cutout side (px)")
     exposure_bits: int = Field(
         40, ge=1, le=62, description="bits of the exposure id in diaSourceIds"
@@ -234,7 +243,7 @@ class Settings(BaseSettings):
             "psf_degree",
             "psf_error_fraction", "host_test", "scale_variance", "scale_template_variance",
             "astrometric_noise",
-            "ap_radius", "cutout_size",
+            "ap_radius", "aperture_correction", "ap_corr_radius", "cutout_size",
             "exposure_bits", "refit_astrometry", "astrometry_order", "dipole_fit", "dipole_merge",
             "dipole_snr_min", "dipole_max_flux_ratio", "dipole_max_area", "dipole_max_separation",
             "dipole_rel_weight", "dipole_radius", "association_radius_arcsec",
