@@ -96,8 +96,9 @@ class Settings(BaseSettings):
     # 3 FWHM: the curve of growth of the DECam cut-outs' brightest stars is within ~1% of
     # its 4-FWHM value there; beyond, the sky noise of the aperture outweighs the wings.
     aperture_correction: bool = Field(
-        True, description="scale PSF fluxes of a measured PSF to an aperture of "
-        "ap_corr_radius FWHM, the factor measured on the PSF stars (jitcore/apcorr.py)"
+        True,
+        description="scale PSF fluxes of a measured PSF to an aperture of "
+        "ap_corr_radius FWHM, the factor measured on the PSF stars (jitcore/apcorr.py)",
     )
     ap_corr_radius: float = Field(
         3.0, gt=0, le=10, description="aperture-correction radius (units of the PSF FWHM)"
