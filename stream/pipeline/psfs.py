@@ -53,6 +53,7 @@ def _template_psf(
             return measure_psf(
                 image, variance, mask_bad, bad_bits=1, saturation=None,
                 degree=settings.psf_degree, subtract_background=False, sources=sources,
+                size_sigmas=settings.psf_stamp_sigmas,
             )  # fmt: skip
         except ValueError:
             pass
@@ -81,6 +82,7 @@ def _science_psf(
             measured = measure_psf(
                 image, variance, mask_bad, bad_bits=1, saturation=None,
                 degree=settings.psf_degree, subtract_background=False, sources=sources,
+                size_sigmas=settings.psf_stamp_sigmas,
             )  # fmt: skip
         except ValueError:
             measured = None
