@@ -23,7 +23,7 @@ import pytest
 from diffstream.stream.cli.inject import inject_file
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.subtract import subtract_files
-from diffstream.stream.sim.inject import match_positions
+from diffstream.stream.sim.inject import match_positions, not_already_there
 
 pytestmark = [pytest.mark.science, pytest.mark.slow]
 
@@ -66,6 +66,8 @@ def _pooled(pairs, tmp_path_factory):
             pos = [s for s in res.dia_sources if not s["isNegative"]]
             px, py = np.array([s["x"] for s in pos]), np.array([s["y"] for s in pos])
             hit = match_positions(fakes.x, fakes.y, px, py, max(2.0, fakes.fwhm))
+            # A fake on a star is not found by the star's own residual (found without it).
+            hit = not_already_there(hit, fakes.flux, pos, clean.dia_sources)
             for i, j in enumerate(hit):
                 src = pos[j] if j >= 0 else None
                 rows.append({"pair": pair, "snr": fakes.snr[i], "flux": fakes.flux[i],
@@ -101,7 +103,7 @@ def test_hostless_completeness_at_snr_10(tuned):
     assert c >= 0.95, c
 
 
-@_gap("hosted completeness 0.76 at S/N >= 15 (stars' own residuals, 3-7% of their flux)")
+@_gap("hosted completeness 0.43 at S/N >= 15 (stars' own residuals, 3-7% of their flux)")
 def test_hosted_completeness_at_snr_15(tuned):
     c_host, n = _completeness(tuned[0], host=True, lo=15.0)
     c_sky, _ = _completeness(tuned[0], host=False, lo=15.0)
