@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     # median stack of 4-5 stars are mostly noise, and they widen every ZOGY kernel, the
     # invalid strip along the edges and the stars' residuals; the aperture correction
     # (jitcore/apcorr.py) puts the flux they hold back into psfFlux.  On the real DECam pairs
-    # (seeds 0-1, 4 pairings): new false detections per run 1.6 -> 0.4, hosted completeness
-    # 0.58 -> 0.76, hostless 0.92 -> 0.96 (benchmarks/real_data_report.py).
+    # (seeds 0-1, 4 pairings): invalid edge strip 21-31 -> 18-25 px, new false detections per
+    # run 1.6 -> 0.75, hostless completeness 0.92 -> 0.99 (benchmarks/real_data_report.py).
     psf_stamp_sigmas: float = Field(
         3.0, ge=1.0, le=10.0, description="pipeline PSF stamp half-size (measured sigmas)"
     )
