@@ -11,7 +11,9 @@ noise over the PSF uniform in ``--snr``.  The pair then goes through ``subtract_
 ``diffstream subtract --allow-uncalibrated`` runs it (fluxes in counts).  Printed, for hosted
 and hostless fakes apart:
 
-- completeness by S/N;
+- completeness by S/N (a fake matched to a diaSource that the clean run has too counts only
+  if that diaSource's psfFlux rose by half the injected flux: a star's own residual is not
+  the fake on it; stream/sim/inject.py ``not_already_there``);
 - the median psfFlux / injected flux (found fakes with S/N >= 15);
 - new false detections per injected run: diaSources that are neither a fake nor within 2 px
   of a detection of the clean run;
@@ -64,7 +66,7 @@ def run_pair(sci: Path, tmpl: Path, exposure_id: int):
 
 def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_store: dict):
     from diffstream.stream.cli.inject import inject_file
-    from diffstream.stream.sim.inject import match_positions
+    from diffstream.stream.sim.inject import match_positions, not_already_there
 
     s_tag, t_tag = pair.split("-")
     sci, tmpl = _path(s_tag), _path(t_tag)
@@ -83,6 +85,7 @@ def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_sto
         fx = np.array([s["x"] for s in pos])
         fy = np.array([s["y"] for s in pos])
         hit = match_positions(truth.x, truth.y, fx, fy, max(2.0, truth.fwhm))
+        hit = not_already_there(hit, truth.flux, pos, clean.dia_sources)  # residuals aren't fakes
         psf_flux = np.array([pos[j]["psfFlux"] if j >= 0 else np.nan for j in hit])
         matched = {id(pos[j]) for j in hit if j >= 0}
         n_false = 0

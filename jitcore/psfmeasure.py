@@ -51,9 +51,10 @@ def stars_needed(degree: int) -> int:
     return 3 * (degree + 1) * (degree + 2) // 2
 
 
-def stamp_size_for_sigma(sigma: float) -> int:
-    """Odd stamp size 2*ceil(4 sigma)+1 clamped to [11, 41] (covers the core and near wings)."""
-    size = 2 * int(np.ceil(4.0 * sigma)) + 1
+def stamp_size_for_sigma(sigma: float, sigmas: float = 4.0) -> int:
+    """Odd stamp size 2*ceil(``sigmas`` sigma)+1 clamped to [11, 41] (4: the core and near
+    wings)."""
+    size = 2 * int(np.ceil(sigmas * sigma)) + 1
     return int(min(max(size, _MIN_SIZE), _MAX_SIZE))
 
 
@@ -82,6 +83,7 @@ def measure_psf(
     bad_bits: int,
     saturation: float | None = None,
     size: int | None = None,
+    size_sigmas: float = 4.0,
     degree: int = 1,
     min_stars: int = 3,
     max_stars: int = 200,
@@ -99,11 +101,12 @@ def measure_psf(
     array and ``bad_bits`` the OR of the planes that disqualify a star's stamp (e.g. SAT,
     BAD, CR, NO_DATA, EDGE).  ``saturation`` (image units, raw, background included)
     rejects stars peaking at >= 0.8 of it.  ``size`` forces the odd stamp size; by default
-    it is 2*ceil(4 sigma)+1 from the measured width, clamped to [11, 41].  ``degree`` is the
-    requested polynomial degree in (u, v) (0..3), lowered automatically while fewer than
-    :func:`stars_needed` stars are available.  Returns a PsfModel with ``source="measured"``,
-    ``nstars`` and ``info`` (fwhm in pixels at the image centre, residual_rms as a fraction
-    of the centre model's peak, selection counts).  Raises ValueError when fewer than
+    it is 2*ceil(``size_sigmas`` sigma)+1 from the measured width, clamped to [11, 41].
+    ``degree`` is the requested polynomial degree in (u, v) (0..3), lowered automatically
+    while fewer than :func:`stars_needed` stars are available.  Returns a PsfModel with
+    ``source="measured"``, ``nstars`` and ``info`` (fwhm in pixels at the image centre,
+    residual_rms as a fraction of the centre model's peak, selection counts).  Raises
+    ValueError when fewer than
     ``min_stars`` usable stars are found (message gives found and required counts).
 
     ``sources``, a :func:`diffstream.jitcore.sources.find_stars` catalogue of this image,
@@ -130,6 +133,8 @@ def measure_psf(
         raise ValueError(f"min_stars must be >= 1, got {min_stars}")
     if max_stars < min_stars:
         raise ValueError(f"max_stars must be >= min_stars={min_stars}, got {max_stars}")
+    if not 1.0 <= size_sigmas <= 10.0:
+        raise ValueError(f"size_sigmas must be in [1, 10], got {size_sigmas}")
     if size is not None and (size < 3 or size % 2 == 0):
         raise ValueError(f"size must be odd and >= 3, got {size}")
     if saturation is not None and not saturation > 0:
@@ -155,8 +160,8 @@ def measure_psf(
         bad = (msk.astype(np.int64) & int(bad_bits)) != 0
     bad |= ~np.isfinite(img)
     bad |= ~(var >= 0)  # NaN and negative variances
-    opts = dict(saturation=saturation, size=size, degree=degree, min_stars=min_stars,
-                max_stars=max_stars, snr_min=snr_min, snr_floor=snr_floor,
+    opts = dict(saturation=saturation, size=size, size_sigmas=size_sigmas, degree=degree,
+                min_stars=min_stars, max_stars=max_stars, snr_min=snr_min, snr_floor=snr_floor,
                 clip_sigma=clip_sigma)  # fmt: skip
     if sources is not None:
         # sep never reads masked pixels, so the variance plane serves as is (NaN there).
@@ -188,8 +193,8 @@ def measure_psf(
     return _measure_from(sub, var, det_var, bad, objs, img, **opts)
 
 
-def _measure_from(sub, var, det_var, bad, objs, img, *, saturation, size, degree, min_stars,
-                  max_stars, snr_min, snr_floor, clip_sigma) -> PsfModel:  # fmt: skip
+def _measure_from(sub, var, det_var, bad, objs, img, *, saturation, size, size_sigmas, degree,
+                  min_stars, max_stars, snr_min, snr_floor, clip_sigma) -> PsfModel:  # fmt: skip
     """Select, register and fit the stars of catalogue ``objs`` on the background-subtracted
     ``sub`` (``det_var``: the variance sep sees; ``img``: raw values for saturation)."""
     ny, nx = sub.shape
@@ -248,7 +253,7 @@ def _measure_from(sub, var, det_var, bad, objs, img, *, saturation, size, degree
     if counts["point_like"] < min_stars:
         raise fail("size clipping", counts["point_like"])
     sigma_guess = float(np.median(rhalf[ok])) / GAUSS_RHALF_PER_SIGMA
-    stamp = size if size is not None else stamp_size_for_sigma(sigma_guess)
+    stamp = size if size is not None else stamp_size_for_sigma(sigma_guess, size_sigmas)
     half = stamp // 2
     pad = _PAD
 

@@ -114,6 +114,7 @@ def load_options(settings: Any) -> dict[str, Any]:
         "allow_uncalibrated": settings.allow_uncalibrated,
         "max_pixels": settings.max_pixels,
         "max_nonfinite_fraction": settings.max_nonfinite_fraction,
+        "psf_size_sigmas": settings.psf_stamp_sigmas,
     }
 
 
@@ -128,6 +129,7 @@ def load_exposure(
     max_nonfinite_fraction: float = 0.5,
     measure_psf: bool = True,
     psf_degree: int = 1,
+    psf_size_sigmas: float = 4.0,
     defer_checksum: bool = False,
     hdu: str | int | None = None,
     variance_path: str | Path | None = None,
@@ -141,7 +143,8 @@ def load_exposure(
     ``detector``, ``exposure_id`` override the VISIT/DETECTOR/EXPID keywords.
     ``max_pixels`` bounds the image size, ``max_nonfinite_fraction`` the share of NaN/inf
     pixels.  ``measure_psf`` allows measuring the PSF from the stars when the file has no
-    PSF HDU (``psf_degree`` is the requested polynomial degree); the PSF_FWHM/FWHM/SEEING
+    PSF HDU (``psf_degree`` is the requested polynomial degree, ``psf_size_sigmas`` the stamp
+    half-size in measured sigmas); the PSF_FWHM/FWHM/SEEING
     keyword Gaussian is the last resort.  ``defer_checksum`` returns before the file's
     SHA-256 is known: ``sha256`` is then empty until :meth:`Exposure.checksum` is called.
     ``hdu`` (EXTNAME or index) picks the image HDU of a multi-extension file.
@@ -286,7 +289,7 @@ def load_exposure(
         wcs,
         spath,
         measure_psf,
-        psf_degree,
+        (psf_degree, psf_size_sigmas),
         info,
     )
     return Exposure(
@@ -451,8 +454,9 @@ def _psf_hdu_stamp(hdul, names, path, info) -> np.ndarray | None:
 
 
 def _choose_psf(
-    stamp, image, variance, mask, planes, saturation, header, wcs, path, measure, degree, info
+    stamp, image, variance, mask, planes, saturation, header, wcs, path, measure, shape_opts, info
 ) -> PsfModel:
+    degree, size_sigmas = shape_opts
     shape = (int(image.shape[0]), int(image.shape[1]))
     if stamp is not None:
         try:
@@ -468,6 +472,7 @@ def _choose_psf(
                 bad_bits=bits(planes, PSF_BAD_PLANES),
                 saturation=saturation,
                 degree=degree,
+                size_sigmas=size_sigmas,
             )
         except ValueError as exc:
             info["psf_measure_error"] = str(exc)

@@ -8,6 +8,8 @@ import logging
 
 import numpy as np
 
+from diffstream.jitcore.apcorr import aperture_correction
+from diffstream.jitcore.measure import forced_psf_flux
 from diffstream.jitcore.psf import PsfModel
 from diffstream.jitcore.psfmeasure import measure_psf
 from diffstream.jitcore.sources import find_stars
@@ -51,6 +53,7 @@ def _template_psf(
             return measure_psf(
                 image, variance, mask_bad, bad_bits=1, saturation=None,
                 degree=settings.psf_degree, subtract_background=False, sources=sources,
+                size_sigmas=settings.psf_stamp_sigmas,
             )  # fmt: skip
         except ValueError:
             pass
@@ -79,6 +82,7 @@ def _science_psf(
             measured = measure_psf(
                 image, variance, mask_bad, bad_bits=1, saturation=None,
                 degree=settings.psf_degree, subtract_background=False, sources=sources,
+                size_sigmas=settings.psf_stamp_sigmas,
             )  # fmt: skip
         except ValueError:
             measured = None
@@ -186,3 +190,61 @@ def template_scale(
         f_r = stars.flux_ratio
     note(meta, "photoScale", {"fR": f_r, "applied": f_r != 1.0})
     return f_r
+
+
+# Rows' PSF fluxes and the PSF whose aperture correction scales each: the difference's PSF is
+# the science PSF through the matching kernel, so a new source in D loses the wings the
+# science stamp lacks (checked by the star-stamp fakes of tests/science/test_real_decam.py).
+_AP_CORR_FIELDS = {"science": ("psfFlux", "psfFluxErr", "scienceFlux", "scienceFluxErr"),
+                   "template": ("templateFlux", "templateFluxErr")}  # fmt: skip
+
+
+def aperture_corrections(
+    p: Prepared, psf_s: PsfModel, psf_t: PsfModel, planes, *, settings: Settings,
+    meta: TaskMetadata,
+) -> dict[str, float]:  # fmt: skip
+    """Per image, the factor from a PSF flux to the flux in ``ap_corr_radius`` FWHM,
+    measured on that image's PSF stars (jitcore/apcorr.py).
+
+    Only PSFs measured here have their stars at hand; a file's or an external PSF is the
+    survey's model and used as given (noted, not warned).  A measured PSF whose stars cannot
+    give a factor keeps 1: a WARNING and ``fallback`` in the metadata.
+    """
+    out: dict[str, float] = {"science": 1.0, "template": 1.0}
+    if not settings.aperture_correction:
+        note(meta, "apertureCorrection", {"applied": False, "reason": "disabled"})
+        return out
+    with meta.timer("apertureCorrection"):
+        record: dict[str, dict] = {}
+        ny, nx = p.s_img.shape
+        for role, img, var, psf in (("science", p.s_img, p.s_var, psf_s),
+                                    ("template", p.t_img, p.t_var, psf_t)):  # fmt: skip
+            xy = np.asarray(psf.info.get("star_xy", []), dtype=np.float64).reshape(-1, 2)
+            if psf.source != "measured" or not len(xy):
+                record[role] = {"applied": False, "reason": f"PSF source {psf.source}"}
+                continue
+            radius = settings.ap_corr_radius * psf.fwhm_at((nx - 1) / 2.0, (ny - 1) / 2.0)
+            try:
+                flux, _, flag = forced_psf_flux(img, var, psf.at, xy[:, 0], xy[:, 1],
+                                                mask=p.mask, mask_planes=planes)  # fmt: skip
+                ac = aperture_correction(img, var, p.bad, np.where(flag, np.nan, flux),
+                                         xy[:, 0], xy[:, 1], radius=radius)  # fmt: skip
+            except ValueError as exc:
+                record[role] = {"applied": False, "fallback": True, "reason": str(exc)}
+                log.warning("%s aperture correction not measured, PSF fluxes left as fitted "
+                            "(%s): %s", role, "1.0", exc)  # fmt: skip
+                continue
+            out[role] = ac.factor
+            record[role] = {"applied": True, "factor": ac.factor, "err": ac.err,
+                            "nstars": ac.nstars, "radius": ac.radius}  # fmt: skip
+        note(meta, "apertureCorrection", record)
+    return out
+
+
+def apply_aperture_corrections(rows: np.ndarray, factors: dict[str, float]) -> None:
+    """Scale the measured rows' PSF fluxes (and errors) in place by their image's factor."""
+    for role, names in _AP_CORR_FIELDS.items():
+        f = factors.get(role, 1.0)
+        if f != 1.0 and len(rows):
+            for name in names:
+                rows[name] *= f

@@ -42,7 +42,13 @@ from diffstream.stream.ops.settings import Settings, config_hash
 from diffstream.stream.pipeline.astrometry import refit_mapping
 from diffstream.stream.pipeline.defects import hard_bits, interpolate_defects
 from diffstream.stream.pipeline.dipoles import dipole_options
-from diffstream.stream.pipeline.psfs import match, measure_psfs, template_scale
+from diffstream.stream.pipeline.psfs import (
+    aperture_corrections,
+    apply_aperture_corrections,
+    match,
+    measure_psfs,
+    template_scale,
+)
 from diffstream.stream.pipeline.state import Both, Prepared
 from diffstream.stream.pipeline.steps import (
     detect_sources,
@@ -58,6 +64,7 @@ from diffstream.stream.pipeline.steps import (
 from diffstream.stream.pipeline.variance import (
     measure_noise_correlation,
     scale_difference_variance,
+    scale_psf_flux_errors,
 )
 from diffstream.stream.pipeline.warping import warp_template
 from diffstream.stream.provenance.taskmeta import TaskMetadata
@@ -436,7 +443,7 @@ def subtract_exposures(
     z, al_info = difference(p, psf_s, psf_t, stars, settings=settings, meta=meta, threads=threads,
                             f_r=f_r)  # fmt: skip
     measure_noise_correlation(p, psf_s, psf_t, meta=meta)
-    scale_difference_variance(z, settings=settings, meta=meta, both=both)
+    psf_err_scale = scale_difference_variance(z, settings=settings, meta=meta, both=both)
 
     found = detect_sources(z.score, z.valid, settings=settings, meta=meta)
     found = host_test(found, z, p, psf_t, sources, f_r, settings=settings, meta=meta)
@@ -457,8 +464,14 @@ def subtract_exposures(
     }
     rows = measure_sources(found, images, settings=settings, meta=meta, flux=z.flux,
                            flux_variance=z.flux_variance, workers=threads)  # fmt: skip
+    scale_psf_flux_errors(rows, psf_err_scale)
     dipoles = run_dipoles(found, rows, images, wcs=science.wcs, settings=settings, meta=meta)
     ext = measure_extendedness(science, p, psf_s, dipoles.rows, meta=meta)
+    # After extendedness, which compares the fitted PSF flux with its own aperture model.
+    apply_aperture_corrections(
+        dipoles.rows,
+        aperture_corrections(p, psf_s, psf_t, science.mask_planes, settings=settings, meta=meta),
+    )
 
     def row_fields(i: int) -> dict[str, Any]:
         return {**dipoles.row_fields(i), "extendedness": ext[i]}

@@ -122,6 +122,33 @@ def test_pipeline_on_a_real_pair_reports_measured_psfs_and_scales_the_counts():
         assert psf[role]["nstars"] >= 4
     scale = result.metadata.get("photoScale")
     assert scale["applied"] and 1.03 < scale["fR"] < 1.12, scale
+    # The stamps (3 sigma) lose the wings: the aperture correction to 3 FWHM, measured on the
+    # PSF stars, puts 2-5% back (curve of growth of the two brightest stars: 1.03-1.05).
+    apc = result.metadata.get("apertureCorrection")
+    for role in ("science", "template"):
+        assert apc[role]["applied"] and apc[role]["nstars"] >= 3, apc
+        assert 1.01 < apc[role]["factor"] < 1.08 and apc[role]["err"] < 0.01, apc
+
+
+def test_aperture_correction_fallback_is_a_warning_and_a_flag(caplog):
+    # A measured PSF whose stars cannot give the factor (an aperture radius that fewer than
+    # two of its stars' apertures fit in) keeps its fluxes as fitted, and says so.
+    import logging
+
+    from diffstream.stream.ops.settings import Settings
+    from diffstream.stream.pipeline.subtract import subtract_exposures
+
+    science, _ = _load("18c")
+    template, _ = _load("04d")
+    with caplog.at_level(logging.WARNING, logger="diffstream.stream.pipeline.psfs"):
+        result = subtract_exposures(science, template, settings=Settings(ap_corr_radius=10.0))
+    apc = result.metadata.get("apertureCorrection")
+    fallen = [role for role in ("science", "template") if apc[role].get("fallback")]
+    assert fallen, apc  # the premise: at 10 FWHM (46-66 px) too few apertures fit
+    for role in fallen:
+        assert not apc[role]["applied"] and "aperture-correction stars" in apc[role]["reason"]
+        assert any(r.getMessage().startswith(f"{role} aperture correction not measured")
+                   for r in caplog.records), caplog.text  # fmt: skip
 
 
 def test_host_test_removes_bright_star_residuals_on_a_real_pair():

@@ -23,7 +23,7 @@ import pytest
 from diffstream.stream.cli.inject import inject_file
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.subtract import subtract_files
-from diffstream.stream.sim.inject import match_positions
+from diffstream.stream.sim.inject import match_positions, not_already_there
 
 pytestmark = [pytest.mark.science, pytest.mark.slow]
 
@@ -66,6 +66,8 @@ def _pooled(pairs, tmp_path_factory):
             pos = [s for s in res.dia_sources if not s["isNegative"]]
             px, py = np.array([s["x"] for s in pos]), np.array([s["y"] for s in pos])
             hit = match_positions(fakes.x, fakes.y, px, py, max(2.0, fakes.fwhm))
+            # A fake on a star is not found by the star's own residual (found without it).
+            hit = not_already_there(hit, fakes.flux, pos, clean.dia_sources)
             for i, j in enumerate(hit):
                 src = pos[j] if j >= 0 else None
                 rows.append({"pair": pair, "snr": fakes.snr[i], "flux": fakes.flux[i],
@@ -101,7 +103,7 @@ def test_hostless_completeness_at_snr_10(tuned):
     assert c >= 0.95, c
 
 
-@_gap("hosted completeness 0.66 at S/N >= 15 (stars' own residuals, 3-7% of their flux)")
+@_gap("hosted completeness 0.43 at S/N >= 15 (stars' own residuals, 3-7% of their flux)")
 def test_hosted_completeness_at_snr_15(tuned):
     c_host, n = _completeness(tuned[0], host=True, lo=15.0)
     c_sky, _ = _completeness(tuned[0], host=False, lo=15.0)
@@ -110,7 +112,6 @@ def test_hosted_completeness_at_snr_15(tuned):
     assert c_host >= c_sky - 0.05, (c_host, c_sky)
 
 
-@_gap("median psfFlux / injected 0.964 (constant PSF from 4-5 stars lacks the wings)")
 def test_flux_of_star_stamp_fakes(tuned):
     ratio = [r["src"]["psfFlux"] / r["flux"] for r in tuned[0]
              if r["src"] is not None and r["snr"] >= 15 and not r["host"]]  # fmt: skip
@@ -118,7 +119,6 @@ def test_flux_of_star_stamp_fakes(tuned):
     assert abs(np.median(ratio) - 1.0) <= 0.03, np.median(ratio)
 
 
-@_gap("robust std of the pulls 1.33")
 def test_pulls(tuned):
     found = [r for r in tuned[0] if r["src"] is not None and not r["host"]]
     pulls = np.array([(r["src"]["psfFlux"] - r["flux"]) / r["src"]["psfFluxErr"] for r in found])
@@ -126,7 +126,6 @@ def test_pulls(tuned):
     assert 0.9 <= (q75 - q25) / 1.349 <= 1.15, (q75 - q25) / 1.349
 
 
-@_gap("1.7 new false detections per injected run")
 def test_new_false_detections_per_injected_run(tuned):
     assert np.mean(tuned[1]) <= 1.0, tuned[1]
 
@@ -136,6 +135,5 @@ def test_held_out_pairing_hostless_completeness(held_out):
     assert n >= 20 and c >= 0.95, (c, n)
 
 
-@_gap("2.7 new false detections per injected run on the held-out pairing")
 def test_held_out_pairing_false_detections(held_out):
     assert np.mean(held_out[1]) <= 1.0, held_out[1]

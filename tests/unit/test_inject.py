@@ -98,6 +98,20 @@ def test_match_positions_one_to_one_nearest_first():
     assert hit.tolist() == [-1, 0, -1]
 
 
+def test_a_residual_found_without_the_fake_is_not_the_fake():
+    clean = [{"x": 10.0, "y": 10.0, "psfFlux": 500.0, "isNegative": False},
+             {"x": 40.0, "y": 40.0, "psfFlux": -300.0, "isNegative": True}]  # fmt: skip
+    found = [{"x": 10.5, "y": 10.0, "psfFlux": 530.0, "isNegative": False},  # residual + 30
+             {"x": 30.0, "y": 30.0, "psfFlux": 100.0, "isNegative": False},  # new: a fake
+             {"x": 10.2, "y": 10.0, "psfFlux": 700.0, "isNegative": False},  # residual + 200
+             {"x": 40.0, "y": 40.5, "psfFlux": 90.0, "isNegative": False}]  # fmt: skip
+    hit = np.array([0, 1, 2, 3, -1])  # found[3] sits on a clean one of the other sign
+    flux = np.array([100.0, 100.0, 300.0, 100.0, 100.0])
+    out = inj.not_already_there(hit, flux, found, clean)
+    assert out.tolist() == [-1, 1, 2, 3, -1]
+    assert hit.tolist() == [0, 1, 2, 3, -1]  # the input is left alone
+
+
 def test_cli_writes_the_injected_file_and_its_catalogue(tmp_path):
     from astropy.wcs import WCS
 

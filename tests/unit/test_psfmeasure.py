@@ -125,6 +125,10 @@ def test_gaussian_field_moments_at_centre(star_field, degree):
     # Stamp size from the measured width (pixel-integrated: sqrt(sigma^2 + 1/12)).
     assert model.info["sigma_guess"] == pytest.approx(np.sqrt(sigma**2 + 1 / 12), rel=0.05)
     assert model.size == stamp_size_for_sigma(model.info["sigma_guess"])
+    if degree == 0:  # the pipeline's 3-sigma stamps (Settings.psf_stamp_sigmas)
+        small = measure_psf(img, var, mask, bad_bits=BAD_BITS, saturation=SAT_LEVEL,
+                            degree=0, size_sigmas=3.0)  # fmt: skip
+        assert small.size == stamp_size_for_sigma(small.info["sigma_guess"], 3.0) < model.size
     centre = model.at(511.5, 511.5)
     rxx, ryy, dxy = _ratio(centre, gaussian_psf(sigma, model.size))
     assert abs(rxx - 1) < 0.02 and abs(ryy - 1) < 0.02, (rxx, ryy)
@@ -323,6 +327,7 @@ def _small():
         ({"max_stars": 2}, ValueError, r"max_stars must be >= min_stars=3, got 2"),
         ({"size": 16}, ValueError, r"size must be odd and >= 3, got 16"),
         ({"size": 1}, ValueError, r"size must be odd and >= 3, got 1"),
+        ({"size_sigmas": 0.5}, ValueError, r"size_sigmas must be in \[1, 10\], got 0.5"),
         ({"saturation": 0.0}, ValueError, r"saturation must be > 0, got 0.0"),
         ({"snr_min": -1.0}, ValueError, r"snr_min must be > 0, got -1.0"),
         ({"snr_floor": 0.0}, ValueError, r"snr_floor must be in \(0, snr_min=50.0\], got 0.0"),

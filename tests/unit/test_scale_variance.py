@@ -64,3 +64,36 @@ def test_white_noise_is_left_alone_quietly(caplog):
     scale = meta.get("varianceScale", step=meta.name)
     assert scale["score"] == pytest.approx(1.0, abs=0.03) and not scale["large"]
     assert not [r for r in caplog.records if "misstate the noise" in r.getMessage()]
+
+
+def test_psf_flux_errors_follow_the_correlated_noise():
+    # Noise only, resampled (bilinear half-pixel shift: neighbour correlation ~0.5): PSF
+    # fits of D at fixed empty positions have true flux 0, so flux / err must be N(0, 1).
+    # The per-pixel variance, even rescaled to D's pixel scatter, understates a PSF fit's
+    # noise there; the factor returned by the step must put it right.
+    from diffstream.jitcore.measure import MEASURE_DTYPE, forced_psf_flux
+    from diffstream.jitcore.robust import mad_sigma
+    from diffstream.stream.pipeline.variance import scale_psf_flux_errors
+
+    pulls_raw, pulls = [], []
+    for seed in (3, 4):
+        z = noise_pair(seed, 0.5)
+        factor = scale_difference_variance(z, settings=Settings(), meta=TaskMetadata(),
+                                           both=_Both(1))  # fmt: skip
+        assert factor is not None
+        g = np.arange(24, N - 24, 16, dtype=np.float64)  # 16 px apart: ~independent fits
+        xs, ys = (a.ravel() for a in np.meshgrid(g, g))
+        psf_d = z.tile_at(N / 2, N / 2).psf_d  # one tile: one PSF
+        flux, err, flag = forced_psf_flux(z.difference, z.difference_variance,
+                                          lambda x, y, p=psf_d: p, xs, ys)  # fmt: skip
+        assert not flag.any()
+        rows = np.zeros(xs.size, MEASURE_DTYPE)
+        rows["x"], rows["y"], rows["psfFluxErr"] = xs, ys, err
+        scale_psf_flux_errors(rows, factor)
+        pulls_raw.append(flux / err)
+        pulls.append(flux / rows["psfFluxErr"])
+    raw, fixed = mad_sigma(np.concatenate(pulls_raw)), mad_sigma(np.concatenate(pulls))
+    n = np.concatenate(pulls).size
+    print(f"PSF-fit pulls on correlated noise: robust std {raw:.3f} raw, {fixed:.3f} scaled")
+    assert raw > 1.1, raw  # the premise: without the factor the errors are too small
+    assert abs(fixed - 1.0) < 5 * 0.76 / np.sqrt(n) + 0.03, (fixed, n)
