@@ -186,7 +186,7 @@ def _stretched_psf(stamp: np.ndarray, factor: float) -> np.ndarray:
 @dataclass
 class Case:
     x: np.ndarray  # features of the labelled detections
-    y: np.ndarray  # 1 real, 0 bogus
+    y: np.ndarray  # 1 real, 0 bogus, -2 a fake match whose flux is not the fake's
     snr: np.ndarray
     n_flux: int  # fake matches left out: their flux is not the fake's
     keep: np.ndarray  # which of result.dia_sources are labelled
@@ -263,7 +263,8 @@ def run_case(
     for j in np.flatnonzero(labels == -1):
         if _far(fx[j], fy[j], tx, ty, 3 * fwhm):
             labels[j] = 0
-    keep = labels >= 0
+    # The left-out fake matches ride along as -2 (never trained on; reported apart).
+    keep = (labels >= 0) | (labels == -2)
     return Case(x[keep], labels[keep], np.abs(res.sources["snr"][keep]),
                 int(np.sum(labels == -2)), keep, res)  # fmt: skip
 
@@ -356,7 +357,10 @@ def main(argv=None) -> int:
                                           for k, v in d.items()})  # fmt: skip
     t_data = time.perf_counter() - t0
 
-    tr = data["train"]
+    for split, d in data.items():
+        print(f"{split}: fake matches left out (flux not the fake's): {int(np.sum(d['y'] == -2))}")
+    labelled = {s: {k: v[d["y"] >= 0] for k, v in d.items()} for s, d in data.items()}
+    tr = labelled["train"]
     clf = HistGradientBoostingClassifier(**GBT_PARAMS, class_weight="balanced")
     t1 = time.perf_counter()
     clf.fit(tr["x"], tr["y"])
@@ -368,10 +372,10 @@ def main(argv=None) -> int:
     print(f"{'set':10s} {'real':>6s} {'bogus':>6s} {'AUC':>7s} {'thr@95%':>8s} {'rejected':>9s}")
     for split in ("train", "held_real", "held_sim", "held_all"):
         if split == "held_all":
-            d = {k: np.concatenate([data["held_real"][k], data["held_sim"][k]])
+            d = {k: np.concatenate([labelled["held_real"][k], labelled["held_sim"][k]])
                  for k in ("x", "y")}  # fmt: skip
         else:
-            d = data[split]
+            d = labelled[split]
         p = clf.predict_proba(d["x"])[:, 1]
         pos, neg = p[d["y"] == 1], p[d["y"] == 0]
         auc = float(roc_auc_score(d["y"], p))
@@ -385,6 +389,11 @@ def main(argv=None) -> int:
         d = data[split]
         p = clf.predict_proba(d["x"])[:, 1]
         pos = p[d["y"] == 1]
+        # The strict view: every fake match is real, whatever flux it measured.
+        thr, rej = rejection_at(p[d["y"] != 0], p[d["y"] == 0])
+        figures[split]["rejected_at_95_with_left_out_as_real"] = round(rej, 4)
+        print(f"  {split} with the {int(np.sum(d['y'] == -2))} left-out fake matches counted "
+              f"real: rejected {rej:.4f} (threshold {thr:.4f})")  # fmt: skip
         for kind in KINDS:
             neg = p[(d["y"] == 0) & (d["kind"] == kind)]
             if neg.size:
@@ -428,7 +437,7 @@ def _plot(curves, figures, path: Path) -> None:
         fpr, tpr, _ = curves[split]
         f = figures[split]
         ax.plot(fpr, tpr, style, label=f"{labels[split]}: AUC {f['auc']:.3f}, "
-                f"{f['rejected_at_95']:.0%} bogus rejected")  # fmt: skip
+                f"{f['rejected_at_95']:.0%} bogus rejected at 95% real kept")  # fmt: skip
     ax.axhline(0.95, color="grey", lw=0.8, ls="--")
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlim(0, 1)

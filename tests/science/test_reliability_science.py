@@ -14,6 +14,7 @@ least 90% of the bogus ones are rejected.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ def _trainer():
         "train_reliability", ROOT / "benchmarks" / "train_reliability.py"
     )
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
