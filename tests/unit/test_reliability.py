@@ -21,6 +21,7 @@ from diffstream.stream.alerts.reliability import (
 )
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.steps import score_reliability
+from diffstream.stream.provenance.store import full_record
 from diffstream.stream.provenance.taskmeta import TaskMetadata
 
 pytestmark = pytest.mark.unit
@@ -179,6 +180,8 @@ def test_step_fills_the_fields_and_records_the_model():
                     "path": model.path}  # fmt: skip
     assert all(0.0 <= s["reliability"] <= 1.0 for s in srcs)
     assert {s["reliabilityVersion"] for s in srcs} == {DEFAULT_MODEL}
+    # The metadata topic's full record names the model too.
+    assert full_record(meta)["reliability"] == item
 
 
 def test_step_without_a_model_warns_flags_and_leaves_null(tmp_path, caplog):
