@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     dipole_max_separation: float = Field(5.0, gt=0, description="max lobe separation (PSF sigmas)")
     dipole_rel_weight: float = Field(0.5, gt=0, description="weight of science+template in fit")
     dipole_radius: float = Field(10.0, ge=0, description="pairing radius of +/- detections (px)")
+    reliability: bool = Field(
+        True, description="score every diaSource real/bogus (reliability, reliabilityVersion)"
+    )
+    reliability_model: str | None = Field(
+        None,
+        description="path of a reliability model JSON (None: the shipped diffstream-gbt-1, "
+        "stream/alerts/models/; docs/reliability.md)",
+    )
     allow_uncalibrated: bool = Field(False, description="accept exposures without photo calib")
     max_pixels: int = Field(64 * 2**20, ge=1, description="largest image accepted (pixels)")
     max_nonfinite_fraction: float = Field(0.5, ge=0.0, le=1.0)

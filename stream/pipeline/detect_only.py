@@ -203,6 +203,11 @@ def detect_exposure(
         overrides={k: None for k in ("scienceFlux", "scienceFluxErr", "templateFlux",
                                      "templateFluxErr")},
     )  # fmt: skip
+    # The real/bogus model's features include the science and template fluxes under the
+    # source, which a difference alone does not give: reliability stays null, and says why.
+    if settings.reliability:
+        note("reliability", {"status": "not_scored", "flag": "reliability_no_inputs",
+                             "reason": "no science/template image (detect-only)"})  # fmt: skip
     alerts = make_alerts(
         dia_sources, {"cutoutDifference": (image, variance, mask)}, wcs=difference.wcs,
         mask_planes=planes, settings=settings, meta=meta, psfs_at=[psf.at],

@@ -9,6 +9,7 @@ as by the other.  Each step times itself under the caller's :class:`TaskMetadata
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from diffstream.jitcore.measure import measure
 from diffstream.stream.alerts.cutouts import CutoutMaker, cutout_size
 from diffstream.stream.alerts.diasources import assign_ids, dia_source_records
 from diffstream.stream.alerts.packets import make_alert
+from diffstream.stream.alerts.reliability import ReliabilityModelError, features, load_model
 from diffstream.stream.io.exposure import Exposure
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.dipoles import DipoleStep, dipole_options, measure_dipoles
@@ -36,8 +38,11 @@ __all__ = [
     "note",
     "note_counts",
     "run_dipoles",
+    "score_reliability",
     "summary_record",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def mjd_now() -> float:
@@ -129,6 +134,42 @@ def make_dia_sources(
             rows, ids, exposure, processed_mjd_tai=mjd_now(), row_fields=row_fields,
             overrides=overrides,
         )  # fmt: skip
+
+
+def score_reliability(
+    rows: np.ndarray,
+    dia_sources: Sequence[dict[str, Any]],
+    difference: np.ndarray,
+    difference_variance: np.ndarray,
+    *,
+    settings: Settings,
+    meta: TaskMetadata,
+) -> None:
+    """Fill ``reliability`` and ``reliabilityVersion`` of ``dia_sources`` (aligned with the
+    measurement ``rows``) in place, from the real/bogus model (stream/alerts/reliability.py).
+
+    The model's version and its file's SHA-256 go into the task metadata (item
+    ``reliability``), so that every score is traceable to the file that made it.  A model
+    that cannot be loaded leaves both fields null, with a WARNING and ``status: "failed"``
+    in that item: never a silent fallback.
+    """
+    if not settings.reliability:
+        note(meta, "reliability", {"status": "off"})
+        return
+    with meta.timer("reliability"):
+        try:
+            model = load_model(settings.reliability_model)
+        except ReliabilityModelError as exc:
+            log.warning("reliability left null on %d diaSources: %s", len(dia_sources), exc)
+            note(meta, "reliability", {"status": "failed", "flag": "reliability_model_unavailable",
+                                       "error": str(exc)})  # fmt: skip
+            return
+        scores = model.predict(features(rows, dia_sources, difference, difference_variance))
+        for src, p in zip(dia_sources, scores, strict=True):
+            src["reliability"] = float(p)
+            src["reliabilityVersion"] = model.version
+        note(meta, "reliability", {"status": "ok", "model": model.version,
+                                   "sha256": model.sha256, "path": model.path})  # fmt: skip
 
 
 def make_alerts(

@@ -59,6 +59,7 @@ from diffstream.stream.pipeline.steps import (
     note,
     note_counts,
     run_dipoles,
+    score_reliability,
     summary_record,
 )
 from diffstream.stream.pipeline.variance import (
@@ -478,6 +479,8 @@ def subtract_exposures(
 
     dia_sources = make_dia_sources(dipoles.rows, science, settings=settings, meta=meta,
                                    row_fields=row_fields)  # fmt: skip
+    score_reliability(dipoles.rows, dia_sources, z.difference, z.difference_variance,
+                      settings=settings, meta=meta)  # fmt: skip
     alerts = make_alerts(
         dia_sources,
         {

@@ -473,6 +473,9 @@ def full_record(
         "inputs": {"science": root.get("science"), "template": root.get("template")},
         "templateCoverage": root.get("templateCoverage"),
         "counts": counts,
+        # The real/bogus model behind every diaSource's reliability: version, file sha256,
+        # or why there is none (stream/pipeline/steps.py score_reliability).
+        "reliability": root.get("reliability"),
         "timings": meta.timings(),
         "steps": meta.step_summary(),
         "fullMetadata": meta.full_metadata(),

@@ -45,6 +45,7 @@ def test_wheel_holds_only_the_diffstream_package(tmp_path):
         "jitcore/_kernels/zogy.py",
         "schemas/diffstream.alert.avsc",
         "schemas/lsst/lsst.v11_1.alert.avsc",
+        "stream/alerts/models/diffstream-gbt-1.json",  # the reliability model (package data)
         "py.typed",
     ]
     assert [m for m in must if f"diffstream/{m}" not in names] == []
