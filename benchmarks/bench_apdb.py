@@ -239,9 +239,9 @@ def main() -> int:
                 steps.append(tm[key] - prev)
                 prev = tm[key]
             worst = max(d["total"] for d in runs)
-            print(f"{n:>10} {best['inFootprint']:>6} {best['nNewObjects']:>6} "
-                  f"{best['nForced']:>6} " + " ".join(f"{s:>9.3f}" for s in steps[:5])
-                  + f" {steps[5]:>8.3f} {best['total']:>8.2f} {worst:>8.2f}", flush=True)  # fmt: skip
+            line = f"{n:>10} {best['inFootprint']:>6} {best['nNewObjects']:>6} "
+            line += f"{best['nForced']:>6} " + " ".join(f"{s:>9.3f}" for s in steps[:5])
+            print(line + f" {steps[5]:>8.3f} {best['total']:>8.2f} {worst:>8.2f}", flush=True)
     if args.no_sizes:
         return 0
     sizes = alert_sizes(args.prv, args.prv_forced)

@@ -15,7 +15,7 @@ from astropy.coordinates import SkyCoord
 from diffstream.stream.alerts.diaobjects import dia_object_summary
 from diffstream.stream.alerts.packets import dia_source_record, make_alert
 from diffstream.stream.io.exposure import Exposure
-from diffstream.stream.ops.errors import ApdbError, BadExposure, ConfigError
+from diffstream.stream.ops.errors import ApdbError, ApdbUnavailable, BadExposure, ConfigError
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.apdb.association import associate, separation_arcsec
 from diffstream.stream.pipeline.apdb.schema import SCHEMA_VERSION
@@ -176,6 +176,33 @@ def test_store_created_on_first_use_and_versioned(apdb_url):  # noqa: F811
 def test_store_refuses_a_missing_database_without_create(apdb_url):  # noqa: F811
     with pytest.raises(ApdbError, match="run `diffstream apdb init`"):
         Apdb(apdb_url("sqlite"), create=False)
+
+
+def test_an_unreachable_server_is_unavailable_not_bad_input():
+    import socket
+
+    # A port nobody listens on (bound, then released): connection refused, as a server that
+    # is down gives.  The worker retries ApdbUnavailable instead of dead-lettering the event.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ApdbUnavailable, match="cannot open the APDB at postgresql") as info:
+        Apdb(f"postgresql://nobody@127.0.0.1:{port}/apdb")
+    assert info.value.retriable and info.value.kind == "apdb"
+    assert info.value.to_record()["error"] == "ApdbUnavailable"
+
+
+def test_refusals_and_sqlite_errors_are_not_retriable(apdb_url):  # noqa: F811
+    # A database of the wrong version, or a failing SQLite file, is no outage: a retry
+    # cannot cure it, so it is dead-lettered as before.
+    with pytest.raises(ApdbError) as info:
+        Apdb(apdb_url("sqlite"), create=False)
+    assert not info.value.retriable
+    db = Apdb(apdb_url("sqlite"))
+    with pytest.raises(ApdbError, match="APDB transaction failed") as info:
+        with db.exposure([1]) as conn:
+            conn.exec_driver_sql('SELECT * FROM "NoSuchTable"')
+    assert not info.value.retriable
 
 
 def test_store_refuses_other_databases():

@@ -39,7 +39,7 @@ from diffstream.stream.alerts.diaobjects import (
     DIA_OBJECT_SPECS,
     record_of,
 )
-from diffstream.stream.ops.errors import ApdbError, ConfigError
+from diffstream.stream.ops.errors import ApdbError, ApdbUnavailable, ConfigError
 from diffstream.stream.pipeline.apdb.schema import (
     DIA_SOURCE_SPECS,
     INDEX_ORDER,
@@ -132,22 +132,37 @@ class Apdb:
         self.meta, self.tables = build_tables(sa)
         try:
             version = self.version()
+            if version is None and create:
+                self.init()
         except sa.exc.SQLAlchemyError as exc:
-            raise ApdbError(f"cannot open the APDB at {self.safe_url}: {exc}") from exc
-        if version is None and create:
-            self.init()
-        elif version is None:
+            raise self._error(f"cannot open the APDB at {self.safe_url}", exc) from exc
+        if version is None and not create:
             raise ApdbError(f"no APDB at {self.safe_url}: run `diffstream apdb init`")
-        elif version < SCHEMA_VERSION:
+        if version is not None and version < SCHEMA_VERSION:
             msg = (
                 f"APDB at {self.safe_url} has schema version {version} < {SCHEMA_VERSION}: "
                 "run `diffstream apdb upgrade --apdb URL`"
             )
             if create:
                 raise ApdbError(msg)
-        elif version > SCHEMA_VERSION:
+        elif version is not None and version > SCHEMA_VERSION:
             msg = f"APDB schema version {version} is newer than this diffstream's {SCHEMA_VERSION}"
             raise ApdbError(msg)
+
+    def _error(self, what: str, exc: Exception) -> ApdbError:
+        """ApdbUnavailable when the server could not be reached or went away (a retry will
+        do: the worker must not dead-letter the event), ApdbError otherwise.
+
+        PostgreSQL: psycopg's OperationalError is what a refused or dropped connection, a
+        server shutting down ("terminating connection due to administrator command") and a
+        failed start-up raise; a SQL error in our statements is a ProgrammingError or an
+        IntegrityError instead.  SQLite's file is local: none of its errors is an outage."""
+        sa = self.sa
+        down = isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+        if self.dialect == "postgresql":
+            down |= isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+        kind = ApdbUnavailable if down else ApdbError
+        return kind(f"{what}: {exc}", url=self.safe_url)
 
     @property
     def safe_url(self) -> str:
@@ -213,7 +228,7 @@ class Apdb:
                         conn.execute(lock, {"space": _LOCK_SPACE, "cell": cell})
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
-            raise ApdbError(f"APDB transaction failed at {self.safe_url}: {exc}") from exc
+            raise self._error(f"APDB transaction failed at {self.safe_url}", exc) from exc
 
     # -- reads -----------------------------------------------------------------------------
     def objects_in(self, conn: Any, pixels: Sequence[int]) -> dict[str, np.ndarray]:
