@@ -129,11 +129,23 @@ def associate_exposure(
         timings["forced"] = time.perf_counter() - t0
 
         touched = sorted({*assoc.dia_object_id.tolist(), *(f["diaObjectId"] for f in forced)})
+        # A diaObject created just now has no stored row but the two written above (its
+        # diaSource, its forced source): those come from memory, the others' from the
+        # database.  With 100k diaSources, reading back what had just been written was a
+        # third of the summaries' time (benchmarks/bench_apdb.py).
+        created = set(sid[new].tolist())
+        stored = [oid for oid in touched if oid not in created]
         by_object: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for row in apdb.sources_of(conn, touched):
-            by_object[row["diaObjectId"]].append(row)
         forced_by_object: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for row in apdb.forced_of(conn, touched):
+        for src in dia_sources:
+            if src["diaObjectId"] in created:
+                by_object[src["diaObjectId"]].append(src)
+        for row in forced:
+            if row["diaObjectId"] in created:
+                forced_by_object[row["diaObjectId"]].append(row)
+        for row in apdb.sources_of(conn, stored):
+            by_object[row["diaObjectId"]].append(row)
+        for row in apdb.forced_of(conn, stored):
             forced_by_object[row["diaObjectId"]].append(row)
         summaries = [
             dia_object_summary(oid, by_object[oid], forced_by_object[oid])
