@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffstream.stream.pipeline.apdb.schema import SCHEMA_VERSION
 from diffstream.stream.pipeline.apdb.store import Apdb
 from tests.apdb_helpers import apdb_url, pg_server  # noqa: F401
-from tests.unit.test_apdb import _run, _two_workers, duplicate_objects
+from tests.unit.test_apdb import (
+    _run,
+    _two_workers,
+    check_incremental_summaries,
+    duplicate_objects,
+)
 
 
 def _objects(url: str) -> list[tuple]:
@@ -29,7 +35,7 @@ def _objects(url: str) -> list[tuple]:
 def test_postgres_schema_versioned(apdb_url):  # noqa: F811
     url = apdb_url("postgresql")
     db = Apdb(url)
-    assert db.dialect == "postgresql" and db.version() == 1
+    assert db.dialect == "postgresql" and db.version() == SCHEMA_VERSION
     assert db.stats()["DiaObject"] == 0
 
 
@@ -57,3 +63,7 @@ def test_sqlite_and_postgres_give_the_same_objects(apdb_url):  # noqa: F811
     # Positions: float64 in both (summaries of the same float64 inputs).
     for a, b in zip(sqlite_rows, pg_rows, strict=True):
         np.testing.assert_allclose(a[2:], b[2:], rtol=0, atol=1e-12)
+
+
+def test_postgres_incremental_summaries_equal_a_recompute(apdb_url):  # noqa: F811
+    check_incremental_summaries(apdb_url("postgresql"))

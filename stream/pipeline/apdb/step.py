@@ -38,8 +38,11 @@ import numpy as np
 from diffstream.jitcore.measure import forced_psf_flux
 from diffstream.stream.alerts.diaobjects import (
     DIA_FORCED_SOURCE_SPECS,
+    FluxSums,
     dia_object_summary,
+    flux_sums_of,
     record_of,
+    with_flux_sums,
 )
 from diffstream.stream.io.exposure import Exposure
 from diffstream.stream.ops.errors import BadExposure
@@ -125,33 +128,51 @@ def associate_exposure(
             exposure, images, o_id, o_ra, o_dec, visit=visit, detector=detector, mjd=mjd,
             processed_mjd_tai=processed_mjd_tai,
         )  # fmt: skip
+        # A replay's forced sources are stored already: they must not enter the running
+        # sums twice (the insert below leaves them as they are).
+        replayed = apdb.stored_forced(conn, forced)
         apdb.insert_forced(conn, forced)
+        fresh = [f for f in forced if f["diaObjectId"] not in replayed]
         timings["forced"] = time.perf_counter() - t0
 
-        touched = sorted({*assoc.dia_object_id.tolist(), *(f["diaObjectId"] for f in forced)})
+        # Summaries, only of the diaObjects this exposure changes, and without their forced
+        # history: the forced means come from exact running sums (diaobjects.FluxSums, the
+        # same values as a recompute from every row), updated with this visit's one forced
+        # source per object.  An object with a diaSource here gets the diaSource part
+        # recomputed from its diaSources (tens of rows); one with only a forced source keeps
+        # its stored record and gets new forced means.
+        with_source = sorted(set(assoc.dia_object_id.tolist()))
+        created = set(sid[new].tolist())
+        forced_only = sorted({f["diaObjectId"] for f in fresh} - set(with_source))
+        sums = apdb.flux_sums(conn, [*with_source, *forced_only])
+        # A stored record made without any forced source may be dia_object_summary's
+        # one-diaSource shortcut, whose position is not bit for bit the general one's: such
+        # an object (rare: its diaSource fell off the detector's forced photometry) has its
+        # record recomputed from its diaSources, so that it equals a recompute from history.
+        recompute = sorted(set(with_source) | {o for o in forced_only if o not in sums})
+        forced_only = [o for o in forced_only if o in sums]
+        changed: dict[int, dict[tuple[str, str], FluxSums]] = {}
+        for row in fresh:
+            oid = row["diaObjectId"]
+            changed[oid] = flux_sums_of([row], into=sums.setdefault(oid, {}))
+        apdb.upsert_flux_sums(conn, changed)
         # A diaObject created just now has no stored row but the two written above (its
         # diaSource, its forced source): those come from memory, the others' from the
-        # database.  With 100k diaSources, reading back what had just been written was a
-        # third of the summaries' time (benchmarks/bench_apdb.py).
-        created = set(sid[new].tolist())
-        stored = [oid for oid in touched if oid not in created]
+        # database (reading back what had just been written was a third of the summaries'
+        # time at 100k diaSources, benchmarks/bench_apdb.py).
         by_object: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        forced_by_object: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for src in dia_sources:
             if src["diaObjectId"] in created:
                 by_object[src["diaObjectId"]].append(src)
-        for row in forced:
-            if row["diaObjectId"] in created:
-                forced_by_object[row["diaObjectId"]].append(row)
-        for row in apdb.sources_of(conn, stored):
+        for row in apdb.sources_of(conn, [o for o in recompute if o not in created]):
             by_object[row["diaObjectId"]].append(row)
-        for row in apdb.forced_of(conn, stored):
-            forced_by_object[row["diaObjectId"]].append(row)
+        # No sums: no forced source yet, as dia_object_summary(sources) alone would see it.
         summaries = [
-            dia_object_summary(oid, by_object[oid], forced_by_object[oid])
-            for oid in touched
-            if by_object[oid]
+            dia_object_summary(oid, by_object[oid], flux_sums=sums.get(oid) or None)
+            for oid in recompute
         ]
+        stored = apdb.objects(conn, forced_only)
+        summaries += [with_flux_sums(stored[oid], sums[oid]) for oid in forced_only]
         if summaries:
             pixels = sky_pixels(
                 np.array([s["ra"] for s in summaries]), np.array([s["dec"] for s in summaries])
@@ -159,6 +180,28 @@ def associate_exposure(
             rows = [{**s, "pixelId": int(p)} for s, p in zip(summaries, pixels, strict=True)]
             apdb.upsert_objects(conn, rows)
         timings["summaries"] = time.perf_counter() - t0
+
+        # The alerts' forced history: the last apdb_history_months of the alerted objects;
+        # the whole of it for an object with rows after this exposure (a reprocessed older
+        # exposure, whose alert shows the object as it was then: _fill_alerts).
+        since = mjd - settings.apdb_history_months * _DAYS_PER_MONTH
+        forced_by_object: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for row in fresh:
+            if row["diaObjectId"] in created:
+                forced_by_object[row["diaObjectId"]].append(row)
+        old_objects = [o for o in with_source if o not in created]
+        for row in apdb.forced_of(conn, old_objects, since=since):
+            forced_by_object[row["diaObjectId"]].append(row)
+        later = [
+            oid
+            for oid in old_objects
+            if any(r["midpointMjdTai"] > mjd for r in (*by_object[oid], *forced_by_object[oid]))
+        ]
+        if later:
+            for oid in later:
+                forced_by_object[oid] = []
+            for row in apdb.forced_of(conn, later):
+                forced_by_object[row["diaObjectId"]].append(row)
 
     latest = {s["diaObjectId"]: s for s in summaries}
     _fill_alerts(

@@ -26,9 +26,11 @@ from __future__ import annotations
 import contextlib
 import operator
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,9 @@ import numpy as np
 from diffstream.stream.alerts.diaobjects import (
     DIA_FORCED_SOURCE_SPECS,
     DIA_OBJECT_SPECS,
+    FLUX_SUM_KINDS,
+    FluxSums,
+    flux_sums_of,
     record_of,
 )
 from diffstream.stream.ops.errors import ApdbError, ApdbUnavailable, ConfigError
@@ -52,8 +57,11 @@ __all__ = ["Apdb", "open_apdb", "normalise_url", "sky_pixels", "cone_pixels"]
 # Advisory-lock namespace (first key of the two-int form), so ours never meet another app's.
 _LOCK_SPACE = 0x0D1F
 _DDL_KEY = 0x0D1F_A9DB  # the one-key form: never meets the two-key cell locks
+# The forced sources' fields the running sums are made of (values and their errors).
+_FORCED_VALUE_FIELDS = tuple(f for key in FLUX_SUM_KINDS.values() for f in (key, key + "Err"))
 _CHUNK = 5000  # ids per IN (...): under SQLite's variable limit, cheap for PostgreSQL
-# version -> SQL statements that take a database from version-1 to version (none yet).
+# version -> SQL statements that take a database from version-1 to version; the steps that
+# need more than SQL are Apdb._migrate_to_<version> methods.
 _MIGRATIONS: dict[int, list[str]] = {}
 _OPEN: dict[str, Apdb] = {}
 _OPEN_LOCK = threading.Lock()
@@ -129,6 +137,7 @@ class Apdb:
             _sqlite_serialised(sa, self.engine, busy_timeout_s)
         else:
             self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+            _postgres_float4_exact(sa, self.engine)
         self.meta, self.tables = build_tables(sa)
         try:
             version = self.version()
@@ -200,8 +209,24 @@ class Apdb:
             for version in range(start + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS.get(version, []):
                     conn.exec_driver_sql(statement)
+                step = getattr(self, f"_migrate_to_{version}", None)
+                if step is not None:
+                    step(conn)
             self._upsert(conn, "ApdbMeta", [{"name": "version", "value": str(SCHEMA_VERSION)}])
         return start, SCHEMA_VERSION
+
+    def _migrate_to_2(self, conn: Any) -> None:
+        """DiaObjectFluxSums, filled from the forced sources already stored."""
+        table = self.tables["DiaObjectFluxSums"]
+        table.create(conn, checkfirst=True)
+        forced = self.tables["DiaForcedSource"]
+        cols = [forced.c[n] for n in ("diaObjectId", "band", *_FORCED_VALUE_FIELDS)]
+        by_object: dict[int, list[dict[str, Any]]] = {}
+        names = ["diaObjectId", "band", *_FORCED_VALUE_FIELDS]
+        for row in conn.execute(self.sa.select(*cols)):
+            rec = dict(zip(names, row, strict=True))
+            by_object.setdefault(int(rec["diaObjectId"]), []).append(rec)
+        self.upsert_flux_sums(conn, {oid: flux_sums_of(rows) for oid, rows in by_object.items()})
 
     def stats(self) -> dict[str, Any]:
         """Row counts per table, the schema version and the backend."""
@@ -256,7 +281,9 @@ class Apdb:
             out.update({int(a): int(b) for a, b in conn.execute(query) if b is not None})
         return out
 
-    def _of_objects(self, conn: Any, name: str, object_ids: Sequence[int]) -> list[dict[str, Any]]:
+    def _of_objects(
+        self, conn: Any, name: str, object_ids: Sequence[int], since: float | None = None
+    ) -> list[dict[str, Any]]:
         table = self.tables[name]
         specs = DIA_SOURCE_SPECS if name == "DiaSource" else DIA_FORCED_SOURCE_SPECS
         names = [n for n, _, _ in specs]
@@ -264,6 +291,8 @@ class Apdb:
         rows: list[dict[str, Any]] = []
         for chunk in _chunks(sorted(set(object_ids))):
             query = self.sa.select(*cols).where(table.c.diaObjectId.in_(chunk))
+            if since is not None:
+                query = query.where(table.c.midpointMjdTai >= since)
             # Stored rows are records already (written through record_of: float32-rounded
             # floats, None for NaN), so plain tuples are zipped: 10x faster than mappings.
             rows.extend(dict(zip(names, r, strict=True)) for r in conn.execute(query))
@@ -271,13 +300,73 @@ class Apdb:
         rows.sort(key=lambda r: (r["midpointMjdTai"], r[key]))
         return rows
 
+    def objects(self, conn: Any, object_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """diaObjectId -> stored diaObject record, of those of ``object_ids`` stored."""
+        table = self.tables["DiaObject"]
+        names = [n for n, _, _ in DIA_OBJECT_SPECS]
+        cols = [table.c[n] for n in names]
+        out: dict[int, dict[str, Any]] = {}
+        for chunk in _chunks(sorted(set(object_ids))):
+            query = self.sa.select(*cols).where(table.c.diaObjectId.in_(chunk))
+            # Written through record_of, so a stored row is a record already (as below).
+            out.update({int(r[0]): dict(zip(names, r, strict=True)) for r in conn.execute(query)})
+        return out
+
+    def stored_forced(self, conn: Any, rows: Sequence[Mapping[str, Any]]) -> set[int]:
+        """The diaObjectIds of those forced ``rows`` (one visit and detector) already stored:
+        a replay's, which must not be counted into the running sums a second time."""
+        if not rows:
+            return set()
+        visits = {(int(r["visit"]), int(r["detector"])) for r in rows}
+        if len(visits) != 1:
+            raise ValueError(f"forced rows of one visit and detector expected, got {visits}")
+        ((visit, detector),) = visits
+        table = self.tables["DiaForcedSource"]
+        found: set[int] = set()
+        for chunk in _chunks(sorted({int(r["diaObjectId"]) for r in rows})):
+            query = self.sa.select(table.c.diaObjectId).where(
+                table.c.diaObjectId.in_(chunk), table.c.visit == visit,
+                table.c.detector == detector,
+            )  # fmt: skip
+            found.update(int(r[0]) for r in conn.execute(query))
+        return found
+
+    def flux_sums(
+        self, conn: Any, object_ids: Sequence[int]
+    ) -> dict[int, dict[tuple[str, str], FluxSums]]:
+        """diaObjectId -> (band, kind) -> the stored running sums of its forced means."""
+        table = self.tables["DiaObjectFluxSums"]
+        out: dict[int, dict[tuple[str, str], FluxSums]] = {}
+        for chunk in _chunks(sorted(set(object_ids))):
+            query = self.sa.select(table).where(table.c.diaObjectId.in_(chunk))
+            for oid, band, kind, n_good, s_w, s_wv, n_values, s_v in conn.execute(query):
+                sums = FluxSums(n_good, Fraction(s_w), Fraction(s_wv), n_values, Fraction(s_v))
+                out.setdefault(int(oid), {})[(band, kind)] = sums
+        return out
+
+    def upsert_flux_sums(
+        self, conn: Any, sums: Mapping[int, Mapping[tuple[str, str], FluxSums]]
+    ) -> None:
+        """Store running sums (:meth:`flux_sums`), replacing older ones."""
+        rows = [
+            {"diaObjectId": int(oid), "band": band, "kind": kind, "nGood": f.n_good,
+             "sumW": str(f.sum_w), "sumWV": str(f.sum_wv), "nValues": f.n_values,
+             "sumV": str(f.sum_v)}
+            for oid, by_key in sums.items()
+            for (band, kind), f in by_key.items()
+        ]  # fmt: skip
+        self._upsert(conn, "DiaObjectFluxSums", rows, update=True)
+
     def sources_of(self, conn: Any, object_ids: Sequence[int]) -> list[dict[str, Any]]:
         """Every diaSource record of these diaObjects, by time then id."""
         return self._of_objects(conn, "DiaSource", object_ids)
 
-    def forced_of(self, conn: Any, object_ids: Sequence[int]) -> list[dict[str, Any]]:
-        """Every diaForcedSource record of these diaObjects, by time then id."""
-        return self._of_objects(conn, "DiaForcedSource", object_ids)
+    def forced_of(
+        self, conn: Any, object_ids: Sequence[int], *, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Every diaForcedSource record of these diaObjects (from MJD ``since`` on), by time
+        then id."""
+        return self._of_objects(conn, "DiaForcedSource", object_ids, since)
 
     def object(self, object_id: int) -> dict[str, Any] | None:
         """The stored diaObject record, or None."""
@@ -336,6 +425,31 @@ class Apdb:
     def upsert_objects(self, conn: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         """Store diaObject summaries (a ``pixelId`` each), replacing older versions."""
         self._upsert(conn, "DiaObject", rows, update=True)
+
+
+def _postgres_float4_exact(sa: Any, engine: Any) -> None:
+    """Read PostgreSQL ``real`` (float4) columns as the float32 value stored, not as the
+    double nearest its shortest decimal text ("83.72209" for 83.72209167480469), which is
+    what psycopg's text loader gives.  A row read back must equal the record written (the
+    alert's float fields are float32), or the forced means recomputed from PostgreSQL rows
+    differed from SQLite's and from the running sums
+    (tests/integration/test_apdb_postgres.py::test_postgres_incremental_summaries_...)."""
+    from psycopg.adapt import Loader
+
+    pack = struct.Struct("<f")
+
+    class Float4Loader(Loader):
+        def load(self, data: Any) -> float:
+            # The shortest decimal of a float32 parses back to it in float32 exactly.
+            value = float(bytes(data))
+            try:
+                return float(pack.unpack(pack.pack(value))[0])
+            except OverflowError:  # inf/nan text, or out of float32 range: as given
+                return value
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.adapters.register_loader("float4", Float4Loader)
 
 
 def _sqlite_serialised(sa: Any, engine: Any, busy_timeout_s: float) -> None:
