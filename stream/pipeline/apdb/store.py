@@ -59,7 +59,8 @@ _LOCK_SPACE = 0x0D1F
 _DDL_KEY = 0x0D1F_A9DB  # the one-key form: never meets the two-key cell locks
 # The forced sources' fields the running sums are made of (values and their errors).
 _FORCED_VALUE_FIELDS = tuple(f for key in FLUX_SUM_KINDS.values() for f in (key, key + "Err"))
-_CHUNK = 5000  # ids per IN (...): under SQLite's variable limit, cheap for PostgreSQL
+_CHUNK = 5000  # ids per IN (...) in SQLite: under its variable limit
+_COPY_FROM = 1000  # PostgreSQL: rows from which a write goes through COPY (_copy_upsert)
 # version -> SQL statements that take a database from version-1 to version; the steps that
 # need more than SQL are Apdb._migrate_to_<version> methods.
 _MIGRATIONS: dict[int, list[str]] = {}
@@ -113,11 +114,6 @@ def open_apdb(url: str) -> Apdb:
         if key not in _OPEN:
             _OPEN[key] = Apdb(url)
         return _OPEN[key]
-
-
-def _chunks(values: Sequence[int]) -> Iterator[list[int]]:
-    for start in range(0, len(values), _CHUNK):
-        yield [int(v) for v in values[start : start + _CHUNK]]
 
 
 class Apdb:
@@ -256,13 +252,30 @@ class Apdb:
             raise self._error(f"APDB transaction failed at {self.safe_url}", exc) from exc
 
     # -- reads -----------------------------------------------------------------------------
+    def _chunks(self, values: Sequence[int]) -> Iterator[list[int]]:
+        """``values`` in lists of ids for one query each: SQLite's IN (...) takes so many
+        bound variables; PostgreSQL takes them all in one array (:meth:`_in`)."""
+        size = _CHUNK if self.dialect == "sqlite" else max(len(values), 1)
+        for start in range(0, len(values), size):
+            yield [int(v) for v in values[start : start + size]]
+
+    def _in(self, column: Any, ids: list[int]) -> Any:
+        """``column IN ids``; for PostgreSQL ``column = ANY(array)``, one bound array instead
+        of one parameter per id (100k ids in IN chunks cost seconds to plan and bind)."""
+        if self.dialect == "sqlite":
+            return column.in_(ids)
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        sa = self.sa
+        return column == sa.any_(sa.bindparam(None, ids, type_=ARRAY(sa.BigInteger)))
+
     def objects_in(self, conn: Any, pixels: Sequence[int]) -> dict[str, np.ndarray]:
         """diaObjectId, ra, dec of the diaObjects whose pixelId is in ``pixels``."""
         table = self.tables["DiaObject"]
         rows: list[Any] = []
         cols = (table.c.diaObjectId, table.c.ra, table.c.dec)
-        for chunk in _chunks(list(pixels)):
-            rows.extend(conn.execute(self.sa.select(*cols).where(table.c.pixelId.in_(chunk))))
+        for chunk in self._chunks(list(pixels)):
+            rows.extend(conn.execute(self.sa.select(*cols).where(self._in(table.c.pixelId, chunk))))
         rows.sort()
         return {
             "diaObjectId": np.array([r[0] for r in rows], dtype=np.int64),
@@ -274,9 +287,9 @@ class Apdb:
         """diaSourceId -> diaObjectId of those of ``ids`` already stored (a replay)."""
         table = self.tables["DiaSource"]
         out: dict[int, int] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in self._chunks(list(ids)):
             query = self.sa.select(table.c.diaSourceId, table.c.diaObjectId).where(
-                table.c.diaSourceId.in_(chunk)
+                self._in(table.c.diaSourceId, chunk)
             )
             out.update({int(a): int(b) for a, b in conn.execute(query) if b is not None})
         return out
@@ -289,8 +302,8 @@ class Apdb:
         names = [n for n, _, _ in specs]
         cols = [table.c[n] for n in names]
         rows: list[dict[str, Any]] = []
-        for chunk in _chunks(sorted(set(object_ids))):
-            query = self.sa.select(*cols).where(table.c.diaObjectId.in_(chunk))
+        for chunk in self._chunks(sorted(set(object_ids))):
+            query = self.sa.select(*cols).where(self._in(table.c.diaObjectId, chunk))
             if since is not None:
                 query = query.where(table.c.midpointMjdTai >= since)
             # Stored rows are records already (written through record_of: float32-rounded
@@ -306,8 +319,8 @@ class Apdb:
         names = [n for n, _, _ in DIA_OBJECT_SPECS]
         cols = [table.c[n] for n in names]
         out: dict[int, dict[str, Any]] = {}
-        for chunk in _chunks(sorted(set(object_ids))):
-            query = self.sa.select(*cols).where(table.c.diaObjectId.in_(chunk))
+        for chunk in self._chunks(sorted(set(object_ids))):
+            query = self.sa.select(*cols).where(self._in(table.c.diaObjectId, chunk))
             # Written through record_of, so a stored row is a record already (as below).
             out.update({int(r[0]): dict(zip(names, r, strict=True)) for r in conn.execute(query)})
         return out
@@ -323,9 +336,9 @@ class Apdb:
         ((visit, detector),) = visits
         table = self.tables["DiaForcedSource"]
         found: set[int] = set()
-        for chunk in _chunks(sorted({int(r["diaObjectId"]) for r in rows})):
+        for chunk in self._chunks(sorted({int(r["diaObjectId"]) for r in rows})):
             query = self.sa.select(table.c.diaObjectId).where(
-                table.c.diaObjectId.in_(chunk), table.c.visit == visit,
+                self._in(table.c.diaObjectId, chunk), table.c.visit == visit,
                 table.c.detector == detector,
             )  # fmt: skip
             found.update(int(r[0]) for r in conn.execute(query))
@@ -337,8 +350,8 @@ class Apdb:
         """diaObjectId -> (band, kind) -> the stored running sums of its forced means."""
         table = self.tables["DiaObjectFluxSums"]
         out: dict[int, dict[tuple[str, str], FluxSums]] = {}
-        for chunk in _chunks(sorted(set(object_ids))):
-            query = self.sa.select(table).where(table.c.diaObjectId.in_(chunk))
+        for chunk in self._chunks(sorted(set(object_ids))):
+            query = self.sa.select(table).where(self._in(table.c.diaObjectId, chunk))
             for oid, band, kind, n_good, s_w, s_wv, n_values, s_v in conn.execute(query):
                 sums = FluxSums(n_good, Fraction(s_w), Fraction(s_wv), n_values, Fraction(s_v))
                 out.setdefault(int(oid), {})[(band, kind)] = sums
@@ -399,19 +412,42 @@ class Apdb:
             return ", ".join('"' + n + '"' for n in cols)
 
         # Table and column names come from our schema (schema.py), never from input.
-        marks = ", ".join([mark] * len(names))
-        sql = f'INSERT INTO "{name}" ({quoted(names)}) VALUES ({marks}) '  # noqa: S608
+        head = f'INSERT INTO "{name}" ({quoted(names)}) '  # noqa: S608
         if update:
             changed = ", ".join(f'"{n}" = excluded."{n}"' for n in names if n not in keys)
-            sql += f"ON CONFLICT ({quoted(keys)}) DO UPDATE SET {changed}"
+            tail = f" ON CONFLICT ({quoted(keys)}) DO UPDATE SET {changed}"
         else:  # DiaForcedSource: either key, its id or (object, visit, detector)
-            sql += "ON CONFLICT DO NOTHING"
+            tail = " ON CONFLICT DO NOTHING"
         pick = operator.itemgetter(*names)
         try:
             params = [pick(row) for row in rows]
         except KeyError:  # rows that leave nullable columns out
             params = [tuple(row.get(n) for n in names) for row in rows]
-        conn.exec_driver_sql(sql, params)
+        if self.dialect == "postgresql" and len(params) >= _COPY_FROM:
+            self._copy_upsert(conn, name, quoted(names), head, tail, params)
+        else:
+            marks = ", ".join([mark] * len(names))
+            conn.exec_driver_sql(f"{head}VALUES ({marks}){tail}", params)
+
+    def _copy_upsert(
+        self, conn: Any, name: str, cols: str, head: str, tail: str, params: Sequence[Sequence]
+    ) -> None:
+        """PostgreSQL, many rows: COPY into a temporary table, then the same INSERT ... ON
+        CONFLICT from it.  COPY cannot resolve conflicts itself, and executemany took ~10 s
+        for 100k diaSources (benchmarks/bench_apdb.py, 100k diaSources per exposure)."""
+        load = f"_load_{name}"
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur:
+            # Table names are ours (schema.py).  ON COMMIT DROP: gone with the transaction.
+            cur.execute(
+                f'CREATE TEMP TABLE IF NOT EXISTS "{load}" '
+                f'(LIKE "{name}" INCLUDING DEFAULTS) ON COMMIT DROP'
+            )
+            with cur.copy(f'COPY "{load}" ({cols}) FROM STDIN') as copy:
+                for row in params:
+                    copy.write_row(row)
+            cur.execute(f'{head}SELECT {cols} FROM "{load}"{tail}')  # noqa: S608
+            cur.execute(f'TRUNCATE "{load}"')
 
     def insert_sources(self, conn: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         """Store diaSources; one already stored (same diaSourceId) is left as it is."""
