@@ -20,7 +20,6 @@ import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -121,6 +120,24 @@ def _weighted(pairs: Sequence[tuple[float | None, float | None]]) -> tuple[Any, 
 FLUX_SUM_KINDS = {"fpFlux": "psfFlux", "scienceFlux": "scienceFlux"}
 
 
+def _grow(partials: list[float], x: float) -> None:
+    """Add ``x`` to ``partials`` exactly: Shewchuk's step, the one ``math.fsum`` runs inside.
+    The partials stay non-overlapping doubles whose exact sum is the exact sum of every term
+    added, so ``math.fsum(partials)`` is the correctly rounded sum of those terms, which is
+    what ``math.fsum`` over the terms themselves returns."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
+
+
 @dataclass
 class FluxSums:
     """Running sums of one band's forced (value, error) pairs, from which :func:`_weighted`'s
@@ -128,39 +145,49 @@ class FluxSums:
     scienceFlux means with each visit's forced source instead of re-reading its whole
     forced history (stream/pipeline/apdb/step.py).
 
-    Exact, not floating point: the sums are Fractions (a sum of doubles is a dyadic
-    rational), so ``float(sum)`` is the correctly rounded sum of the terms, which is what
-    ``math.fsum`` returns.  Hence :meth:`mean` equals ``_weighted`` over the same pairs bit
-    for bit, whatever the order in which they were added (a reprocessed old visit
-    included).  Rejected: float running sums or Welford, within an ulp of the recompute
-    but not equal to it (tests/unit/test_apdb.py compares the two on a seeded sequence)."""
+    Exact, not floating point: each sum is kept as fsum's partials (:func:`_grow`, a few
+    doubles), so :meth:`mean` equals ``_weighted`` over the same pairs bit for bit, in
+    whatever order they were added (a reprocessed old visit included).  Rejected: float
+    running sums or Welford (within an ulp of the recompute, not equal to it), and
+    ``fractions.Fraction`` (exact too, but it made the summaries of a 10k-source exposure
+    several times slower, benchmarks/bench_apdb.py).  tests/unit/test_apdb.py compares
+    the summaries with a recompute from history."""
 
     n_good: int = 0  # pairs with a value and an error > 0 (inverse-variance weighted)
-    sum_w: Fraction = dataclasses.field(default_factory=Fraction)
-    sum_wv: Fraction = dataclasses.field(default_factory=Fraction)
+    sum_w: list[float] = dataclasses.field(default_factory=list)
+    sum_wv: list[float] = dataclasses.field(default_factory=list)
     n_values: int = 0  # pairs with a value (the plain mean when none has an error)
-    sum_v: Fraction = dataclasses.field(default_factory=Fraction)
+    sum_v: list[float] = dataclasses.field(default_factory=list)
 
     def add(self, value: Any, error: Any) -> None:
         v, e = _num(value), _num(error)
         if v is None:
             return
         self.n_values += 1
-        self.sum_v += Fraction(v)
+        _grow(self.sum_v, v)
         if e is not None and e > 0:
             w = 1.0 / (e * e)  # the same double _weighted computes, then exactly summed
             self.n_good += 1
-            self.sum_w += Fraction(w)
-            self.sum_wv += Fraction(w * v)
+            _grow(self.sum_w, w)
+            _grow(self.sum_wv, w * v)
 
     def mean(self) -> tuple[float | None, float | None]:
         """(mean, error) as :func:`_weighted` gives them for the pairs added."""
         if self.n_good:
-            total = float(self.sum_w)
-            return float(self.sum_wv) / total, 1.0 / math.sqrt(total)
+            total = math.fsum(self.sum_w)
+            return math.fsum(self.sum_wv) / total, 1.0 / math.sqrt(total)
         if self.n_values:
-            return float(self.sum_v) / self.n_values, None
+            return math.fsum(self.sum_v) / self.n_values, None
         return None, None
+
+    @staticmethod
+    def dump(partials: list[float]) -> str:
+        """A sum as text: its partials' reprs (exact round trip), comma-separated."""
+        return ",".join(repr(p) for p in partials)
+
+    @staticmethod
+    def load(text: str) -> list[float]:
+        return [float(p) for p in text.split(",")] if text else []
 
 
 def flux_sums_of(

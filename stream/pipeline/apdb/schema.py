@@ -14,8 +14,8 @@ database needs and the alert does not carry:
   object per visit and detector, whatever id a replay computes.
 - DiaObjectFluxSums: per diaObject, band and forced mean (fpFlux, scienceFlux), the exact
   running sums behind that mean (stream/alerts/diaobjects.py ``FluxSums``: counts, and
-  Fractions as ``"numerator/denominator"`` text), so that a visit updates a diaObject's
-  forced means from its one new forced source instead of its whole forced history.
+  sums as the comma-separated doubles of fsum's partials), so that a visit updates a
+  diaObject's forced means from its one new forced source, not its whole forced history.
 - ApdbMeta: the schema version the tool wrote (``diffstream apdb upgrade`` moves it on).
 """
 

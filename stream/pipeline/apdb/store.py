@@ -30,7 +30,6 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -353,7 +352,8 @@ class Apdb:
         for chunk in self._chunks(sorted(set(object_ids))):
             query = self.sa.select(table).where(self._in(table.c.diaObjectId, chunk))
             for oid, band, kind, n_good, s_w, s_wv, n_values, s_v in conn.execute(query):
-                sums = FluxSums(n_good, Fraction(s_w), Fraction(s_wv), n_values, Fraction(s_v))
+                load = FluxSums.load
+                sums = FluxSums(n_good, load(s_w), load(s_wv), n_values, load(s_v))
                 out.setdefault(int(oid), {})[(band, kind)] = sums
         return out
 
@@ -363,8 +363,8 @@ class Apdb:
         """Store running sums (:meth:`flux_sums`), replacing older ones."""
         rows = [
             {"diaObjectId": int(oid), "band": band, "kind": kind, "nGood": f.n_good,
-             "sumW": str(f.sum_w), "sumWV": str(f.sum_wv), "nValues": f.n_values,
-             "sumV": str(f.sum_v)}
+             "sumW": f.dump(f.sum_w), "sumWV": f.dump(f.sum_wv), "nValues": f.n_values,
+             "sumV": f.dump(f.sum_v)}
             for oid, by_key in sums.items()
             for (band, kind), f in by_key.items()
         ]  # fmt: skip
