@@ -7,7 +7,10 @@
 2. associate (association.py); store the diaSources with their diaObjectId;
 3. forced PSF photometry on the difference and the science image at every diaObject whose
    position falls on the detector (the new ones included) -> DiaForcedSource;
-4. recompute the summary of every diaObject touched, from all its stored rows -> DiaObject;
+4. update the summary of every diaObject this exposure changes -> DiaObject: the diaSource
+   part recomputed from its diaSources (objects with a diaSource here), the forced means
+   from exact running sums (DiaObjectFluxSums) that this visit's forced source is added to,
+   equal bit for bit to a recompute from the whole history;
 5. fill the alerts: ``diaObject`` (the summary as of this exposure: rows up to its midpoint),
    ``prvDiaSources`` / ``prvDiaForcedSources`` (rows before it, within
    ``apdb_history_months``), by time.
@@ -15,12 +18,13 @@
 Replays and crashes (exactly-once included).  Every row is keyed on a deterministic id: the
 diaSourceId, a new diaObject's creating diaSourceId, and a forced source's hash of
 (diaObjectId, visit, detector).  A stored diaSource keeps the diaObject it was given, stored
-rows are never rewritten (summaries are recomputed from them), and an alert only shows rows up
-to its own exposure.  So a second run of an exposure, whether a replay or the retry of an
-event whose worker died after the APDB commit and before its alerts were committed to Kafka,
-writes no row and produces byte-identical diaObject/history fields: the alerts that finally
-get out agree with the APDB, at whatever point the crash happened (before the commit, nothing
-was written; after it, the rerun reproduces the same alerts).  tests/unit/test_apdb.py and
+rows are never rewritten, a forced source already stored is not added to the running sums
+again, and an alert only shows rows up to its own exposure.  So a second run of an exposure,
+whether a replay or the retry of an event whose worker died after the APDB commit and before
+its alerts were committed to Kafka, writes no row and produces byte-identical
+diaObject/history fields: the alerts that finally get out agree with the APDB, at whatever
+point the crash happened (before the commit, nothing was written; after it, the rerun
+reproduces the same alerts).  tests/unit/test_apdb.py and
 tests/science/test_apdb_sequence.py check it.
 """
 
