@@ -6,6 +6,8 @@
 #   compose/postgres-local.sh stop     stop the server this script started and delete its dir
 #   compose/postgres-local.sh status   say whether it runs (exit 0) or not (exit 3)
 #   compose/postgres-local.sh url      print the URL to give --apdb / DIFFSTREAM_TEST_APDB
+#   compose/postgres-local.sh pause    stop the server, keeping its data (outage tests)
+#   compose/postgres-local.sh resume   start a paused server again, same port and data
 #
 # initdb refuses to run as root (CI runs as root): the server runs as an unprivileged system
 # user (PG_LOCAL_USER, default postgres, created if missing) through runuser.  The binaries are
@@ -63,6 +65,33 @@ running() {
 
 url() { echo "postgresql://$RUN_AS@127.0.0.1:$PORT/$DB"; }
 
+server_up() {
+    local bin="$1" data="$2"
+    # Sockets in the data dir (no write access to /var/run/postgresql needed); tuned for
+    # throwaway tests: no fsync.
+    as_user "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
+        -o "-p $PORT -k $data -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=200" \
+        start >/dev/null || {
+        cat "$data/server.log" >&2
+        exit 1
+    }
+}
+
+# pause / resume: stop the server keeping its data, start it again on the same port (the
+# APDB outage test: an unreachable database must be waited for, not dead-lettered).
+pause() {
+    [[ -f "$STATE/datadir" ]] || { echo "postgres-local: not started here" >&2; exit 1; }
+    as_user "$(find_bin)/pg_ctl" -D "$(cat "$STATE/datadir")" -m fast -w stop >/dev/null
+    echo "postgres-local: paused (data kept)"
+}
+
+resume() {
+    [[ -f "$STATE/datadir" ]] || { echo "postgres-local: not started here" >&2; exit 1; }
+    if running; then echo "postgres-local: already running"; return 0; fi
+    server_up "$(find_bin)" "$(cat "$STATE/datadir")"
+    echo "postgres-local: resumed at $(cat "$STATE/url")"
+}
+
 start() {
     if running; then
         echo "postgres-local: already running ($(cat "$STATE/url"))"
@@ -82,14 +111,7 @@ start() {
         cat "$STATE/initdb.log" >&2
         exit 1
     }
-    # Sockets in the data dir (no write access to /var/run/postgresql needed); tuned for
-    # throwaway tests: no fsync.
-    as_user "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
-        -o "-p $PORT -k $data -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=200" \
-        start >/dev/null || {
-        cat "$data/server.log" >&2
-        exit 1
-    }
+    server_up "$bin" "$data"
     as_user "$bin/createdb" -h 127.0.0.1 -p "$PORT" -U "$RUN_AS" "$DB"
     url >"$STATE/url"
     echo "postgres-local: running at $(cat "$STATE/url") (data $data)"
@@ -111,6 +133,8 @@ stop() {
 case "${1:-}" in
 start) start ;;
 stop) stop ;;
+pause) pause ;;
+resume) resume ;;
 status)
     if running; then echo "postgres-local: running at $(cat "$STATE/url")"; else
         echo "postgres-local: not running"
@@ -119,7 +143,7 @@ status)
     ;;
 url) url ;;
 *)
-    echo "usage: $0 start|stop|status|url" >&2
+    echo "usage: $0 start|stop|pause|resume|status|url" >&2
     exit 2
     ;;
 esac

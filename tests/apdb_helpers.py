@@ -27,7 +27,7 @@ from diffstream.stream.io.exposure import Exposure
 PG_LOCAL = Path(__file__).resolve().parents[1] / "compose" / "postgres-local.sh"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -42,7 +42,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     env = {
         **os.environ,
-        "PGPORT": str(_free_port()),
+        "PGPORT": str(free_port()),
         "PG_LOCAL_DIR": str(tmp_path_factory.mktemp("postgres-local")),
     }
     run = subprocess.run(

@@ -15,9 +15,11 @@ and ``scienceFlux`` (science).  The position is the weighted mean unit vector (n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,11 @@ __all__ = [
     "DIA_FORCED_SOURCE_SPECS",
     "DIA_OBJECT_FIELDS",
     "DIA_FORCED_SOURCE_FIELDS",
+    "FLUX_SUM_KINDS",
+    "FluxSums",
     "dia_object_summary",
+    "flux_sums_of",
+    "with_flux_sums",
     "lsst_specs",
     "record_of",
 ]
@@ -109,6 +115,108 @@ def _weighted(pairs: Sequence[tuple[float | None, float | None]]) -> tuple[Any, 
     return mean, 1.0 / math.sqrt(total)
 
 
+# The forced-photometry means of a diaObject: prefix in the record -> the forced source's
+# value field (its error is the same name + "Err").
+FLUX_SUM_KINDS = {"fpFlux": "psfFlux", "scienceFlux": "scienceFlux"}
+
+
+def _grow(partials: list[float], x: float) -> None:
+    """Add ``x`` to ``partials`` exactly: Shewchuk's step, the one ``math.fsum`` runs inside.
+    The partials stay non-overlapping doubles whose exact sum is the exact sum of every term
+    added, so ``math.fsum(partials)`` is the correctly rounded sum of those terms, which is
+    what ``math.fsum`` over the terms themselves returns."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
+
+
+@dataclass
+class FluxSums:
+    """Running sums of one band's forced (value, error) pairs, from which :func:`_weighted`'s
+    mean and error follow without the pairs: the APDB updates a diaObject's fpFlux and
+    scienceFlux means with each visit's forced source instead of re-reading its whole
+    forced history (stream/pipeline/apdb/step.py).
+
+    Exact, not floating point: each sum is kept as fsum's partials (:func:`_grow`, a few
+    doubles), so :meth:`mean` equals ``_weighted`` over the same pairs bit for bit, in
+    whatever order they were added (a reprocessed old visit included).  Rejected: float
+    running sums or Welford (within an ulp of the recompute, not equal to it), and
+    ``fractions.Fraction`` (exact too, but it made the summaries of a 10k-source exposure
+    several times slower, benchmarks/bench_apdb.py).  tests/unit/test_apdb.py compares
+    the summaries with a recompute from history."""
+
+    n_good: int = 0  # pairs with a value and an error > 0 (inverse-variance weighted)
+    sum_w: list[float] = dataclasses.field(default_factory=list)
+    sum_wv: list[float] = dataclasses.field(default_factory=list)
+    n_values: int = 0  # pairs with a value (the plain mean when none has an error)
+    sum_v: list[float] = dataclasses.field(default_factory=list)
+
+    def add(self, value: Any, error: Any) -> None:
+        v, e = _num(value), _num(error)
+        if v is None:
+            return
+        self.n_values += 1
+        _grow(self.sum_v, v)
+        if e is not None and e > 0:
+            w = 1.0 / (e * e)  # the same double _weighted computes, then exactly summed
+            self.n_good += 1
+            _grow(self.sum_w, w)
+            _grow(self.sum_wv, w * v)
+
+    def mean(self) -> tuple[float | None, float | None]:
+        """(mean, error) as :func:`_weighted` gives them for the pairs added."""
+        if self.n_good:
+            total = math.fsum(self.sum_w)
+            return math.fsum(self.sum_wv) / total, 1.0 / math.sqrt(total)
+        if self.n_values:
+            return math.fsum(self.sum_v) / self.n_values, None
+        return None, None
+
+    @staticmethod
+    def dump(partials: list[float]) -> str:
+        """A sum as text: its partials' reprs (exact round trip), comma-separated."""
+        return ",".join(repr(p) for p in partials)
+
+    @staticmethod
+    def load(text: str) -> list[float]:
+        return [float(p) for p in text.split(",")] if text else []
+
+
+def flux_sums_of(
+    forced: Iterable[Mapping[str, Any]], into: dict[tuple[str, str], FluxSums] | None = None
+) -> dict[tuple[str, str], FluxSums]:
+    """(band, prefix) -> :class:`FluxSums` of these forced sources (prefix: fpFlux or
+    scienceFlux), added to ``into`` (updated in place) when given."""
+    out: dict[tuple[str, str], FluxSums] = {} if into is None else into
+    for row in forced:
+        band = row.get("band") or ""
+        for prefix, key in FLUX_SUM_KINDS.items():
+            out.setdefault((band, prefix), FluxSums()).add(row.get(key), row.get(key + "Err"))
+    return out
+
+
+def with_flux_sums(
+    record: Mapping[str, Any], sums: Mapping[tuple[str, str], FluxSums]
+) -> dict[str, Any]:
+    """``record`` (a diaObject) with its forced-photometry means taken from ``sums``; every
+    other field, all derived from its diaSources, kept."""
+    values = dict(record)
+    for band in BANDS:
+        for prefix in FLUX_SUM_KINDS:
+            found = sums.get((band, prefix))
+            mean, err = (None, None) if found is None else found.mean()
+            values[f"{band}_{prefix}Mean"], values[f"{band}_{prefix}MeanErr"] = mean, err
+    return record_of(DIA_OBJECT_SPECS, values)
+
+
 def _position(sources: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     errs = [(_num(s.get("raErr")), _num(s.get("decErr"))) for s in sources]
     # Weighted only when every source has errors: a mix would let the error-less dominate.
@@ -168,16 +276,20 @@ def dia_object_summary(
     dia_object_id: int,
     sources: Sequence[Mapping[str, Any]],
     forced: Sequence[Mapping[str, Any]] = (),
+    *,
+    flux_sums: Mapping[tuple[str, str], FluxSums] | None = None,
 ) -> dict[str, Any]:
     """The 11.1 diaObject record of ``dia_object_id`` from its diaSources (at least one) and
-    forced sources (records with the schema's field names; any order).
+    forced sources (records with the schema's field names; any order).  ``flux_sums``
+    (:func:`flux_sums_of` of the forced sources, kept up to date by the APDB) replaces
+    ``forced``: the same record without the forced history.
 
     Plain Python, not NumPy: an object has tens of points, where NumPy's per-call overhead
     made this 5x slower (the APDB step summarises thousands of objects per exposure,
     benchmarks/bench_apdb.py)."""
     if not sources:
         raise ValueError(f"diaObject {dia_object_id} needs at least one diaSource, got none")
-    if len(sources) == 1 and not forced:
+    if len(sources) == 1 and not forced and flux_sums is None:
         return _single(dia_object_id, sources[0])
     values: dict[str, Any] = {"diaObjectId": int(dia_object_id)}
     values.update(_position(sources))
@@ -198,12 +310,16 @@ def dia_object_summary(
         values[f"{band}_psfFluxNdata"] = 0
         if band in by_band:
             _band_stats(values, band, by_band[band])
-        for prefix, key in (("fpFlux", "psfFlux"), ("scienceFlux", "scienceFlux")):
+        if flux_sums is not None:
+            continue  # with_flux_sums below
+        for prefix, key in FLUX_SUM_KINDS.items():
             if band in forced_by_band:
                 rows = forced_by_band[band]
                 points = [(_num(f.get(key)), _num(f.get(key + "Err"))) for f in rows]
                 mean, mean_err = _weighted(points)
                 values[f"{band}_{prefix}Mean"], values[f"{band}_{prefix}MeanErr"] = mean, mean_err
+    if flux_sums is not None:
+        return with_flux_sums(values, flux_sums)
     return record_of(DIA_OBJECT_SPECS, values)
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "KernelFailure",
     "ConfigError",
     "ApdbError",
+    "ApdbUnavailable",
     "ProduceError",
 ]
 
@@ -50,6 +51,10 @@ class DiffstreamError(Exception):
     stage: str = "process"
     kind: str = "kernel_failure"
     exit_code: int = 1
+    # A dependency that is down (a database that does not answer), not bad input: the stream
+    # worker retries the event with back-off and never dead-letters it for this
+    # (stream/transport/service.py, run_loop).
+    retriable: bool = False
 
     def __init__(self, message: str, *, stage: str | None = None, **fields: Any) -> None:
         super().__init__(message)
@@ -135,6 +140,14 @@ class ApdbError(DiffstreamError):
     stage = "process"
     kind = "apdb"
     exit_code = 1
+
+
+class ApdbUnavailable(ApdbError):
+    """The APDB server cannot be reached (connection refused or lost, server shutting down).
+    Nothing of the exposure was committed; the same event succeeds once the server is back,
+    so the worker retries it instead of dead-lettering it (``retriable``)."""
+
+    retriable = True
 
 
 class ProduceError(DiffstreamError):

@@ -94,6 +94,12 @@ class PrometheusMetrics:
             ["kind"],
             registry=r,
         )
+        self.retried = Counter(
+            "diffstream_events_retried",
+            "Attempts at an event put off because a dependency (the APDB) was down, by error kind",
+            ["kind"],
+            registry=r,
+        )
         self.no_work = Counter(
             "diffstream_events_no_work", "No-work summaries delivered", registry=r
         )
@@ -182,6 +188,12 @@ class PrometheusMetrics:
             self.dead_lettered.labels(kind=str(kind)).inc()
         except Exception as exc:
             self._failed("on_dead_letter", exc)
+
+    def on_retry(self, kind: str) -> None:
+        try:
+            self.retried.labels(kind=str(kind)).inc()
+        except Exception as exc:
+            self._failed("on_retry", exc)
 
     def on_no_work(self) -> None:
         try:

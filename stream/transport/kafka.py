@@ -337,8 +337,9 @@ class KafkaTransport:
         self._assigned -= gone
         held = self._in_hand
         if held is not None and (held.topic, held.partition) in gone:
-            # Not reachable from run_loop (it delivers before polling again); kept so that a
-            # caller polling with an event in hand can never commit for a partition it lost.
+            # Reachable from run_loop only while it waits out a down dependency
+            # (wait_in_hand) or a failing commit (_serve_group): never commit for a partition
+            # lost meanwhile.
             log.warning("%s: partition %s with the event in hand: abandoned", held.where, why)
             self._abandoned = True
             if self._in_txn:
@@ -613,6 +614,24 @@ class KafkaTransport:
                 except KafkaException as exc:
                     log.debug("resume after serving the group: %s", exc)
         return not self._abandoned
+
+    def wait_in_hand(self, seconds: float) -> bool:
+        """Wait ``seconds`` with the event in hand undelivered, because a dependency of its
+        processing is down (service.run_loop retries it); False when its partition went to
+        another worker meanwhile.  The partitions are paused and the consumer polled
+        (:meth:`_serve_group`): a worker that slept instead would be evicted from its group
+        after ``max.poll.interval.ms`` and its partitions handed round while the database is
+        down, for every worker alike."""
+        self._raise_if_fatal()
+        ok = self._serve_group(seconds)
+        self._raise_if_fatal()
+        return ok
+
+    def give_up_in_hand(self) -> None:
+        """The event in hand is left uncommitted (stop requested, or its partition lost):
+        its partition's next owner, or this worker after a restart, processes it again."""
+        self._in_hand = None
+        self._abandoned = False
 
     def _seek_to(self, tp: TopicPartition) -> None:
         try:

@@ -66,7 +66,9 @@ class OutRecord:
 
 @dataclass
 class Outcome:
-    """What became of one event: ``status`` is ``done``, ``no_work`` or ``failed``.
+    """What became of one event: ``status`` is ``done``, ``no_work``, ``failed`` or ``retry``
+    (a dependency such as the APDB is down: nothing is delivered, the event is processed
+    again; stream/transport/service.py, ``run_loop``).
 
     ``alert_records`` (encoded, in diaSource order) and ``alerts`` (the same as dicts) are empty
     unless done; ``dead_letter`` is set for a failure the policy dead-lettered; ``summary`` is
@@ -114,6 +116,8 @@ class Metrics(Protocol):
       ``waiting`` (holds none) or ``fatal`` (a client error no retry cures; it stops).
     - ``on_group_lag(lag)``: events of the whole input topic not yet processed by the group
       (None: the broker did not answer).
+    - ``on_retry(kind)``: an event is to be processed again because a dependency is down
+      (``kind``: the error kind, e.g. ``apdb``); it was neither dead-lettered nor committed.
     """
 
     def on_consumed(self) -> None: ...
@@ -125,6 +129,7 @@ class Metrics(Protocol):
     def on_warmup(self, seconds: float, ok: bool) -> None: ...
     def on_state(self, state: str) -> None: ...
     def on_group_lag(self, lag: int | None) -> None: ...
+    def on_retry(self, kind: str) -> None: ...
 
 
 class NullMetrics:
@@ -155,6 +160,9 @@ class NullMetrics:
         pass
 
     def on_group_lag(self, lag: int | None) -> None:
+        pass
+
+    def on_retry(self, kind: str) -> None:
         pass
 
 

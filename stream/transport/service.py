@@ -337,6 +337,27 @@ class Worker:
             outcome.dead_letter_record = record
         return outcome
 
+    def _unavailable(
+        self,
+        msg: SourceMessage,
+        event: dict[str, Any] | None,
+        exc: DiffstreamError,
+        meta: TaskMetadata,
+    ) -> Outcome:
+        """A ``retry`` outcome: a dependency is down (the APDB), which is no fault of the
+        input, so neither the error policy nor the dead-letter topic sees it; :func:`run_loop`
+        processes the event again after a back-off, without committing it."""
+        error = exc.to_record()
+        summary = self._summary("failed", msg, event, meta, error=error)
+        return Outcome(
+            status="retry",
+            source=msg,
+            summary=self._summary_out(summary),
+            summary_record=summary,
+            event=event,
+            error=error,
+        )
+
     # -- the one entry point ----------------------------------------------------------------
     def process(self, msg: SourceMessage) -> Outcome:
         """Decode, check, subtract, encode.  Never raises except :class:`StopProcessing`."""
@@ -380,6 +401,8 @@ class Worker:
                 ledger=None if key is None else (key, ledger_value(summary)),
             )
         except DiffstreamError as exc:
+            if exc.retriable:
+                return self._unavailable(msg, event, exc, meta)
             return self._failed(msg, event, exc, meta)
         except Exception as exc:  # a bug or an input nobody foresaw: still never lose the message
             log.exception("%s: unexpected error", msg.where)
@@ -475,6 +498,28 @@ class _Status:
         )
 
 
+# Seconds between attempts at an event whose dependency is down; the last value repeats
+# until the dependency is back (a database restart takes seconds to minutes; retrying faster
+# would only fill the log).
+RETRY_BACKOFF_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+def _wait_in_hand(transport: Any, seconds: float, stop: threading.Event) -> bool:
+    """Wait ``seconds`` with an event in hand; False to give it up (stop requested, or the
+    transport says its partition is no longer ours)."""
+    wait = getattr(transport, "wait_in_hand", None)
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if stop.is_set():
+            return False
+        step = min(left, 0.5)
+        if wait is None:
+            stop.wait(step)
+        elif not wait(step):
+            return False
+    return not stop.is_set()
+
+
 @dataclass
 class RunStats:
     consumed: int = 0
@@ -484,13 +529,15 @@ class RunStats:
     failed: int = 0
     alerts: int = 0
     not_committed: int = 0
+    retries: int = 0
     stopped_by: str = ""
 
     def line(self) -> str:
         return (
             f"consumed {self.consumed}, committed {self.committed} (done {self.done}, "
             f"no work {self.no_work}, failed {self.failed}), alerts {self.alerts}, "
-            f"not committed {self.not_committed}; stopped by {self.stopped_by or '-'}"
+            f"not committed {self.not_committed}, retries {self.retries}; "
+            f"stopped by {self.stopped_by or '-'}"
         )
 
 
@@ -503,6 +550,7 @@ def run_loop(
     stop: threading.Event | None = None,
     poll_timeout: float = 0.5,
     status_interval: float | None = None,
+    retry_backoff: tuple[float, ...] = RETRY_BACKOFF_S,
 ) -> RunStats:
     """Poll, process, deliver until ``stop`` is set, ``max_messages`` events are committed,
     or the transport was idle for ``exit_when_idle`` seconds.  The event in hand is always
@@ -510,7 +558,15 @@ def run_loop(
 
     Idle: nothing arrived and, if the transport has an ``idle()`` method, it says so; the Kafka
     transport's is True only when the group has no unprocessed event left (a worker waiting
-    for its partitions after a restart is not idle, issue 16)."""
+    for its partitions after a restart is not idle, issue 16).
+
+    A dependency that is down (an unreachable APDB: a ``retry`` outcome) is not bad input:
+    the event is processed again after ``retry_backoff`` seconds (the last value repeats),
+    each wait a WARNING and a ``Metrics.on_retry``, until it goes through; nothing is
+    delivered or committed meanwhile.  The transport's ``wait_in_hand(seconds)``, if it has
+    one, does the waiting (Kafka: partitions paused and the consumer polled, so the group
+    keeps this member); a stop request, or the partition lost meanwhile, gives the event up
+    uncommitted for its partition's next owner."""
     stop = stop or threading.Event()
     stats = RunStats()
     metrics = worker.metrics
@@ -537,6 +593,36 @@ def run_loop(
         stats.consumed += 1
         t0 = time.monotonic()
         outcome = worker.process(msg)
+        attempt = 0
+        while outcome.status == "retry" and outcome.error is not None:
+            delay = retry_backoff[min(attempt, len(retry_backoff) - 1)]
+            attempt += 1
+            stats.retries += 1
+            on_retry = getattr(metrics, "on_retry", None)  # hooks written before it existed
+            if on_retry is not None:
+                on_retry(str(outcome.error["kind"]))
+            log.warning(
+                "%s: %s is down (not bad input: not dead-lettered, not committed), attempt %d, "
+                "processing it again in %.1f s: %s",
+                msg.where,
+                outcome.error["kind"],
+                attempt,
+                delay,
+                outcome.error["message"],
+            )
+            if not _wait_in_hand(transport, delay, stop):
+                break
+            outcome = worker.process(msg)
+        if outcome.status == "retry":
+            # Stopped, or the partition went to another worker while we waited: the event
+            # stays uncommitted, and whoever owns its partition next processes it.
+            give_up = getattr(transport, "give_up_in_hand", None)
+            if give_up is not None:
+                give_up()
+            log.warning("%s: given up after %d attempts, NOT committed", msg.where, attempt)
+            stats.not_committed += 1
+            last = time.monotonic()
+            continue
         committed = transport.deliver(outcome)
         log.info("%s", _event_line(outcome, committed, time.monotonic() - t0))
         if not committed:

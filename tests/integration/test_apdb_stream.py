@@ -1,22 +1,27 @@
 """The APDB behind ``diffstream run`` on a real broker and a real PostgreSQL: a sequence of
 visits gives alerts with diaObjects and histories, a replay re-runs association without new
-rows, and a kill -9 between the APDB commit and the alerts' commit (--exactly-once) leaves
-alerts and APDB in agreement."""
+rows, a kill -9 between the APDB commit and the alerts' commit (--exactly-once) leaves
+alerts and APDB in agreement, and a PostgreSQL outage is waited out, never dead-lettered."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
+import subprocess
+import time
 
 import pytest
 
 from diffstream.stream.pipeline.apdb.store import Apdb
 from diffstream.stream.sim.sequence import simulate_sequence, write_sequence
 from diffstream.stream.transport.events import encode_event, make_event
-from tests.apdb_helpers import apdb_url, pg_server  # noqa: F401
+from tests.apdb_helpers import PG_LOCAL, apdb_url, free_port, pg_server  # noqa: F401
 from tests.integration.stream_helpers import (
     WAIT_S,
     Workers,
     alerts_by_id,
+    dead_letters,
     new_topics,
     publish,
     read_all,
@@ -140,3 +145,54 @@ def test_kill_9_between_apdb_and_alert_commits_keeps_them_in_agreement(
         assert alert["diaSource"]["diaObjectId"] == links[sid]
         for prv in alert["prvDiaSources"]:
             assert links[prv["diaSourceId"]] == links[sid]
+
+
+@pytest.fixture
+def own_pg(tmp_path):
+    """A PostgreSQL server of this test alone (it is stopped and started again, which the
+    session's shared server must not be): (url, pg) with ``pg("pause")``/``pg("resume")``."""
+    env = {**os.environ, "PGPORT": str(free_port()), "PG_LOCAL_DIR": str(tmp_path / "pg")}
+
+    def pg(command: str) -> str:
+        run = subprocess.run(["bash", str(PG_LOCAL), command], env=env, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+        assert run.returncode == 0, f"postgres-local.sh {command}: {run.stdout}{run.stderr}"
+        return run.stdout.strip()
+
+    pg("start")
+    try:
+        yield pg("url"), pg
+    finally:
+        subprocess.run(["bash", str(PG_LOCAL), "stop"], env=env, capture_output=True, timeout=120)
+
+
+def test_apdb_outage_is_retried_not_dead_lettered(kafka_bootstrap, workers, events, own_pg):
+    url, pg = own_pg
+    t = workers.topics
+    # max.poll.interval.ms 7 s < the outage: a worker that slept through it instead of
+    # polling would be evicted from its group ("maximum poll interval exceeded").
+    w = workers.start("--apdb", url, "-X", "max.poll.interval.ms=7000")
+    publish(kafka_bootstrap, t["input"], events[:1], partitions=1)
+    wait_summaries(kafka_bootstrap, t["metadata"], 1, procs=[w])  # the pool is open and warm
+    pg("pause")
+    down_at = time.monotonic()
+    publish(kafka_bootstrap, t["input"], events[1:2], partitions=1)
+    # Attempts at 0, 1, 3, 7 s and then 15 s: the fourth WARNING comes > 7 s into the outage.
+    w.wait_for_line("apdb is down (not bad input: not dead-lettered, not committed), attempt 4")
+    # The premise: the event really met the outage and has not gone anywhere meanwhile.
+    assert time.monotonic() - down_at > 7.0
+    assert len(wait_summaries(kafka_bootstrap, t["metadata"], 1, procs=[w])) == 1
+    pg("resume")
+    summaries = wait_summaries(kafka_bootstrap, t["metadata"], 2, procs=[w])
+    assert w.stop() == 0, w.tail()
+    assert sorted(s["status"] for s in summaries) == ["done", "done"]
+    assert dead_letters(kafka_bootstrap, t["dlq"]) == []
+    alerts = alerts_by_id(read_all(kafka_bootstrap, t["alerts"]))
+    visit = {alert["diaSource"]["visit"] for (alert, _), *_ in alerts.values()}
+    assert len(visit) == 2, f"alerts of visits {visit}"
+    stored = Apdb(url).stats()
+    assert stored["DiaSource"] == len(alerts)
+    log = w.text()
+    assert "maximum poll interval" not in log and "evicted" not in log.lower(), w.tail()
+    retries = re.search(r"retries (\d+);", log)
+    assert retries is not None and int(retries.group(1)) >= 4, w.tail()

@@ -15,7 +15,7 @@ from astropy.coordinates import SkyCoord
 from diffstream.stream.alerts.diaobjects import dia_object_summary
 from diffstream.stream.alerts.packets import dia_source_record, make_alert
 from diffstream.stream.io.exposure import Exposure
-from diffstream.stream.ops.errors import ApdbError, BadExposure, ConfigError
+from diffstream.stream.ops.errors import ApdbError, ApdbUnavailable, BadExposure, ConfigError
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.apdb.association import associate, separation_arcsec
 from diffstream.stream.pipeline.apdb.schema import SCHEMA_VERSION
@@ -163,7 +163,7 @@ def test_store_created_on_first_use_and_versioned(apdb_url):  # noqa: F811
     }  # fmt: skip
     with db.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE \"ApdbMeta\" SET value = '0' WHERE name = 'version'")
-    with pytest.raises(ApdbError, match=r"schema version 0 < 1: run `diffstream apdb upgrade"):
+    with pytest.raises(ApdbError, match=rf"version 0 < {SCHEMA_VERSION}: run `diffstream apdb up"):
         Apdb(url)
     assert Apdb(url, create=False).upgrade() == (0, SCHEMA_VERSION)
     assert Apdb(url).version() == SCHEMA_VERSION
@@ -176,6 +176,33 @@ def test_store_created_on_first_use_and_versioned(apdb_url):  # noqa: F811
 def test_store_refuses_a_missing_database_without_create(apdb_url):  # noqa: F811
     with pytest.raises(ApdbError, match="run `diffstream apdb init`"):
         Apdb(apdb_url("sqlite"), create=False)
+
+
+def test_an_unreachable_server_is_unavailable_not_bad_input():
+    import socket
+
+    # A port nobody listens on (bound, then released): connection refused, as a server that
+    # is down gives.  The worker retries ApdbUnavailable instead of dead-lettering the event.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ApdbUnavailable, match="cannot open the APDB at postgresql") as info:
+        Apdb(f"postgresql://nobody@127.0.0.1:{port}/apdb")
+    assert info.value.retriable and info.value.kind == "apdb"
+    assert info.value.to_record()["error"] == "ApdbUnavailable"
+
+
+def test_refusals_and_sqlite_errors_are_not_retriable(apdb_url):  # noqa: F811
+    # A database of the wrong version, or a failing SQLite file, is no outage: a retry
+    # cannot cure it, so it is dead-lettered as before.
+    with pytest.raises(ApdbError) as info:
+        Apdb(apdb_url("sqlite"), create=False)
+    assert not info.value.retriable
+    db = Apdb(apdb_url("sqlite"))
+    with pytest.raises(ApdbError, match="APDB transaction failed") as info:
+        with db.exposure([1]) as conn:
+            conn.exec_driver_sql('SELECT * FROM "NoSuchTable"')
+    assert not info.value.retriable
 
 
 def test_store_refuses_other_databases():
@@ -297,6 +324,98 @@ def test_step_refuses_an_exposure_without_id(apdb_url):  # noqa: F811
             exp, src, alerts, images, settings=Settings(apdb=url), processed_mjd_tai=60600.0
         )
     assert Apdb(url).stats()["DiaSource"] == 0
+
+
+def _recomputed(db: Apdb) -> tuple[dict[int, dict], dict[int, dict]]:
+    """(stored diaObject records, the same recomputed from every stored row) by id."""
+    t = db.tables["DiaObject"]
+    with db.engine.connect() as conn:
+        ids = [int(r[0]) for r in conn.execute(db.sa.select(t.c.diaObjectId))]
+        stored = db.objects(conn, ids)
+        sources, forced = db.sources_of(conn, ids), db.forced_of(conn, ids)
+    by_src: dict[int, list] = {}
+    by_forced: dict[int, list] = {}
+    for row in sources:
+        by_src.setdefault(row["diaObjectId"], []).append(row)
+    for row in forced:
+        by_forced.setdefault(row["diaObjectId"], []).append(row)
+    want = {oid: dia_object_summary(oid, by_src[oid], by_forced.get(oid, [])) for oid in ids}
+    return stored, want
+
+
+def test_flux_sums_equal_the_weighted_mean_of_all_pairs_in_any_order():
+    # Against _weighted (math.fsum over every pair), the recompute the summaries must equal:
+    # seeded pairs over 6 decades, some without an error (the unweighted fallback), added
+    # in a shuffled order and through a store/load round trip half-way.
+    from diffstream.stream.alerts.diaobjects import FluxSums, _weighted
+
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        n = int(rng.integers(1, 60))
+        values = rng.normal(100.0, 300.0, n) * 10.0 ** rng.integers(-3, 4, n)
+        errors = [float(e) if rng.random() > 0.1 else None for e in rng.uniform(1, 60, n)]
+        pairs = list(zip(values.tolist(), errors, strict=True))
+        if rng.random() < 0.1:
+            pairs = [(v, None) for v, _ in pairs]
+        order = rng.permutation(n)
+        sums = FluxSums()
+        for i in order[: n // 2]:
+            sums.add(*pairs[i])
+        load, dump = FluxSums.load, FluxSums.dump
+        sums = FluxSums(sums.n_good, load(dump(sums.sum_w)), load(dump(sums.sum_wv)),
+                        sums.n_values, load(dump(sums.sum_v)))  # fmt: skip
+        for i in order[n // 2 :]:
+            sums.add(*pairs[i])
+        assert sums.mean() == _weighted(pairs)
+
+
+def check_incremental_summaries(url: str) -> None:
+    """A seeded sequence: random fluxes (visits without a detection give objects forced-only
+    updates), a replay and a reprocessed old visit (precovery: forced sources added out of
+    time order).  The summaries, updated from running sums and the new rows only, must equal
+    field for field and bit for bit those recomputed from the whole history."""
+    rng = np.random.default_rng(14)
+    plan = []
+    for visit in range(1, 13):
+        detected = rng.random(len(STARS)) < 0.6
+        fluxes = rng.uniform(150.0, 500.0, len(STARS))
+        plan.append(
+            (visit, [float(f) if d else 0.0 for f, d in zip(fluxes, detected, strict=True)])
+        )
+    for visit, fluxes in plan[1:]:  # visit 1 is processed last: precovery of later objects
+        _run(url, visit, fluxes)
+    _run(url, *plan[4])  # a replay
+    _run(url, *plan[0])
+    db = Apdb(url)
+    stored, want = _recomputed(db)
+    assert len(stored) >= len(STARS) and stored.keys() == want.keys()
+    n_forced = db.stats()["DiaForcedSource"]
+    assert n_forced > sum(r["nDiaSources"] for r in stored.values())  # forced-only updates
+    for oid, record in stored.items():
+        assert record == want[oid], f"diaObject {oid}"
+    # The premise: the forced means are not trivial (several weighted points per band).
+    assert all(r["r_fpFluxMean"] is not None for r in stored.values())
+    assert max(int(r["r_psfFluxNdata"]) for r in stored.values()) >= 3
+
+
+def test_incremental_summaries_equal_a_recompute_from_history(apdb_url):  # noqa: F811
+    check_incremental_summaries(apdb_url("sqlite"))  # PostgreSQL: tests/integration
+
+
+def test_upgrade_from_version_1_fills_the_running_sums(apdb_url):  # noqa: F811
+    url = apdb_url("sqlite")
+    for visit, fluxes in [(1, [400.0, 250.0, 0.0]), (2, [380.0, 0.0, 300.0])]:
+        _run(url, visit, fluxes)
+    db = Apdb(url)
+    with db.engine.begin() as conn:  # the database as version 1 left it
+        conn.exec_driver_sql('DROP TABLE "DiaObjectFluxSums"')
+        conn.exec_driver_sql("UPDATE \"ApdbMeta\" SET value = '1' WHERE name = 'version'")
+    with pytest.raises(ApdbError, match=r"version 1 < 2"):
+        Apdb(url)
+    assert Apdb(url, create=False).upgrade() == (1, SCHEMA_VERSION)
+    _run(url, 3, [390.0, 260.0, 0.0])  # an update from the migrated sums
+    stored, want = _recomputed(Apdb(url))
+    assert stored == want and len(stored) == 3
 
 
 def test_forced_source_ids_are_stable_and_distinct():

@@ -6,6 +6,7 @@ import json
 
 from diffstream.stream.cli.main import main
 from diffstream.stream.ops.errors import EXIT_BAD_INPUT
+from diffstream.stream.pipeline.apdb.schema import SCHEMA_VERSION
 from tests.apdb_helpers import apdb_url  # noqa: F401
 from tests.unit.test_apdb import _run
 
@@ -13,13 +14,13 @@ from tests.unit.test_apdb import _run
 def test_apdb_init_stats_and_upgrade(apdb_url, capsys):  # noqa: F811
     url = apdb_url("sqlite")
     assert main(["apdb", "init", "--apdb", url]) == 0
-    assert "schema version 1" in capsys.readouterr().out
+    assert f"schema version {SCHEMA_VERSION}" in capsys.readouterr().out
     _run(url, 1, [400.0, 250.0, 0.0])
     assert main(["apdb", "stats", "--apdb", url]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert (stats["DiaObject"], stats["DiaSource"], stats["DiaForcedSource"]) == (2, 2, 2)
     assert main(["apdb", "upgrade", "--apdb", url]) == 0
-    assert "schema version 1 -> 1" in capsys.readouterr().out
+    assert f"schema version {SCHEMA_VERSION} -> {SCHEMA_VERSION}" in capsys.readouterr().out
 
 
 def test_apdb_commands_need_a_url(capsys, monkeypatch):

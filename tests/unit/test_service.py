@@ -4,13 +4,20 @@ the metrics hook, run_loop's stop conditions, and the Kafka client configuration
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
 import pytest
 
 from diffstream.stream.alerts.packets import deserialize_alert
-from diffstream.stream.ops.errors import BadExposure, ConfigError, DiffstreamError, NoWorkFound
+from diffstream.stream.ops.errors import (
+    ApdbUnavailable,
+    BadExposure,
+    ConfigError,
+    DiffstreamError,
+    NoWorkFound,
+)
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.subtract import subtract_files
 from diffstream.stream.sim.simulate import simulate_pair, write_pair
@@ -299,6 +306,93 @@ def test_run_loop_counts_uncommitted_deliveries(pair_dir, real_result):
                      poll_timeout=0.0)  # fmt: skip
     assert (stats.committed, stats.not_committed) == (0, 1)
     assert "on_alerts_published" not in metrics.names()
+
+
+class WaitingTransport(ListTransport):
+    """A ListTransport with the optional hooks run_loop uses while a dependency is down."""
+
+    def __init__(self, messages, *, on_wait=None):
+        super().__init__(messages)
+        self.waited: list[float] = []
+        self.given_up = 0
+        self.on_wait = on_wait
+
+    def wait_in_hand(self, seconds):
+        self.waited.append(seconds)
+        time.sleep(seconds)
+        return True if self.on_wait is None else self.on_wait()
+
+    def give_up_in_hand(self):
+        self.given_up += 1
+
+
+def _apdb_down_for(n_failures, real_result):
+    calls = []
+
+    def subtract(*a, **k):
+        calls.append(1)
+        if len(calls) <= n_failures:
+            raise ApdbUnavailable("cannot open the APDB at postgresql://x: connection refused")
+        return real_result
+
+    return subtract, calls
+
+
+def test_down_apdb_is_retried_with_back_off_not_dead_lettered(pair_dir, real_result, caplog):
+    subtract, calls = _apdb_down_for(3, real_result)
+    metrics = Recorder()
+    t = WaitingTransport([_msg(_event_bytes(pair_dir), 0)])
+    worker = _worker(pair_dir, subtract=subtract, metrics=metrics)
+    with caplog.at_level("WARNING", logger="diffstream.service"):
+        stats = run_loop(worker, t, exit_when_idle=0.01, poll_timeout=0.0,
+                         retry_backoff=(0.01, 0.02))  # fmt: skip
+    assert len(calls) == 4 and stats.retries == 3
+    assert (stats.consumed, stats.committed, stats.done, stats.failed) == (1, 1, 1, 0)
+    assert [o.status for o in t.delivered] == ["done"] and t.delivered[0].dead_letter is None
+    assert [c for c in metrics.calls if c[0] == "on_retry"] == [("on_retry", "apdb")] * 3
+    assert "on_dead_letter" not in metrics.names()
+    # Back-off: the schedule's values in turn, the last one repeated, waited through the
+    # transport (which keeps its group alive meanwhile), not slept away.
+    assert sum(t.waited) == pytest.approx(0.01 + 0.02 + 0.02, abs=5e-3)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3 and all("apdb is down (not bad input" in w for w in warnings)
+    assert "attempt 3, processing it again in 0.0 s" in warnings[-1]
+
+
+def test_a_retriable_error_never_reaches_the_error_policy(pair_dir, real_result):
+    seen = []
+    subtract, _ = _apdb_down_for(1, real_result)
+    worker = _worker(pair_dir, subtract=subtract,
+                     error_policy=lambda m, e: seen.append(e) or ErrorAction.STOP)  # fmt: skip
+    out = worker.process(_msg(_event_bytes(pair_dir)))
+    assert out.status == "retry" and out.dead_letter is None and out.error["kind"] == "apdb"
+    assert seen == []
+
+
+def test_stop_while_the_apdb_is_down_leaves_the_event_uncommitted(pair_dir, real_result):
+    stop = threading.Event()
+    subtract, calls = _apdb_down_for(10**6, real_result)
+
+    def signal_on_second_wait():
+        if len(t.waited) >= 2:
+            stop.set()
+        return True
+
+    t = WaitingTransport([_msg(_event_bytes(pair_dir), 0)], on_wait=signal_on_second_wait)
+    stats = run_loop(_worker(pair_dir, subtract=subtract), t, stop=stop, poll_timeout=0.0,
+                     retry_backoff=(0.01,))  # fmt: skip
+    assert t.delivered == [] and t.given_up == 1 and stats.stopped_by == "signal"
+    assert (stats.committed, stats.not_committed, stats.retries) == (0, 1, 2)
+    assert len(calls) == 2
+
+
+def test_partition_lost_while_waiting_gives_the_event_up(pair_dir, real_result):
+    subtract, calls = _apdb_down_for(10**6, real_result)
+    t = WaitingTransport([_msg(_event_bytes(pair_dir), 0)], on_wait=lambda: False)
+    stats = run_loop(_worker(pair_dir, subtract=subtract), t, exit_when_idle=0.01,
+                     poll_timeout=0.0, retry_backoff=(0.01,))  # fmt: skip
+    assert t.delivered == [] and t.given_up == 1 and len(calls) == 1
+    assert (stats.committed, stats.not_committed) == (0, 1)
 
 
 def test_bad_exposure_error_fields_survive(pair_dir):

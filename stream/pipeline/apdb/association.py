@@ -95,16 +95,20 @@ def associate(
             unit_vectors(source_ra[todo], source_dec[todo]), k=k, distance_upper_bound=chord
         )
         idx = np.asarray(idx).reshape(todo.size, k)
-        pairs = []
-        for row, src in enumerate(todo):
-            for j in idx[row]:
-                if j >= oid.size:  # no more neighbours within the radius
-                    break
-                sep = float(
-                    separation_arcsec(source_ra[src], source_dec[src], object_ra[j], object_dec[j])
-                )
-                if sep <= radius_arcsec:
-                    pairs.append((sep, int(sid[src]), int(oid[j]), int(src)))
+        # Every (source, candidate) pair at once: a scalar separation per pair in a Python
+        # loop cost ~1 s per 10^4 sources (benchmarks/bench_apdb.py, 100k diaSources).
+        row, col = np.nonzero(idx < oid.size)
+        src_at, obj_at = todo[row], idx[row, col]
+        sep_all = separation_arcsec(
+            source_ra[src_at], source_dec[src_at], object_ra[obj_at], object_dec[obj_at]
+        )
+        ok = sep_all <= radius_arcsec
+        pairs = list(
+            zip(
+                sep_all[ok].tolist(), sid[src_at[ok]].tolist(), oid[obj_at[ok]].tolist(),
+                src_at[ok].tolist(), strict=True,
+            )
+        )  # fmt: skip
         pairs.sort()
         first_choice: dict[int, int] = {}
         for _sep, s, o, _src in sorted(pairs, key=lambda p: (p[1], p[0], p[2])):

@@ -12,6 +12,10 @@ database needs and the alert does not carry:
   towards the poles and wraps at 0 deg: two cases to get right where HEALPix has none).
 - a unique (diaObjectId, visit, detector) on DiaForcedSource: one forced measurement per
   object per visit and detector, whatever id a replay computes.
+- DiaObjectFluxSums: per diaObject, band and forced mean (fpFlux, scienceFlux), the exact
+  running sums behind that mean (stream/alerts/diaobjects.py ``FluxSums``: counts, and
+  sums as the comma-separated doubles of fsum's partials), so that a visit updates a
+  diaObject's forced means from its one new forced source, not its whole forced history.
 - ApdbMeta: the schema version the tool wrote (``diffstream apdb upgrade`` moves it on).
 """
 
@@ -27,8 +31,9 @@ from diffstream.stream.alerts.diaobjects import (
 
 __all__ = ["SCHEMA_VERSION", "INDEX_ORDER", "DIA_SOURCE_SPECS", "build_tables"]
 
-# 1: the first layout.  A change bumps this and adds a step to store._MIGRATIONS.
-SCHEMA_VERSION = 1
+# 1: the first layout.  2: DiaObjectFluxSums.  A change bumps this and adds a step to
+# store._MIGRATIONS.
+SCHEMA_VERSION = 2
 INDEX_ORDER = 10  # HEALPix order of pixelId: nside 1024, 3.4' pixels
 DIA_SOURCE_SPECS = lsst_specs("diaSource")
 
@@ -78,10 +83,23 @@ def build_tables(sa: Any) -> tuple[Any, dict[str, Any]]:
         sa.UniqueConstraint("diaObjectId", "visit", "detector", name="DiaForcedSource_visit"),
         sa.Index("DiaForcedSource_diaObjectId", "diaObjectId", "midpointMjdTai"),
     )
+    sums = sa.Table(
+        "DiaObjectFluxSums",
+        meta,
+        sa.Column("diaObjectId", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("band", sa.String(8), primary_key=True),
+        sa.Column("kind", sa.String(16), primary_key=True),  # fpFlux | scienceFlux
+        sa.Column("nGood", sa.Integer, nullable=False),
+        sa.Column("sumW", sa.Text, nullable=False),
+        sa.Column("sumWV", sa.Text, nullable=False),
+        sa.Column("nValues", sa.Integer, nullable=False),
+        sa.Column("sumV", sa.Text, nullable=False),
+    )
     info = sa.Table(
         "ApdbMeta",
         meta,
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("value", sa.Text, nullable=False),
     )
-    return meta, {"DiaObject": obj, "DiaSource": src, "DiaForcedSource": forced, "ApdbMeta": info}
+    tables = {"DiaObject": obj, "DiaSource": src, "DiaForcedSource": forced}
+    return meta, {**tables, "DiaObjectFluxSums": sums, "ApdbMeta": info}

@@ -7,7 +7,10 @@
 2. associate (association.py); store the diaSources with their diaObjectId;
 3. forced PSF photometry on the difference and the science image at every diaObject whose
    position falls on the detector (the new ones included) -> DiaForcedSource;
-4. recompute the summary of every diaObject touched, from all its stored rows -> DiaObject;
+4. update the summary of every diaObject this exposure changes -> DiaObject: the diaSource
+   part recomputed from its diaSources (objects with a diaSource here), the forced means
+   from exact running sums (DiaObjectFluxSums) that this visit's forced source is added to,
+   equal bit for bit to a recompute from the whole history;
 5. fill the alerts: ``diaObject`` (the summary as of this exposure: rows up to its midpoint),
    ``prvDiaSources`` / ``prvDiaForcedSources`` (rows before it, within
    ``apdb_history_months``), by time.
@@ -15,12 +18,13 @@
 Replays and crashes (exactly-once included).  Every row is keyed on a deterministic id: the
 diaSourceId, a new diaObject's creating diaSourceId, and a forced source's hash of
 (diaObjectId, visit, detector).  A stored diaSource keeps the diaObject it was given, stored
-rows are never rewritten (summaries are recomputed from them), and an alert only shows rows up
-to its own exposure.  So a second run of an exposure, whether a replay or the retry of an
-event whose worker died after the APDB commit and before its alerts were committed to Kafka,
-writes no row and produces byte-identical diaObject/history fields: the alerts that finally
-get out agree with the APDB, at whatever point the crash happened (before the commit, nothing
-was written; after it, the rerun reproduces the same alerts).  tests/unit/test_apdb.py and
+rows are never rewritten, a forced source already stored is not added to the running sums
+again, and an alert only shows rows up to its own exposure.  So a second run of an exposure,
+whether a replay or the retry of an event whose worker died after the APDB commit and before
+its alerts were committed to Kafka, writes no row and produces byte-identical
+diaObject/history fields: the alerts that finally get out agree with the APDB, at whatever
+point the crash happened (before the commit, nothing was written; after it, the rerun
+reproduces the same alerts).  tests/unit/test_apdb.py and
 tests/science/test_apdb_sequence.py check it.
 """
 
@@ -38,8 +42,11 @@ import numpy as np
 from diffstream.jitcore.measure import forced_psf_flux
 from diffstream.stream.alerts.diaobjects import (
     DIA_FORCED_SOURCE_SPECS,
+    FluxSums,
     dia_object_summary,
+    flux_sums_of,
     record_of,
+    with_flux_sums,
 )
 from diffstream.stream.io.exposure import Exposure
 from diffstream.stream.ops.errors import BadExposure
@@ -125,21 +132,51 @@ def associate_exposure(
             exposure, images, o_id, o_ra, o_dec, visit=visit, detector=detector, mjd=mjd,
             processed_mjd_tai=processed_mjd_tai,
         )  # fmt: skip
+        # A replay's forced sources are stored already: they must not enter the running
+        # sums twice (the insert below leaves them as they are).
+        replayed = apdb.stored_forced(conn, forced)
         apdb.insert_forced(conn, forced)
+        fresh = [f for f in forced if f["diaObjectId"] not in replayed]
         timings["forced"] = time.perf_counter() - t0
 
-        touched = sorted({*assoc.dia_object_id.tolist(), *(f["diaObjectId"] for f in forced)})
+        # Summaries, only of the diaObjects this exposure changes, and without their forced
+        # history: the forced means come from exact running sums (diaobjects.FluxSums, the
+        # same values as a recompute from every row), updated with this visit's one forced
+        # source per object.  An object with a diaSource here gets the diaSource part
+        # recomputed from its diaSources (tens of rows); one with only a forced source keeps
+        # its stored record and gets new forced means.
+        with_source = sorted(set(assoc.dia_object_id.tolist()))
+        created = set(sid[new].tolist())
+        forced_only = sorted({f["diaObjectId"] for f in fresh} - set(with_source))
+        sums = apdb.flux_sums(conn, [*with_source, *forced_only])
+        # A stored record made without any forced source may be dia_object_summary's
+        # one-diaSource shortcut, whose position is not bit for bit the general one's: such
+        # an object (rare: its diaSource fell off the detector's forced photometry) has its
+        # record recomputed from its diaSources, so that it equals a recompute from history.
+        recompute = sorted(set(with_source) | {o for o in forced_only if o not in sums})
+        forced_only = [o for o in forced_only if o in sums]
+        changed: dict[int, dict[tuple[str, str], FluxSums]] = {}
+        for row in fresh:
+            oid = row["diaObjectId"]
+            changed[oid] = flux_sums_of([row], into=sums.setdefault(oid, {}))
+        apdb.upsert_flux_sums(conn, changed)
+        # A diaObject created just now has no stored row but the two written above (its
+        # diaSource, its forced source): those come from memory, the others' from the
+        # database (reading back what had just been written was a third of the summaries'
+        # time at 100k diaSources, benchmarks/bench_apdb.py).
         by_object: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for row in apdb.sources_of(conn, touched):
+        for src in dia_sources:
+            if src["diaObjectId"] in created:
+                by_object[src["diaObjectId"]].append(src)
+        for row in apdb.sources_of(conn, [o for o in recompute if o not in created]):
             by_object[row["diaObjectId"]].append(row)
-        forced_by_object: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for row in apdb.forced_of(conn, touched):
-            forced_by_object[row["diaObjectId"]].append(row)
+        # No sums: no forced source yet, as dia_object_summary(sources) alone would see it.
         summaries = [
-            dia_object_summary(oid, by_object[oid], forced_by_object[oid])
-            for oid in touched
-            if by_object[oid]
+            dia_object_summary(oid, by_object[oid], flux_sums=sums.get(oid) or None)
+            for oid in recompute
         ]
+        stored = apdb.objects(conn, forced_only)
+        summaries += [with_flux_sums(stored[oid], sums[oid]) for oid in forced_only]
         if summaries:
             pixels = sky_pixels(
                 np.array([s["ra"] for s in summaries]), np.array([s["dec"] for s in summaries])
@@ -147,6 +184,28 @@ def associate_exposure(
             rows = [{**s, "pixelId": int(p)} for s, p in zip(summaries, pixels, strict=True)]
             apdb.upsert_objects(conn, rows)
         timings["summaries"] = time.perf_counter() - t0
+
+        # The alerts' forced history: the last apdb_history_months of the alerted objects;
+        # the whole of it for an object with rows after this exposure (a reprocessed older
+        # exposure, whose alert shows the object as it was then: _fill_alerts).
+        since = mjd - settings.apdb_history_months * _DAYS_PER_MONTH
+        forced_by_object: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for row in fresh:
+            if row["diaObjectId"] in created:
+                forced_by_object[row["diaObjectId"]].append(row)
+        old_objects = [o for o in with_source if o not in created]
+        for row in apdb.forced_of(conn, old_objects, since=since):
+            forced_by_object[row["diaObjectId"]].append(row)
+        later = [
+            oid
+            for oid in old_objects
+            if any(r["midpointMjdTai"] > mjd for r in (*by_object[oid], *forced_by_object[oid]))
+        ]
+        if later:
+            for oid in later:
+                forced_by_object[oid] = []
+            for row in apdb.forced_of(conn, later):
+                forced_by_object[row["diaObjectId"]].append(row)
 
     latest = {s["diaObjectId"]: s for s in summaries}
     _fill_alerts(

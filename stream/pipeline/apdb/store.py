@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,9 +38,12 @@ import numpy as np
 from diffstream.stream.alerts.diaobjects import (
     DIA_FORCED_SOURCE_SPECS,
     DIA_OBJECT_SPECS,
+    FLUX_SUM_KINDS,
+    FluxSums,
+    flux_sums_of,
     record_of,
 )
-from diffstream.stream.ops.errors import ApdbError, ConfigError
+from diffstream.stream.ops.errors import ApdbError, ApdbUnavailable, ConfigError
 from diffstream.stream.pipeline.apdb.schema import (
     DIA_SOURCE_SPECS,
     INDEX_ORDER,
@@ -52,8 +56,12 @@ __all__ = ["Apdb", "open_apdb", "normalise_url", "sky_pixels", "cone_pixels"]
 # Advisory-lock namespace (first key of the two-int form), so ours never meet another app's.
 _LOCK_SPACE = 0x0D1F
 _DDL_KEY = 0x0D1F_A9DB  # the one-key form: never meets the two-key cell locks
-_CHUNK = 5000  # ids per IN (...): under SQLite's variable limit, cheap for PostgreSQL
-# version -> SQL statements that take a database from version-1 to version (none yet).
+# The forced sources' fields the running sums are made of (values and their errors).
+_FORCED_VALUE_FIELDS = tuple(f for key in FLUX_SUM_KINDS.values() for f in (key, key + "Err"))
+_CHUNK = 5000  # ids per IN (...) in SQLite: under its variable limit
+_COPY_FROM = 1000  # PostgreSQL: rows from which a write goes through COPY (_copy_upsert)
+# version -> SQL statements that take a database from version-1 to version; the steps that
+# need more than SQL are Apdb._migrate_to_<version> methods.
 _MIGRATIONS: dict[int, list[str]] = {}
 _OPEN: dict[str, Apdb] = {}
 _OPEN_LOCK = threading.Lock()
@@ -107,11 +115,6 @@ def open_apdb(url: str) -> Apdb:
         return _OPEN[key]
 
 
-def _chunks(values: Sequence[int]) -> Iterator[list[int]]:
-    for start in range(0, len(values), _CHUNK):
-        yield [int(v) for v in values[start : start + _CHUNK]]
-
-
 class Apdb:
     """One APDB: tables, the per-exposure transaction and the queries association needs."""
 
@@ -129,25 +132,41 @@ class Apdb:
             _sqlite_serialised(sa, self.engine, busy_timeout_s)
         else:
             self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+            _postgres_float4_exact(sa, self.engine)
         self.meta, self.tables = build_tables(sa)
         try:
             version = self.version()
+            if version is None and create:
+                self.init()
         except sa.exc.SQLAlchemyError as exc:
-            raise ApdbError(f"cannot open the APDB at {self.safe_url}: {exc}") from exc
-        if version is None and create:
-            self.init()
-        elif version is None:
+            raise self._error(f"cannot open the APDB at {self.safe_url}", exc) from exc
+        if version is None and not create:
             raise ApdbError(f"no APDB at {self.safe_url}: run `diffstream apdb init`")
-        elif version < SCHEMA_VERSION:
+        if version is not None and version < SCHEMA_VERSION:
             msg = (
                 f"APDB at {self.safe_url} has schema version {version} < {SCHEMA_VERSION}: "
                 "run `diffstream apdb upgrade --apdb URL`"
             )
             if create:
                 raise ApdbError(msg)
-        elif version > SCHEMA_VERSION:
+        elif version is not None and version > SCHEMA_VERSION:
             msg = f"APDB schema version {version} is newer than this diffstream's {SCHEMA_VERSION}"
             raise ApdbError(msg)
+
+    def _error(self, what: str, exc: Exception) -> ApdbError:
+        """ApdbUnavailable when the server could not be reached or went away (a retry will
+        do: the worker must not dead-letter the event), ApdbError otherwise.
+
+        PostgreSQL: psycopg's OperationalError is what a refused or dropped connection, a
+        server shutting down ("terminating connection due to administrator command") and a
+        failed start-up raise; a SQL error in our statements is a ProgrammingError or an
+        IntegrityError instead.  SQLite's file is local: none of its errors is an outage."""
+        sa = self.sa
+        down = isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+        if self.dialect == "postgresql":
+            down |= isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+        kind = ApdbUnavailable if down else ApdbError
+        return kind(f"{what}: {exc}", url=self.safe_url)
 
     @property
     def safe_url(self) -> str:
@@ -185,8 +204,24 @@ class Apdb:
             for version in range(start + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS.get(version, []):
                     conn.exec_driver_sql(statement)
+                step = getattr(self, f"_migrate_to_{version}", None)
+                if step is not None:
+                    step(conn)
             self._upsert(conn, "ApdbMeta", [{"name": "version", "value": str(SCHEMA_VERSION)}])
         return start, SCHEMA_VERSION
+
+    def _migrate_to_2(self, conn: Any) -> None:
+        """DiaObjectFluxSums, filled from the forced sources already stored."""
+        table = self.tables["DiaObjectFluxSums"]
+        table.create(conn, checkfirst=True)
+        forced = self.tables["DiaForcedSource"]
+        cols = [forced.c[n] for n in ("diaObjectId", "band", *_FORCED_VALUE_FIELDS)]
+        by_object: dict[int, list[dict[str, Any]]] = {}
+        names = ["diaObjectId", "band", *_FORCED_VALUE_FIELDS]
+        for row in conn.execute(self.sa.select(*cols)):
+            rec = dict(zip(names, row, strict=True))
+            by_object.setdefault(int(rec["diaObjectId"]), []).append(rec)
+        self.upsert_flux_sums(conn, {oid: flux_sums_of(rows) for oid, rows in by_object.items()})
 
     def stats(self) -> dict[str, Any]:
         """Row counts per table, the schema version and the backend."""
@@ -213,16 +248,33 @@ class Apdb:
                         conn.execute(lock, {"space": _LOCK_SPACE, "cell": cell})
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
-            raise ApdbError(f"APDB transaction failed at {self.safe_url}: {exc}") from exc
+            raise self._error(f"APDB transaction failed at {self.safe_url}", exc) from exc
 
     # -- reads -----------------------------------------------------------------------------
+    def _chunks(self, values: Sequence[int]) -> Iterator[list[int]]:
+        """``values`` in lists of ids for one query each: SQLite's IN (...) takes so many
+        bound variables; PostgreSQL takes them all in one array (:meth:`_in`)."""
+        size = _CHUNK if self.dialect == "sqlite" else max(len(values), 1)
+        for start in range(0, len(values), size):
+            yield [int(v) for v in values[start : start + size]]
+
+    def _in(self, column: Any, ids: list[int]) -> Any:
+        """``column IN ids``; for PostgreSQL ``column = ANY(array)``, one bound array instead
+        of one parameter per id (100k ids in IN chunks cost seconds to plan and bind)."""
+        if self.dialect == "sqlite":
+            return column.in_(ids)
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        sa = self.sa
+        return column == sa.any_(sa.bindparam(None, ids, type_=ARRAY(sa.BigInteger)))
+
     def objects_in(self, conn: Any, pixels: Sequence[int]) -> dict[str, np.ndarray]:
         """diaObjectId, ra, dec of the diaObjects whose pixelId is in ``pixels``."""
         table = self.tables["DiaObject"]
         rows: list[Any] = []
         cols = (table.c.diaObjectId, table.c.ra, table.c.dec)
-        for chunk in _chunks(list(pixels)):
-            rows.extend(conn.execute(self.sa.select(*cols).where(table.c.pixelId.in_(chunk))))
+        for chunk in self._chunks(list(pixels)):
+            rows.extend(conn.execute(self.sa.select(*cols).where(self._in(table.c.pixelId, chunk))))
         rows.sort()
         return {
             "diaObjectId": np.array([r[0] for r in rows], dtype=np.int64),
@@ -234,21 +286,25 @@ class Apdb:
         """diaSourceId -> diaObjectId of those of ``ids`` already stored (a replay)."""
         table = self.tables["DiaSource"]
         out: dict[int, int] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in self._chunks(list(ids)):
             query = self.sa.select(table.c.diaSourceId, table.c.diaObjectId).where(
-                table.c.diaSourceId.in_(chunk)
+                self._in(table.c.diaSourceId, chunk)
             )
             out.update({int(a): int(b) for a, b in conn.execute(query) if b is not None})
         return out
 
-    def _of_objects(self, conn: Any, name: str, object_ids: Sequence[int]) -> list[dict[str, Any]]:
+    def _of_objects(
+        self, conn: Any, name: str, object_ids: Sequence[int], since: float | None = None
+    ) -> list[dict[str, Any]]:
         table = self.tables[name]
         specs = DIA_SOURCE_SPECS if name == "DiaSource" else DIA_FORCED_SOURCE_SPECS
         names = [n for n, _, _ in specs]
         cols = [table.c[n] for n in names]
         rows: list[dict[str, Any]] = []
-        for chunk in _chunks(sorted(set(object_ids))):
-            query = self.sa.select(*cols).where(table.c.diaObjectId.in_(chunk))
+        for chunk in self._chunks(sorted(set(object_ids))):
+            query = self.sa.select(*cols).where(self._in(table.c.diaObjectId, chunk))
+            if since is not None:
+                query = query.where(table.c.midpointMjdTai >= since)
             # Stored rows are records already (written through record_of: float32-rounded
             # floats, None for NaN), so plain tuples are zipped: 10x faster than mappings.
             rows.extend(dict(zip(names, r, strict=True)) for r in conn.execute(query))
@@ -256,13 +312,74 @@ class Apdb:
         rows.sort(key=lambda r: (r["midpointMjdTai"], r[key]))
         return rows
 
+    def objects(self, conn: Any, object_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """diaObjectId -> stored diaObject record, of those of ``object_ids`` stored."""
+        table = self.tables["DiaObject"]
+        names = [n for n, _, _ in DIA_OBJECT_SPECS]
+        cols = [table.c[n] for n in names]
+        out: dict[int, dict[str, Any]] = {}
+        for chunk in self._chunks(sorted(set(object_ids))):
+            query = self.sa.select(*cols).where(self._in(table.c.diaObjectId, chunk))
+            # Written through record_of, so a stored row is a record already (as below).
+            out.update({int(r[0]): dict(zip(names, r, strict=True)) for r in conn.execute(query)})
+        return out
+
+    def stored_forced(self, conn: Any, rows: Sequence[Mapping[str, Any]]) -> set[int]:
+        """The diaObjectIds of those forced ``rows`` (one visit and detector) already stored:
+        a replay's, which must not be counted into the running sums a second time."""
+        if not rows:
+            return set()
+        visits = {(int(r["visit"]), int(r["detector"])) for r in rows}
+        if len(visits) != 1:
+            raise ValueError(f"forced rows of one visit and detector expected, got {visits}")
+        ((visit, detector),) = visits
+        table = self.tables["DiaForcedSource"]
+        found: set[int] = set()
+        for chunk in self._chunks(sorted({int(r["diaObjectId"]) for r in rows})):
+            query = self.sa.select(table.c.diaObjectId).where(
+                self._in(table.c.diaObjectId, chunk), table.c.visit == visit,
+                table.c.detector == detector,
+            )  # fmt: skip
+            found.update(int(r[0]) for r in conn.execute(query))
+        return found
+
+    def flux_sums(
+        self, conn: Any, object_ids: Sequence[int]
+    ) -> dict[int, dict[tuple[str, str], FluxSums]]:
+        """diaObjectId -> (band, kind) -> the stored running sums of its forced means."""
+        table = self.tables["DiaObjectFluxSums"]
+        out: dict[int, dict[tuple[str, str], FluxSums]] = {}
+        for chunk in self._chunks(sorted(set(object_ids))):
+            query = self.sa.select(table).where(self._in(table.c.diaObjectId, chunk))
+            for oid, band, kind, n_good, s_w, s_wv, n_values, s_v in conn.execute(query):
+                load = FluxSums.load
+                sums = FluxSums(n_good, load(s_w), load(s_wv), n_values, load(s_v))
+                out.setdefault(int(oid), {})[(band, kind)] = sums
+        return out
+
+    def upsert_flux_sums(
+        self, conn: Any, sums: Mapping[int, Mapping[tuple[str, str], FluxSums]]
+    ) -> None:
+        """Store running sums (:meth:`flux_sums`), replacing older ones."""
+        rows = [
+            {"diaObjectId": int(oid), "band": band, "kind": kind, "nGood": f.n_good,
+             "sumW": f.dump(f.sum_w), "sumWV": f.dump(f.sum_wv), "nValues": f.n_values,
+             "sumV": f.dump(f.sum_v)}
+            for oid, by_key in sums.items()
+            for (band, kind), f in by_key.items()
+        ]  # fmt: skip
+        self._upsert(conn, "DiaObjectFluxSums", rows, update=True)
+
     def sources_of(self, conn: Any, object_ids: Sequence[int]) -> list[dict[str, Any]]:
         """Every diaSource record of these diaObjects, by time then id."""
         return self._of_objects(conn, "DiaSource", object_ids)
 
-    def forced_of(self, conn: Any, object_ids: Sequence[int]) -> list[dict[str, Any]]:
-        """Every diaForcedSource record of these diaObjects, by time then id."""
-        return self._of_objects(conn, "DiaForcedSource", object_ids)
+    def forced_of(
+        self, conn: Any, object_ids: Sequence[int], *, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Every diaForcedSource record of these diaObjects (from MJD ``since`` on), by time
+        then id."""
+        return self._of_objects(conn, "DiaForcedSource", object_ids, since)
 
     def object(self, object_id: int) -> dict[str, Any] | None:
         """The stored diaObject record, or None."""
@@ -295,19 +412,42 @@ class Apdb:
             return ", ".join('"' + n + '"' for n in cols)
 
         # Table and column names come from our schema (schema.py), never from input.
-        marks = ", ".join([mark] * len(names))
-        sql = f'INSERT INTO "{name}" ({quoted(names)}) VALUES ({marks}) '  # noqa: S608
+        head = f'INSERT INTO "{name}" ({quoted(names)}) '  # noqa: S608
         if update:
             changed = ", ".join(f'"{n}" = excluded."{n}"' for n in names if n not in keys)
-            sql += f"ON CONFLICT ({quoted(keys)}) DO UPDATE SET {changed}"
+            tail = f" ON CONFLICT ({quoted(keys)}) DO UPDATE SET {changed}"
         else:  # DiaForcedSource: either key, its id or (object, visit, detector)
-            sql += "ON CONFLICT DO NOTHING"
+            tail = " ON CONFLICT DO NOTHING"
         pick = operator.itemgetter(*names)
         try:
             params = [pick(row) for row in rows]
         except KeyError:  # rows that leave nullable columns out
             params = [tuple(row.get(n) for n in names) for row in rows]
-        conn.exec_driver_sql(sql, params)
+        if self.dialect == "postgresql" and len(params) >= _COPY_FROM:
+            self._copy_upsert(conn, name, quoted(names), head, tail, params)
+        else:
+            marks = ", ".join([mark] * len(names))
+            conn.exec_driver_sql(f"{head}VALUES ({marks}){tail}", params)
+
+    def _copy_upsert(
+        self, conn: Any, name: str, cols: str, head: str, tail: str, params: Sequence[Sequence]
+    ) -> None:
+        """PostgreSQL, many rows: COPY into a temporary table, then the same INSERT ... ON
+        CONFLICT from it.  COPY cannot resolve conflicts itself, and executemany took ~10 s
+        for 100k diaSources (benchmarks/bench_apdb.py, 100k diaSources per exposure)."""
+        load = f"_load_{name}"
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur:
+            # Table names are ours (schema.py).  ON COMMIT DROP: gone with the transaction.
+            cur.execute(
+                f'CREATE TEMP TABLE IF NOT EXISTS "{load}" '
+                f'(LIKE "{name}" INCLUDING DEFAULTS) ON COMMIT DROP'
+            )
+            with cur.copy(f'COPY "{load}" ({cols}) FROM STDIN') as copy:
+                for row in params:
+                    copy.write_row(row)
+            cur.execute(f'{head}SELECT {cols} FROM "{load}"{tail}')  # noqa: S608
+            cur.execute(f'TRUNCATE "{load}"')
 
     def insert_sources(self, conn: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         """Store diaSources; one already stored (same diaSourceId) is left as it is."""
@@ -321,6 +461,31 @@ class Apdb:
     def upsert_objects(self, conn: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         """Store diaObject summaries (a ``pixelId`` each), replacing older versions."""
         self._upsert(conn, "DiaObject", rows, update=True)
+
+
+def _postgres_float4_exact(sa: Any, engine: Any) -> None:
+    """Read PostgreSQL ``real`` (float4) columns as the float32 value stored, not as the
+    double nearest its shortest decimal text ("83.72209" for 83.72209167480469), which is
+    what psycopg's text loader gives.  A row read back must equal the record written (the
+    alert's float fields are float32), or the forced means recomputed from PostgreSQL rows
+    differed from SQLite's and from the running sums
+    (tests/integration/test_apdb_postgres.py::test_postgres_incremental_summaries_...)."""
+    from psycopg.adapt import Loader
+
+    pack = struct.Struct("<f")
+
+    class Float4Loader(Loader):
+        def load(self, data: Any) -> float:
+            # The shortest decimal of a float32 parses back to it in float32 exactly.
+            value = float(bytes(data))
+            try:
+                return float(pack.unpack(pack.pack(value))[0])
+            except OverflowError:  # inf/nan text, or out of float32 range: as given
+                return value
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.adapters.register_loader("float4", Float4Loader)
 
 
 def _sqlite_serialised(sa: Any, engine: Any, busy_timeout_s: float) -> None:
