@@ -267,6 +267,9 @@ def _interp_weights(n: int, ntiles: int, tile: int) -> tuple[np.ndarray, np.ndar
     return k, t.astype(np.float32)
 
 
+_MAP_BAND = 256  # rows of scale_map computed at once
+
+
 def scale_map(scale: ScoreScale, shape: tuple[int, int]) -> np.ndarray:
     """Per-pixel float32 factor: ``scale.tiles`` bilinearly interpolated between tile centres
     (extrapolated over the outer half-tiles, floored at half the smallest tile factor).
@@ -286,8 +289,14 @@ def scale_map(scale: ScoreScale, shape: tuple[int, int]) -> np.ndarray:
     rows = tiles[:, kx] * (1 - tx) + tiles[:, kx1] * tx  # (nty, nx)
     ky, ty = _interp_weights(shape[0], nty, scale.tile)
     ky1 = np.minimum(ky + 1, nty - 1)
-    out = rows[ky] * (1 - ty)[:, None]
-    out += rows[ky1] * ty[:, None]
+    # In bands of rows: the whole-frame form (rows[ky] * (1 - ty) + rows[ky1] * ty) held
+    # three frame-sized planes at once, 192 MB at 4k on top of the score's products (issue
+    # 17's peak RSS); a band's temporaries are 4 MB, and the arithmetic is the same.
+    out = np.empty((shape[0], shape[1]), np.float32)
+    for y0 in range(0, shape[0], _MAP_BAND):
+        band = slice(y0, y0 + _MAP_BAND)
+        np.multiply(rows[ky[band]], (1 - ty[band])[:, None], out=out[band])
+        out[band] += rows[ky1[band]] * ty[band][:, None]
     # Only extrapolated rows and columns can fall below the floor: elsewhere each value is
     # a weighted mean of tiles, all >= their minimum.
     outer_rows = np.flatnonzero((ty < 0) | (ty > 1))

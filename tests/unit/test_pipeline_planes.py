@@ -89,6 +89,28 @@ def test_subtract_background_matches_estimate_background(dtype):
     assert np.isnan(img[100, 0])  # inputs untouched
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_subtract_background_overwrite_is_the_same_result(dtype):
+    # overwrite=True writes into float32 inputs (the pipeline's own calibrated planes) and
+    # gives the copying call's result bit for bit; other inputs are not touched.
+    rng = np.random.default_rng(4)
+    shape = (203, 141)
+    img = (20.0 + rng.normal(0.0, 3.0, shape)).astype(dtype)
+    var = np.full(shape, 9.0, dtype)
+    bad = rng.random(shape) < 0.05
+    img[bad & (rng.random(shape) < 0.5)] = np.nan
+    want_img, want_var = subtract_background(img, var, bad, box=32)
+    kept_img, kept_var = img.copy(), var.copy()
+    got_img, got_var = subtract_background(img, var, bad, box=32, overwrite=True)
+    np.testing.assert_array_equal(got_img, want_img)
+    np.testing.assert_array_equal(got_var, want_var)
+    in_place = dtype == np.float32
+    assert (got_img is img and got_var is var) == in_place
+    if not in_place:
+        np.testing.assert_array_equal(img, kept_img)
+        np.testing.assert_array_equal(var, kept_var)
+
+
 @pytest.mark.parametrize(
     ("change", "exc", "match"),
     [
