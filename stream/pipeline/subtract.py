@@ -29,7 +29,7 @@ from diffstream.jitcore.extendedness import extendedness
 from diffstream.jitcore.hostfit import hosts_from_catalogues, psf_fluxes, vet_detections
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, remap
 from diffstream.jitcore.noise import variance_scale_factor
-from diffstream.jitcore.planes import combine_planes
+from diffstream.jitcore.planes import combine_planes_hard
 from diffstream.jitcore.psf import PsfModel
 from diffstream.jitcore.starmatch import StarMatch
 from diffstream.jitcore.zogy import ZogyResult, zogy
@@ -302,9 +302,11 @@ def calibrate_pair(
         note(meta, "photoCalib", {"science": science.photo_calib, "template": template.photo_calib})
 
     unusable = bits(planes, list(UNUSABLE_PLANES))
-    mask, bad = combine_planes(science.mask, t_mask, unusable, s_img, t_img, s_var, t_var)
-    # Only what has no data is blanked (background: 0 and NaN); repaired defects stay data.
-    _, no_data = combine_planes(science.mask, t_mask, hard_bits(planes), s_img, t_img, s_var, t_var)
+    # ``no_data``: only what has no data is blanked (background: 0 and NaN); repaired
+    # defects stay data.  Both maps in one pass over the planes.
+    mask, bad, no_data = combine_planes_hard(
+        science.mask, t_mask, unusable, hard_bits(planes), s_img, t_img, s_var, t_var
+    )
 
     with meta.timer("background"):
         (s_img, s_var), (t_img, t_var) = both(
