@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffstream.jitcore._kernels.planes import combine_masks
+from diffstream.jitcore._kernels.planes import combine_masks, combine_masks_hard
 from diffstream.jitcore.masks import MASK_DTYPE
 
-__all__ = ["combine_planes"]
+__all__ = ["combine_planes", "combine_planes_hard"]
 
 
 def combine_planes(
@@ -24,22 +24,55 @@ def combine_planes(
 
     Both masks must already use one plane layout (diffstream.jitcore.masks.remap).
     """
-    planes = (science_mask, template_mask, science_image, template_image,
-              science_variance, template_variance)  # fmt: skip
+    ma, mb, f32 = _checked(science_mask, template_mask, unusable, science_image,
+                           template_image, science_variance, template_variance)  # fmt: skip
+    mask = np.empty(ma.shape, dtype=MASK_DTYPE)
+    bad = np.empty(ma.shape, dtype=np.bool_)
+    combine_masks(ma, mb, np.int32(unusable), f32[0], f32[1], f32[2], f32[3], mask, bad)
+    return mask, bad
+
+
+def combine_planes_hard(
+    science_mask: np.ndarray,
+    template_mask: np.ndarray,
+    unusable: int,
+    hard: int,
+    science_image: np.ndarray,
+    template_image: np.ndarray,
+    science_variance: np.ndarray,
+    template_variance: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mask, bad, hard_bad)``: :func:`combine_planes` and the same bad map for the ``hard``
+    bits, in one pass over the six planes instead of two (the pipeline's unusable and no-data
+    maps: a 4k pass is ~80 ms)."""
+    ma, mb, f32 = _checked(science_mask, template_mask, unusable, science_image,
+                           template_image, science_variance, template_variance)  # fmt: skip
+    _bits("hard", hard)
+    mask = np.empty(ma.shape, dtype=MASK_DTYPE)
+    bad = np.empty(ma.shape, dtype=np.bool_)
+    hard_bad = np.empty(ma.shape, dtype=np.bool_)
+    combine_masks_hard(ma, mb, np.int32(unusable), np.int32(hard), f32[0], f32[1], f32[2],
+                       f32[3], mask, bad, hard_bad)  # fmt: skip
+    return mask, bad, hard_bad
+
+
+def _bits(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int bit mask, got {type(value).__name__}")
+    if not 0 <= int(value) < 1 << 31:
+        raise ValueError(f"{name} must be in [0, 2**31), got {value}")
+
+
+def _checked(science_mask, template_mask, unusable, *images):
+    planes = (science_mask, template_mask, *images)
     shape = np.shape(science_mask)
     if len(shape) != 2:
         raise ValueError(f"masks must be 2-D, got shape {shape}")
     for p in planes:
         if np.shape(p) != shape:
             raise ValueError(f"all planes must have shape {shape}, got {np.shape(p)}")
-    if isinstance(unusable, bool) or not isinstance(unusable, int | np.integer):
-        raise TypeError(f"unusable must be an int bit mask, got {type(unusable).__name__}")
-    if not 0 <= int(unusable) < 1 << 31:
-        raise ValueError(f"unusable must be in [0, 2**31), got {unusable}")
+    _bits("unusable", unusable)
     ma = np.ascontiguousarray(science_mask, dtype=MASK_DTYPE)
     mb = np.ascontiguousarray(template_mask, dtype=MASK_DTYPE)
     f32 = [np.ascontiguousarray(p, dtype=np.float32) for p in planes[2:]]
-    mask = np.empty(shape, dtype=MASK_DTYPE)
-    bad = np.empty(shape, dtype=np.bool_)
-    combine_masks(ma, mb, np.int32(unusable), f32[0], f32[1], f32[2], f32[3], mask, bad)
-    return mask, bad
+    return ma, mb, f32

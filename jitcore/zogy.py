@@ -86,7 +86,6 @@ from diffstream.jitcore.psf import normalise_psf, psf_moments
 from diffstream.jitcore.robust import median_noise
 from diffstream.jitcore.tiles import (
     crop_centred,
-    embed_centred,
     fill_core_valid,
     fill_frame,
     footprint_radius,
@@ -448,14 +447,14 @@ def _tile(
     )
     f_s = zogy_fs(pn, pr, bden, f_n, f_r, fx)
     del pn, pr, bden
-    frame: np.ndarray = np.empty(ctx.frame, dtype=ctx.real)
-    k2 = []
-    for k, r in ((k_small[0], b), (k_small[1], b), (kd_small[0], r_d), (kd_small[1], r_d)):
-        embed_centred(crop_centred(k, r) ** 2, frame)
-        k2.append(ctx.rfft(frame))
-    kn2, kr2, kdn2, kdr2 = k2
-    del k2
+    # The kernel squares are compact stamps: their frame spectra skip the zero rows
+    # (stamp_spectrum), in the frame precision.
+    kn2, kr2, kdn2, kdr2 = (
+        stamp_spectrum(crop_centred(k, r) ** 2, ctx.frame, real=ctx.real)
+        for k, r in ((k_small[0], b), (k_small[1], b), (kd_small[0], r_d), (kd_small[1], r_d))
+    )
     # --- data ---------------------------------------------------------------------------
+    frame: np.ndarray = np.empty(ctx.frame, dtype=ctx.real)
     spec = {}
     for key, img in (("n", ctx.sci), ("r", ctx.tmpl), ("vn", ctx.svar), ("vr", ctx.tvar)):
         fill_frame(img, good, oy, ox, frame)

@@ -11,7 +11,7 @@ import math
 
 from diffstream.jitcore._jit import njit
 
-__all__ = ["combine_masks", "unusable_pixels", "usable_pair"]
+__all__ = ["combine_masks", "combine_masks_hard", "unusable_pixels", "usable_pair"]
 
 
 @njit
@@ -31,6 +31,28 @@ def combine_masks(
                 or not math.isfinite(variance_a[j, i])
                 or not math.isfinite(variance_b[j, i])
             )
+
+
+@njit
+def combine_masks_hard(
+    mask_a, mask_b, unusable, hard, image_a, image_b, variance_a, variance_b, out_mask,
+    out_bad, out_hard,
+):  # fmt: skip
+    """combine_masks, and out_hard = ``hard`` bits set or any plane value non-finite, in the
+    same pass (the pipeline's two bad maps: unusable, and no data)."""
+    ny, nx = mask_a.shape
+    for j in range(ny):
+        for i in range(nx):
+            m = mask_a[j, i] | mask_b[j, i]
+            out_mask[j, i] = m
+            nonfinite = (
+                not math.isfinite(image_a[j, i])
+                or not math.isfinite(image_b[j, i])
+                or not math.isfinite(variance_a[j, i])
+                or not math.isfinite(variance_b[j, i])
+            )
+            out_bad[j, i] = (m & unusable) != 0 or nonfinite
+            out_hard[j, i] = (m & hard) != 0 or nonfinite
 
 
 @njit

@@ -13,6 +13,7 @@ Exit codes: 0 done, 2 bad input (the message names the file and the reason), 3 n
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -303,5 +304,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_BAD_INPUT
 
 
+def script() -> int:
+    """The ``diffstream`` command and ``python -m diffstream``: :func:`main`, then the cyclic
+    garbage collector frozen for the interpreter's exit.
+
+    Why: the process is about to end and the OS takes its memory back, but finalisation still
+    runs the collector over every object the imports made (numba's, llvmlite's and astropy's
+    type machinery): 0.55-0.81 s of every command's exit, measured on ``diffstream subtract``
+    of a 1k pair, against 0.10-0.11 s frozen (issue 17's fixed overhead).  atexit handlers
+    (logging's flush, clients' close) still run; only unreachable cycles are left to the OS.
+    Not in :func:`main`, which tests and embedding programs call in a process that goes on.
+    """
+    rc = main()
+    gc.freeze()
+    return rc
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(script())

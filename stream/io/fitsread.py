@@ -1,8 +1,12 @@
 """Reading a FITS file's bytes and pixels for :mod:`diffstream.stream.io.fitsio`.
 
-The file is read once into memory; its SHA-256 is of exactly those bytes (no second read
-that could see a different file), computed on a background thread while the pixels are
-decoded (hashlib releases the GIL on large buffers, so the two overlap).
+The file is read once into memory and decoded from there.  Its SHA-256 is computed on a
+background thread at the lowest priority, while the pipeline runs (hashlib releases the GIL on
+large buffers, so the two overlap).  A large file's hash reads the file a second time, in 4 MB
+chunks, through the descriptor the bytes came from (the same file even if the path is replaced
+meanwhile; a size or mtime change in between is an error): hashing the in-memory bytes kept
+them alive until the starved thread got a core, up to 200 MB per file past the decode and the
+worker's peak RSS with them (issue 17).
 
 Pixels of plain image HDUs are taken straight from those bytes (``_direct_pixels``): one
 byte-swapping cast from the big-endian buffer to the native array we keep.  astropy's
@@ -64,12 +68,17 @@ def read_file(path: str, limit: int) -> tuple[bytes, Callable[[], str]]:
                 path=path,
                 reason="too_large",
             )
-        raw = p.read_bytes()
+        with p.open("rb") as fh:
+            before = os.fstat(fh.fileno())
+            raw = fh.read()
+            if len(raw) < _HASH_THREAD_MIN_BYTES:
+                sha256 = _sha256_of(raw)
+            else:  # the thread owns a duplicate of the descriptor (closed when hashed)
+                sha256 = _sha256_of_file(os.dup(fh.fileno()), before, path)
     except FileNotFoundError as exc:
         raise BadExposure("file not found", path=path, reason="missing") from exc
     except OSError as exc:
         raise BadExposure(f"cannot read file: {exc}", path=path, reason="unreadable") from exc
-    sha256 = _sha256_of(raw)
     if raw[:2] == b"\x1f\x8b":  # gzip; astropy only sniffs it for named files, not buffers
         try:
             with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
@@ -113,6 +122,48 @@ def _sha256_of(raw: bytes) -> Callable[[], str]:
             box["error"] = exc
 
     # A daemon thread: a load that fails while hashing does not wait for the hash.
+    thread = threading.Thread(target=run, name="fitsread-sha256", daemon=True)
+    thread.start()
+
+    def result() -> str:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return str(box["digest"])
+
+    return result
+
+
+_HASH_CHUNK = 4 * 2**20
+
+
+def _sha256_of_file(fd: int, before: os.stat_result, path: str) -> Callable[[], str]:
+    """The SHA-256 of the open file ``fd`` (which this takes over), read from its start on a
+    thread at the lowest priority; ``before`` is its fstat when the caller read it.  The
+    callable returned waits for the hash and raises its error."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        _yield_cpu()
+        try:
+            h = hashlib.sha256()
+            offset = 0
+            while chunk := os.pread(fd, _HASH_CHUNK, offset):
+                h.update(chunk)
+                offset += len(chunk)
+            after = os.fstat(fd)
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                box["error"] = BadExposure(
+                    "file changed while it was read (size or mtime): its checksum would not "
+                    "be of the pixels processed", path=path, reason="changed",
+                )  # fmt: skip
+            else:
+                box["digest"] = h.hexdigest()
+        except BaseException as exc:  # re-raised in the caller's thread by result()
+            box["error"] = exc
+        finally:
+            os.close(fd)
+
     thread = threading.Thread(target=run, name="fitsread-sha256", daemon=True)
     thread.start()
 

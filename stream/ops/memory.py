@@ -6,7 +6,7 @@ again.  On the virtual machines this runs on (Firecracker, free-page reporting t
 a re-fault is expensive: the science side of scaling, background and star finding at 4k
 took 1.47 s with fresh pages and 0.45 s with reused ones (same process, same data).  With
 ``mmap`` off and trimming off, freed blocks stay in the heap and are reused.  The price: the
-process keeps its peak RSS (~4 GB at 4k) between exposures instead of breathing, which is
+process keeps its peak RSS (~1.4 GB at 4k) between exposures instead of breathing, which is
 what a worker that processes one exposure after another wants anyway.
 
 Set ``DIFFSTREAM_KEEP_FREED_MEMORY=0`` to leave malloc alone (e.g. many small jobs sharing

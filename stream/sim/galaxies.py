@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.signal import fftconvolve
 from scipy.special import gammaincinv
 
 from diffstream.stream.sim import render
@@ -90,6 +89,11 @@ def add_galaxies(
 ) -> np.ndarray:  # fmt: skip
     """Add the PSF-convolved hosts to ``model_e`` (electrons) in place; returns the hosts'
     own image (electrons) for :func:`rescore`."""
+    # Here, not at import: scipy.signal brings scipy.stats, .interpolate and .optimize, ~0.4 s
+    # (1.2 s on a busy host) that every worker start-up paid through the warm-up's simulated
+    # pair, which has no hosts (issue 17).
+    from scipy.signal import fftconvolve
+
     ny, nx = model_e.shape
     own = np.zeros_like(model_e)
     for g in gals:

@@ -241,3 +241,29 @@ def test_detect_runs_on_subtracts_own_difference(first_run, tmp_path):
     assert abs(meta["counts"]["nDiaSources"] - first["counts"]["nDiaSources"]) <= max(
         2, 0.2 * first["counts"]["nDiaSources"]
     )
+
+
+def test_script_returns_mains_code_and_freezes_the_collector_after(monkeypatch):
+    # The console script (and python -m diffstream) is main() then gc.freeze() for a fast
+    # interpreter exit; the freeze comes after main has returned, never inside it.
+    import gc
+
+    from diffstream.stream.cli import main as cli_main
+
+    calls = []
+    monkeypatch.setattr(cli_main, "main", lambda: calls.append("main") or 3)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    assert cli_main.script() == 3
+    assert calls == ["main", "freeze"]
+
+
+def test_console_script_and_module_run_script():
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "diffstream"]
+    assert ep.value == "diffstream.stream.cli.main:script"
+    out = subprocess.run([sys.executable, "-m", "diffstream", "--version"], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    assert out.stdout.strip()

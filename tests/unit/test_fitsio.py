@@ -818,10 +818,10 @@ def test_argument_checks(tmp_path, kwargs, match):
 def test_unreadable_file(write_plain, monkeypatch):
     path = write_plain(np.zeros((20, 20), ">f4"))
 
-    def deny(self):
+    def deny(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(type(path), "read_bytes", deny)
+    monkeypatch.setattr(type(path), "open", deny)
     with pytest.raises(BadExposure, match=r"cannot read file: .*Permission denied") as info:
         load_exposure(path)
     assert isinstance(info.value.__cause__, PermissionError)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import sys
 import threading
 
 import numpy as np
@@ -292,3 +293,33 @@ def test_lowering_priority_failing_is_harmless(monkeypatch):
 
     monkeypatch.setattr(fitsread.os, "setpriority", refuse)
     fitsread._yield_cpu()  # no exception
+
+
+def test_threaded_hash_does_not_keep_the_bytes(tmp_path, monkeypatch):
+    # The deferred hash reads the file through its own descriptor: the bytes read for
+    # decoding can be freed before it runs (issue 17's peak RSS), and it is still theirs.
+    monkeypatch.setattr(fitsread, "_HASH_THREAD_MIN_BYTES", 0)
+    path = _mef(tmp_path, mask=np.zeros(SHAPE, np.int32))
+    gate = threading.Event()
+    monkeypatch.setattr(fitsread, "_yield_cpu", gate.wait)  # the thread waits for a core
+    raw, digest = fitsread.read_file(str(path), 10**9)
+    assert sys.getrefcount(raw) == 2  # ours and the call's: the waiting thread holds none
+    expected = hashlib.sha256(raw).hexdigest()
+    del raw
+    path.rename(tmp_path / "moved.fits")  # the descriptor still names the file read
+    gate.set()
+    assert digest() == expected
+
+
+def test_threaded_hash_refuses_a_file_changed_meanwhile(tmp_path, monkeypatch):
+    monkeypatch.setattr(fitsread, "_HASH_THREAD_MIN_BYTES", 0)
+    path = _mef(tmp_path, mask=np.zeros(SHAPE, np.int32))
+    gate = threading.Event()
+    monkeypatch.setattr(fitsread, "_yield_cpu", gate.wait)
+    _, digest = fitsread.read_file(str(path), 10**9)
+    with path.open("ab") as fh:  # appended in place while the hash waits
+        fh.write(b"\0" * 2880)
+    gate.set()
+    with pytest.raises(BadExposure, match="changed while it was read") as info:
+        digest()
+    assert info.value.fields["reason"] == "changed"

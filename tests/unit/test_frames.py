@@ -72,3 +72,16 @@ def test_stamp_spectrum_equals_rfft2_of_the_frame(shape, k):
     got = stamp_spectrum(stamp, shape)
     assert got.shape == ref.shape and got.dtype == np.complex128
     assert_allclose(got, ref, rtol=0, atol=1e-12 * np.abs(stamp).sum())
+
+
+@pytest.mark.parametrize(("shape", "k"), [((576, 576), 65), ((61, 60), 25), ((15, 16), 15)])
+def test_stamp_spectrum_single_precision(shape, k):
+    # ZOGY's kernel squares in single-precision frames: complex64, equal to the float32
+    # frame's rfft2 to float32 rounding.
+    stamp = np.random.default_rng(k).random((k, k))
+    frame = np.empty(shape, np.float32)
+    embed_centred(stamp.astype(np.float32), frame)
+    ref = sfft.rfft2(frame)
+    got = stamp_spectrum(stamp, shape, real=np.float32)
+    assert got.shape == ref.shape and got.dtype == np.complex64
+    assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(stamp).sum())

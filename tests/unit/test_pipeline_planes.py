@@ -13,7 +13,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from diffstream.jitcore.background import estimate_background, subtract_background
 from diffstream.jitcore.masks import DEFAULT_PLANES, bits
-from diffstream.jitcore.planes import combine_planes
+from diffstream.jitcore.planes import combine_planes, combine_planes_hard
 from diffstream.jitcore.psf import gaussian_psf, psf_moments
 from diffstream.jitcore.psfmeasure import measure_psf
 from diffstream.jitcore.sources import find_stars
@@ -45,6 +45,36 @@ def test_combine_planes_matches_numpy(shape):
     assert mask.dtype == np.int32 and bad.dtype == np.bool_
     assert_array_equal(mask, ref_mask)
     assert_array_equal(bad, ref_bad)
+
+
+HARD = bits(DEFAULT_PLANES, ("NO_DATA",))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 33)])
+def test_combine_planes_hard_matches_numpy(shape):
+    si, sv, sm = _planes(3, shape)
+    ti, tv, tm = _planes(4, shape, np.float64)
+    mask, bad, hard = combine_planes_hard(sm, tm, UNUSABLE, HARD, si, ti, sv, tv)
+    ref_mask = sm | tm
+    nonfinite = ~np.isfinite(si) | ~np.isfinite(ti) | ~np.isfinite(sv) | ~np.isfinite(tv)
+    assert hard.dtype == np.bool_
+    assert_array_equal(mask, ref_mask)
+    assert_array_equal(bad, ((ref_mask & UNUSABLE) != 0) | nonfinite)
+    assert_array_equal(hard, ((ref_mask & HARD) != 0) | nonfinite)
+    if shape == (64, 33):  # the premise: the two maps differ somewhere
+        assert (bad != hard).any()
+
+
+@pytest.mark.parametrize(
+    ("hard", "exc", "match"),
+    [(True, TypeError, "hard must be an int bit mask, got bool"),
+     (-1, ValueError, r"hard must be in \[0, 2\*\*31\), got -1")],
+)  # fmt: skip
+def test_combine_planes_hard_checks(hard, exc, match):
+    z = np.zeros((4, 4))
+    zi = np.zeros((4, 4), np.int32)
+    with pytest.raises(exc, match=match):
+        combine_planes_hard(zi, zi, 1, hard, z, z, z, z)
 
 
 @pytest.mark.parametrize(
@@ -87,6 +117,28 @@ def test_subtract_background_matches_estimate_background(dtype):
     assert_allclose(out_var, ref_var, equal_nan=True)
     assert np.abs(np.median(out_img[~bad])) < 0.1
     assert np.isnan(img[100, 0])  # inputs untouched
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_subtract_background_overwrite_is_the_same_result(dtype):
+    # overwrite=True writes into float32 inputs (the pipeline's own calibrated planes) and
+    # gives the copying call's result bit for bit; other inputs are not touched.
+    rng = np.random.default_rng(4)
+    shape = (203, 141)
+    img = (20.0 + rng.normal(0.0, 3.0, shape)).astype(dtype)
+    var = np.full(shape, 9.0, dtype)
+    bad = rng.random(shape) < 0.05
+    img[bad & (rng.random(shape) < 0.5)] = np.nan
+    want_img, want_var = subtract_background(img, var, bad, box=32)
+    kept_img, kept_var = img.copy(), var.copy()
+    got_img, got_var = subtract_background(img, var, bad, box=32, overwrite=True)
+    np.testing.assert_array_equal(got_img, want_img)
+    np.testing.assert_array_equal(got_var, want_var)
+    in_place = dtype == np.float32
+    assert (got_img is img and got_var is var) == in_place
+    if not in_place:
+        np.testing.assert_array_equal(img, kept_img)
+        np.testing.assert_array_equal(var, kept_var)
 
 
 @pytest.mark.parametrize(

@@ -118,3 +118,17 @@ def test_a_failed_warm_up_is_logged_and_the_worker_still_runs(
     assert "warm-up did not finish (ValueError: found 3 usable PSF stars" in caplog.text
     assert "consuming anyway" in caplog.text
     assert 0 < served[0].value("diffstream_warmup_seconds", ok="false") < 5
+
+
+def test_warm_up_leaves_scipy_signal_unimported():
+    # Issue 17's start-up budget: the worker's warm-up (imports and a simulated pair without
+    # host galaxies) must not pull scipy.signal (and its scipy.stats), ~0.4 s of imports.
+    code = (
+        "import sys\n"
+        "from diffstream.stream.cli.warmup import warm_up\n"
+        "from diffstream.stream.ops.settings import Settings\n"
+        "warm_up(Settings(), shape=(256, 256))\n"
+        "print(sorted(m for m in ('scipy.signal', 'scipy.stats') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
