@@ -50,6 +50,9 @@ class Outcome:
     found: np.ndarray  # bool
     psf_flux: np.ndarray  # NaN when not found
     n_false: int
+    why: list  # per fake: "" when found, else why not (see _why_missed)
+    forced_gain: np.ndarray  # per fake: forced PSF flux at the diaSource, injected - clean run
+    covered: np.ndarray  # per fake: its PSF core (1 FWHM) all valid in the clean run
 
 
 def _path(tag: str) -> Path:
@@ -66,7 +69,7 @@ def run_pair(sci: Path, tmpl: Path, exposure_id: int):
 
 def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_store: dict):
     from diffstream.stream.cli.inject import inject_file
-    from diffstream.stream.sim.inject import match_positions, not_already_there
+    from diffstream.stream.sim.inject import covered, match_positions, not_already_there
 
     s_tag, t_tag = pair.split("-")
     sci, tmpl = _path(s_tag), _path(t_tag)
@@ -84,8 +87,12 @@ def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_sto
         pos = [s for s in res.dia_sources if not s.get("isNegative")]
         fx = np.array([s["x"] for s in pos])
         fy = np.array([s["y"] for s in pos])
-        hit = match_positions(truth.x, truth.y, fx, fy, max(2.0, truth.fwhm))
-        hit = not_already_there(hit, truth.flux, pos, clean.dia_sources)  # residuals aren't fakes
+        near = match_positions(truth.x, truth.y, fx, fy, max(2.0, truth.fwhm))
+        hit = not_already_there(near, truth.flux, pos, clean.dia_sources)  # residuals aren't fakes
+        why = [_why_missed(res, truth.x[i], truth.y[i], pos[j] if j >= 0 else None)
+               if hit[i] < 0 else "" for i, j in enumerate(near)]  # fmt: skip
+        gain = np.array([_forced(res, pos[j]) - _forced(clean, pos[j]) if j >= 0 else np.nan
+                         for j in near])  # fmt: skip
         psf_flux = np.array([pos[j]["psfFlux"] if j >= 0 else np.nan for j in hit])
         matched = {id(pos[j]) for j in hit if j >= 0}
         n_false = 0
@@ -96,8 +103,35 @@ def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_sto
                 continue  # already in the clean run: not made by the fakes
             n_false += 1
         out.append(Outcome(pair, truth.snr, truth.flux, truth.on_host, hit >= 0,
-                           psf_flux, n_false))  # fmt: skip
+                           psf_flux, n_false, why, gain,
+                           covered(clean.zogy.valid, truth.x, truth.y, truth.fwhm)))  # fmt: skip
     return out
+
+
+def _why_missed(res, x: float, y: float, src) -> str:
+    """Why a fake counts as missed: its pixel has no valid score ("invalid"), no positive
+    diaSource lies within the matching radius ("no detection"), the one there was merged
+    into a dipole ("dipole"), or it is a residual the clean run has too and its psfFlux did
+    not rise by half the injected flux ("residual")."""
+    if not res.zogy.valid[int(round(y)), int(round(x))]:
+        return "invalid"
+    if src is None:
+        return "no detection"
+    return "dipole" if src.get("isDipole") else "residual"
+
+
+def _forced(res, src) -> float:
+    """PSF-weighted flux of ``res``'s difference at ``src``'s nearest pixel (diagnostic: the
+    clean and injected runs measured at one position, unlike their diaSources)."""
+    z = res.zogy
+    p = np.asarray(z.tile_at(src["x"], src["y"]).psf_d, dtype=np.float64)
+    h = p.shape[0] // 2
+    ix, iy = int(round(src["x"])), int(round(src["y"]))
+    ny, nx = z.difference.shape
+    if not (h <= ix < nx - h and h <= iy < ny - h):
+        return float("nan")
+    d = z.difference[iy - h : iy + h + 1, ix - h : ix + h + 1].astype(np.float64)
+    return float(np.sum(p * d) / np.sum(p * p))
 
 
 def report(outcomes: list[Outcome], label: str) -> None:
@@ -121,6 +155,27 @@ def report(outcomes: list[Outcome], label: str) -> None:
         sel = (host == h) & found & (snr >= 15)
         ratio = np.median(pf[sel] / flux[sel]) if sel.any() else np.nan
         print(f"  median psfFlux / injected, {name}, S/N >= 15: {ratio:.3f} (n={int(sel.sum())})")
+    why = np.array([w for o in outcomes for w in o.why])
+    gain = np.concatenate([o.forced_gain for o in outcomes])
+    miss = host & ~found & (snr >= 15)
+    kinds = ("invalid", "no detection", "dipole", "residual")
+    print(f"  hosted S/N >= 15 missed: {int(miss.sum())} of {int((host & (snr >= 15)).sum())}: "
+          + ", ".join(f"{k} {int((why[miss] == k).sum())}" for k in kinds))  # fmt: skip
+    res = miss & (why == "residual")
+    if res.any():
+        g = np.nanpercentile(gain[res] / flux[res], [25, 50, 75])
+        print(f"    'residual' misses: forced flux gain at the diaSource / injected, quartiles "
+              f"{g[0]:.2f} {g[1]:.2f} {g[2]:.2f}")  # fmt: skip
+    cov = np.concatenate([o.covered for o in outcomes])
+    cells = []
+    for h, name in ((False, "hostless"), (True, "hosted")):
+        sel = cov & (host == h) & (snr >= 15)
+        cells.append(f"{name} {found[sel].mean():.2f} ({int(found[sel].sum())}/{int(sel.sum())})"
+                     if sel.any() else f"{name} -")  # fmt: skip
+    print(
+        f"  S/N >= 15 on covered pixels (PSF core valid in the clean run): {', '.join(cells)};"
+        f" left out {int((~cov & host).sum())} hosted, {int((~cov & ~host).sum())} hostless"
+    )
     nf = [o.n_false for o in outcomes]
     print(f"  new false detections per injected run: mean {np.mean(nf):.2f}, max {max(nf)}")
 
