@@ -23,7 +23,7 @@ import pytest
 from diffstream.stream.cli.inject import inject_file
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.subtract import subtract_files
-from diffstream.stream.sim.inject import covered, match_positions, not_already_there
+from diffstream.stream.sim.inject import match_positions, not_already_there
 
 pytestmark = [pytest.mark.science, pytest.mark.slow]
 
@@ -68,14 +68,10 @@ def _pooled(pairs, tmp_path_factory):
             hit = match_positions(fakes.x, fakes.y, px, py, max(2.0, fakes.fwhm))
             # A fake on a star is not found by the star's own residual (found without it).
             hit = not_already_there(hit, fakes.flux, pos, clean.dia_sources)
-            # Completeness counts fakes whose PSF core the clean run's score covers (not in
-            # the edge strip the ZOGY kernels make invalid), on hosts and on sky alike.
-            cov = covered(clean.zogy.valid, fakes.x, fakes.y, fakes.fwhm)
             for i, j in enumerate(hit):
                 src = pos[j] if j >= 0 else None
                 rows.append({"pair": pair, "snr": fakes.snr[i], "flux": fakes.flux[i],
-                             "host": bool(fakes.on_host[i]), "src": src,
-                             "covered": bool(cov[i])})  # fmt: skip
+                             "host": bool(fakes.on_host[i]), "src": src})  # fmt: skip
             matched = {id(pos[j]) for j in hit if j >= 0}
             new = [
                 s for s in res.dia_sources
@@ -97,7 +93,7 @@ def held_out(tmp_path_factory):
 
 
 def _completeness(rows, *, host: bool, lo: float, hi: float = np.inf) -> tuple[float, int]:
-    sel = [r for r in rows if r["host"] == host and r["covered"] and lo <= r["snr"] < hi]
+    sel = [r for r in rows if r["host"] == host and lo <= r["snr"] < hi]
     return (sum(r["src"] is not None for r in sel) / len(sel) if sel else np.nan), len(sel)
 
 
