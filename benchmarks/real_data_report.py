@@ -1,14 +1,17 @@
 """Injection and recovery on the real DECam pairs (tests/data/real/): the science report.
 
     .venv/bin/python benchmarks/real_data_report.py [--seeds 3] [--snr 5 40] [--psf-model]
-        [--mosaic clean-detections.png] [--pairs 18c-04c 18d-04d ...]
+        [--mosaic clean-detections.png] [--pairs 18c-04c 18d-04d ...] [--measure-scale]
 
 For each pairing (science of epoch 18 minus template of epoch 04) and seed, fakes are put into
 the science exposure with ``diffstream inject``'s function (stream/cli/inject.py): half on the
 light of stars and galaxies ("hosted"), half on empty sky ("hostless"), shaped by stamps of
 the exposure's own bright stars (``--psf-model``: by its PSF model), with S/N from the total
 noise over the PSF uniform in ``--snr``.  The pair then goes through ``subtract_files``, as
-``diffstream subtract --allow-uncalibrated`` runs it (fluxes in counts).  Printed, for hosted
+``diffstream subtract --allow-uncalibrated`` runs it (fluxes in counts), with the clean run's
+template flux scale F_r (Settings.template_flux_ratio: a calibration of the pair, which the
+fakes on its few bright stars would move; ``--measure-scale`` measures it again on the
+injected image, fakes and all).  Printed, for hosted
 and hostless fakes apart:
 
 - completeness by S/N (a fake matched to a diaSource that the clean run has too counts only
@@ -59,15 +62,18 @@ def _path(tag: str) -> Path:
     return DATA / f"DEC-OBS{tag}.fits"
 
 
-def run_pair(sci: Path, tmpl: Path, exposure_id: int):
+def run_pair(sci: Path, tmpl: Path, exposure_id: int, f_r: float | None = None):
     from diffstream.stream.ops.settings import Settings
     from diffstream.stream.pipeline.subtract import subtract_files
 
-    settings = Settings(allow_uncalibrated=True)
+    settings = Settings(allow_uncalibrated=True, template_flux_ratio=f_r)
     return subtract_files(str(sci), str(tmpl), settings=settings, exposure_id=exposure_id)
 
 
-def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_store: dict):
+def measure(
+    pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_store: dict,
+    measure_scale: bool = False,
+):  # fmt: skip
     from diffstream.stream.cli.inject import inject_file
     from diffstream.stream.sim.inject import covered, match_positions, not_already_there
 
@@ -75,6 +81,10 @@ def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_sto
     sci, tmpl = _path(s_tag), _path(t_tag)
     clean = run_pair(sci, tmpl, exposure_id=1)
     clean_store[pair] = clean
+    # The injected runs keep the clean run's flux scale (a calibration: fakes on the pair's
+    # few bright stars would move a scale measured on them), unless --measure-scale.
+    scale = clean.metadata.get("photoScale", step=clean.metadata.name)
+    f_r = None if measure_scale else float(scale["fR"])
     cx = np.array([s["x"] for s in clean.dia_sources])
     cy = np.array([s["y"] for s in clean.dia_sources])
     out = []
@@ -83,7 +93,7 @@ def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_sto
         truth = inject_file(sci, dst, seed=1000 * seed + sum(map(ord, pair)), snr=snr,
                             from_stars=star_shapes, n_host=8, n_sky=12,
                             allow_uncalibrated=True)  # fmt: skip
-        res = run_pair(dst, tmpl, exposure_id=2 + seed)
+        res = run_pair(dst, tmpl, exposure_id=2 + seed, f_r=f_r)
         pos = [s for s in res.dia_sources if not s.get("isNegative")]
         fx = np.array([s["x"] for s in pos])
         fy = np.array([s["y"] for s in pos])
@@ -218,14 +228,19 @@ def main() -> int:
     ap.add_argument("--psf-model", action="store_true", help="fakes shaped by the PSF model")
     ap.add_argument("--pairs", nargs="+", default=PAIRS)
     ap.add_argument("--mosaic", default="clean-detections.png")
+    ap.add_argument(
+        "--measure-scale",
+        action="store_true",
+        help="injected runs measure F_r on their own stars (fakes on them too)",
+    )
     args = ap.parse_args()
     clean: dict = {}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         stars = not args.psf_model
-        tuned = [o for p in args.pairs if p not in HELD_OUT
-                 for o in measure(p, args.seeds, args.snr, stars, work, clean)]  # fmt: skip
-        held = [o for p in HELD_OUT for o in measure(p, args.seeds, args.snr, stars, work, clean)]
+        opts = (args.seeds, args.snr, stars, work, clean, args.measure_scale)
+        tuned = [o for p in args.pairs if p not in HELD_OUT for o in measure(p, *opts)]
+        held = [o for p in HELD_OUT for o in measure(p, *opts)]
     shape = "PSF model" if args.psf_model else "star stamps"
     report(tuned, f"pairings {' '.join(p for p in args.pairs if p not in HELD_OUT)} ({shape})")
     report(held, f"HELD-OUT pairing {' '.join(HELD_OUT)} ({shape})")

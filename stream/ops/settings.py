@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     dipole_rel_weight: float = Field(0.5, gt=0, description="weight of science+template in fit")
     dipole_radius: float = Field(10.0, ge=0, description="pairing radius of +/- detections (px)")
     allow_uncalibrated: bool = Field(False, description="accept exposures without photo calib")
+    # The flux scale is a calibration of the pair: measured on the stars, it moves with any of
+    # them that varies.  A 256 x 256 DECam pair has 4 such stars, and fakes on three of them
+    # moved F_r by 6-17% (1.10 -> 0.92-1.04), leaving every star a residual that hid the fakes
+    # (issue 12).  Given, it is the scale an earlier run or an external calibration measured,
+    # as LSST injects into an exposure already calibrated.
+    template_flux_ratio: float | None = Field(
+        None, gt=0, description="ZOGY F_r of an uncalibrated pair, given (None: from its stars)"
+    )
     max_pixels: int = Field(64 * 2**20, ge=1, description="largest image accepted (pixels)")
     max_nonfinite_fraction: float = Field(0.5, ge=0.0, le=1.0)
     ap_radius: float = Field(
@@ -257,6 +265,7 @@ class Settings(BaseSettings):
             "exposure_bits", "refit_astrometry", "astrometry_order", "dipole_fit", "dipole_merge",
             "dipole_snr_min", "dipole_max_flux_ratio", "dipole_max_area", "dipole_max_separation",
             "dipole_rel_weight", "dipole_radius", "association_radius_arcsec",
+            "template_flux_ratio",
         ]  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
