@@ -1,14 +1,17 @@
 """Injection and recovery on the real DECam pairs (tests/data/real/): the science report.
 
     .venv/bin/python benchmarks/real_data_report.py [--seeds 3] [--snr 5 40] [--psf-model]
-        [--mosaic clean-detections.png] [--pairs 18c-04c 18d-04d ...]
+        [--mosaic clean-detections.png] [--pairs 18c-04c 18d-04d ...] [--measure-scale]
 
 For each pairing (science of epoch 18 minus template of epoch 04) and seed, fakes are put into
 the science exposure with ``diffstream inject``'s function (stream/cli/inject.py): half on the
 light of stars and galaxies ("hosted"), half on empty sky ("hostless"), shaped by stamps of
 the exposure's own bright stars (``--psf-model``: by its PSF model), with S/N from the total
 noise over the PSF uniform in ``--snr``.  The pair then goes through ``subtract_files``, as
-``diffstream subtract --allow-uncalibrated`` runs it (fluxes in counts).  Printed, for hosted
+``diffstream subtract --allow-uncalibrated`` runs it (fluxes in counts), with the clean run's
+template flux scale F_r (Settings.template_flux_ratio: a calibration of the pair, which the
+fakes on its few bright stars would move; ``--measure-scale`` measures it again on the
+injected image, fakes and all).  Printed, for hosted
 and hostless fakes apart:
 
 - completeness by S/N (a fake matched to a diaSource that the clean run has too counts only
@@ -50,28 +53,38 @@ class Outcome:
     found: np.ndarray  # bool
     psf_flux: np.ndarray  # NaN when not found
     n_false: int
+    why: list  # per fake: "" when found, else why not (see _why_missed)
+    forced_gain: np.ndarray  # per fake: forced PSF flux at the diaSource, injected - clean run
+    covered: np.ndarray  # per fake: its PSF core (1 FWHM) all valid in the clean run
 
 
 def _path(tag: str) -> Path:
     return DATA / f"DEC-OBS{tag}.fits"
 
 
-def run_pair(sci: Path, tmpl: Path, exposure_id: int):
+def run_pair(sci: Path, tmpl: Path, exposure_id: int, f_r: float | None = None):
     from diffstream.stream.ops.settings import Settings
     from diffstream.stream.pipeline.subtract import subtract_files
 
-    settings = Settings(allow_uncalibrated=True)
+    settings = Settings(allow_uncalibrated=True, template_flux_ratio=f_r)
     return subtract_files(str(sci), str(tmpl), settings=settings, exposure_id=exposure_id)
 
 
-def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_store: dict):
+def measure(
+    pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_store: dict,
+    measure_scale: bool = False,
+):  # fmt: skip
     from diffstream.stream.cli.inject import inject_file
-    from diffstream.stream.sim.inject import match_positions, not_already_there
+    from diffstream.stream.sim.inject import covered, match_positions, not_already_there
 
     s_tag, t_tag = pair.split("-")
     sci, tmpl = _path(s_tag), _path(t_tag)
     clean = run_pair(sci, tmpl, exposure_id=1)
     clean_store[pair] = clean
+    # The injected runs keep the clean run's flux scale (a calibration: fakes on the pair's
+    # few bright stars would move a scale measured on them), unless --measure-scale.
+    scale = clean.metadata.get("photoScale", step=clean.metadata.name)
+    f_r = None if measure_scale else float(scale["fR"])
     cx = np.array([s["x"] for s in clean.dia_sources])
     cy = np.array([s["y"] for s in clean.dia_sources])
     out = []
@@ -80,12 +93,16 @@ def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_sto
         truth = inject_file(sci, dst, seed=1000 * seed + sum(map(ord, pair)), snr=snr,
                             from_stars=star_shapes, n_host=8, n_sky=12,
                             allow_uncalibrated=True)  # fmt: skip
-        res = run_pair(dst, tmpl, exposure_id=2 + seed)
+        res = run_pair(dst, tmpl, exposure_id=2 + seed, f_r=f_r)
         pos = [s for s in res.dia_sources if not s.get("isNegative")]
         fx = np.array([s["x"] for s in pos])
         fy = np.array([s["y"] for s in pos])
-        hit = match_positions(truth.x, truth.y, fx, fy, max(2.0, truth.fwhm))
-        hit = not_already_there(hit, truth.flux, pos, clean.dia_sources)  # residuals aren't fakes
+        near = match_positions(truth.x, truth.y, fx, fy, max(2.0, truth.fwhm))
+        hit = not_already_there(near, truth.flux, pos, clean.dia_sources)  # residuals aren't fakes
+        why = [_why_missed(res, truth.x[i], truth.y[i], pos[j] if j >= 0 else None)
+               if hit[i] < 0 else "" for i, j in enumerate(near)]  # fmt: skip
+        gain = np.array([_forced(res, pos[j]) - _forced(clean, pos[j]) if j >= 0 else np.nan
+                         for j in near])  # fmt: skip
         psf_flux = np.array([pos[j]["psfFlux"] if j >= 0 else np.nan for j in hit])
         matched = {id(pos[j]) for j in hit if j >= 0}
         n_false = 0
@@ -96,8 +113,35 @@ def measure(pair: str, seeds: int, snr, star_shapes: bool, work: Path, clean_sto
                 continue  # already in the clean run: not made by the fakes
             n_false += 1
         out.append(Outcome(pair, truth.snr, truth.flux, truth.on_host, hit >= 0,
-                           psf_flux, n_false))  # fmt: skip
+                           psf_flux, n_false, why, gain,
+                           covered(clean.zogy.valid, truth.x, truth.y, truth.fwhm)))  # fmt: skip
     return out
+
+
+def _why_missed(res, x: float, y: float, src) -> str:
+    """Why a fake counts as missed: its pixel has no valid score ("invalid"), no positive
+    diaSource lies within the matching radius ("no detection"), the one there was merged
+    into a dipole ("dipole"), or it is a residual the clean run has too and its psfFlux did
+    not rise by half the injected flux ("residual")."""
+    if not res.zogy.valid[int(round(y)), int(round(x))]:
+        return "invalid"
+    if src is None:
+        return "no detection"
+    return "dipole" if src.get("isDipole") else "residual"
+
+
+def _forced(res, src) -> float:
+    """PSF-weighted flux of ``res``'s difference at ``src``'s nearest pixel (diagnostic: the
+    clean and injected runs measured at one position, unlike their diaSources)."""
+    z = res.zogy
+    p = np.asarray(z.tile_at(src["x"], src["y"]).psf_d, dtype=np.float64)
+    h = p.shape[0] // 2
+    ix, iy = int(round(src["x"])), int(round(src["y"]))
+    ny, nx = z.difference.shape
+    if not (h <= ix < nx - h and h <= iy < ny - h):
+        return float("nan")
+    d = z.difference[iy - h : iy + h + 1, ix - h : ix + h + 1].astype(np.float64)
+    return float(np.sum(p * d) / np.sum(p * p))
 
 
 def report(outcomes: list[Outcome], label: str) -> None:
@@ -121,6 +165,27 @@ def report(outcomes: list[Outcome], label: str) -> None:
         sel = (host == h) & found & (snr >= 15)
         ratio = np.median(pf[sel] / flux[sel]) if sel.any() else np.nan
         print(f"  median psfFlux / injected, {name}, S/N >= 15: {ratio:.3f} (n={int(sel.sum())})")
+    why = np.array([w for o in outcomes for w in o.why])
+    gain = np.concatenate([o.forced_gain for o in outcomes])
+    miss = host & ~found & (snr >= 15)
+    kinds = ("invalid", "no detection", "dipole", "residual")
+    print(f"  hosted S/N >= 15 missed: {int(miss.sum())} of {int((host & (snr >= 15)).sum())}: "
+          + ", ".join(f"{k} {int((why[miss] == k).sum())}" for k in kinds))  # fmt: skip
+    res = miss & (why == "residual")
+    if res.any():
+        g = np.nanpercentile(gain[res] / flux[res], [25, 50, 75])
+        print(f"    'residual' misses: forced flux gain at the diaSource / injected, quartiles "
+              f"{g[0]:.2f} {g[1]:.2f} {g[2]:.2f}")  # fmt: skip
+    cov = np.concatenate([o.covered for o in outcomes])
+    cells = []
+    for h, name in ((False, "hostless"), (True, "hosted")):
+        sel = cov & (host == h) & (snr >= 15)
+        cells.append(f"{name} {found[sel].mean():.2f} ({int(found[sel].sum())}/{int(sel.sum())})"
+                     if sel.any() else f"{name} -")  # fmt: skip
+    print(
+        f"  S/N >= 15 on covered pixels (PSF core valid in the clean run): {', '.join(cells)};"
+        f" left out {int((~cov & host).sum())} hosted, {int((~cov & ~host).sum())} hostless"
+    )
     nf = [o.n_false for o in outcomes]
     print(f"  new false detections per injected run: mean {np.mean(nf):.2f}, max {max(nf)}")
 
@@ -163,14 +228,19 @@ def main() -> int:
     ap.add_argument("--psf-model", action="store_true", help="fakes shaped by the PSF model")
     ap.add_argument("--pairs", nargs="+", default=PAIRS)
     ap.add_argument("--mosaic", default="clean-detections.png")
+    ap.add_argument(
+        "--measure-scale",
+        action="store_true",
+        help="injected runs measure F_r on their own stars (fakes on them too)",
+    )
     args = ap.parse_args()
     clean: dict = {}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         stars = not args.psf_model
-        tuned = [o for p in args.pairs if p not in HELD_OUT
-                 for o in measure(p, args.seeds, args.snr, stars, work, clean)]  # fmt: skip
-        held = [o for p in HELD_OUT for o in measure(p, args.seeds, args.snr, stars, work, clean)]
+        opts = (args.seeds, args.snr, stars, work, clean, args.measure_scale)
+        tuned = [o for p in args.pairs if p not in HELD_OUT for o in measure(p, *opts)]
+        held = [o for p in HELD_OUT for o in measure(p, *opts)]
     shape = "PSF model" if args.psf_model else "star stamps"
     report(tuned, f"pairings {' '.join(p for p in args.pairs if p not in HELD_OUT)} ({shape})")
     report(held, f"HELD-OUT pairing {' '.join(HELD_OUT)} ({shape})")

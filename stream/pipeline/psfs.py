@@ -183,12 +183,25 @@ def template_scale(
     """ZOGY's F_r: 1 for calibrated pairs; the matched stars' flux ratio for uncalibrated
     counts (--allow-uncalibrated), whose throughputs differ (DECam epochs 18 vs 04: 6-9%):
     unscaled, every bright star left a point-source residual of that fraction of its flux,
-    hiding sources on it (issue 12).  3 matched stars suffice (jitcore/starmatch.py)."""
+    hiding sources on it (issue 12).  3 matched stars suffice (jitcore/starmatch.py).
+    ``settings.template_flux_ratio``, when set, is used instead of the stars' ratio (which is
+    still noted, as ``fRStars``): a calibration measured without the sources now on the
+    stars."""
     f_r = 1.0
+    source = "none"
     uncalibrated = science.photo_calib is None or template.photo_calib is None
-    if settings.method == "zogy" and uncalibrated and stars.n_matched >= 3:
-        f_r = stars.flux_ratio
-    note(meta, "photoScale", {"fR": f_r, "applied": f_r != 1.0})
+    if settings.method == "zogy" and uncalibrated:
+        if settings.template_flux_ratio is not None:
+            f_r, source = float(settings.template_flux_ratio), "given"
+        elif stars.n_matched >= 3:
+            f_r, source = stars.flux_ratio, "stars"
+    elif settings.template_flux_ratio is not None:
+        # Calibrated pairs (and AL, which fits its own kernel sum) have their scale already.
+        log.warning("template_flux_ratio %g ignored: the pair is calibrated or the method is "
+                    "%s", settings.template_flux_ratio, settings.method)  # fmt: skip
+        source = "ignored"
+    note(meta, "photoScale", {"fR": f_r, "applied": f_r != 1.0, "source": source,
+                              "fRStars": stars.flux_ratio, "nStars": stars.n_matched})  # fmt: skip
     return f_r
 
 

@@ -33,6 +33,7 @@ from diffstream.jitcore.sources import find_stars
 __all__ = [
     "Scene",
     "choose_positions",
+    "covered",
     "inject",
     "psf_stamp",
     "scene",
@@ -266,6 +267,28 @@ def match_positions(
             break
         if out[i] < 0 and not taken[j]:
             out[i], taken[j] = j, True
+    return out
+
+
+def covered(valid: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
+    """For each position, whether every pixel within ``radius`` px of it is inside the image
+    and ``valid`` (a difference's valid map: True where the score is defined).
+
+    A fake whose PSF core reaches into the invalid area (the strip along the edges that the
+    ZOGY kernels' footprint makes invalid, 22 px wide on the DECam pairs, or a masked star)
+    cannot be found by any detection there, on a host or on sky; LSST's injection
+    completeness likewise leaves out sources on EDGE / NO_DATA pixels.
+    """
+    ny, nx = valid.shape
+    r = int(np.ceil(radius))
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    disc = dx * dx + dy * dy <= radius * radius
+    out = np.zeros(len(x), bool)
+    for i, (xi, yi) in enumerate(zip(x, y, strict=True)):
+        ix, iy = int(round(float(xi))), int(round(float(yi)))
+        if not (r <= ix < nx - r and r <= iy < ny - r):
+            continue
+        out[i] = bool(valid[iy - r : iy + r + 1, ix - r : ix + r + 1][disc].all())
     return out
 
 

@@ -9,6 +9,12 @@ own photon noise).  The template is a single exposure as deep as the science, so
 fake reaches in the difference is about 1/sqrt(2) of it: completeness is judged at the
 issue's S/N thresholds on that science S/N.
 
+The injected runs take the clean run's template flux scale (Settings.template_flux_ratio),
+as LSST injects into an exposure already calibrated: these uncalibrated pairs measure it on
+their 4 bright stars, and with fakes on three of them it moved by 6-17% and left every star
+a residual that hid the fakes on it.  The PSFs are still measured again on the injected
+images.
+
 The seeds here (JUDGE_SEEDS) are not the ones benchmarks/real_data_report.py uses to look at
 the data (0, 1, ...): nothing was tuned on them.
 """
@@ -43,9 +49,16 @@ def _path(tag: str) -> str:
     return str(REAL_DIR / f"DEC-OBS{tag}.fits")
 
 
-def _run(sci: str, tmpl: str, exposure_id: int):
-    return subtract_files(sci, tmpl, settings=Settings(allow_uncalibrated=True),
-                          exposure_id=exposure_id)  # fmt: skip
+def _run(sci: str, tmpl: str, exposure_id: int, f_r: float | None = None):
+    settings = Settings(allow_uncalibrated=True, template_flux_ratio=f_r)
+    return subtract_files(sci, tmpl, settings=settings, exposure_id=exposure_id)
+
+
+def _flux_scale(result) -> float:
+    """The template flux scale F_r a run measured on its stars (the clean run's)."""
+    scale = result.metadata.get("photoScale", step=result.metadata.name)
+    assert scale["source"] == "stars", scale
+    return float(scale["fR"])
 
 
 def _pooled(pairs, tmp_path_factory):
@@ -56,13 +69,14 @@ def _pooled(pairs, tmp_path_factory):
         psf = clean.metadata.get("psf", step=clean.metadata.name)
         # The premise: PSFs measured from the stars, not a keyword Gaussian.
         assert psf["science"]["source"] == "measured", (pair, psf["science"])
+        f_r = _flux_scale(clean)
         cx = np.array([s["x"] for s in clean.dia_sources])
         cy = np.array([s["y"] for s in clean.dia_sources])
         for seed in JUDGE_SEEDS:
             dst = tmp_path_factory.mktemp(f"{pair}-{seed}") / "injected.fits"
             fakes = inject_file(_path(s_tag), dst, n_host=8, n_sky=12, snr=(5.0, 40.0),
                                 from_stars=True, seed=seed, allow_uncalibrated=True)  # fmt: skip
-            res = _run(str(dst), _path(t_tag), 2)
+            res = _run(str(dst), _path(t_tag), 2, f_r)
             pos = [s for s in res.dia_sources if not s["isNegative"]]
             px, py = np.array([s["x"] for s in pos]), np.array([s["y"] for s in pos])
             hit = match_positions(fakes.x, fakes.y, px, py, max(2.0, fakes.fwhm))
@@ -103,7 +117,10 @@ def test_hostless_completeness_at_snr_10(tuned):
     assert c >= 0.95, c
 
 
-@_gap("hosted completeness 0.43 at S/N >= 15 (stars' own residuals, 3-7% of their flux)")
+@_gap(
+    "hosted completeness 0.71 at S/N >= 15: fakes on the brightest star sit on its "
+    "misregistration dipole (0.6 px), or in the 22 px edge strip"
+)
 def test_hosted_completeness_at_snr_15(tuned):
     c_host, n = _completeness(tuned[0], host=True, lo=15.0)
     c_sky, _ = _completeness(tuned[0], host=False, lo=15.0)

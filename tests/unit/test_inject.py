@@ -98,6 +98,18 @@ def test_match_positions_one_to_one_nearest_first():
     assert hit.tolist() == [-1, 0, -1]
 
 
+def test_covered_needs_the_whole_disc_valid_and_inside():
+    valid = np.ones((40, 50), bool)
+    valid[:, :8] = False  # an invalid edge strip
+    valid[30, 30] = False  # one masked pixel
+    x = np.array([20.0, 12.0, 11.0, 30.0, 34.6, 47.0])
+    y = np.array([15.0, 15.0, 15.0, 26.0, 30.0, 20.0])
+    # 12 - 4 = 8: the disc's edge just clears the strip; 11 - 4 = 7 is in it; (30, 26) has
+    # the masked pixel on its rim; (34.6, 30) rounds to 35, 5 px away; x = 47 leaves the image.
+    out = inj.covered(valid, x, y, 4.0)
+    assert out.tolist() == [True, True, False, False, True, False]
+
+
 def test_a_residual_found_without_the_fake_is_not_the_fake():
     clean = [{"x": 10.0, "y": 10.0, "psfFlux": 500.0, "isNegative": False},
              {"x": 40.0, "y": 40.0, "psfFlux": -300.0, "isNegative": True}]  # fmt: skip
