@@ -212,6 +212,7 @@ def _summary():
         "timings": {"imageDifference": 0.5}, "reason": {"stage": "process", "kind": "no_work",
         "error": "NoWorkFound", "message": "template covers 5.0%", "fieldsJson": "{}"},
         "configHash": "ab", "versionsHash": "cd", "alertSchemaFingerprint": "00",
+        "alertSchemaId": 7, "rubinSchemaId": 1101,
         "pipelineVersion": "0.1.0", "workerId": "h:1", "eventProducedAt": 1_700_000_000_123,
         "processedAt": 1_700_000_001_456, "notes": [], "taskMetadataJson": None,
     }  # fmt: skip
