@@ -86,3 +86,16 @@ def test_undeterminable_sources_are_nan_and_knobs_are_checked():
         extendedness(image, var, mask, 0, xs, ys, lambda x, y: _stamp(), f, e, flux_ratio=2)
     with pytest.raises(ValueError, match="one value per source"):
         extendedness(image, var, mask, 0, xs, ys[:2], lambda x, y: _stamp(), f, e)
+
+
+def test_normal_cdf_matches_scipy():
+    """The CDF that maps the flux difference to extendedness (kept free of scipy.special for
+    start-up time) is scipy's ndtr, NaN and infinities included."""
+    from scipy.special import ndtr
+
+    from diffstream.jitcore.extendedness import _ndtr
+
+    z = np.r_[np.random.default_rng(3).normal(0, 6, 2000), np.nan, np.inf, -np.inf, 0.0]
+    got, want = _ndtr(z.reshape(-1, 4)), ndtr(z.reshape(-1, 4))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    assert np.isnan(got.ravel()[-4]) and _ndtr(np.zeros(0)).shape == (0,)
