@@ -45,6 +45,7 @@ from diffstream.stream.pipeline.steps import (
     measure_sources,
     note_counts,
     run_dipoles,
+    run_trails,
     summary_record,
 )
 from diffstream.stream.provenance.taskmeta import TaskMetadata
@@ -197,9 +198,10 @@ def detect_exposure(
     rows = measure_sources(found, images, settings=settings, meta=meta)
     step = run_dipoles(found, rows, images, wcs=difference.wcs, settings=settings, meta=meta)
     rows = step.rows
+    row_fields = run_trails(step, images, wcs=difference.wcs, settings=settings, meta=meta)
     # No science or template here: their forced fluxes are not measured (null).
     dia_sources = make_dia_sources(
-        rows, difference, settings=settings, meta=meta, row_fields=step.row_fields,
+        rows, difference, settings=settings, meta=meta, row_fields=row_fields,
         overrides={k: None for k in ("scienceFlux", "scienceFluxErr", "templateFlux",
                                      "templateFluxErr")},
     )  # fmt: skip

@@ -25,6 +25,7 @@ from diffstream.stream.alerts.packets import make_alert
 from diffstream.stream.io.exposure import Exposure
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.dipoles import DipoleStep, dipole_options, measure_dipoles
+from diffstream.stream.pipeline.trails import measure_trails
 from diffstream.stream.provenance.taskmeta import TaskMetadata
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "note",
     "note_counts",
     "run_dipoles",
+    "run_trails",
     "summary_record",
 ]
 
@@ -109,6 +111,28 @@ def run_dipoles(
         step = measure_dipoles(found, rows, wcs=wcs, settings=settings, **images)
         note(meta, "dipoles", step.summary)
     return step
+
+
+def run_trails(
+    step: DipoleStep,
+    images: Mapping[str, Any],
+    *,
+    wcs: Any,
+    settings: Settings,
+    meta: TaskMetadata,
+) -> Callable[[int], dict[str, Any]]:
+    """Trailed-source fits of the (merged) rows (:mod:`diffstream.stream.pipeline.trails`);
+    returns the row -> alert fields function that make_dia_sources takes, the dipoles' fields
+    included."""
+    with meta.timer("trails"):
+        fields, summary = measure_trails(step.sources, step.rows, wcs=wcs, settings=settings,
+                                         **images)  # fmt: skip
+        note(meta, "trails", summary)
+
+    def row_fields(i: int) -> dict[str, Any]:
+        return {**step.row_fields(i), **{k: v[i] for k, v in fields.items()}}
+
+    return row_fields
 
 
 def make_dia_sources(

@@ -53,6 +53,7 @@ from diffstream.stream.pipeline.steps import (
     note,
     note_counts,
     run_dipoles,
+    run_trails,
     summary_record,
 )
 from diffstream.stream.pipeline.variance import (
@@ -459,9 +460,10 @@ def subtract_exposures(
                            flux_variance=z.flux_variance, workers=threads)  # fmt: skip
     dipoles = run_dipoles(found, rows, images, wcs=science.wcs, settings=settings, meta=meta)
     ext = measure_extendedness(science, p, psf_s, dipoles.rows, meta=meta)
+    trail_fields = run_trails(dipoles, images, wcs=science.wcs, settings=settings, meta=meta)
 
     def row_fields(i: int) -> dict[str, Any]:
-        return {**dipoles.row_fields(i), "extendedness": ext[i]}
+        return {**trail_fields(i), "extendedness": ext[i]}
 
     dia_sources = make_dia_sources(dipoles.rows, science, settings=settings, meta=meta,
                                    row_fields=row_fields)  # fmt: skip
