@@ -259,6 +259,6 @@ def fit_trails(
     ends_x = out["trailX"][:, None] + np.array([-1.0, 1.0]) * (half * np.cos(th))[:, None]
     ends_y = out["trailY"][:, None] + np.array([-1.0, 1.0]) * (half * np.sin(th))[:, None]
     with np.errstate(invalid="ignore"):
-        off = ((ends_x < -0.5) | (ends_x > nx - 0.5) | (ends_y < -0.5) | (ends_y > ny - 0.5))
+        off = (ends_x < -0.5) | (ends_x > nx - 0.5) | (ends_y < -0.5) | (ends_y > ny - 0.5)
     out["trail_flag_edge"] = cut | off.any(axis=1)
     return out

@@ -86,8 +86,8 @@ def trail_model(x, y, f, xc, yc, length, theta, sigma, grad, want_grad):
             db_dl = length / 12.0 * corr * gu
         else:
             r = math.sqrt(2.0) * sigma
-            ep = _TWO_OVER_SQRTPI / r * math.exp(-((u + 0.5 * length) / r) ** 2)
-            em = _TWO_OVER_SQRTPI / r * math.exp(-((u - 0.5 * length) / r) ** 2)
+            ep = _TWO_OVER_SQRTPI / r * math.exp(-(((u + 0.5 * length) / r) ** 2))
+            em = _TWO_OVER_SQRTPI / r * math.exp(-(((u - 0.5 * length) / r) ** 2))
             db_du = (ep - em) / (2.0 * length)
             db_dl = 0.25 * (ep + em) / length - b / length
         dg_dv = -v / s2 * g

@@ -64,7 +64,7 @@ def test_jacobian_matches_finite_differences(length):
             hi, lo = par.copy(), par.copy()
             hi[p] += steps[p]
             lo[p] -= steps[p]
-            num = (ref_model(x, y, *hi, sigma, n=20001) - ref_model(x, y, *lo, sigma, n=20001))
+            num = ref_model(x, y, *hi, sigma, n=20001) - ref_model(x, y, *lo, sigma, n=20001)
             num /= 2 * steps[p]
             scale = 500.0 / sigma**3 * 1e-4 + 1e-3 * abs(num)
             assert abs(grad[p] - num) < scale, (p, grad[p], num)
