@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     dipole_max_separation: float = Field(5.0, gt=0, description="max lobe separation (PSF sigmas)")
     dipole_rel_weight: float = Field(0.5, gt=0, description="weight of science+template in fit")
     dipole_radius: float = Field(10.0, ge=0, description="pairing radius of +/- detections (px)")
+    dipole_lobe_snr_min: float | None = Field(
+        3.0, gt=0, description="S/N of an undetected opposite lobe that triggers a dipole fit"
+    )
     trail_fit: bool = Field(True, description="fit a trailed-source model to every diaSource")
     allow_uncalibrated: bool = Field(False, description="accept exposures without photo calib")
     max_pixels: int = Field(64 * 2**20, ge=1, description="largest image accepted (pixels)")
@@ -239,6 +242,7 @@ class Settings(BaseSettings):
             "exposure_bits", "refit_astrometry", "astrometry_order", "dipole_fit", "dipole_merge",
             "dipole_snr_min", "dipole_max_flux_ratio", "dipole_max_area", "dipole_max_separation",
             "dipole_rel_weight", "dipole_radius", "association_radius_arcsec", "trail_fit",
+            "dipole_lobe_snr_min",
         ]  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
