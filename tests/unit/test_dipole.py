@@ -536,5 +536,6 @@ def test_measure_dipoles_step_and_alert_record():
 
     off = measure_dipoles(found, rows, difference=img, difference_variance=var,
                           psf_d_at=lambda x, y: psf, wcs=wcs, settings=Off())  # fmt: skip
-    assert off.summary == {"nPairs": 0, "nDipoles": 0, "nMerged": 0} and len(off.rows) == 3
+    assert off.summary == {"nPairs": 0, "nDipoles": 0, "nMerged": 0, "nSingleLobe": 0,
+                           "nSingleLobeDipoles": 0} and len(off.rows) == 3  # fmt: skip
     assert not off.dipoles["dipoleFitAttempted"].any()
