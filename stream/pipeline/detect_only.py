@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from diffstream.jitcore.masks import UNUSABLE_PLANES, bits
+from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, with_planes
 from diffstream.jitcore.matched_filter import matched_filter_score
 from diffstream.jitcore.noise import diffim_scale_factors
 from diffstream.jitcore.psf import PsfModel
@@ -46,8 +46,10 @@ from diffstream.stream.pipeline.steps import (
     note_counts,
     run_dipoles,
     run_trails,
+    streak_plane,
     summary_record,
 )
+from diffstream.stream.pipeline.streaks import STREAK_PLANE
 from diffstream.stream.provenance.taskmeta import TaskMetadata
 from diffstream.stream.provenance.versions import package_versions, versions_hash
 
@@ -187,6 +189,7 @@ def detect_exposure(
 
     # The pipeline's own tail (stream.pipeline.steps): the same ordering, and so the same ids.
     found = detect_sources(score, valid, settings=settings, meta=meta)
+    mask, planes = streak_plane(score, valid, mask, planes, settings=settings, meta=meta)
     var_meas = np.where(bad, np.nan, variance).astype(np.float32)
     images: dict[str, Any] = {
         "difference": image,
@@ -247,7 +250,8 @@ def write_detect_products(result: DetectResult, outdir: str | Path) -> dict[str,
             image=result.score,
             variance=np.where(result.valid, 1.0, np.nan).astype(np.float32),
             mask=result.mask,
-            mask_planes=d.mask_planes,
+            # The planes mark_streaks gave result.mask (the same lowest free bit for STREAK).
+            mask_planes=with_planes(dict(d.mask_planes), (STREAK_PLANE,)),
             wcs=d.wcs,
             header={"VISIT": d.visit or 0, "DETECTOR": d.detector or 0},
             bunit="",

@@ -25,6 +25,7 @@ from diffstream.stream.alerts.packets import make_alert
 from diffstream.stream.io.exposure import Exposure
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.dipoles import DipoleStep, dipole_options, measure_dipoles
+from diffstream.stream.pipeline.streaks import mark_streaks, streak_summary
 from diffstream.stream.pipeline.trails import measure_trails
 from diffstream.stream.provenance.taskmeta import TaskMetadata
 
@@ -38,6 +39,7 @@ __all__ = [
     "note_counts",
     "run_dipoles",
     "run_trails",
+    "streak_plane",
     "summary_record",
 ]
 
@@ -71,6 +73,26 @@ def detect_sources(
             found = found[np.lexsort((found["peak_x"], found["peak_y"]))]
         note(meta, "nDetections", int(len(found)))
     return found
+
+
+def streak_plane(
+    score: np.ndarray,
+    valid: np.ndarray,
+    mask: np.ndarray,
+    planes: Mapping[str, int],
+    *,
+    settings: Settings,
+    meta: TaskMetadata,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """(mask with satellite streaks as the STREAK plane, its planes):
+    :mod:`diffstream.stream.pipeline.streaks`, on the detection mask of ``score``."""
+    with meta.timer("streaks"):
+        out, out_planes, found = mark_streaks(
+            score, valid, mask, planes, threshold=settings.detection_threshold,
+            min_length=settings.streak_min_length,
+        )  # fmt: skip
+        note(meta, "streaks", streak_summary(found))
+    return out, out_planes
 
 
 def measure_sources(

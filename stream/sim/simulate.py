@@ -192,6 +192,8 @@ def simulate_pair(
     n_trails: int = 0,
     trail_length_px: tuple[float, float] = (5.0, 40.0),
     trail_snr: tuple[float, float] = (20.0, 60.0),
+    streaks: tuple[tuple[float, float, float, float], ...] = (),
+    streak_peak_snr: float = 3.0,
 ) -> SimPair:
     """Simulate a science/template pair; see the module docstring for the model.
 
@@ -223,7 +225,9 @@ def simulate_pair(
     plane follows, as a warper propagating variance per pixel would) while the noise a
     matched filter sees stays nearly what it was.  ``n_trails`` fast movers (science only,
     :mod:`diffstream.stream.sim.trails`: length uniform in ``trail_length_px``, random angle,
-    S/N log-uniform in ``trail_snr``) go in ``SimPair.trails``.
+    S/N log-uniform in ``trail_snr``) go in ``SimPair.trails``.  ``streaks``: satellite
+    streaks (x0, y0, x1, y1) on the science, their ridge ``streak_peak_snr`` times the
+    per-pixel background noise (recorded in ``params["streaks"]``).
     """
     ny, nx = _check_shape("shape", shape)
     if template_shape is not None:
@@ -379,6 +383,8 @@ def simulate_pair(
             avoid_xy=avoid, min_sep=min_separation_px, margin=edge_margin_px,
         )  # fmt: skip
         trails.add_trails(sci_model, sci, trail_truth)
+    for ends in streaks:
+        trails.add_streak(sci_model, sci, ends, streak_peak_snr)
 
     planes = dict(DEFAULT_PLANES)
     sci_e = render.noisy(rng_nsci, sci, sci_model)
@@ -492,6 +498,7 @@ def simulate_pair(
         "moffat_beta": moffat_beta,
         "moffat_beta_gradient": moffat_beta_gradient,
         "resampled_template_noise": resampled_template_noise,
+        "streaks": [tuple(float(v) for v in e) for e in streaks],
     }
     return SimPair(
         science=sim_image(sci, sci_raw, sci_var, sci_mask, mjd_sci, inst.exptime, visit_sci),

@@ -22,7 +22,7 @@ import numpy as np
 
 from diffstream.stream.sim import render
 
-__all__ = ["TRAIL_TRUTH_DTYPE", "add_trails", "draw_trails"]
+__all__ = ["TRAIL_TRUTH_DTYPE", "add_streak", "add_trails", "draw_trails"]
 
 TRAIL_TRUTH_DTYPE = np.dtype(
     [("id", "i8"), ("x", "f8"), ("y", "f8"), ("ra", "f8"), ("dec", "f8")]
@@ -117,3 +117,23 @@ def add_trails(model_e: np.ndarray, sci: render.Frame, truth: np.ndarray) -> Non
         each = float(sci.electrons(row["flux_njy"])) / xs.size
         render.add_point_sources(model_e, xs, ys, np.full(xs.size, each),
                                  sci.sigma_map(xs, ys), profile=sci.profile)  # fmt: skip
+
+
+def add_streak(
+    model_e: np.ndarray, sci: render.Frame, ends: tuple[float, float, float, float],
+    peak_snr: float,
+) -> None:  # fmt: skip
+    """A satellite streak from (x0, y0) to (x1, y1) (science pixels, may leave the image):
+    a line of constant brightness whose ridge is ``peak_snr`` times the background noise
+    per pixel (at the image centre; line density F_l = peak_snr sigma_bg sqrt(2 pi) s)."""
+    x0, y0, x1, y1 = (float(v) for v in ends)
+    ny, nx = sci.shape
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    sigma = float(sci.sigma_map(cx, cy))
+    length = math.hypot(x1 - x0, y1 - y0)
+    xs, ys = _points(0.5 * (x0 + x1), 0.5 * (y0 + y1), length, math.atan2(y1 - y0, x1 - x0),
+                     sigma)  # fmt: skip
+    per_px = peak_snr * float(sci.background_sigma_njy(cx, cy)) * math.sqrt(2 * math.pi) * sigma
+    each = float(sci.electrons(per_px)) * length / xs.size
+    render.add_point_sources(model_e, xs, ys, np.full(xs.size, each), sci.sigma_map(xs, ys),
+                             profile=sci.profile)  # fmt: skip
