@@ -53,15 +53,15 @@ STREAK_DTYPE = np.dtype(
 CONTRAST = 4.0  # band density / flanking density a streak must reach
 
 
-def _check(name: str, value, *, low: float, integer: bool = False):
-    kinds = numbers.Integral if integer else numbers.Real
-    if not isinstance(value, kinds) or isinstance(value, bool) or not value > low:
-        raise ValueError(
-            f"{name} must be a {'int' if integer else 'number'} > {low}, got {value!r}"
-        )
-    if not integer and not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return int(value) if integer else float(value)
+def _check(name: str, value: object, *, low: float, integer: bool = False) -> float:
+    kind = "int" if integer else "number"
+    ok = isinstance(value, numbers.Integral if integer else numbers.Real)
+    if not ok or isinstance(value, bool):
+        raise ValueError(f"{name} must be a {kind} > {low}, got {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if not (math.isfinite(number) and number > low):
+        raise ValueError(f"{name} must be a finite {kind} > {low}, got {value!r}")
+    return number
 
 
 def _run(t: np.ndarray, max_gap: float) -> tuple[float, float, float]:
@@ -105,8 +105,8 @@ def find_streaks(
     rho_bin = _check("rho_bin", rho_bin, low=0.0)
     max_gap = _check("max_gap", max_gap, low=-1.0)
     min_fill = _check("min_fill", min_fill, low=0.0)
-    max_streaks = _check("max_streaks", max_streaks, low=0, integer=True)
-    max_candidates = _check("max_candidates", max_candidates, low=0, integer=True)
+    max_streaks = int(_check("max_streaks", max_streaks, low=0, integer=True))
+    max_candidates = int(_check("max_candidates", max_candidates, low=0, integer=True))
     ny, nx = detected.shape
     ys, xs = np.nonzero(detected)
     xs = xs.astype(np.int64)
