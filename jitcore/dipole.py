@@ -170,6 +170,7 @@ def fit_dipoles(
     max_step: float = 0.5,
     tol: float = 1e-3,
     lobe_snr_min: float | None = 3.0,
+    score: np.ndarray | None = None,
 ) -> np.ndarray:
     """Fit a dipole to every mutual pair of adjacent opposite-sign sources, and to every
     other source whose neighbourhood holds an undetected opposite-sign lobe.
@@ -196,6 +197,9 @@ def fit_dipoles(
     rejects those), the pair is fitted from that pixel as for a detected pair.  The
     source's row carries the fit, with ``dipoleLobe`` its own sign and ``dipolePartner``
     -1 (the other lobe has no row).  ``lobe_snr_min=None`` turns the search off.
+    ``score``: the difference's detection S/N image (ZOGY's S_corr), when the caller has it:
+    it is the matched filter, so the search reads it instead of computing one per source
+    (on a 4k CCD, 2.4 s -> ~0.05 s for 1250 sources).
     """
     check_sources(sources)
     names = sources.dtype.names or ()
@@ -259,8 +263,15 @@ def fit_dipoles(
         # Only sources with no detected opposite-sign neighbour: a detected one that is not
         # a mutual pair (or too large a pair) is not a hidden lobe.
         alone = np.flatnonzero((npix <= max_area) & (sources["adjacent_opposite"] < 0))
-        single, hidden = _hidden_lobes(sources, rows, alone, diff, dvar, mask, badbits,
-                                       psf_d_at, max_separation, lobe_snr_min)  # fmt: skip
+        if score is not None:
+            if not isinstance(score, np.ndarray) or score.shape != shape:
+                raise ValueError(f"score must be an ndarray of shape {shape}")
+            single, hidden = _hidden_lobes_on_score(
+                sources, rows, alone, score, diff, dvar, psf_d_at, max_separation, lobe_snr_min
+            )
+        else:
+            single, hidden = _hidden_lobes(sources, rows, alone, diff, dvar, mask, badbits,
+                                           psf_d_at, max_separation, lobe_snr_min)  # fmt: skip
     n_pairs = pos.size
     if n_pairs + single.size == 0:
         return out
@@ -355,6 +366,56 @@ def fit_dipoles(
             o[field] = fit[key][part]
         out[mine] = o
     return out
+
+
+def _hidden_lobes_on_score(
+    sources: np.ndarray,
+    rows: np.ndarray,
+    alone: np.ndarray,
+    score: np.ndarray,
+    diff: np.ndarray,
+    dvar: np.ndarray,
+    psf_d_at: Callable[[float, float], np.ndarray],
+    max_separation: float,
+    snr_min: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_hidden_lobes` reading the detection S/N image instead of a matched filter.
+
+    The starting flux of the hidden lobe: its S/N times the PSF-flux error of the
+    difference there, sqrt(1 / sum(P^2 / V)) with V the variance at that pixel."""
+    ny, nx = score.shape
+    keep: list[int] = []
+    found: list[tuple[float, float, float]] = []
+    if alone.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 3))
+    xs, ys = rows["x"][alone].astype(_F), rows["y"][alone].astype(_F)
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    psfs, _ = stack_psfs(psf_d_at, np.where(ok, xs, 0.0), np.where(ok, ys, 0.0), "psf_d_at")
+    for k, i in enumerate(alone.tolist()):
+        if not ok[k]:
+            continue
+        x, y = xs[k], ys[k]
+        m = psf_moments(psfs[k])
+        radius = max_separation * math.sqrt(max(0.5 * (m[0] + m[1]), 0.0))
+        r = int(math.ceil(radius))
+        ix, iy = int(math.floor(x + 0.5)), int(math.floor(y + 0.5))
+        x0, x1 = max(ix - r, 0), min(ix + r + 1, nx)
+        y0, y1 = max(iy - r, 0), min(iy + r + 1, ny)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        win = -float(sources["sign"][i]) * score[y0:y1, x0:x1].astype(_F)
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        win = np.where((np.hypot(xx - x, yy - y) <= radius) & np.isfinite(win), win, -np.inf)
+        j = int(np.argmax(win))
+        if not win.flat[j] >= snr_min:
+            continue
+        jy, jx = divmod(j, x1 - x0)
+        px, py = x0 + jx, y0 + jy
+        v = float(dvar[py, px])
+        err = math.sqrt(v / float((psfs[k] ** 2).sum())) if v > 0 and math.isfinite(v) else 0.0
+        keep.append(i)
+        found.append((float(px), float(py), float(win.flat[j]) * err))
+    return np.array(keep, dtype=np.int64), np.array(found, dtype=_F).reshape(-1, 3)
 
 
 def _hidden_lobes(

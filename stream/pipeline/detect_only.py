@@ -199,7 +199,8 @@ def detect_exposure(
         "mask_planes": planes,
     }
     rows = measure_sources(found, images, settings=settings, meta=meta)
-    step = run_dipoles(found, rows, images, wcs=difference.wcs, settings=settings, meta=meta)
+    step = run_dipoles(found, rows, images, wcs=difference.wcs, settings=settings, meta=meta,
+                       score=score)  # fmt: skip
     rows = step.rows
     row_fields = run_trails(step, images, wcs=difference.wcs, settings=settings, meta=meta)
     # No science or template here: their forced fluxes are not measured (null).

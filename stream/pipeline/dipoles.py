@@ -104,6 +104,7 @@ def measure_dipoles(
     psf_template_at: Callable[[float, float], np.ndarray] | None = None,
     mask: np.ndarray | None = None,
     mask_planes: Mapping[str, int] | None = None,
+    score: np.ndarray | None = None,
 ) -> DipoleStep:
     """Fit dipoles (science/template optional, both or neither), merge, convert.
 
@@ -122,7 +123,7 @@ def measure_dipoles(
             mask=mask, mask_planes=mask_planes, snr_min=opts["dipole_snr_min"],
             max_flux_ratio=opts["dipole_max_flux_ratio"], max_area=opts["dipole_max_area"],
             max_separation=opts["dipole_max_separation"],
-            lobe_snr_min=opts["dipole_lobe_snr_min"],
+            lobe_snr_min=opts["dipole_lobe_snr_min"], score=score,
         )  # fmt: skip
     else:
         dip = np.zeros(n, dtype=DIPOLE_DTYPE)

@@ -127,10 +127,12 @@ def run_dipoles(
     wcs: Any,
     settings: Settings,
     meta: TaskMetadata,
+    score: np.ndarray | None = None,
 ) -> DipoleStep:
-    """Fit, classify and merge dipoles (:mod:`diffstream.stream.pipeline.dipoles`)."""
+    """Fit, classify and merge dipoles (:mod:`diffstream.stream.pipeline.dipoles`);
+    ``score`` (the detection S/N image) is where undetected opposite lobes are looked for."""
     with meta.timer("dipoles"):
-        step = measure_dipoles(found, rows, wcs=wcs, settings=settings, **images)
+        step = measure_dipoles(found, rows, wcs=wcs, settings=settings, score=score, **images)
         note(meta, "dipoles", step.summary)
     return step
 

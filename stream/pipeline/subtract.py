@@ -464,7 +464,8 @@ def subtract_exposures(
     }
     rows = measure_sources(found, images, settings=settings, meta=meta, flux=z.flux,
                            flux_variance=z.flux_variance, workers=threads)  # fmt: skip
-    dipoles = run_dipoles(found, rows, images, wcs=science.wcs, settings=settings, meta=meta)
+    dipoles = run_dipoles(found, rows, images, wcs=science.wcs, settings=settings, meta=meta,
+                          score=z.score)  # fmt: skip
     ext = measure_extendedness(science, p, psf_s, dipoles.rows, meta=meta)
     trail_fields = run_trails(dipoles, images, wcs=science.wcs, settings=settings, meta=meta)
 

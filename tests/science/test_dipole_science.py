@@ -141,7 +141,7 @@ def test_difference_alone_recovers_a_wider_offset():
 # --- dipoles with one lobe below the detection threshold (issue 15) -------------------------
 
 
-def _faint_scene(seed, offset, flux_range, *, moved=True, sig_s=1.3, sig_t=1.0):
+def _faint_scene(seed, offset, flux_range, *, moved=True, sig_s=1.3, sig_t=1.0, on_score=False):
     """25 stars moved by ``offset`` px (or, with ``moved=False``, new point sources with no
     template counterpart) faint enough that a dipole's lobes straddle the 5 sigma threshold;
     the pipeline's detect -> measure -> fit_dipoles (joint fit) on the ZOGY difference."""
@@ -168,13 +168,16 @@ def _faint_scene(seed, offset, flux_range, *, moved=True, sig_s=1.3, sig_t=1.0):
                   template=tpl, template_variance=tvar, psf_template_at=psf_t.at)  # fmt: skip
     rows = measure(found, difference=z.difference, difference_variance=z.difference_variance,
                    psf_d_at=psf_d_at, **planes)  # fmt: skip
-    dip = fit_dipoles(found, rows, z.difference, z.difference_variance, psf_d_at, **planes)
+    score = {"score": z.score} if on_score else {}
+    dip = fit_dipoles(found, rows, z.difference, z.difference_variance, psf_d_at, **planes,
+                      **score)  # fmt: skip
     near = np.hypot(found["x"][:, None] - pos[:, 0], found["y"][:, None] - pos[:, 1]).min(axis=1)
     return found, dip, near < 4.0
 
 
+@pytest.mark.parametrize("on_score", [False, True], ids=["matched-filter", "score"])
 @pytest.mark.parametrize(("offset", "flux_range"), [(0.5, (2e3, 1.2e4)), (1.0, (2e3, 6e3))])
-def test_dipoles_with_an_undetected_lobe_are_flagged(offset, flux_range):
+def test_dipoles_with_an_undetected_lobe_are_flagged(offset, flux_range, on_score):
     """Misregistered stars of which only one lobe is detected (a single-sign detection, no
     opposite-sign source within the pairing radius) are dipoles all the same.
 
@@ -186,7 +189,7 @@ def test_dipoles_with_an_undetected_lobe_are_flagged(offset, flux_range):
     truth's (median within 20%)."""
     singles, lengths = [], []
     for seed in range(6):
-        found, dip, star = _faint_scene(seed, offset, flux_range)
+        found, dip, star = _faint_scene(seed, offset, flux_range, on_score=on_score)
         single = star & (found["adjacent_opposite"] < 0)
         singles.append(dip[single])
     s = np.concatenate(singles)
@@ -201,12 +204,13 @@ def test_dipoles_with_an_undetected_lobe_are_flagged(offset, flux_range):
     assert len(merged) == len(s)  # a single-lobe dipole keeps its one row
 
 
-def test_point_sources_are_not_single_lobe_dipoles():
+@pytest.mark.parametrize("on_score", [False, True], ids=["matched-filter", "score"])
+def test_point_sources_are_not_single_lobe_dipoles(on_score):
     """New point sources at S/N 5-20 (no template counterpart): the hidden-lobe search finds
     a noise dip of 3 sigma near a few percent of them at most, and none is classified."""
     dips = []
     for seed in range(6):
-        found, dip, star = _faint_scene(seed, 0.0, (2e3, 8e3), moved=False)
+        found, dip, star = _faint_scene(seed, 0.0, (2e3, 8e3), moved=False, on_score=on_score)
         dips.append(dip[star])
     d = np.concatenate(dips)
     assert len(d) >= 100
