@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from diffstream.jitcore.masks import UNUSABLE_PLANES, bits
 from diffstream.jitcore.measure import check_mask, check_sources, image_pair
 from diffstream.jitcore.photometry import stack_psfs
 from diffstream.jitcore.psf import psf_moments
+from diffstream.jitcore.tiles import thread_count
 
 __all__ = ["TRAIL_DTYPE", "fit_trails", "gaussian_sigma", "trail_image"]
 
@@ -131,6 +133,7 @@ def gaussian_sigma(psfs: np.ndarray) -> np.ndarray:
     return s0 * (ratios[best] + np.clip(shift, -1.0, 1.0) * step)
 
 
+_MIN_CHUNK = 64  # fewer sources than this per thread do not pay for a thread
 _MAX_HALF = 100  # px: the largest half-window a refit may take (a 200 px trail)
 
 
@@ -171,8 +174,10 @@ def fit_trails(
     margin_sigma: float = 3.0,
     max_iter: int = 60,
     tol: float = 1e-3,
+    workers: int | None = None,
 ) -> np.ndarray:
-    """One TRAIL_DTYPE row per source (same order).
+    """One TRAIL_DTYPE row per source (same order).  ``workers`` (scipy.fft convention;
+    None: 1, -1: all cores): threads over chunks of sources, as in jitcore.measure.
 
     ``sources``: detections (diffstream.jitcore.detect.SOURCE_DTYPE: bbox, sign); ``rows``:
     their measurements (x, y: the fit starts at the centroid), same length.  ``psf_d_at(x, y)``
@@ -190,6 +195,7 @@ def fit_trails(
     margin_sigma = _positive("margin_sigma", margin_sigma)
     tol = _positive("tol", tol)
     max_iter = _positive_int("max_iter", max_iter)
+    thread_count(workers, 1)  # checks workers even when there is nothing to fit
     n = sources.shape[0]
     out = np.zeros(n, dtype=TRAIL_DTYPE)
     out["trailFitCode"] = -1
@@ -218,7 +224,29 @@ def fit_trails(
     cov = np.empty((n, _k.NPAR, _k.NPAR))
     badbits = bits(dict(planes), tuple(bad_mask_planes))
     sigma = np.ascontiguousarray(sigma)
-    _k.fit_trails(diff, dvar, mask, badbits, sigma, centre, sign, boxes, max_iter, tol, res, cov)
+    n_threads = thread_count(workers, max(1, n // _MIN_CHUNK))
+
+    def fit(idx: np.ndarray) -> None:
+        """Run the kernel on sources ``idx`` into res[idx], cov[idx], in contiguous chunks
+        on ``n_threads`` threads (the kernel releases the GIL; sources are independent)."""
+        chunks = np.array_split(idx, min(n_threads, max(1, idx.size // _MIN_CHUNK)))
+
+        def one(sel: np.ndarray) -> None:
+            sub_res = np.empty((sel.size, _k.NOUT))
+            sub_cov = np.empty((sel.size, _k.NPAR, _k.NPAR))
+            _k.fit_trails(diff, dvar, mask, badbits, np.ascontiguousarray(sigma[sel]),
+                          np.ascontiguousarray(centre[sel]), np.ascontiguousarray(sign[sel]),
+                          np.ascontiguousarray(boxes[sel]), max_iter, tol, sub_res,
+                          sub_cov)  # fmt: skip
+            res[sel], cov[sel] = sub_res, sub_cov
+
+        if len(chunks) == 1:
+            one(chunks[0])
+            return
+        with ThreadPoolExecutor(len(chunks), "trails") as pool:
+            list(pool.map(one, chunks))
+
+    fit(np.arange(n))
     # A trail's faint ends fall below the detection threshold (a long faint one may even be
     # detected in pieces), so the footprint can be shorter than the trail: where the fitted
     # segment, +- margin_sigma sigmas, reaches past the window, fit once more over a window
@@ -229,13 +257,7 @@ def fit_trails(
         wanted[redo] = np.minimum(wanted[redo], again[redo]) * [1, 0, 1, 0] + np.maximum(
             wanted[redo], again[redo]) * [0, 1, 0, 1]  # fmt: skip
         boxes[redo] = again[redo]
-        sub_res = np.empty((redo.size, _k.NOUT))
-        sub_cov = np.empty((redo.size, _k.NPAR, _k.NPAR))
-        _k.fit_trails(diff, dvar, mask, badbits, np.ascontiguousarray(sigma[redo]),
-                      np.ascontiguousarray(centre[redo]), np.ascontiguousarray(sign[redo]),
-                      np.ascontiguousarray(boxes[redo]), max_iter, tol, sub_res,
-                      sub_cov)  # fmt: skip
-        res[redo], cov[redo] = sub_res, sub_cov
+        fit(redo)
     cut = np.any(boxes != wanted, axis=1)
     code = res[:, 10].astype(np.int8)
     # A point source may converge to L = 0 exactly, where the Fisher matrix is singular (no

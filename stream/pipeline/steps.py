@@ -144,13 +144,14 @@ def run_trails(
     wcs: Any,
     settings: Settings,
     meta: TaskMetadata,
+    workers: int | None = None,
 ) -> Callable[[int], dict[str, Any]]:
     """Trailed-source fits of the (merged) rows (:mod:`diffstream.stream.pipeline.trails`);
     returns the row -> alert fields function that make_dia_sources takes, the dipoles' fields
     included."""
     with meta.timer("trails"):
         fields, summary = measure_trails(step.sources, step.rows, wcs=wcs, settings=settings,
-                                         **images)  # fmt: skip
+                                         workers=workers, **images)  # fmt: skip
         note(meta, "trails", summary)
 
     def row_fields(i: int) -> dict[str, Any]:

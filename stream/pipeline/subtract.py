@@ -467,7 +467,8 @@ def subtract_exposures(
     dipoles = run_dipoles(found, rows, images, wcs=science.wcs, settings=settings, meta=meta,
                           score=z.score)  # fmt: skip
     ext = measure_extendedness(science, p, psf_s, dipoles.rows, meta=meta)
-    trail_fields = run_trails(dipoles, images, wcs=science.wcs, settings=settings, meta=meta)
+    trail_fields = run_trails(dipoles, images, wcs=science.wcs, settings=settings, meta=meta,
+                              workers=threads)  # fmt: skip
 
     def row_fields(i: int) -> dict[str, Any]:
         return {**trail_fields(i), "extendedness": ext[i]}

@@ -45,6 +45,7 @@ def measure_trails(
     settings: Any,
     mask: np.ndarray | None = None,
     mask_planes: Mapping[str, int] | None = None,
+    workers: int | None = None,
     **_other_images: Any,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(alert fields aligned with ``rows``, summary) for detections ``sources`` and their
@@ -56,7 +57,7 @@ def measure_trails(
         fields["trailNdata"] = np.zeros(n, dtype=np.int64)
         return fields, {"fitted": False}
     fit = fit_trails(sources, rows, difference, difference_variance, psf_d_at, mask=mask,
-                     mask_planes=mask_planes)  # fmt: skip
+                     mask_planes=mask_planes, workers=workers)  # fmt: skip
     summary = {
         "fitted": True,
         "nFitted": int(n),
