@@ -169,8 +169,11 @@ def fit_dipoles(
     max_iter: int = 50,
     max_step: float = 0.5,
     tol: float = 1e-3,
+    lobe_snr_min: float | None = 3.0,
+    score: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Fit a dipole to every mutual pair of adjacent opposite-sign sources.
+    """Fit a dipole to every mutual pair of adjacent opposite-sign sources, and to every
+    other source whose neighbourhood holds an undetected opposite-sign lobe.
 
     ``sources``: diffstream.jitcore.detect.detect output (fields x, y, sign, bbox, npix,
     adjacent_opposite); ``rows``: jitcore.measure.measure output for the same sources (x, y,
@@ -184,6 +187,19 @@ def fit_dipoles(
     pixels.  Returns one :data:`DIPOLE_DTYPE` row per source (both lobes of a pair carry the
     same fit); unpaired sources have ``dipoleFitAttempted`` False, NaN values,
     ``dipoleNdata`` 0 and ``dipolePartner`` -1.
+
+    A lobe below the detection threshold: for a source with no detected partner, the PSF
+    matched filter of the difference (S/N = sum(P D / V) / sqrt(sum(P^2 / V))) is searched
+    within ``max_separation`` PSF sigmas of it for the opposite sign; if its extreme reaches
+    ``lobe_snr_min`` (3: below the 5 sigma threshold, above what noise gives often: about 6
+    independent PSF positions in the disc, so ~1% of point sources have a noise 3 sigma
+    dip there, and the fit's classification (both lobes >= 35% of the flux, S/N >= 5 sqrt 2)
+    rejects those), the pair is fitted from that pixel as for a detected pair.  The
+    source's row carries the fit, with ``dipoleLobe`` its own sign and ``dipolePartner``
+    -1 (the other lobe has no row).  ``lobe_snr_min=None`` turns the search off.
+    ``score``: the difference's detection S/N image (ZOGY's S_corr), when the caller has it:
+    it is the matched filter, so the search reads it instead of computing one per source
+    (on a 4k CCD, 2.4 s -> ~0.05 s for 1250 sources).
     """
     check_sources(sources)
     names = sources.dtype.names or ()
@@ -236,17 +252,51 @@ def fit_dipoles(
             out[name] = np.nan
     out["dipolePartner"] = -1
     out["dipoleFitCode"] = -1
+    if lobe_snr_min is not None:
+        lobe_snr_min = _check_real("lobe_snr_min", lobe_snr_min, low=0.0)
     npix = sources["npix"]
     pos, neg = _pairs(sources, lambda p, q: npix[p] + npix[q] <= max_area)
-    if pos.size == 0:
+    badbits = bits(dict(planes), tuple(bad_mask_planes))
+    single = np.zeros(0, dtype=np.int64)
+    hidden = np.zeros((0, 3))
+    if lobe_snr_min is not None:
+        # Only sources with no detected opposite-sign neighbour: a detected one that is not
+        # a mutual pair (or too large a pair) is not a hidden lobe.
+        alone = np.flatnonzero((npix <= max_area) & (sources["adjacent_opposite"] < 0))
+        if score is not None:
+            if not isinstance(score, np.ndarray) or score.shape != shape:
+                raise ValueError(f"score must be an ndarray of shape {shape}")
+            single, hidden = _hidden_lobes_on_score(
+                sources, rows, alone, score, diff, dvar, psf_d_at, max_separation, lobe_snr_min
+            )
+        else:
+            single, hidden = _hidden_lobes(sources, rows, alone, diff, dvar, mask, badbits,
+                                           psf_d_at, max_separation, lobe_snr_min)  # fmt: skip
+    n_pairs = pos.size
+    if n_pairs + single.size == 0:
         return out
 
     xp, yp = rows["x"][pos].astype(_F), rows["y"][pos].astype(_F)
     xn, yn = rows["x"][neg].astype(_F), rows["y"][neg].astype(_F)
-    xc, yc = 0.5 * (xp + xn), 0.5 * (yp + yn)
-    psf_d, half_d = stack_psfs(psf_d_at, xc, yc, "psf_d_at")
     fp = np.abs(rows["psfFlux"][pos].astype(_F))
     fn = np.abs(rows["psfFlux"][neg].astype(_F))
+    # Single-lobe fits: the detected lobe's row on its side, the hidden lobe's pixel and
+    # matched-filter flux on the other; the forced fluxes (_better_start) come from the
+    # detected row on both sides (the hidden lobe is the same star, offset by < 1 FWHM).
+    up = sources["sign"][single] > 0
+    sx, sy = rows["x"][single].astype(_F), rows["y"][single].astype(_F)
+    sf = np.abs(rows["psfFlux"][single].astype(_F))
+    hx, hy, hf = hidden[:, 0], hidden[:, 1], np.abs(hidden[:, 2])
+    xp = np.concatenate([xp, np.where(up, sx, hx)])
+    yp = np.concatenate([yp, np.where(up, sy, hy)])
+    xn = np.concatenate([xn, np.where(up, hx, sx)])
+    yn = np.concatenate([yn, np.where(up, hy, sy)])
+    fp = np.concatenate([fp, np.where(up, sf, hf)])
+    fn = np.concatenate([fn, np.where(up, hf, sf)])
+    pos_rows = np.concatenate([pos, single])
+    neg_rows = np.concatenate([neg, single])
+    xc, yc = 0.5 * (xp + xn), 0.5 * (yp + yn)
+    psf_d, half_d = stack_psfs(psf_d_at, xc, yc, "psf_d_at")
     w_s = w_t = 0.0
     psf_s = psf_t = psf_d
     half = half_d.copy()
@@ -254,15 +304,15 @@ def fit_dipoles(
         psf_s, half_s = stack_psfs(sci[2], xp, yp, "psf_science_at")
         half = np.maximum(half, half_s)
         w_s = rel_weight
-        fp = _better_start(fp, rows, "scienceFlux", pos)
+        fp = _better_start(fp, rows, "scienceFlux", pos_rows)
     if tpl is not None:
         psf_t, half_t = stack_psfs(tpl[2], xn, yn, "psf_template_at")
         half = np.maximum(half, half_t)
         w_t = rel_weight
-        fn = _better_start(fn, rows, "templateFlux", neg)
+        fn = _better_start(fn, rows, "templateFlux", neg_rows)
     start = np.ascontiguousarray(np.column_stack([fp, xp, yp, fn, xn, yn]))
     ny, nx = shape
-    boxes = np.empty((pos.size, 4), dtype=np.int64)
+    boxes = np.empty((xp.size, 4), dtype=np.int64)
     boxes[:, 0] = np.clip(np.floor(np.minimum(xp, xn) + 0.5) - half, 0, nx - 1)
     boxes[:, 1] = np.clip(np.floor(np.maximum(xp, xn) + 0.5) + half, 0, nx - 1)
     boxes[:, 2] = np.clip(np.floor(np.minimum(yp, yn) + 0.5) - half, 0, ny - 1)
@@ -276,10 +326,10 @@ def fit_dipoles(
     dummy = (diff, dvar)
     s_img, s_var = sci[:2] if sci is not None else dummy
     t_img, t_var = tpl[:2] if tpl is not None else dummy
-    res = np.empty((pos.size, _k.NOUT))
-    cov = np.empty((pos.size, _k.NPAR, _k.NPAR))
+    res = np.empty((xp.size, _k.NOUT))
+    cov = np.empty((xp.size, _k.NPAR, _k.NPAR))
     _k.fit_dipole_pairs(
-        diff, dvar, s_img, s_var, t_img, t_var, mask, bits(dict(planes), tuple(bad_mask_planes)),
+        diff, dvar, s_img, s_var, t_img, t_var, mask, badbits,
         psf_d, np.ascontiguousarray(psf_s), np.ascontiguousarray(psf_t), w_s, w_t, start,
         boxes, bound, max_iter, max_step, tol, work(psf_d, 2), work(psf_s), work(psf_t), res,
         cov,
@@ -297,19 +347,128 @@ def fit_dipoles(
             & (np.abs(fit["f-"]) < max_flux_ratio * total)
             & (fit["length"] <= max_separation * sigma)
         )
-    for mine, other, lobe in ((pos, neg, 1), (neg, pos, -1)):
+    pair = slice(0, n_pairs)
+    lone = slice(n_pairs, None)
+    no_row = np.full(single.size, -1, dtype=np.int64)
+    for mine, other, lobe, part in (
+        (pos, neg, 1, pair), (neg, pos, -1, pair),
+        (single, no_row, sources["sign"][single].astype(np.int8), lone),
+    ):  # fmt: skip
         o = out[mine]
         o["dipoleLobe"] = lobe
         o["dipoleFitAttempted"] = True
-        o["isDipole"] = classified
-        o["dipole_flag"] = ~ok
-        o["dipoleFitCode"] = code
+        o["isDipole"] = classified[part]
+        o["dipole_flag"] = ~ok[part]
+        o["dipoleFitCode"] = code[part]
         o["dipolePartner"] = other
-        o["dipoleNdata"] = np.where(np.isfinite(res[:, 14]), res[:, 14], 0).astype(np.int32)
+        o["dipoleNdata"] = np.where(np.isfinite(res[part, 14]), res[part, 14], 0).astype(np.int32)
         for field, key in _FIELD_MAP.items():
-            o[field] = fit[key]
+            o[field] = fit[key][part]
         out[mine] = o
     return out
+
+
+def _hidden_lobes_on_score(
+    sources: np.ndarray,
+    rows: np.ndarray,
+    alone: np.ndarray,
+    score: np.ndarray,
+    diff: np.ndarray,
+    dvar: np.ndarray,
+    psf_d_at: Callable[[float, float], np.ndarray],
+    max_separation: float,
+    snr_min: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_hidden_lobes` reading the detection S/N image instead of a matched filter.
+
+    The starting flux of the hidden lobe: its S/N times the PSF-flux error of the
+    difference there, sqrt(1 / sum(P^2 / V)) with V the variance at that pixel."""
+    ny, nx = score.shape
+    keep: list[int] = []
+    found: list[tuple[float, float, float]] = []
+    if alone.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 3))
+    xs, ys = rows["x"][alone].astype(_F), rows["y"][alone].astype(_F)
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    psfs, _ = stack_psfs(psf_d_at, np.where(ok, xs, 0.0), np.where(ok, ys, 0.0), "psf_d_at")
+    for k, i in enumerate(alone.tolist()):
+        if not ok[k]:
+            continue
+        x, y = xs[k], ys[k]
+        m = psf_moments(psfs[k])
+        radius = max_separation * math.sqrt(max(0.5 * (m[0] + m[1]), 0.0))
+        r = int(math.ceil(radius))
+        ix, iy = int(math.floor(x + 0.5)), int(math.floor(y + 0.5))
+        x0, x1 = max(ix - r, 0), min(ix + r + 1, nx)
+        y0, y1 = max(iy - r, 0), min(iy + r + 1, ny)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        win = -float(sources["sign"][i]) * score[y0:y1, x0:x1].astype(_F)
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        win = np.where((np.hypot(xx - x, yy - y) <= radius) & np.isfinite(win), win, -np.inf)
+        j = int(np.argmax(win))
+        if not win.flat[j] >= snr_min:
+            continue
+        jy, jx = divmod(j, x1 - x0)
+        px, py = x0 + jx, y0 + jy
+        v = float(dvar[py, px])
+        err = math.sqrt(v / float((psfs[k] ** 2).sum())) if v > 0 and math.isfinite(v) else 0.0
+        keep.append(i)
+        found.append((float(px), float(py), float(win.flat[j]) * err))
+    return np.array(keep, dtype=np.int64), np.array(found, dtype=_F).reshape(-1, 3)
+
+
+def _hidden_lobes(
+    sources: np.ndarray,
+    rows: np.ndarray,
+    alone: np.ndarray,
+    diff: np.ndarray,
+    dvar: np.ndarray,
+    mask: np.ndarray,
+    badbits: int,
+    psf_d_at: Callable[[float, float], np.ndarray],
+    max_separation: float,
+    snr_min: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of ``alone`` with an opposite-sign lobe, (n, 3) its pixel x, y and matched-filter
+    flux): the most opposite-sign PSF matched-filter S/N within ``max_separation`` PSF
+    sigmas of the source, kept when it reaches ``snr_min``."""
+    from scipy.ndimage import correlate
+
+    ny, nx = diff.shape
+    keep: list[int] = []
+    found: list[tuple[float, float, float]] = []
+    for i in alone.tolist():
+        x, y = float(rows["x"][i]), float(rows["y"][i])
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        psf = np.asarray(psf_d_at(x, y), dtype=_F)
+        psf = psf / psf.sum()
+        m = psf_moments(psf)
+        radius = max_separation * math.sqrt(max(0.5 * (m[0] + m[1]), 0.0))
+        half = int(math.ceil(radius)) + psf.shape[0] // 2
+        ix, iy = int(math.floor(x + 0.5)), int(math.floor(y + 0.5))
+        x0, x1 = max(ix - half, 0), min(ix + half + 1, nx)
+        y0, y1 = max(iy - half, 0), min(iy + half + 1, ny)
+        d = diff[y0:y1, x0:x1].astype(_F)
+        v = dvar[y0:y1, x0:x1].astype(_F)
+        good = (mask[y0:y1, x0:x1] & badbits) == 0
+        good &= np.isfinite(d) & np.isfinite(v) & (v > 0)
+        w = np.where(good, 1.0 / np.where(good, v, 1.0), 0.0)
+        num = correlate(np.where(good, d, 0.0) * w, psf, mode="constant")
+        den = correlate(w, psf * psf, mode="constant")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            snr = -float(sources["sign"][i]) * num / np.sqrt(den)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        near = (np.hypot(xx - x, yy - y) <= radius) & (den > 0) & np.isfinite(snr)
+        if not near.any():
+            continue
+        k = np.flatnonzero(near.ravel())[np.argmax(snr.ravel()[near.ravel()])]
+        if snr.ravel()[k] >= snr_min:
+            keep.append(i)
+            found.append((float(xx.ravel()[k]), float(yy.ravel()[k]),
+                          float(num.ravel()[k] / den.ravel()[k])))  # fmt: skip
+    return np.array(keep, dtype=np.int64), np.array(found, dtype=_F).reshape(-1, 3)
 
 
 _FIELD_MAP = {
@@ -420,11 +579,13 @@ def merge_dipoles(
         raise TypeError("dipoles must be fit_dipoles output (DIPOLE_DTYPE)")
     if rows.shape != dipoles.shape:
         raise ValueError(f"rows has {rows.shape[0]} entries but dipoles has {dipoles.shape[0]}")
-    drop = dipoles["isDipole"] & (dipoles["dipoleLobe"] < 0)
+    # A single-lobe dipole (the other lobe undetected: partner -1) keeps its one row.
+    paired = dipoles["dipolePartner"] >= 0
+    drop = dipoles["isDipole"] & (dipoles["dipoleLobe"] < 0) & paired
     index = np.flatnonzero(~drop)
     merged = rows[index].copy()
     dip = dipoles[index].copy()
-    kept = dip["isDipole"] & (dip["dipoleLobe"] > 0)
+    kept = dip["isDipole"] & ((dip["dipoleLobe"] > 0) | (dip["dipolePartner"] < 0))
     names = merged.dtype.names or ()
     updates = {
         "x": "dipoleX",
@@ -442,7 +603,8 @@ def merge_dipoles(
     if "isNegative" in names:
         merged["isNegative"][kept] = False
     if "bboxSize" in names:
-        partner_rows = rows[dipoles["dipolePartner"][index[kept]]]
+        partner = dipoles["dipolePartner"][index[kept]]
+        partner_rows = rows[np.where(partner >= 0, partner, index[kept])]
         length = dip["dipoleLength"][kept]
         length = np.where(np.isfinite(length), length, 0.0)
         grow = 2 * np.ceil(0.5 * length).astype(np.int64)

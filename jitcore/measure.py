@@ -116,6 +116,8 @@ MEASURE_DTYPE = np.dtype(
         ("pixelFlags_suspect", _B),
         ("pixelFlags_suspectCenter", _B),
         ("pixelFlags_offimage", _B),
+        ("pixelFlags_streak", _B),
+        ("pixelFlags_streakCenter", _B),
     ]
 )
 
@@ -128,6 +130,7 @@ PIXEL_FLAG_PLANES: dict[str, tuple[str, bool]] = {
     "interpolated": ("INTRP", True),
     "saturated": ("SAT", True),
     "suspect": ("SUSPECT", True),
+    "streak": ("STREAK", True),  # set by stream.pipeline.streaks (a Hough search)
 }
 
 _SOURCE_FIELDS = ("x", "y", "sign", "bbox")

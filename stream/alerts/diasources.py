@@ -58,7 +58,8 @@ def dia_source_records(
             raise ValueError(msg)
         columns.update({key: [e[key] for e in extra] for key in keys})
     columns["diaSourceId"] = np.asarray(ids[:n], dtype=np.int64)
-    # Trails are not measured yet: 0 data points (a required field of the schema).
+    # Trails not measured (a caller without the trail step): 0 data points, a required
+    # field of the schema; stream.pipeline.trails fills it otherwise.
     columns.setdefault("trailNdata", np.zeros(n, dtype=np.int64))
     for key, value in (overrides or {}).items():
         columns[key] = [value] * n

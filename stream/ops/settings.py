@@ -108,6 +108,13 @@ class Settings(BaseSettings):
         description="path of a reliability model JSON (None: the shipped diffstream-gbt-1, "
         "stream/alerts/models/; docs/reliability.md)",
     )
+    dipole_lobe_snr_min: float | None = Field(
+        3.0, gt=0, description="S/N of an undetected opposite lobe that triggers a dipole fit"
+    )
+    streak_min_length: float = Field(
+        100.0, ge=0, description="shortest streak masked as STREAK (px; 0: no streak search)"
+    )
+    trail_fit: bool = Field(True, description="fit a trailed-source model to every diaSource")
     allow_uncalibrated: bool = Field(False, description="accept exposures without photo calib")
     # The flux scale is a calibration of the pair: measured on the stars, it moves with any of
     # them that varies.  A 256 x 256 DECam pair has 4 such stars, and fakes on three of them
@@ -280,7 +287,7 @@ class Settings(BaseSettings):
             "exposure_bits", "refit_astrometry", "astrometry_order", "dipole_fit", "dipole_merge",
             "dipole_snr_min", "dipole_max_flux_ratio", "dipole_max_area", "dipole_max_separation",
             "dipole_rel_weight", "dipole_radius", "association_radius_arcsec",
-            "template_flux_ratio",
+            "template_flux_ratio", "trail_fit", "dipole_lobe_snr_min", "streak_min_length",
         ]  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 

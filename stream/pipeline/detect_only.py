@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from diffstream.jitcore.masks import UNUSABLE_PLANES, bits
+from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, with_planes
 from diffstream.jitcore.matched_filter import matched_filter_score
 from diffstream.jitcore.noise import diffim_scale_factors
 from diffstream.jitcore.psf import PsfModel
@@ -45,8 +45,11 @@ from diffstream.stream.pipeline.steps import (
     measure_sources,
     note_counts,
     run_dipoles,
+    run_trails,
+    streak_plane,
     summary_record,
 )
+from diffstream.stream.pipeline.streaks import STREAK_PLANE
 from diffstream.stream.provenance.taskmeta import TaskMetadata
 from diffstream.stream.provenance.versions import package_versions, versions_hash
 
@@ -186,6 +189,7 @@ def detect_exposure(
 
     # The pipeline's own tail (stream.pipeline.steps): the same ordering, and so the same ids.
     found = detect_sources(score, valid, settings=settings, meta=meta)
+    mask, planes = streak_plane(score, valid, mask, planes, settings=settings, meta=meta)
     var_meas = np.where(bad, np.nan, variance).astype(np.float32)
     images: dict[str, Any] = {
         "difference": image,
@@ -195,11 +199,13 @@ def detect_exposure(
         "mask_planes": planes,
     }
     rows = measure_sources(found, images, settings=settings, meta=meta)
-    step = run_dipoles(found, rows, images, wcs=difference.wcs, settings=settings, meta=meta)
+    step = run_dipoles(found, rows, images, wcs=difference.wcs, settings=settings, meta=meta,
+                       score=score)  # fmt: skip
     rows = step.rows
+    row_fields = run_trails(step, images, wcs=difference.wcs, settings=settings, meta=meta)
     # No science or template here: their forced fluxes are not measured (null).
     dia_sources = make_dia_sources(
-        rows, difference, settings=settings, meta=meta, row_fields=step.row_fields,
+        rows, difference, settings=settings, meta=meta, row_fields=row_fields,
         overrides={k: None for k in ("scienceFlux", "scienceFluxErr", "templateFlux",
                                      "templateFluxErr")},
     )  # fmt: skip
@@ -250,7 +256,8 @@ def write_detect_products(result: DetectResult, outdir: str | Path) -> dict[str,
             image=result.score,
             variance=np.where(result.valid, 1.0, np.nan).astype(np.float32),
             mask=result.mask,
-            mask_planes=d.mask_planes,
+            # The planes mark_streaks gave result.mask (the same lowest free bit for STREAK).
+            mask_planes=with_planes(dict(d.mask_planes), (STREAK_PLANE,)),
             wcs=d.wcs,
             header={"VISIT": d.visit or 0, "DETECTOR": d.detector or 0},
             bunit="",

@@ -10,7 +10,9 @@ Settings (read with defaults, so this works whether or not the fields exist yet)
 ``dipole_fit`` (on), ``dipole_merge`` (on), ``dipole_snr_min`` (5 sqrt 2),
 ``dipole_max_flux_ratio`` (0.65), ``dipole_max_area`` (1200 px), ``dipole_max_separation``
 (5 PSF sigma), ``dipole_rel_weight`` (0.5), ``dipole_radius`` (10 px, detect's pairing
-radius; the caller passes it to diffstream.jitcore.detect.detect).
+radius; the caller passes it to diffstream.jitcore.detect.detect), ``dipole_lobe_snr_min``
+(3: the matched-filter S/N of an undetected opposite-sign lobe that makes a single-sign
+source a dipole candidate; None turns the search off).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ DIPOLE_DEFAULTS: dict[str, Any] = {
     "dipole_max_separation": 5.0,
     "dipole_rel_weight": 0.5,
     "dipole_radius": 10.0,
+    "dipole_lobe_snr_min": 3.0,
 }
 
 # The LSST diaSource fields this step fills.
@@ -101,6 +104,7 @@ def measure_dipoles(
     psf_template_at: Callable[[float, float], np.ndarray] | None = None,
     mask: np.ndarray | None = None,
     mask_planes: Mapping[str, int] | None = None,
+    score: np.ndarray | None = None,
 ) -> DipoleStep:
     """Fit dipoles (science/template optional, both or neither), merge, convert.
 
@@ -119,6 +123,7 @@ def measure_dipoles(
             mask=mask, mask_planes=mask_planes, snr_min=opts["dipole_snr_min"],
             max_flux_ratio=opts["dipole_max_flux_ratio"], max_area=opts["dipole_max_area"],
             max_separation=opts["dipole_max_separation"],
+            lobe_snr_min=opts["dipole_lobe_snr_min"], score=score,
         )  # fmt: skip
     else:
         dip = np.zeros(n, dtype=DIPOLE_DTYPE)
@@ -128,9 +133,16 @@ def measure_dipoles(
         dip["dipolePartner"] = -1
         dip["dipoleFitCode"] = -1
     summary = {
-        "nPairs": int((dip["dipoleLobe"] > 0).sum()),
-        "nDipoles": int(((dip["dipoleLobe"] > 0) & dip["isDipole"]).sum()),
+        "nPairs": int(((dip["dipoleLobe"] > 0) & (dip["dipolePartner"] >= 0)).sum()),
+        "nDipoles": int(
+            ((dip["dipoleLobe"] > 0) & (dip["dipolePartner"] >= 0) & dip["isDipole"]).sum()
+        ),
         "nMerged": 0,
+        # Fits of a detected lobe with an undetected partner (dipolePartner -1).
+        "nSingleLobe": int(((dip["dipoleLobe"] != 0) & (dip["dipolePartner"] < 0)).sum()),
+        "nSingleLobeDipoles": int(
+            ((dip["dipoleLobe"] != 0) & (dip["dipolePartner"] < 0) & dip["isDipole"]).sum()
+        ),
     }
     index = np.arange(n)
     if opts["dipole_merge"]:

@@ -69,7 +69,7 @@ def write_products(result: SubtractResult, outdir: str | Path) -> dict[str, Path
     out.mkdir(parents=True, exist_ok=True)
     z = result.zogy
     sci = result.science
-    planes = sci.mask_planes
+    planes = result.mask_planes or sci.mask_planes
     paths: dict[str, Path] = {}
     with result.metadata.timer("write"), ThreadPoolExecutor(2, "write") as pool:
         # The alerts (Avro encoding, then deflate on threads) and score.fits are written while

@@ -27,6 +27,8 @@ from diffstream.stream.alerts.reliability import ReliabilityModelError, features
 from diffstream.stream.io.exposure import Exposure
 from diffstream.stream.ops.settings import Settings
 from diffstream.stream.pipeline.dipoles import DipoleStep, dipole_options, measure_dipoles
+from diffstream.stream.pipeline.streaks import mark_streaks, streak_summary
+from diffstream.stream.pipeline.trails import measure_trails
 from diffstream.stream.provenance.taskmeta import TaskMetadata
 
 __all__ = [
@@ -38,7 +40,9 @@ __all__ = [
     "note",
     "note_counts",
     "run_dipoles",
+    "run_trails",
     "score_reliability",
+    "streak_plane",
     "summary_record",
 ]
 
@@ -76,6 +80,26 @@ def detect_sources(
     return found
 
 
+def streak_plane(
+    score: np.ndarray,
+    valid: np.ndarray,
+    mask: np.ndarray,
+    planes: Mapping[str, int],
+    *,
+    settings: Settings,
+    meta: TaskMetadata,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """(mask with satellite streaks as the STREAK plane, its planes):
+    :mod:`diffstream.stream.pipeline.streaks`, on the detection mask of ``score``."""
+    with meta.timer("streaks"):
+        out, out_planes, found = mark_streaks(
+            score, valid, mask, planes, threshold=settings.detection_threshold,
+            min_length=settings.streak_min_length,
+        )  # fmt: skip
+        note(meta, "streaks", streak_summary(found))
+    return out, out_planes
+
+
 def measure_sources(
     found: np.ndarray,
     images: Mapping[str, Any],
@@ -108,12 +132,37 @@ def run_dipoles(
     wcs: Any,
     settings: Settings,
     meta: TaskMetadata,
+    score: np.ndarray | None = None,
 ) -> DipoleStep:
-    """Fit, classify and merge dipoles (:mod:`diffstream.stream.pipeline.dipoles`)."""
+    """Fit, classify and merge dipoles (:mod:`diffstream.stream.pipeline.dipoles`);
+    ``score`` (the detection S/N image) is where undetected opposite lobes are looked for."""
     with meta.timer("dipoles"):
-        step = measure_dipoles(found, rows, wcs=wcs, settings=settings, **images)
+        step = measure_dipoles(found, rows, wcs=wcs, settings=settings, score=score, **images)
         note(meta, "dipoles", step.summary)
     return step
+
+
+def run_trails(
+    step: DipoleStep,
+    images: Mapping[str, Any],
+    *,
+    wcs: Any,
+    settings: Settings,
+    meta: TaskMetadata,
+    workers: int | None = None,
+) -> Callable[[int], dict[str, Any]]:
+    """Trailed-source fits of the (merged) rows (:mod:`diffstream.stream.pipeline.trails`);
+    returns the row -> alert fields function that make_dia_sources takes, the dipoles' fields
+    included."""
+    with meta.timer("trails"):
+        fields, summary = measure_trails(step.sources, step.rows, wcs=wcs, settings=settings,
+                                         workers=workers, **images)  # fmt: skip
+        note(meta, "trails", summary)
+
+    def row_fields(i: int) -> dict[str, Any]:
+        return {**step.row_fields(i), **{k: v[i] for k, v in fields.items()}}
+
+    return row_fields
 
 
 def make_dia_sources(

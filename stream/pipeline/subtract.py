@@ -59,7 +59,9 @@ from diffstream.stream.pipeline.steps import (
     note,
     note_counts,
     run_dipoles,
+    run_trails,
     score_reliability,
+    streak_plane,
     summary_record,
 )
 from diffstream.stream.pipeline.variance import (
@@ -96,6 +98,8 @@ class SubtractResult:
     psf_science: PsfModel | None = None
     psf_template: PsfModel | None = None
     al: ALInfo | None = None  # Alard-Lupton products (matched image, kernels) with method="al"
+    # The planes of ``mask`` (the science's plus STREAK); None: the science's.
+    mask_planes: dict[str, int] | None = None
 
 
 def subtract_files(
@@ -475,6 +479,9 @@ def _subtract_owned(
 
     found = detect_sources(z.score, z.valid, settings=settings, meta=meta)
     found = host_test(found, z, p, psf_t, sources, f_r, settings=settings, meta=meta)
+    # The difference's mask: the combined mask plus the STREAK plane of satellite streaks.
+    d_mask, d_planes = streak_plane(z.score, z.valid, p.mask, science.mask_planes,
+                                    settings=settings, meta=meta)  # fmt: skip
     # The images every measurement step reads: the difference with its PSF, and the
     # (calibrated, background-subtracted) science and warped template with theirs.
     images: dict[str, Any] = {
@@ -487,22 +494,25 @@ def _subtract_owned(
         "template": p.t_img,
         "template_variance": p.t_var,
         "psf_template_at": psf_t.at,
-        "mask": p.mask,
-        "mask_planes": science.mask_planes,
+        "mask": d_mask,
+        "mask_planes": d_planes,
     }
     rows = measure_sources(found, images, settings=settings, meta=meta, flux=z.flux,
                            flux_variance=z.flux_variance, workers=threads)  # fmt: skip
     scale_psf_flux_errors(rows, psf_err_scale)
-    dipoles = run_dipoles(found, rows, images, wcs=science.wcs, settings=settings, meta=meta)
+    dipoles = run_dipoles(found, rows, images, wcs=science.wcs, settings=settings, meta=meta,
+                          score=z.score)  # fmt: skip
     ext = measure_extendedness(science, p, psf_s, dipoles.rows, meta=meta)
     # After extendedness, which compares the fitted PSF flux with its own aperture model.
     apply_aperture_corrections(
         dipoles.rows,
         aperture_corrections(p, psf_s, psf_t, science.mask_planes, settings=settings, meta=meta),
     )
+    trail_fields = run_trails(dipoles, images, wcs=science.wcs, settings=settings, meta=meta,
+                              workers=threads)  # fmt: skip
 
     def row_fields(i: int) -> dict[str, Any]:
-        return {**dipoles.row_fields(i), "extendedness": ext[i]}
+        return {**trail_fields(i), "extendedness": ext[i]}
 
     dia_sources = make_dia_sources(dipoles.rows, science, settings=settings, meta=meta,
                                    row_fields=row_fields)  # fmt: skip
@@ -511,13 +521,13 @@ def _subtract_owned(
     alerts = make_alerts(
         dia_sources,
         {
-            "cutoutDifference": (z.difference, z.difference_variance, p.mask),
+            "cutoutDifference": (z.difference, z.difference_variance, d_mask),
             "cutoutScience": (p.s_img, p.s_var, science.mask),
             "cutoutTemplate": (p.t_img, p.t_var, p.t_mask),
         },
         # Each cutout carries its own image's PSF at the source (PSFIMAGE).
         psfs_at=[images["psf_d_at"], psf_s.at, psf_t.at],
-        wcs=science.wcs, mask_planes=science.mask_planes, settings=settings, meta=meta,
+        wcs=science.wcs, mask_planes=d_planes, settings=settings, meta=meta,
     )  # fmt: skip
     if settings.apdb:  # association, forced photometry, histories (stream/pipeline/apdb/)
         from diffstream.stream.pipeline.apdb.step import associate_exposure
@@ -543,7 +553,8 @@ def _subtract_owned(
         sources=dipoles.rows,
         dia_sources=dia_sources,
         alerts=alerts,
-        mask=p.mask,
+        mask=d_mask,
+        mask_planes=d_planes,
         metadata=meta,
         summary=summary_meta,
         psf_science=psf_s,

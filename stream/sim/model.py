@@ -90,3 +90,6 @@ class SimPair:
     truth: np.ndarray  # TRUTH_DTYPE, one row per injected difference source
     stars: np.ndarray  # STAR_DTYPE, the static stars
     params: dict = field(default_factory=dict)
+    # stream.sim.trails.TRAIL_TRUTH_DTYPE, the fast movers (science only; empty when none);
+    # None only for pairs made elsewhere
+    trails: np.ndarray | None = None

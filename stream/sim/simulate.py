@@ -44,7 +44,7 @@ import numpy as np
 from astropy.wcs import WCS, Sip
 
 from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE
-from diffstream.stream.sim import galaxies, render
+from diffstream.stream.sim import galaxies, render, trails
 
 # The data model and the FITS writers live in stream.sim.model and stream.sim.fits;
 # they are imported here (listed in __all__, or as ``X as X``) so that
@@ -189,6 +189,11 @@ def simulate_pair(
     min_separation_px: float = 15.0,
     edge_margin_px: float = 20.0,
     sky_centre: tuple[float, float] | None = None,
+    n_trails: int = 0,
+    trail_length_px: tuple[float, float] = (5.0, 40.0),
+    trail_snr: tuple[float, float] = (20.0, 60.0),
+    streaks: tuple[tuple[float, float, float, float], ...] = (),
+    streak_peak_snr: float = 3.0,
 ) -> SimPair:
     """Simulate a science/template pair; see the module docstring for the model.
 
@@ -218,7 +223,11 @@ def simulate_pair(
     correlated noise of a resampled coadd: its noise is shifted by f px in x and y with
     bilinear weights, which lowers the per-pixel scatter by ((1-f)^2 + f^2)^2 (the variance
     plane follows, as a warper propagating variance per pixel would) while the noise a
-    matched filter sees stays nearly what it was.
+    matched filter sees stays nearly what it was.  ``n_trails`` fast movers (science only,
+    :mod:`diffstream.stream.sim.trails`: length uniform in ``trail_length_px``, random angle,
+    S/N log-uniform in ``trail_snr``) go in ``SimPair.trails``.  ``streaks``: satellite
+    streaks (x0, y0, x1, y1) on the science, their ridge ``streak_peak_snr`` times the
+    per-pixel background noise (recorded in ``params["streaks"]``).
     """
     ny, nx = _check_shape("shape", shape)
     if template_shape is not None:
@@ -234,6 +243,7 @@ def simulate_pair(
         "n_bad_columns_template": n_bad_columns_template,
         "n_hosted": n_hosted,
         "edge_px": edge_px,
+        "n_trails": n_trails,
     }
     for name, count in counts.items():
         if int(count) != count or count < 0:
@@ -276,9 +286,9 @@ def simulate_pair(
     # cosmic rays there are) leaves the geometry, the stars and the other defects unchanged.
     # spawn(n)[:8] does not depend on n, so the template's defect streams (added later) left
     # every earlier pair unchanged.
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(12)]
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(13)]
     rng_geom, rng_star, rng_diff, rng_nsci, rng_ntmp, rng_cr, rng_bad, rng_meta = streams[:8]
-    rng_cr_t, rng_bad_t, rng_beta, rng_gal = streams[8:]
+    rng_cr_t, rng_bad_t, rng_beta, rng_gal, rng_trail = streams[8:]
 
     sci, tmp = _frames(
         rng_geom,
@@ -362,6 +372,19 @@ def simulate_pair(
                 ellipticity=psf_ellipticity,
                 profile=frame.profile,
             )
+
+    trail_truth = np.zeros(0, dtype=trails.TRAIL_TRUTH_DTYPE)
+    if n_trails:
+        bright = stars[stars["bright"]]
+        avoid = np.concatenate([np.column_stack([truth["x"], truth["y"]]),
+                                np.column_stack([bright["x"], bright["y"]])])  # fmt: skip
+        trail_truth = trails.draw_trails(
+            rng_trail, sci, tmp, n_trails, length_px=trail_length_px, snr=trail_snr,
+            avoid_xy=avoid, min_sep=min_separation_px, margin=edge_margin_px,
+        )  # fmt: skip
+        trails.add_trails(sci_model, sci, trail_truth)
+    for ends in streaks:
+        trails.add_streak(sci_model, sci, ends, streak_peak_snr)
 
     planes = dict(DEFAULT_PLANES)
     sci_e = render.noisy(rng_nsci, sci, sci_model)
@@ -475,6 +498,7 @@ def simulate_pair(
         "moffat_beta": moffat_beta,
         "moffat_beta_gradient": moffat_beta_gradient,
         "resampled_template_noise": resampled_template_noise,
+        "streaks": [tuple(float(v) for v in e) for e in streaks],
     }
     return SimPair(
         science=sim_image(sci, sci_raw, sci_var, sci_mask, mjd_sci, inst.exptime, visit_sci),
@@ -484,6 +508,7 @@ def simulate_pair(
         truth=truth,
         stars=stars,
         params=params,
+        trails=trail_truth,
     )
 
 

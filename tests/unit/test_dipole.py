@@ -507,7 +507,8 @@ def test_measure_dipoles_step_and_alert_record():
 
     step = measure_dipoles(found, rows, difference=img, difference_variance=var,
                            psf_d_at=lambda x, y: psf, wcs=wcs, settings=Knobs())  # fmt: skip
-    assert step.summary == {"nPairs": 1, "nDipoles": 1, "nMerged": 1}
+    assert step.summary == {"nPairs": 1, "nDipoles": 1, "nMerged": 1, "nSingleLobe": 0,
+                            "nSingleLobeDipoles": 0}  # fmt: skip
     assert len(step.rows) == len(step.sources) == 2
     np.testing.assert_array_equal(step.sources["x"], found["x"][step.index])
     fields = [step.row_fields(i) for i in range(2)]
@@ -535,5 +536,6 @@ def test_measure_dipoles_step_and_alert_record():
 
     off = measure_dipoles(found, rows, difference=img, difference_variance=var,
                           psf_d_at=lambda x, y: psf, wcs=wcs, settings=Off())  # fmt: skip
-    assert off.summary == {"nPairs": 0, "nDipoles": 0, "nMerged": 0} and len(off.rows) == 3
+    assert off.summary == {"nPairs": 0, "nDipoles": 0, "nMerged": 0, "nSingleLobe": 0,
+                           "nSingleLobeDipoles": 0} and len(off.rows) == 3  # fmt: skip
     assert not off.dipoles["dipoleFitAttempted"].any()
