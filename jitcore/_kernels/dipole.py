@@ -170,32 +170,33 @@ def _solve_scaled(nmat, rhs, scale, low, scratch, delta, cov, want_cov):
 
     Fluxes (~1e4 nJy) and positions (~1 px) differ by orders of magnitude; scaling by the
     diagonal makes the pivots O(1) so that the positivity test of the factor is meaningful.
-    ``scratch`` has shape (2, NPAR).  Returns False when N is singular."""
-    for p in range(NPAR):
+    ``scratch`` has shape (2, n).  Returns False when N is singular."""
+    n = nmat.shape[0]  # NPAR here; the trail fit (trails.py) shares it for its own
+    for p in range(n):
         d = nmat[p, p]
         if not (d > 0.0 and math.isfinite(d)):
             return False
         scale[p] = 1.0 / math.sqrt(d)
-    for p in range(NPAR):
-        for q in range(p, NPAR):
+    for p in range(n):
+        for q in range(p, n):
             low[p, q] = nmat[p, q] * scale[p] * scale[q]
             if q > p:
                 low[q, p] = 0.0
-    if not _cholesky_inplace(low, NPAR):
+    if not _cholesky_inplace(low, n):
         return False
     tmp = scratch[0]
     sol = scratch[1]
-    for p in range(NPAR):
+    for p in range(n):
         tmp[p] = rhs[p] * scale[p]
-    _cholesky_solve(low, tmp, sol, NPAR)
-    for p in range(NPAR):
+    _cholesky_solve(low, tmp, sol, n)
+    for p in range(n):
         delta[p] = sol[p] * scale[p]
     if want_cov:
-        for q in range(NPAR):
-            for p in range(NPAR):
+        for q in range(n):
+            for p in range(n):
                 tmp[p] = 1.0 if p == q else 0.0
-            _cholesky_solve(low, tmp, sol, NPAR)
-            for p in range(NPAR):
+            _cholesky_solve(low, tmp, sol, n)
+            for p in range(n):
                 cov[p, q] = sol[p] * scale[p] * scale[q]
     return True
 

@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from diffstream.jitcore._jit import njit
-from diffstream.jitcore._kernels.dipole import _cholesky_inplace, _cholesky_solve
+from diffstream.jitcore._kernels.dipole import _solve_scaled
 from diffstream.jitcore._kernels.psffit import _good
 
 __all__ = [
@@ -131,40 +131,6 @@ def trail_chi2(img, var, mask, badbits, box, par, sigma, nmat, rhs, grad, accumu
             for q in range(p):
                 nmat[p, q] = nmat[q, p]
     return chi2, ngood
-
-
-@njit
-def _solve_scaled(nmat, rhs, scale, low, scratch, delta, cov, want_cov):
-    """delta <- N^-1 rhs (and cov <- N^-1) through the Jacobi-scaled Cholesky factor (the
-    dipole kernel's, for NPAR parameters: flux and pixel scales differ by 1e4).  Returns
-    False when N is not positive definite."""
-    for p in range(NPAR):
-        d = nmat[p, p]
-        if not (d > 0.0 and math.isfinite(d)):
-            return False
-        scale[p] = 1.0 / math.sqrt(d)
-    for p in range(NPAR):
-        for q in range(p, NPAR):
-            low[p, q] = nmat[p, q] * scale[p] * scale[q]
-            if q > p:
-                low[q, p] = 0.0
-    if not _cholesky_inplace(low, NPAR):
-        return False
-    tmp = scratch[0]
-    sol = scratch[1]
-    for p in range(NPAR):
-        tmp[p] = rhs[p] * scale[p]
-    _cholesky_solve(low, tmp, sol, NPAR)
-    for p in range(NPAR):
-        delta[p] = sol[p] * scale[p]
-    if want_cov:
-        for q in range(NPAR):
-            for p in range(NPAR):
-                tmp[p] = 1.0 if p == q else 0.0
-            _cholesky_solve(low, tmp, sol, NPAR)
-            for p in range(NPAR):
-                cov[p, q] = sol[p] * scale[p] * scale[q]
-    return True
 
 
 @njit

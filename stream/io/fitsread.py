@@ -108,20 +108,19 @@ def _yield_cpu() -> None:
         pass
 
 
-def _sha256_of(raw: bytes) -> Callable[[], str]:
-    if len(raw) < _HASH_THREAD_MIN_BYTES:
-        digest = hashlib.sha256(raw).hexdigest()
-        return lambda: digest
+def _on_idle_thread(job: Callable[[], str]) -> Callable[[], str]:
+    """Run ``job`` on a daemon thread at the lowest priority; the callable returned waits for
+    its answer and re-raises its error in the caller's thread.  A daemon: a load that fails
+    while hashing does not wait for the hash."""
     box: dict[str, Any] = {}
 
     def run() -> None:
         _yield_cpu()
         try:
-            box["digest"] = hashlib.sha256(raw).hexdigest()
+            box["digest"] = job()
         except BaseException as exc:  # re-raised in the caller's thread by result()
             box["error"] = exc
 
-    # A daemon thread: a load that fails while hashing does not wait for the hash.
     thread = threading.Thread(target=run, name="fitsread-sha256", daemon=True)
     thread.start()
 
@@ -132,6 +131,13 @@ def _sha256_of(raw: bytes) -> Callable[[], str]:
         return str(box["digest"])
 
     return result
+
+
+def _sha256_of(raw: bytes) -> Callable[[], str]:
+    if len(raw) < _HASH_THREAD_MIN_BYTES:
+        digest = hashlib.sha256(raw).hexdigest()
+        return lambda: digest
+    return _on_idle_thread(lambda: hashlib.sha256(raw).hexdigest())
 
 
 _HASH_CHUNK = 4 * 2**20
@@ -141,10 +147,8 @@ def _sha256_of_file(fd: int, before: os.stat_result, path: str) -> Callable[[], 
     """The SHA-256 of the open file ``fd`` (which this takes over), read from its start on a
     thread at the lowest priority; ``before`` is its fstat when the caller read it.  The
     callable returned waits for the hash and raises its error."""
-    box: dict[str, Any] = {}
 
-    def run() -> None:
-        _yield_cpu()
+    def job() -> str:
         try:
             h = hashlib.sha256()
             offset = 0
@@ -152,28 +156,16 @@ def _sha256_of_file(fd: int, before: os.stat_result, path: str) -> Callable[[], 
                 h.update(chunk)
                 offset += len(chunk)
             after = os.fstat(fd)
-            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-                box["error"] = BadExposure(
-                    "file changed while it was read (size or mtime): its checksum would not "
-                    "be of the pixels processed", path=path, reason="changed",
-                )  # fmt: skip
-            else:
-                box["digest"] = h.hexdigest()
-        except BaseException as exc:  # re-raised in the caller's thread by result()
-            box["error"] = exc
         finally:
             os.close(fd)
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise BadExposure(
+                "file changed while it was read (size or mtime): its checksum would not "
+                "be of the pixels processed", path=path, reason="changed",
+            )  # fmt: skip
+        return h.hexdigest()
 
-    thread = threading.Thread(target=run, name="fitsread-sha256", daemon=True)
-    thread.start()
-
-    def result() -> str:
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return str(box["digest"])
-
-    return result
+    return _on_idle_thread(job)
 
 
 def open_fits(raw: bytes, path: str) -> fits.HDUList:
