@@ -64,9 +64,8 @@ def test_rejects_90_percent_of_bogus_at_95_percent_completeness(scored):
     assert n_real >= 200 and n_bogus >= 40, (n_real, n_bogus)
     threshold = np.quantile(p[y == 1], 0.05, method="lower")
     rejected = float(np.mean(p[y == 0] < threshold))
-    print(
-        f"reliability on seeds {SEEDS}: {n_real} real, {n_bogus} bogus, rejected {rejected:.3f} at threshold {threshold:.3f}"
-    )
+    print(f"reliability on seeds {SEEDS}: {n_real} real, {n_bogus} bogus, "
+          f"rejected {rejected:.3f} at threshold {threshold:.3f}")  # fmt: skip
     assert rejected >= 0.90, (rejected, threshold, n_real, n_bogus)
 
 
