@@ -190,7 +190,7 @@ def load_exposure(
                 )  # fmt: skip
         info["hdu"] = next(i for i, h in enumerate(hdul) if h is img_hdu)
         primary = hdul[0].header
-        header = _merged_header(img_hdu.header, primary if img_hdu is not hdul[0] else None)
+        header = _merged_header(img_hdu.header, primary if img_hdu is not hdul[0] else None, spath)
         wcs = _celestial_wcs([img_hdu.header, primary], spath, image.shape)
         psf_stamp = _psf_hdu_stamp(hdul, names, spath, info)
 
@@ -375,8 +375,11 @@ def _ensure_plane(planes: dict[str, int], name: str, path: str) -> dict[str, int
     return {**planes, name: free[0]}
 
 
-def _merged_header(ext: fits.Header, primary: fits.Header | None) -> fits.Header:
-    """The image header plus primary cards it lacks (the extension wins on conflicts)."""
+def _merged_header(ext: fits.Header, primary: fits.Header | None, path: str) -> fits.Header:
+    """The image header plus primary cards it lacks (the extension wins on conflicts).
+
+    A primary card astropy cannot render (e.g. a NUL in a string value) is left out with a
+    WARNING: an odd card in a real survey file is no reason to refuse its pixels."""
     merged = ext.copy()
     if primary is None:
         return merged
@@ -384,7 +387,12 @@ def _merged_header(ext: fits.Header, primary: fits.Header | None) -> fits.Header
         key = card.keyword
         if key in _STRUCTURAL or key.startswith("NAXIS") or key in merged:
             continue
-        merged.append(fits.Card.fromstring(card.image))
+        try:
+            image = card.image
+        except (ValueError, fits.VerifyError) as exc:
+            log.warning("%s: primary header card %s is unreadable, left out: %s", path, key, exc)
+            continue
+        merged.append(fits.Card.fromstring(image))
     return merged
 
 

@@ -288,6 +288,21 @@ def test_mef_arrays_planes_psf_metadata(write_mef):
     assert exp.shape == (80, 100)
 
 
+def test_mef_unreadable_primary_card_is_left_out_with_a_warning(write_mef, caplog):
+    """A NUL in a primary string card (astropy cannot render it) costs that card, not the
+    file: an odd card in a real survey file is not bad input."""
+    path = write_mef(primary_cards={"TIMESYS": "TAI", "OBSERVER": "someone"})
+    raw = path.read_bytes()
+    good = b"OBSERVER= 'someone '"
+    assert raw.count(good) == 1
+    path.write_bytes(raw.replace(good, b"OBSERVER= 'some\x00ne '"))
+    with caplog.at_level("WARNING"):
+        exp = load_exposure(str(path))
+    assert exp.image.shape == (80, 100) and "OBSERVER" not in exp.header
+    assert exp.header["TIMESYS"] == "TAI"
+    assert any("OBSERVER is unreadable" in r.getMessage() for r in caplog.records)
+
+
 def test_keyword_arguments_override_ids(write_mef):
     path = write_mef(primary_cards={"VISIT": 1, "DETECTOR": 2, "EXPID": 3})
     exp = load_exposure(path, visit=11, detector=22, exposure_id=33)
