@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from diffstream.jitcore.photometry import aperture_flux
+from diffstream.jitcore.planes import native_float
 
 __all__ = ["ApCorr", "aperture_correction"]
 
@@ -59,8 +60,10 @@ def aperture_correction(
     leaves the image or holds a bad pixel, or whose PSF flux is not positive, are skipped.
     Raises ValueError when fewer than ``min_stars`` remain (the caller decides the fallback).
     """
-    img = np.ascontiguousarray(image, dtype=np.float64)
-    var = np.ascontiguousarray(variance, dtype=np.float64)
+    # The planes as they come (sep sums float32 in double): a float64 copy of a 4k pair's
+    # science image and variance was 256 MB, the pipeline's peak RSS.
+    img = native_float(image)
+    var = native_float(variance)
     msk = np.ascontiguousarray(bad, dtype=bool)
     if not img.shape == var.shape == msk.shape or img.ndim != 2:
         raise ValueError(f"shapes differ or not 2-D: {img.shape}, {var.shape}, {msk.shape}")
@@ -73,9 +76,9 @@ def aperture_correction(
         raise ValueError(f"xs, ys, psf_flux differ in length: {x.size}, {y.size}, {f.size}")
     if x.size == 0:
         raise ValueError(f"found 0 aperture-correction stars < required min_stars={min_stars}")
-    zero = np.zeros(img.shape, np.uint8)
+    # ``bad`` given, the mask plane is not read: ``msk`` stands in (no image-sized zeros).
     ap, ap_err, truncated, masked, failed = aperture_flux(
-        img, var, zero, 0, x, y, np.full(x.size, float(radius)), bad=msk
+        img, var, msk, 0, x, y, np.full(x.size, float(radius)), bad=msk
     )
     ok = ~(truncated | masked | failed) & (f > 0) & np.isfinite(f)
     ratio = np.where(ok, ap / np.where(ok, f, 1.0), np.nan)

@@ -7,7 +7,7 @@ import numpy as np
 from diffstream.jitcore._kernels.planes import combine_masks, combine_masks_hard
 from diffstream.jitcore.masks import MASK_DTYPE
 
-__all__ = ["combine_planes", "combine_planes_hard"]
+__all__ = ["combine_planes", "combine_planes_hard", "native_float"]
 
 
 def combine_planes(
@@ -76,3 +76,12 @@ def _checked(science_mask, template_mask, unusable, *images):
     mb = np.ascontiguousarray(template_mask, dtype=MASK_DTYPE)
     f32 = [np.ascontiguousarray(p, dtype=np.float32) for p in planes[2:]]
     return ma, mb, f32
+
+
+def native_float(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous native-endian float array: itself when it already is one
+    (float32 stays float32: no image-sized copy), else a float64 copy."""
+    a = np.asarray(a)
+    if a.dtype in (np.float32, np.float64) and a.dtype.isnative:
+        return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a, dtype=np.float64)

@@ -82,6 +82,7 @@ from diffstream.jitcore._kernels.zogy import (
     zogy_fs,
     zogy_spectral_kernels,
 )
+from diffstream.jitcore.planes import native_float
 from diffstream.jitcore.psf import normalise_psf, psf_moments
 from diffstream.jitcore.robust import median_noise
 from diffstream.jitcore.tiles import (
@@ -177,13 +178,6 @@ def _image(name: str, arr: Any) -> np.ndarray:
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
         raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
     return a
-
-
-def _native(a: np.ndarray) -> np.ndarray:
-    """``a`` as a C-contiguous native-endian float array (itself when it already is one)."""
-    if a.dtype in (np.float32, np.float64) and a.dtype.isnative:
-        return np.ascontiguousarray(a)
-    return np.ascontiguousarray(a, dtype=np.float64)
 
 
 def _positive(name: str, value: float) -> float:
@@ -284,7 +278,7 @@ def zogy(
     # One fused pass (the NumPy chain of ten full-frame passes took 55 ms at 4k x 4k, on
     # one core, before any tile could start).
     good = np.empty(sci.shape, dtype=bool)
-    usable_pair(np.ascontiguousarray(bad_arr), *(_native(a) for a in (sci, tmpl, svar, tvar)),
+    usable_pair(np.ascontiguousarray(bad_arr), *(native_float(a) for a in (sci, tmpl, svar, tvar)),
                 good)  # fmt: skip
     if not good.any():
         raise ValueError("no usable pixels: every pixel is bad or non-finite")

@@ -43,7 +43,12 @@ def mark_streaks(
     new_planes = with_planes(dict(planes), (STREAK_PLANE,))
     if min_length <= 0:
         return mask, new_planes, find_streaks(np.zeros((1, 1), bool))
-    detected = valid & np.isfinite(score) & (np.abs(score) >= threshold)
+    # Boolean planes only, in place: |score| as a float temporary was 64 MB at 4k, and this
+    # step set the pipeline's peak RSS.
+    detected = score >= threshold
+    detected |= score <= -threshold
+    detected &= valid
+    detected &= np.isfinite(score)
     found = find_streaks(detected, min_length=float(min_length))
     if len(found) == 0:
         return mask, new_planes, found
