@@ -205,6 +205,27 @@ def test_refusals_and_sqlite_errors_are_not_retriable(apdb_url):  # noqa: F811
     assert not info.value.retriable
 
 
+def test_a_sqlite_file_locked_past_the_busy_timeout_is_unavailable(apdb_url):  # noqa: F811
+    """Another process holding SQLite's write lock longer than the busy timeout is an outage
+    of the APDB, not bad input: ApdbUnavailable, which the worker retries."""
+    import sqlite3
+
+    url = apdb_url("sqlite")
+    db = Apdb(url, busy_timeout_s=0.2)
+    holder = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the one write lock, as a second worker holds it
+        with pytest.raises(ApdbUnavailable, match="locked") as info:
+            with db.exposure([1]) as conn:
+                conn.exec_driver_sql('SELECT COUNT(*) FROM "DiaObject"')
+        assert info.value.retriable
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with db.exposure([1]) as conn:  # the lock gone, the same call succeeds
+        conn.exec_driver_sql('SELECT COUNT(*) FROM "DiaObject"')
+
+
 def test_store_refuses_other_databases():
     with pytest.raises(ConfigError, match="must start with sqlite:/// or postgresql://"):
         Apdb("mysql://localhost/apdb")

@@ -18,7 +18,8 @@ taken before it reads anything):
   and associates with them instead of creating a twin.  Disjoint footprints run in parallel.
 - SQLite: ``BEGIN IMMEDIATE`` takes the database's one write lock at the start, so workers
   sharing a file are serialised whole (WAL keeps readers going); ``busy_timeout`` is how long
-  the second waits before the exposure fails with ApdbError (never a half-written one).
+  the second waits before the exposure fails with ApdbUnavailable (never a half-written one),
+  which the worker retries with back-off rather than dead-lettering.
 """
 
 from __future__ import annotations
@@ -160,11 +161,18 @@ class Apdb:
         PostgreSQL: psycopg's OperationalError is what a refused or dropped connection, a
         server shutting down ("terminating connection due to administrator command") and a
         failed start-up raise; a SQL error in our statements is a ProgrammingError or an
-        IntegrityError instead.  SQLite's file is local: none of its errors is an outage."""
+        IntegrityError instead.  SQLite's file is local, and its one outage is another
+        process holding the write lock past the busy timeout ("database is locked"): the
+        event is fine and succeeds once the lock is free, so it is retried too."""
         sa = self.sa
         down = isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
         if self.dialect == "postgresql":
             down |= isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+        else:
+            text = str(getattr(exc, "orig", exc)).lower()
+            down |= isinstance(exc, sa.exc.OperationalError) and (
+                "database is locked" in text or "database is busy" in text
+            )
         kind = ApdbUnavailable if down else ApdbError
         return kind(f"{what}: {exc}", url=self.safe_url)
 
