@@ -359,9 +359,13 @@ class Worker:
         )
 
     # -- the one entry point ----------------------------------------------------------------
-    def process(self, msg: SourceMessage) -> Outcome:
-        """Decode, check, subtract, encode.  Never raises except :class:`StopProcessing`."""
-        self.metrics.on_consumed()
+    def process(self, msg: SourceMessage, *, again: bool = False) -> Outcome:
+        """Decode, check, subtract, encode.  Never raises except :class:`StopProcessing`.
+
+        ``again``: the same message once more after a ``retry`` outcome (run_loop); it was
+        counted as consumed the first time."""
+        if not again:
+            self.metrics.on_consumed()
         meta = TaskMetadata()
         event: dict[str, Any] | None = None
         notes: list[str] = []
@@ -612,7 +616,7 @@ def run_loop(
             )
             if not _wait_in_hand(transport, delay, stop):
                 break
-            outcome = worker.process(msg)
+            outcome = worker.process(msg, again=True)
         if outcome.status == "retry":
             # Stopped, or the partition went to another worker while we waited: the event
             # stays uncommitted, and whoever owns its partition next processes it.

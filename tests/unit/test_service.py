@@ -351,6 +351,7 @@ def test_down_apdb_is_retried_with_back_off_not_dead_lettered(pair_dir, real_res
     assert [o.status for o in t.delivered] == ["done"] and t.delivered[0].dead_letter is None
     assert [c for c in metrics.calls if c[0] == "on_retry"] == [("on_retry", "apdb")] * 3
     assert "on_dead_letter" not in metrics.names()
+    assert metrics.names().count("on_consumed") == 1  # one event, however many attempts
     # Back-off: the schedule's values in turn, the last one repeated, waited through the
     # transport (which keeps its group alive meanwhile), not slept away.
     assert sum(t.waited) == pytest.approx(0.01 + 0.02 + 0.02, abs=5e-3)
