@@ -118,7 +118,7 @@ def test_hostless_completeness_at_snr_10(tuned):
 
 
 @_gap(
-    "hosted completeness 0.71 at S/N >= 15: fakes on the brightest star sit on its "
+    "hosted completeness 0.81 at S/N >= 15: fakes on the brightest star sit on its "
     "misregistration dipole (0.6 px), or in the 22 px edge strip"
 )
 def test_hosted_completeness_at_snr_15(tuned):

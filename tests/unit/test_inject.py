@@ -124,6 +124,17 @@ def test_a_residual_found_without_the_fake_is_not_the_fake():
     assert hit.tolist() == [0, 1, 2, 3, -1]  # the input is left alone
 
 
+def test_a_match_far_fainter_than_the_fake_is_not_the_fake():
+    """A star's residual fitted as a dipole moves by a pixel or two between the clean and
+    the injected run, out of reach of the clean-run comparison: its own flux tells."""
+    clean = [{"x": 10.0, "y": 10.0, "psfFlux": 500.0, "isNegative": False}]
+    found = [{"x": 13.0, "y": 10.0, "psfFlux": 40.0, "isNegative": False},  # moved residual
+             {"x": 13.0, "y": 10.0, "psfFlux": -60.0, "isNegative": False},
+             {"x": 30.0, "y": 30.0, "psfFlux": 55.0, "isNegative": False}]  # fmt: skip
+    out = inj.not_already_there(np.array([0, 1, 2]), np.full(3, 100.0), found, clean)
+    assert out.tolist() == [-1, -1, 2]
+
+
 def test_cli_writes_the_injected_file_and_its_catalogue(tmp_path):
     from astropy.wcs import WCS
 
