@@ -300,13 +300,17 @@ class Worker:
         exc: DiffstreamError,
         meta: TaskMetadata,
     ) -> Outcome:
-        action = self.error_policy(msg, exc)
+        """A ``failed`` outcome under the error policy; or, for a retriable error (a
+        dependency that is down, such as the APDB: no fault of the input), a ``retry`` one
+        that neither the policy nor the dead-letter topic sees: :func:`run_loop` processes
+        the event again after a back-off, without committing it."""
+        action = None if exc.retriable else self.error_policy(msg, exc)
         if action is ErrorAction.STOP:
             raise StopProcessing(msg, exc)
         error = exc.to_record()
         summary = self._summary("failed", msg, event, meta, error=error)
         outcome = Outcome(
-            status="failed",
+            status="retry" if exc.retriable else "failed",
             source=msg,
             summary=self._summary_out(summary),
             summary_record=summary,
@@ -336,27 +340,6 @@ class Worker:
             )
             outcome.dead_letter_record = record
         return outcome
-
-    def _unavailable(
-        self,
-        msg: SourceMessage,
-        event: dict[str, Any] | None,
-        exc: DiffstreamError,
-        meta: TaskMetadata,
-    ) -> Outcome:
-        """A ``retry`` outcome: a dependency is down (the APDB), which is no fault of the
-        input, so neither the error policy nor the dead-letter topic sees it; :func:`run_loop`
-        processes the event again after a back-off, without committing it."""
-        error = exc.to_record()
-        summary = self._summary("failed", msg, event, meta, error=error)
-        return Outcome(
-            status="retry",
-            source=msg,
-            summary=self._summary_out(summary),
-            summary_record=summary,
-            event=event,
-            error=error,
-        )
 
     # -- the one entry point ----------------------------------------------------------------
     def process(self, msg: SourceMessage, *, again: bool = False) -> Outcome:
@@ -405,8 +388,6 @@ class Worker:
                 ledger=None if key is None else (key, ledger_value(summary)),
             )
         except DiffstreamError as exc:
-            if exc.retriable:
-                return self._unavailable(msg, event, exc, meta)
             return self._failed(msg, event, exc, meta)
         except Exception as exc:  # a bug or an input nobody foresaw: still never lose the message
             log.exception("%s: unexpected error", msg.where)
