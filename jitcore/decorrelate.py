@@ -212,7 +212,8 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     else:
         vx = np.zeros((h, w))
 
-    vcore = fill_core_valid(ctx.good, valid, core, radius, mask_edges=ctx.mask_edges)
+    edges = "all" if ctx.mask_edges else "none"
+    vcore = fill_core_valid(ctx.good, valid, core, radius, mask_edges=edges)
     o = {k: v[y0:y1, x0:x1] for k, v in out.items()}
     sum_pd2 = float((psf_d * psf_d).sum())
     zogy_finalize(d[cs], vd[cs], n[cs], vn[cs], vx, vcore, 1.0, sum_pd2,

@@ -475,13 +475,16 @@ def _pixel_flags(out, mask, planes, x, y, bbox, psf_half, shape) -> None:
     ors = np.empty((x.shape[0], 2), dtype=np.int64)
     _k.mask_or(mask, cx, cy, np.ascontiguousarray(half), ors)
     offimage = (cx < 0) | (cx >= nx) | (cy < 0) | (cy >= ny)
+    # The footprint box runs off the image: the difference there was convolved with zeros
+    # beyond the edge (valid on empty sky, jitcore.zogy), and the footprint is cut.
+    runs_off = (cx - half < 0) | (cx + half >= nx) | (cy - half < 0) | (cy + half >= ny)
     out["pixelFlags_offimage"] = offimage
     anyflag = offimage.copy()
     for suffix, (plane, centre) in PIXEL_FLAG_PLANES.items():
         bit = bits(planes, (plane,))
         hit = (ors[:, 0] & bit) != 0 if bit else np.zeros(x.shape[0], bool)
         if suffix == "edge":
-            hit = hit | offimage
+            hit = hit | offimage | runs_off
         out[f"pixelFlags_{suffix}"] = hit
         anyflag |= hit
         if centre:

@@ -19,6 +19,7 @@ from scipy import fft as sfft
 from scipy import ndimage
 
 from diffstream.jitcore._kernels.frames import fill_frame_kernel
+from diffstream.jitcore.robust import mad_sigma
 
 T = TypeVar("T")
 
@@ -33,7 +34,14 @@ __all__ = [
     "crop_centred",
     "footprint_radius",
     "dilate",
+    "edge_light",
+    "EDGE_MODES",
 ]
+
+# How the image edge enters ``valid`` (fill_core_valid): "light" (only the kernel footprint
+# of light that the edge cuts), "all" (a strip of the footprint radius along every edge),
+# "none".
+EDGE_MODES = ("light", "all", "none")
 
 
 def split_axis(n: int, tile: int) -> list[tuple[int, int]]:
@@ -182,17 +190,85 @@ def thread_count(workers: int | None, ntasks: int) -> int:
     return max(1, min(n, ntasks))
 
 
+def edge_light(
+    pairs: list[tuple[np.ndarray, np.ndarray]],
+    good: np.ndarray,
+    *,
+    width: int,
+    sigma: float,
+    nsigma: float = 5.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Static light that the image edge cuts: per side (y = 0, y = ny - 1, x = 0,
+    x = nx - 1), per position along it, the S/N of that light (0 where there is none).
+
+    The S/N is PSF-matched (a Gaussian of ``sigma`` px; data and variance zero where not
+    ``good`` and beyond the edge), in units of its robust scatter over the band (at least 1),
+    the lowest over the (image, variance) ``pairs``, the highest over the ``width`` px next
+    to the edge; below ``nsigma`` it counts as none.  None when no side has any.
+
+    Why only this light: beyond the edge both images are zero, and so is their variance, so
+    on empty sky the score stays N(0, 1) right up to the edge (the ZOGY module docstring).
+    What breaks it is a static source the edge cuts: its missing parts differ after the two
+    kernels, a residual that scales with its S/N in the difference, which is below its S/N in
+    either image (hence the lowest); light in only one image (a transient, a satellite
+    trail) is a real difference, which the edge merely truncates.  A cut source always
+    leaves light inside the outermost ``width`` px, and a source wholly outside the image is
+    missing from both images alike and cancels.  The scatter: resampled images have
+    correlated pixel noise, which the per-pixel variance does not know (the DECam cutouts'
+    smoothed S/N scatters by 1.3-2 on empty sky).  nsigma 5: a star centred 1-3 px outside
+    the edge leaves a residual |S_corr| of about half the band's S/N (simulated Gaussian
+    PSFs), and one wholly inside, far less.
+    """
+    ny, nx = good.shape
+    w = max(int(width), 1)
+    pad = int(math.ceil(4.0 * sigma)) + 1  # the filters see real data beyond the band
+    t, u = min(w + pad, ny), min(w + pad, nx)
+    # (slab, the band inside the slab, the axis to project the band onto the edge with)
+    sides = (
+        (np.s_[:t, :], np.s_[: min(w, t), :], 0),
+        (np.s_[ny - t :, :], np.s_[max(t - w, 0) :, :], 0),
+        (np.s_[:, :u], np.s_[:, : min(w, u)], 1),
+        (np.s_[:, nx - u :], np.s_[:, max(u - w, 0) :], 1),
+    )
+    norm2 = 1.0 / (4.0 * math.pi * sigma * sigma)  # g^2 is this times a Gaussian of sigma/sqrt2
+    out = []
+    for slab, band, axis in sides:
+        g = good[slab]
+        gb = g[band]
+        low = np.full(gb.shape, np.inf)
+        for img, var in pairs:
+            a = np.where(g, img[slab], 0.0)
+            v = np.where(g, var[slab], 0.0)
+            num = ndimage.gaussian_filter(a, sigma, mode="constant", cval=0.0)[band]
+            den = ndimage.gaussian_filter(v, sigma / math.sqrt(2.0), mode="constant")[band] * norm2
+            with np.errstate(invalid="ignore", divide="ignore"):
+                snr = np.abs(np.where(den > 0, num / np.sqrt(den), 0.0))
+            scale = mad_sigma(snr[gb]) if gb.any() else 1.0
+            np.minimum(low, snr / max(scale, 1.0), out=low)
+        low[~(low > nsigma)] = 0.0
+        out.append(low.max(axis=axis))
+    if not any(o.any() for o in out):
+        return None
+    return out[0], out[1], out[2], out[3]
+
+
 def fill_core_valid(
     good: np.ndarray,
     valid: np.ndarray,
     core: tuple[int, int, int, int],
     radius: int,
     *,
-    mask_edges: bool,
+    mask_edges: str,
+    edge_cut: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    edge_reach: Callable[[float], int] | None = None,
+    edge_pad: int = 0,
 ) -> np.ndarray:
     """Write the tile core's part of ``valid``: good pixels not within ``radius`` of a bad one
-    (nor, with ``mask_edges``, of the image edge, which behaves like bad data: a star cut by
-    the edge does not cancel).  Returns the core view of ``valid``."""
+    and, by ``mask_edges`` (:data:`EDGE_MODES`), not near the image edge: "all" - within
+    ``radius`` of it anywhere (the edge behaves like bad data); "light" - near the light
+    :func:`edge_light` found cut (``edge_cut``, an S/N per position along each side): within
+    ``edge_reach(S/N)`` (at most ``radius``) of the edge, and that plus ``edge_pad`` of the
+    position along it.  Returns the core view of ``valid``."""
     ny, nx = good.shape
     y0, y1, x0, x1 = core
     ry0, ry1 = max(y0 - radius, 0), min(y1 + radius, ny)
@@ -200,13 +276,45 @@ def fill_core_valid(
     grown = dilate(~good[ry0:ry1, rx0:rx1], radius)
     vcore = valid[y0:y1, x0:x1]
     np.logical_not(grown[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0], out=vcore)
-    if mask_edges and radius > 0:
-        # Chebyshev distance to the outside: rows/columns < radius from either edge.
-        vcore[: max(radius - y0, 0)] = False
-        vcore[max(ny - radius - y0, 0) :] = False
-        vcore[:, : max(radius - x0, 0)] = False
-        vcore[:, max(nx - radius - x0, 0) :] = False
+    if radius <= 0 or mask_edges == "none":
+        return vcore
+    if mask_edges == "all":
+        ones = (np.ones(nx, bool), np.ones(nx, bool), np.ones(ny, bool), np.ones(ny, bool))
+        _mask_strips(vcore, core, (ny, nx), ones, radius)
+        return vcore
+    if edge_cut is None:
+        return vcore
+    # S/N octaves from 5: each invalidates its own reach, computed for its upper end.
+    top = max(float(c.max()) for c in edge_cut)
+    lo = 5.0
+    while lo <= top:
+        r = radius if edge_reach is None else min(edge_reach(2.0 * lo), radius)
+        if r > 0:
+            size = 2 * (r + edge_pad) + 1
+            lit = tuple(
+                ndimage.maximum_filter1d((c >= lo).view(np.uint8), size, mode="constant") > 0
+                for c in edge_cut
+            )
+            _mask_strips(vcore, core, (ny, nx), lit, r)  # type: ignore[arg-type]
+        lo *= 2.0
     return vcore
+
+
+def _mask_strips(
+    vcore: np.ndarray,
+    core: tuple[int, int, int, int],
+    shape: tuple[int, int],
+    lit: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    depth: int,
+) -> None:
+    """False in ``vcore`` within ``depth`` (Chebyshev) of each image edge, where ``lit``
+    (a bool per position along that side: y = 0, y = ny - 1, x = 0, x = nx - 1) is set."""
+    ny, nx = shape
+    y0, y1, x0, x1 = core
+    vcore[: max(depth - y0, 0), lit[0][x0:x1]] = False
+    vcore[max(ny - depth - y0, 0) :, lit[1][x0:x1]] = False
+    vcore[lit[2][y0:y1], : max(depth - x0, 0)] = False
+    vcore[lit[3][y0:y1], max(nx - depth - x0, 0) :] = False
 
 
 def run_tiles(run: Callable[[int], T], ntiles: int, n_threads: int) -> list[T]:

@@ -52,12 +52,17 @@ Design choices, and the alternatives rejected:
 * ``valid`` is False on bad pixels dilated by the kernels' footprint (the Chebyshev radius
   holding all but 1% of sum |k| of the score kernels k_n and k_r, at most ``border``);
   there ``difference``, ``score`` and ``flux`` are 0 and the two variances NaN (the
-  pipeline's convention for no data).  With ``mask_edges`` (default) the outside of the
-  image counts as bad too, so a strip of that radius along the edges is invalid: the score
-  there is N(0, 1) on empty sky (first point), but a star cut by the edge does not cancel
+  pipeline's convention for no data).  The image edge (``mask_edges``): on empty sky the
+  score is N(0, 1) up to the edge (first point), but a star cut by the edge does not cancel
   (its missing parts differ after k_n and k_r): in the pipeline's simulated pairs such stars
-  gave |S_corr| up to 14 at x = 0.  The strip (mask_radius, typically 5-15 px, per edge)
-  costs 2-6% of a 1024^2 image.
+  gave |S_corr| up to 14 at x = 0.  The default "light" invalidates only what such light
+  can reach (jitcore.tiles.edge_light finds it: PSF-matched S/N > 5 in both images within
+  one PSF sigma of the edge): a strip as deep as the radius holding all but 1/S/N of the
+  kernels' weight (at most the mask radius), along the edge as far as the light plus that
+  radius and one sigma.  A source wholly inside or wholly outside the image cancels.  "all",
+  the rule before it, invalidated the whole strip of the mask radius along every edge: 22 px
+  per edge on the real DECam pairs (31% of a 256^2 cutout, where 10 of 12 hosted fakes
+  missed at S/N >= 15 in benchmarks/real_data_report.py were lost).
 * ``workers`` follows scipy.fft (None: 1, -1: all cores): whole tiles run on that many
   threads (scipy.fft and the kernels release the GIL), each with single-threaded FFTs; a
   single tile gives the threads to its FFTs instead.
@@ -86,7 +91,9 @@ from diffstream.jitcore.planes import native_float
 from diffstream.jitcore.psf import normalise_psf, psf_moments
 from diffstream.jitcore.robust import median_noise
 from diffstream.jitcore.tiles import (
+    EDGE_MODES,
     crop_centred,
+    edge_light,
     fill_core_valid,
     fill_frame,
     footprint_radius,
@@ -194,6 +201,16 @@ def _stamp(psf: Any, x: float, y: float, name: str) -> np.ndarray:
         raise ValueError(f"{name}.at({x:g}, {y:g}): {exc}") from exc
 
 
+def _largest_sigma(stamps: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """The largest Gaussian-equivalent sigma (second moments) of all the tiles' PSF stamps."""
+    out = 0.0
+    for pair in stamps:
+        for s in pair:
+            ixx, iyy, _ = psf_moments(s)
+            out = max(out, math.sqrt(max(0.5 * (ixx + iyy), 0.0)))
+    return max(out, 0.5)
+
+
 def _default_border(stamps: list[tuple[np.ndarray, np.ndarray]]) -> int:
     """max(PSF box, 10 sigma) over all tiles and both PSFs (LSST ZogyTask's rule)."""
     border = 0
@@ -221,7 +238,7 @@ def zogy(
     border: int | None = None,
     workers: int | None = None,
     psf_error_fraction: float = 0.0,
-    mask_edges: bool = True,
+    mask_edges: str = "light",
     precision: str = "double",
 ) -> ZogyResult:
     """ZOGY difference, score and PSF photometry of ``science`` minus ``template``.
@@ -233,11 +250,12 @@ def zogy(
     (sx, sy) registration noise in pixels.  ``tile_size``: largest tile core (px).
     ``border``: real pixels around each core in its FFT frame (default max(PSF box,
     10 sigma)).  ``workers``: threads, scipy.fft convention (None: 1, -1: all cores).
-    ``psf_error_fraction``: e of V_psf (0 disables it).  ``mask_edges``: also mark pixels
-    within the kernel footprint of the image edge invalid.  ``precision``: "double" or
-    "single", the float width of the frame-sized FFTs and spectral products (the PSF spectra
-    and kernels are always computed in double precision; see _PRECISION for why single is
-    enough and what it buys).
+    ``psf_error_fraction``: e of V_psf (0 disables it).  ``mask_edges``: how the image edge
+    makes pixels invalid (module docstring): "light" (within the kernel footprint of light
+    the edge cuts), "all" (a strip of the footprint radius along every edge) or "none".
+    ``precision``: "double" or "single", the float width of the frame-sized FFTs and
+    spectral products (the PSF spectra and kernels are always computed in double precision;
+    see _PRECISION for why single is enough and what it buys).
     Raises ValueError / TypeError on invalid input (see the module docstring for the maths).
     """
     sci = _image("science", science)
@@ -265,6 +283,8 @@ def zogy(
     e = float(psf_error_fraction)
     if not (math.isfinite(e) and 0.0 <= e < 1.0):
         raise ValueError(f"psf_error_fraction must be in [0, 1), got {psf_error_fraction}")
+    if mask_edges not in EDGE_MODES:
+        raise ValueError(f"mask_edges must be one of {EDGE_MODES}, got {mask_edges!r}")
     if precision not in _PRECISION:
         raise ValueError(f"precision must be one of {sorted(_PRECISION)}, got {precision!r}")
     if isinstance(tile_size, bool) or not isinstance(tile_size, int | np.integer):
@@ -297,11 +317,21 @@ def zogy(
     if border < max(1, half):
         raise ValueError(f"border must be >= max(1, PSF stamp half-size {half}), got {border}")
 
+    edge_cut, edge_pad = None, 0
+    if mask_edges == "light":
+        sigma = _largest_sigma(stamps)
+        # The band: the outermost sigma px.  Light the edge cuts is there; a star wholly
+        # inside puts only its far wings there (simulated stars 3-6 px inside the edge left
+        # no residual above the noise even at a band S/N of 80).
+        edge_cut = edge_light([(sci, svar), (tmpl, tvar)], good,
+                              width=max(2, math.ceil(sigma)), sigma=sigma)  # fmt: skip
+        edge_pad = math.ceil(sigma)  # the light reaches a little beyond where it is lit
     n_threads = _threads(workers, len(cores))
     ctx = _Context(
         sci=sci, svar=svar, tmpl=tmpl, tvar=tvar, good=good, f_n=f_n, f_r=f_r,
-        sx2=sx * sx, sy2=sy * sy, e2=e * e, border=int(border), mask_edges=bool(mask_edges),
-        frame=frame_shape(cores, int(border)), workers=workers if n_threads == 1 else 1,
+        sx2=sx * sx, sy2=sy * sy, e2=e * e, border=int(border), mask_edges=mask_edges,
+        edge_cut=edge_cut, edge_pad=edge_pad, frame=frame_shape(cores, int(border)),
+        workers=workers if n_threads == 1 else 1,
         sigma_n=median_noise(svar, good), sigma_r=median_noise(tvar, good),
         real=_PRECISION[precision][0], spec=_PRECISION[precision][1],
     )  # fmt: skip
@@ -350,7 +380,9 @@ class _Context:
     sx2: float
     sy2: float
     e2: float
-    mask_edges: bool
+    mask_edges: str
+    edge_cut: tuple[np.ndarray, ...] | None  # edge_light's S/N per position ("light" mode)
+    edge_pad: int
     border: int
     frame: tuple[int, int]
     workers: int | None
@@ -471,7 +503,14 @@ def _tile(
         s_n = s_r = ctx.irfft(tmp)  # S itself
 
     # --- valid mask and products (core only) --------------------------------------------
-    fill_core_valid(ctx.good, valid, core, radius, mask_edges=ctx.mask_edges)
+    # Edge light of S/N s: the reach beyond which the kernels hold < 1/s of their weight,
+    # i.e. the cut light leaks < ~1 sigma of residual there (the bad pixels' FOOTPRINT_TOL
+    # at most).
+    def reach(snr: float) -> int:
+        return footprint_radius(k_small, b, tol=max(FOOTPRINT_TOL, 1.0 / snr))
+
+    fill_core_valid(ctx.good, valid, core, radius, mask_edges=ctx.mask_edges,
+                    edge_cut=ctx.edge_cut, edge_reach=reach, edge_pad=ctx.edge_pad)  # fmt: skip
     zogy_core(d, vd, vs, s_n, s_r, parts, b, y1 - y0, x1 - x0, ctx.sx2, ctx.sy2, ctx.e2,
               valid, y0, x0, f_d, f_s, out["difference"], out["difference_variance"],
               out["score"], out["flux"], out["flux_variance"])  # fmt: skip

@@ -394,6 +394,13 @@ def difference(
     return z, al_info
 
 
+def _inside(x: float, y: float, shape: tuple[int, ...]) -> tuple[float, float]:
+    """(x, y) clamped onto the image: a source by the edge (valid there since jitcore.zogy's
+    "light" edges) can have its centroid fitted a fraction of a pixel off the image, where
+    the nearest tile's PSF is the one to use."""
+    return min(max(x, 0.0), shape[1] - 1.0), min(max(y, 0.0), shape[0] - 1.0)
+
+
 def host_test(
     found: np.ndarray,
     z: ZogyResult,
@@ -487,7 +494,7 @@ def _subtract_owned(
     images: dict[str, Any] = {
         "difference": z.difference,
         "difference_variance": z.difference_variance,
-        "psf_d_at": lambda x, y: z.tile_at(x, y).psf_d,
+        "psf_d_at": lambda x, y: z.tile_at(*_inside(x, y, z.score.shape)).psf_d,
         "science": p.s_img,
         "science_variance": p.s_var,
         "psf_science_at": psf_s.at,

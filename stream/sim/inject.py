@@ -274,8 +274,8 @@ def covered(valid: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> n
     """For each position, whether every pixel within ``radius`` px of it is inside the image
     and ``valid`` (a difference's valid map: True where the score is defined).
 
-    A fake whose PSF core reaches into the invalid area (the strip along the edges that the
-    ZOGY kernels' footprint makes invalid, 22 px wide on the DECam pairs, or a masked star)
+    A fake whose PSF core reaches into the invalid area (near static light that the image
+    edge cuts, within the ZOGY kernels' reach, or a masked star)
     cannot be found by any detection there, on a host or on sky; LSST's injection
     completeness likewise leaves out sources on EDGE / NO_DATA pixels.
     """

@@ -633,6 +633,9 @@ def test_sources_at_edges_are_flagged_not_crashing():
     np.testing.assert_array_equal(m["psfFlux_flag_edge"], edge)
     np.testing.assert_array_equal(m["psfFlux_flag"], edge)
     np.testing.assert_array_equal(m["apFlux_flag_apertureTruncated"], edge)
+    # The footprint runs off the image: pixelFlags_edge (LSST: the source touches the edge).
+    np.testing.assert_array_equal(m["pixelFlags_edge"], edge)
+    np.testing.assert_array_equal(m["pixelFlags"], edge)
     assert np.all(np.isfinite(m["psfFlux"])) and np.all(m["psfNdata"][:5] < 225)
     assert np.all(np.abs(m["psfFlux"] - 400) < 6 * m["psfFluxErr"])
     assert not m["pixelFlags_offimage"].any()

@@ -101,7 +101,7 @@ def test_noise_score_and_difference_are_unit_normal(case):
     # Science sky variance doubles across the image: V_S must follow it pixel by pixel.
     var_n = SIG_N**2 * (1.0 + np.linspace(0, 1, shape[1]))[None, :] * np.ones(shape)
     n, vn, r, vr = simulate(rng, shape, psf_n, psf_r, var_n=var_n)
-    z = run(n, vn, r, vr, psf_n, psf_r, tile_size=128, mask_edges=False)  # edges included
+    z = run(n, vn, r, vr, psf_n, psf_r, tile_size=128, mask_edges="none")  # edges included
     assert len(z.tiles) == 9 and z.valid.all()
     npix = z.score.size
     n_eff = npix / score_sum_of_correlation(psf_n, psf_r, SIG_N * 1.22, SIG_R)
@@ -137,7 +137,7 @@ def test_noise_score_is_unit_normal_at_edges():
     vals = []
     for seed in range(8):
         n, vn, r, vr = simulate(np.random.default_rng(100 + seed), shape, psf_n, psf_r)
-        vals.append(run(n, vn, r, vr, psf_n, psf_r, mask_edges=False).score[edge])
+        vals.append(run(n, vn, r, vr, psf_n, psf_r, mask_edges="none").score[edge])
     vals = np.concatenate(vals)
     assert abs(vals.std() - 1) < 0.07
     assert abs(vals.mean()) < 0.1
@@ -344,7 +344,7 @@ def test_tiles_are_seamless_for_a_constant_psf():
     n, _, r, _ = simulate(rng, shape, psf_n, psf_r, stars)
     vn = np.full(shape, SIG_N**2)  # constant planes => identical sigma_n, sigma_r per tile
     vr = np.full(shape, SIG_R**2)
-    kw = {"sigma_astrometric": (0.05, 0.03), "mask_edges": False}
+    kw = {"sigma_astrometric": (0.05, 0.03), "mask_edges": "none"}
     one = run(n, vn, r, vr, psf_n, psf_r, tile_size=512, **kw)
     many = run(n, vn, r, vr, psf_n, psf_r, tile_size=64, **kw)
     assert len(one.tiles) == 1 and len(many.tiles) == 20
@@ -476,23 +476,67 @@ def test_tile_psf_follows_the_model():
     assert np.all(np.diff(widths) > 0)  # psf_d broadens with the science PSF along x
 
 
-def test_mask_edges_invalidates_a_strip_of_the_kernel_radius():
-    """A star cut by the image edge does not cancel; by default the edge strip is invalid."""
-    shape = (120, 100)
+def _edge_stars(seed, stars, shape=(120, 100)):
     psf_n, psf_r = const_psf(2.2, shape), const_psf(1.6, shape)
-    stars = [(0, 60, 3e5, 3e5), (50, 119, 3e5, 3e5)]  # centred on the left and bottom edges
-    n, vn, r, vr = simulate(np.random.default_rng(19), shape, psf_n, psf_r, stars)
-    raw = run(n, vn, r, vr, psf_n, psf_r, tile_size=64, mask_edges=False)
-    assert np.abs(raw.score).max() > 10  # the reason for the default
-    z = run(n, vn, r, vr, psf_n, psf_r, tile_size=64)
+    n, vn, r, vr = simulate(np.random.default_rng(seed), shape, psf_n, psf_r, stars)
+    return (n, vn, r, vr, psf_n, psf_r)
+
+
+# Static stars centred on the left and top edges: cut in half, they do not cancel.
+CUT_STARS = [(0, 60, 3e5, 3e5), (50, 119, 3e5, 3e5)]
+
+
+def test_mask_edges_all_invalidates_a_strip_of_the_kernel_radius():
+    """mask_edges="all": the whole strip of the mask radius along every edge is invalid."""
+    args = _edge_stars(19, CUT_STARS)
+    raw = run(*args, tile_size=64, mask_edges="none")
+    assert np.abs(raw.score).max() > 10  # the reason edges need a rule at all
+    z = run(*args, tile_size=64, mask_edges="all")
     rad = {t.mask_radius for t in z.tiles}
     assert len(rad) == 1
     rad = rad.pop()
-    inner = np.zeros(shape, bool)
+    inner = np.zeros(raw.score.shape, bool)
     inner[rad:-rad, rad:-rad] = True
     np.testing.assert_array_equal(z.valid, inner)
     np.testing.assert_array_equal(z.score[inner], raw.score[inner])
     assert np.abs(z.score).max() < 5
+
+
+def test_mask_edges_light_invalidates_only_the_reach_of_cut_static_light():
+    """The default: only near static light the edge cuts; the rest of the edge stays valid.
+
+    It must fail if the rule invalidates nothing (the cut stars' residuals, |S| > 10, stay)
+    or everything (the empty edges must be valid up to the last pixel)."""
+    args = _edge_stars(19, CUT_STARS)
+    raw = run(*args, tile_size=64, mask_edges="none")
+    z = run(*args, tile_size=64)
+    rad = max(t.mask_radius for t in z.tiles)
+    assert rad >= 5
+    assert np.abs(z.score[z.valid]).max() < 5  # the residuals are all out
+    np.testing.assert_array_equal(z.score[z.valid], raw.score[z.valid])
+    ny, nx = z.valid.shape
+    assert not z.valid[60, 0] and not z.valid[119, 50]  # on the cut stars
+    # Empty edges stay valid to the last pixel: the bottom and right edges, and the left and
+    # top edges far (along the edge) from the cut stars.
+    assert z.valid[0, :].all() and z.valid[:, nx - 1].all()
+    assert z.valid[: 60 - 2 * rad - 6, 0].all() and z.valid[119, 50 + 2 * rad + 6 :].all()
+    # The invalid area stays near the stars: within the mask radius of the edge.
+    far = np.ones(z.valid.shape, bool)
+    far[:, :rad] = far[ny - rad :, :] = False
+    assert z.valid[far].all()
+
+
+def test_mask_edges_light_keeps_a_transient_the_edge_cuts():
+    """Light in one image only (a transient, a satellite trail) is a real difference: the
+    edge truncates it but it cancels against nothing, so its pixels stay valid and found."""
+    args = _edge_stars(23, [(1, 60, 2e4, 0.0)])  # a new source 1 px inside the left edge
+    z = run(*args, tile_size=64)
+    assert z.valid[60, :].all()
+    assert z.score[55:66, :6].max() > 20
+    # The same light in both images, static and cut: invalid there.
+    z2 = run(*_edge_stars(23, [(1, 60, 2e4, 2e4)]), tile_size=64)
+    assert not z2.valid[60, 0]
+    assert np.abs(z2.score[z2.valid]).max() < 5
 
 
 def test_helpers_footprint_dilate_sigma():
