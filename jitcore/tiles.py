@@ -36,12 +36,15 @@ __all__ = [
     "dilate",
     "edge_light",
     "EDGE_MODES",
+    "EdgeLight",
 ]
 
 # How the image edge enters ``valid`` (fill_core_valid): "light" (only the kernel footprint
 # of light that the edge cuts), "all" (a strip of the footprint radius along every edge),
 # "none".
 EDGE_MODES = ("light", "all", "none")
+# edge_light's result: per side (y = 0, y = ny - 1, x = 0, x = nx - 1), an S/N per position.
+EdgeLight = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def split_axis(n: int, tile: int) -> list[tuple[int, int]]:
@@ -197,7 +200,7 @@ def edge_light(
     width: int,
     sigma: float,
     nsigma: float = 5.0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+) -> EdgeLight | None:
     """Static light that the image edge cuts: per side (y = 0, y = ny - 1, x = 0,
     x = nx - 1), per position along it, the S/N of that light (0 where there is none).
 
@@ -259,7 +262,7 @@ def fill_core_valid(
     radius: int,
     *,
     mask_edges: str,
-    edge_cut: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    edge_cut: EdgeLight | None = None,
     edge_reach: Callable[[float], int] | None = None,
     edge_pad: int = 0,
 ) -> np.ndarray:

@@ -92,6 +92,7 @@ from diffstream.jitcore.psf import normalise_psf, psf_moments
 from diffstream.jitcore.robust import median_noise
 from diffstream.jitcore.tiles import (
     EDGE_MODES,
+    EdgeLight,
     crop_centred,
     edge_light,
     fill_core_valid,
@@ -381,7 +382,7 @@ class _Context:
     sy2: float
     e2: float
     mask_edges: str
-    edge_cut: tuple[np.ndarray, ...] | None  # edge_light's S/N per position ("light" mode)
+    edge_cut: EdgeLight | None  # edge_light's S/N per position ("light" mode)
     edge_pad: int
     border: int
     frame: tuple[int, int]
