@@ -209,18 +209,13 @@ def _largest_sigma(stamps: list[tuple[np.ndarray, np.ndarray]]) -> float:
         for s in pair:
             ixx, iyy, _ = psf_moments(s)
             out = max(out, math.sqrt(max(0.5 * (ixx + iyy), 0.0)))
-    return max(out, 0.5)
+    return out
 
 
 def _default_border(stamps: list[tuple[np.ndarray, np.ndarray]]) -> int:
     """max(PSF box, 10 sigma) over all tiles and both PSFs (LSST ZogyTask's rule)."""
-    border = 0
-    for pair in stamps:
-        for s in pair:
-            ixx, iyy, _ = psf_moments(s)
-            sigma = math.sqrt(max(0.5 * (ixx + iyy), 0.0))
-            border = max(border, s.shape[0], math.ceil(10.0 * sigma))
-    return border
+    box = max(s.shape[0] for pair in stamps for s in pair)
+    return max(box, math.ceil(10.0 * _largest_sigma(stamps)))
 
 
 def zogy(
@@ -320,7 +315,7 @@ def zogy(
 
     edge_cut, edge_pad = None, 0
     if mask_edges == "light":
-        sigma = _largest_sigma(stamps)
+        sigma = max(_largest_sigma(stamps), 0.5)
         # The band: the outermost sigma px.  Light the edge cuts is there; a star wholly
         # inside puts only its far wings there (simulated stars 3-6 px inside the edge left
         # no residual above the noise even at a band S/N of 80).
