@@ -22,6 +22,7 @@ Timing never gates a test.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -170,6 +171,11 @@ class Run:
                     continue
                 st["expected"] = s["nAlerts"]
                 st["pipeline"] = s["timings"].get("imageDifference")
+                # The pipeline's own CPU seconds (all threads, process_time around the run) and
+                # its thread count: what the worker spends outside the pipeline is the rest.
+                full = json.loads(s["taskMetadataJson"] or "{}")
+                st["pipeline_cpu"] = full.get("steps", {}).get("imageDifference", {}).get("cpuTime")
+                st["threads"] = full.get("fullMetadata", {}).get("imageDifference.threads")
                 st["last"] = st["last"] or now
                 rid = s["requestId"]
             else:
@@ -215,6 +221,8 @@ class Run:
             "p99": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
             "pipeline": statistics.median(r["pipeline"] or 0.0 for r in results),
             "alerts": statistics.median(r["expected"] for r in results),
+            "pipeline_cpu": sum(r.get("pipeline_cpu") or 0.0 for r in results),
+            "threads": sorted({r.get("threads") for r in results} - {None}),
         }
 
     def measure(self, n_events: int) -> dict:
