@@ -235,6 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "(directory transport)"
         )
     worker = Worker(settings, **_codecs(settings))  # refuses a run without data roots
+    worker.host_share = _host_share(settings)
     metrics = worker.metrics = _make_metrics(settings)
     stop = threading.Event()
 
@@ -289,6 +290,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if transport is not None:
             transport.close()
+        if worker.host_share is not None:
+            worker.host_share.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
         faulthandler.unregister(signal.SIGUSR1)
@@ -296,6 +299,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("%s", stats.line())
     print(stats.line())
     return EXIT_OK
+
+
+def _host_share(settings: Settings) -> Any:
+    """This worker's slot among the ``run`` workers on the same CPUs (stream.ops.cpus), or
+    None when ``cpus`` is set (the operator gave each worker its share) or no slot can be
+    held; then every event uses all of ``cpus`` and the log says why."""
+    if settings.cpus is not None:
+        return None
+    from diffstream.stream.ops.cpus import HostShare
+
+    try:
+        return HostShare()
+    except (OSError, ConfigError) as exc:
+        log.warning(
+            "CPUs not shared with other workers on this host (%s); each event uses every "
+            "available CPU: set DIFFSTREAM_CPUS per worker if several run here",
+            exc,
+        )
+        return None
 
 
 def _warm_up_before_subscribing(settings: Settings, metrics: Any) -> None:
