@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -250,17 +251,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         with contextlib.suppress(io.UnsupportedOperation, AttributeError, ValueError):
             faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     transport: Any = None
+    connecting: Future[Any] | None = None
     try:
+        if settings.bootstrap_servers:
+            from diffstream.stream.transport.kafka import KafkaTransport
+
+            # The producer, the output-topic check, the transactions' fencing and the ledger
+            # read hold no partitions: they connect in a thread while the warm-up loads the
+            # kernels (librdkafka's waits and LLVM's object loading release the GIL), so the
+            # ledger's read (~0.5 s) and the connections leave the start-up's critical path.
+            # Only the subscription waits for the warm-up.
+            pool = ThreadPoolExecutor(1, "connect")
+            connecting = pool.submit(
+                KafkaTransport,
+                settings, metrics=metrics, stop=stop, worker=worker.worker_id, subscribe=False,
+            )  # fmt: skip
+            pool.shutdown(wait=False)  # the thread ends with its one task
         # Before subscribing (no partitions held meanwhile); /metrics is already served and
         # SIGTERM already only sets the flag, so a stop during the warm-up exits cleanly.
         if settings.warmup:
             _warm_up_before_subscribing(settings, metrics)
-        if settings.bootstrap_servers:
-            from diffstream.stream.transport.kafka import KafkaTransport
-
-            transport = KafkaTransport(
-                settings, metrics=metrics, stop=stop, worker=worker.worker_id
-            )
+        if connecting is not None:
+            transport, connecting = connecting.result(), None
+            transport.subscribe()
             worker.ledger = transport.ledger  # None with --ledger-topic ''
             where = f"{settings.bootstrap_servers} topic {settings.input_topic}"
         else:
@@ -288,6 +301,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.critical("stopping on a fatal Kafka error (exit 1): %s", exc)
         return 1
     finally:
+        if connecting is not None:  # the warm-up raised: the transport is not ours yet
+            with contextlib.suppress(Exception):
+                transport = connecting.result()
         if transport is not None:
             transport.close()
         if worker.host_share is not None:
