@@ -15,10 +15,12 @@ The ``cpus`` setting (``DIFFSTREAM_CPUS``) overrides both, for hosts where neith
 truth.  Several ``diffstream run`` workers on the same CPUs need no setting: each holds a slot
 in a per-user directory keyed on its affinity mask and cgroup (:class:`HostShare`), and takes
 ``cpus // live workers`` threads (at least 1), re-read before every event.  Why: two workers
-with 2 threads each on 2 cores measured more core-seconds per CCD than two with 1 thread each
-(benchmarks/bench_scaling.py; oversubscribed tile threads and FFTs preempt one another), and a
-lone worker still gets every core for its latency.  jitcore never looks: it receives explicit
-thread counts (it does no I/O).
+with 2 threads each on 2 cores (each taking "all cores") spent the same core-seconds per 4k
+CCD as two with 1 thread each, but delivered fewer CCDs per second with a higher latency on a
+busy host (benchmarks/bench_scaling.py, three alternating rounds, 2026-12-06: 0.160-0.285
+against 0.229-0.303 CCD/s, p50 7.1-12.4 s against 6.6-7.5 s): oversubscribed tile threads
+preempt one another mid-tile.  A lone worker still gets every core for its latency.  jitcore
+never looks: it receives explicit thread counts (it does no I/O).
 """
 
 from __future__ import annotations
