@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_scaling.py [--bootstrap-servers B] [--size 4096]
         [--workers 1 2] [--events 8] [--distinct 2] [--work DIR] [--cpus-per-worker N]
+        [--repeat-science]
 
 Each worker is a ``diffstream run`` process in one consumer group on an input topic with one
 partition per worker.  By default nothing sets its CPUs: each worker's thread count is chosen
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,7 +49,30 @@ def cpu_seconds(pid: int) -> float:
 
 
 class ScalingRun(Run):
-    """bench_stream's Run, optionally with ``DIFFSTREAM_CPUS`` set in every worker."""
+    """bench_stream's Run, optionally with ``DIFFSTREAM_CPUS`` set in every worker, and with
+    a science file of its own for every event (a copy), as a survey's exposures are: a worker
+    remembers the checksum of a file it has read before (stream/io/fitsread.py), which is
+    right for the template it sees again and again but would flatter the science side."""
+
+    def fresh_copies(self, n: int) -> None:
+        self.fresh: list[Path] = []
+        if self.args.repeat_science:
+            return
+        folder = self.work / f"fresh-{self.group}"
+        folder.mkdir()
+        for i in range(n):
+            sci, _ = self.pairs[i % len(self.pairs)]
+            self.fresh.append(folder / f"science-{i:03d}.fits")
+            shutil.copyfile(sci, self.fresh[-1])
+
+    def pair_for(self, counter: int) -> tuple[Path, Path]:
+        sci, tmpl = super().pair_for(counter)
+        return (self.fresh[counter] if self.fresh else sci), tmpl
+
+    def close(self) -> None:
+        super().close()
+        if self.fresh:
+            shutil.rmtree(self.fresh[0].parent, ignore_errors=True)
 
     def start_workers(self) -> None:
         cpus = self.args.cpus_per_worker
@@ -88,6 +113,11 @@ def main() -> int:
         default=None,
         help="DIFFSTREAM_CPUS of each worker (default: unset, chosen automatically)",
     )
+    ap.add_argument(
+        "--repeat-science",
+        action="store_true",
+        help="reuse the science files (default: a fresh copy for every event)",
+    )
     args = ap.parse_args()
     args.exactly_once = False
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-scaling-"))
@@ -102,6 +132,7 @@ def main() -> int:
         for n in args.workers:
             run = ScalingRun(args, bootstrap, work, pairs, n)
             try:
+                run.fresh_copies(n + args.events)  # one warm-up event per worker
                 run.start_workers()
                 rows.append((n, run.measure(args.events)))
             finally:

@@ -141,8 +141,11 @@ class Run:
             time.sleep(0.2)
         raise RuntimeError("the worker group did not form")
 
+    def pair_for(self, counter: int) -> tuple[Path, Path]:
+        return self.pairs[counter % len(self.pairs)]
+
     def publish(self, partition: int) -> None:
-        sci, tmpl = self.pairs[self.counter % len(self.pairs)]
+        sci, tmpl = self.pair_for(self.counter)
         rid = f"bench-{self.counter}"
         ev = make_event(str(sci), str(tmpl), visit=self.counter, detector=0,
                         exposure_id=10_000 + self.counter, request_id=rid)  # fmt: skip
