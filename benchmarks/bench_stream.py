@@ -22,6 +22,7 @@ Timing never gates a test.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -140,8 +141,11 @@ class Run:
             time.sleep(0.2)
         raise RuntimeError("the worker group did not form")
 
+    def pair_for(self, counter: int) -> tuple[Path, Path]:
+        return self.pairs[counter % len(self.pairs)]
+
     def publish(self, partition: int) -> None:
-        sci, tmpl = self.pairs[self.counter % len(self.pairs)]
+        sci, tmpl = self.pair_for(self.counter)
         rid = f"bench-{self.counter}"
         ev = make_event(str(sci), str(tmpl), visit=self.counter, detector=0,
                         exposure_id=10_000 + self.counter, request_id=rid)  # fmt: skip
@@ -170,6 +174,11 @@ class Run:
                     continue
                 st["expected"] = s["nAlerts"]
                 st["pipeline"] = s["timings"].get("imageDifference")
+                # The pipeline's own CPU seconds (all threads, process_time around the run) and
+                # its thread count: what the worker spends outside the pipeline is the rest.
+                full = json.loads(s["taskMetadataJson"] or "{}")
+                st["pipeline_cpu"] = full.get("steps", {}).get("imageDifference", {}).get("cpuTime")
+                st["threads"] = full.get("fullMetadata", {}).get("imageDifference.threads")
                 st["last"] = st["last"] or now
                 rid = s["requestId"]
             else:
@@ -215,6 +224,8 @@ class Run:
             "p99": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
             "pipeline": statistics.median(r["pipeline"] or 0.0 for r in results),
             "alerts": statistics.median(r["expected"] for r in results),
+            "pipeline_cpu": sum(r.get("pipeline_cpu") or 0.0 for r in results),
+            "threads": sorted({r.get("threads") for r in results} - {None}),
         }
 
     def measure(self, n_events: int) -> dict:

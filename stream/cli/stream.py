@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "(directory transport)"
         )
     worker = Worker(settings, **_codecs(settings))  # refuses a run without data roots
+    worker.host_share = _host_share(settings)
     metrics = worker.metrics = _make_metrics(settings)
     stop = threading.Event()
 
@@ -249,17 +251,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         with contextlib.suppress(io.UnsupportedOperation, AttributeError, ValueError):
             faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     transport: Any = None
+    connecting: Future[Any] | None = None
     try:
+        if settings.bootstrap_servers:
+            from diffstream.stream.transport.kafka import KafkaTransport
+
+            # The producer, the output-topic check, the transactions' fencing and the ledger
+            # read hold no partitions: they connect in a thread while the warm-up loads the
+            # kernels (librdkafka's waits and LLVM's object loading release the GIL), so the
+            # ledger's read (~0.5 s) and the connections leave the start-up's critical path.
+            # Only the subscription waits for the warm-up.
+            pool = ThreadPoolExecutor(1, "connect")
+            connecting = pool.submit(
+                KafkaTransport,
+                settings, metrics=metrics, stop=stop, worker=worker.worker_id, subscribe=False,
+            )  # fmt: skip
+            pool.shutdown(wait=False)  # the thread ends with its one task
         # Before subscribing (no partitions held meanwhile); /metrics is already served and
         # SIGTERM already only sets the flag, so a stop during the warm-up exits cleanly.
         if settings.warmup:
             _warm_up_before_subscribing(settings, metrics)
-        if settings.bootstrap_servers:
-            from diffstream.stream.transport.kafka import KafkaTransport
-
-            transport = KafkaTransport(
-                settings, metrics=metrics, stop=stop, worker=worker.worker_id
-            )
+        if connecting is not None:
+            transport, connecting = connecting.result(), None
+            transport.subscribe()
             worker.ledger = transport.ledger  # None with --ledger-topic ''
             where = f"{settings.bootstrap_servers} topic {settings.input_topic}"
         else:
@@ -287,8 +301,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.critical("stopping on a fatal Kafka error (exit 1): %s", exc)
         return 1
     finally:
+        if connecting is not None:  # the warm-up raised: the transport is not ours yet
+            with contextlib.suppress(Exception):
+                transport = connecting.result()
         if transport is not None:
             transport.close()
+        if worker.host_share is not None:
+            worker.host_share.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
         faulthandler.unregister(signal.SIGUSR1)
@@ -296,6 +315,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("%s", stats.line())
     print(stats.line())
     return EXIT_OK
+
+
+def _host_share(settings: Settings) -> Any:
+    """This worker's slot among the ``run`` workers on the same CPUs (stream.ops.cpus), or
+    None when ``cpus`` is set (the operator gave each worker its share) or no slot can be
+    held; then every event uses all of ``cpus`` and the log says why."""
+    if settings.cpus is not None:
+        return None
+    from diffstream.stream.ops.cpus import HostShare
+
+    try:
+        return HostShare()
+    except (OSError, ConfigError) as exc:
+        log.warning(
+            "CPUs not shared with other workers on this host (%s); each event uses every "
+            "available CPU: set DIFFSTREAM_CPUS per worker if several run here",
+            exc,
+        )
+        return None
 
 
 def _warm_up_before_subscribing(settings: Settings, metrics: Any) -> None:

@@ -26,7 +26,9 @@ import io
 import numbers
 import os
 import threading
+import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,8 @@ def read_file(path: str, limit: int) -> tuple[bytes, Callable[[], str]]:
             raw = fh.read()
             if len(raw) < _HASH_THREAD_MIN_BYTES:
                 sha256 = _sha256_of(raw)
+            elif (known := _known_digest(fh.fileno(), before)) is not None:
+                sha256 = _known(known)
             else:  # the thread owns a duplicate of the descriptor (closed when hashed)
                 sha256 = _sha256_of_file(os.dup(fh.fileno()), before, path)
     except FileNotFoundError as exc:
@@ -142,6 +146,66 @@ def _sha256_of(raw: bytes) -> Callable[[], str]:
 
 _HASH_CHUNK = 4 * 2**20
 
+# Digests of large files already hashed by this process, by file identity.  Why: a stream
+# worker sees the same template (and calibration files) event after event, and hashing a 4k
+# plane's ~200 MB costs ~0.15 core-s (SHA-256 plus the re-read): ~4% of a CCD's core-seconds
+# per file.  The identity is git's stat-cache one -- device, inode, size, mtime and ctime in
+# ns (a rewrite in place, a copy over it, even a utime that restores mtime changes ctime) --
+# and, as git does for "racily clean" entries, a file modified less than _RACY_S before it
+# was hashed is never remembered: a write in the same timestamp tick could keep its times.
+_RACY_S = 2.0
+_DIGESTS_MAX = 256
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class _DigestCache:
+    """A small LRU of hex digests by file identity, shared by the hashing threads."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[int, ...], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, ...]) -> str | None:
+        with self._lock:
+            digest = self._items.get(key)
+            if digest is not None:
+                self._items.move_to_end(key)
+            return digest
+
+    def put(self, st: os.stat_result, digest: str) -> None:
+        newest = max(st.st_mtime_ns, st.st_ctime_ns)
+        if time.time_ns() - newest < _RACY_S * 1e9:
+            return  # racily clean: not trusted
+        with self._lock:
+            self._items[_identity(st)] = digest
+            self._items.move_to_end(_identity(st))
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_DIGESTS = _DigestCache(_DIGESTS_MAX)
+
+
+def _known(digest: str) -> Callable[[], str]:
+    return lambda: digest
+
+
+def _known_digest(fd: int, before: os.stat_result) -> str | None:
+    """The remembered digest of the file read through ``fd``, if its identity is the same
+    before and after the read (else the hash thread reads it again, and says it changed)."""
+    digest = _DIGESTS.get(_identity(before))
+    if digest is None or _identity(os.fstat(fd)) != _identity(before):
+        return None
+    return digest
+
 
 def _sha256_of_file(fd: int, before: os.stat_result, path: str) -> Callable[[], str]:
     """The SHA-256 of the open file ``fd`` (which this takes over), read from its start on a
@@ -163,7 +227,10 @@ def _sha256_of_file(fd: int, before: os.stat_result, path: str) -> Callable[[], 
                 "file changed while it was read (size or mtime): its checksum would not "
                 "be of the pixels processed", path=path, reason="changed",
             )  # fmt: skip
-        return h.hexdigest()
+        digest = h.hexdigest()
+        if _identity(after) == _identity(before):
+            _DIGESTS.put(after, digest)
+        return digest
 
     return _on_idle_thread(job)
 

@@ -12,20 +12,32 @@ here, once, as mature runtimes do (the JVM's container support, Go's automaxproc
   ``cpu.cfs_period_us``.
 
 The ``cpus`` setting (``DIFFSTREAM_CPUS``) overrides both, for hosts where neither tells the
-truth (e.g. several workers sharing one VM: give each its share).  jitcore never looks: it
-receives explicit thread counts (it does no I/O).
+truth.  Several ``diffstream run`` workers on the same CPUs need no setting: each holds a slot
+in a per-user directory keyed on its affinity mask and cgroup (:class:`HostShare`), and takes
+``cpus // live workers`` threads (at least 1), re-read before every event.  Why: two workers
+with 2 threads each on 2 cores (each taking "all cores") spent the same core-seconds per 4k
+CCD as two with 1 thread each, but delivered fewer CCDs per second with a higher latency on a
+busy host (benchmarks/bench_scaling.py, three alternating rounds, 2026-12-06: 0.160-0.285
+against 0.229-0.303 CCD/s, p50 7.1-12.4 s against 6.6-7.5 s): oversubscribed tile threads
+preempt one another mid-tile.  A lone worker still gets every core for its latency.  jitcore
+never looks: it receives explicit thread counts (it does no I/O).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import functools
+import hashlib
 import math
 import os
+import tempfile
 from pathlib import Path
 
 from diffstream.stream.ops.errors import ConfigError
 
-__all__ = ["available_cpus", "cgroup_cpu_limit", "resolve_workers"]
+__all__ = ["HostShare", "available_cpus", "cgroup_cpu_limit", "resolve_workers"]
 
 
 def _read(path: Path) -> str | None:
@@ -110,3 +122,97 @@ def resolve_workers(workers: int, *, cpus: int | None = None) -> int:
     if workers == 0:
         raise ConfigError("fft_workers must be >= 1 or negative (-1: all available CPUs), got 0")
     return max(1, n_cpu + 1 + int(workers))
+
+
+def _share_key() -> str:
+    """Workers share CPUs when they have the same affinity mask and cgroup (a container, a
+    systemd slice): a hash of both names their directory.  Workers pinned to disjoint CPUs,
+    or in other containers, never divide each other's share."""
+    try:
+        mask = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        mask = str(os.cpu_count())
+    group = _read(Path("/proc/self/cgroup")) or ""
+    return hashlib.sha256(f"{mask}|{group}".encode()).hexdigest()[:12]
+
+
+class HostShare:
+    """This process's slot among the workers sharing its CPUs; :meth:`cpus` is its share.
+
+    A slot is a file ``<directory>/<pid>.slot`` held under an exclusive ``flock`` for the
+    life of the process.  The kernel drops the lock when the process ends, however it ends
+    (kill -9 included), so a slot whose lock can be taken belongs to no live worker: it is
+    not counted, and is removed.  ``directory`` defaults to one per user and share key under
+    ``$XDG_RUNTIME_DIR`` or the temporary directory; one that is not ours alone is refused
+    (ConfigError).
+
+    Not thread-safe; one per process (the ``run`` command makes it).  ``close`` releases it.
+    """
+
+    def __init__(self, *, cpus: int | None = None, directory: str | Path | None = None) -> None:
+        self.total = available_cpus() if cpus is None else int(cpus)
+        if self.total < 1:
+            raise ConfigError(f"cpus must be >= 1, got {self.total}")
+        if directory is None:
+            base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+            directory = Path(base) / f"diffstream-cpus-{os.getuid()}-{_share_key()}"
+        self.directory = Path(directory)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = self.directory.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            # A directory someone else made (or may write to) could fake or hide workers.
+            msg = (
+                f"CPU share directory {self.directory} is not ours alone (owner uid "
+                f"{st.st_uid}, mode {st.st_mode & 0o777:o})"
+            )
+            raise ConfigError(msg)
+        self.path = self.directory / f"{os.getpid()}-{id(self):x}.slot"
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
+
+    def peers(self) -> int:
+        """Live workers holding a slot here, this one included (>= 1)."""
+        live = 0
+        for slot in self.directory.glob("*.slot"):
+            if slot == self.path:
+                live += 1
+                continue
+            try:
+                fd = os.open(slot, os.O_RDWR)
+            except FileNotFoundError:
+                continue  # removed meanwhile by another worker's sweep
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                live += 1  # its owner holds the lock: a live worker
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    slot.unlink()  # a stale slot (its owner is gone)
+            finally:
+                os.close(fd)
+        return max(1, live)
+
+    def cpus(self) -> int:
+        """This worker's share: ``total // peers``, at least 1."""
+        return max(1, self.total // self.peers())
+
+    def close(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)  # releases the lock
+        self._fd = None
+
+    def __enter__(self) -> HostShare:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

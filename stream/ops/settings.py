@@ -155,7 +155,8 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="CPUs this worker may use, what fft_workers=-1 means (None: the affinity "
-        "mask capped by the container's cgroup CPU quota; stream/ops/cpus.py)",
+        "mask capped by the container's cgroup CPU quota, divided among the run workers on "
+        "the same CPUs; stream/ops/cpus.py)",
     )
     data_roots: list[str] = Field(default_factory=list, description="readable data roots")
 

@@ -235,7 +235,11 @@ class KafkaTransport:
         metrics: Metrics | None = None,
         stop: threading.Event | None = None,
         worker: str | None = None,
+        subscribe: bool = True,
     ) -> None:
+        """Producer, output-topic check, transactions, ledger, then (``subscribe``) the
+        consumer joins the group.  ``subscribe=False`` leaves the last step to
+        :meth:`subscribe`: ``run`` builds the rest while its warm-up loads the kernels."""
         self.settings = settings
         self.metrics: Metrics = metrics or NullMetrics()
         self.stop = stop or threading.Event()
@@ -271,17 +275,25 @@ class KafkaTransport:
                 self.ledger.load()
             if settings.instance_id:
                 warn_if_instance_held(consumer_conf, settings.group_id, settings.instance_id)
-            self.consumer = Consumer(consumer_conf)
-            self.consumer.subscribe(
-                [settings.input_topic],
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_lost,
-            )
+            self._consumer_conf = consumer_conf
+            if subscribe:
+                self.subscribe()
         except BaseException:
             self.close()
             raise
         self._set_state()
+
+    def subscribe(self) -> None:
+        """Create the consumer and join the group (partitions come with the next polls)."""
+        if self.consumer is not None:
+            return
+        self.consumer = Consumer(self._consumer_conf)
+        self.consumer.subscribe(
+            [self.settings.input_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
 
     # -- errors and state -------------------------------------------------------------------
     def _on_error(self, err: KafkaError) -> None:

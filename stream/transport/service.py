@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from diffstream import __version__
 from diffstream.stream.alerts.packets import serialize_alert
 from diffstream.stream.io.paths import resolve_data_path
+from diffstream.stream.ops.cpus import HostShare
 from diffstream.stream.ops.errors import (
     DiffstreamError,
     KernelFailure,
@@ -142,6 +143,7 @@ class Worker:
         worker: str | None = None,
         event_decoder: Callable[[Any, Any], dict[str, Any]] | None = None,
         alert_serializer: Callable[[Any, Any], bytes] | None = None,
+        host_share: HostShare | None = None,
     ) -> None:
         if not settings.data_roots:
             from diffstream.stream.ops.errors import ConfigError
@@ -169,6 +171,10 @@ class Worker:
         # (directory transport, replay: they process whatever they are given).
         self.ledger: Ledger | None = None
         self._settings_by_bits: dict[int, Settings] = {settings.exposure_bits: settings}
+        # The workers sharing this host's CPUs (stream.ops.cpus.HostShare; the run command
+        # makes it): without a cpus setting each event's threads are this worker's share.
+        self.host_share = host_share
+        self._share: tuple[int, int] | None = None
 
     # -- steps ------------------------------------------------------------------------------
     def _ledger_check(self, event: dict[str, Any], settings: Settings) -> str | None:
@@ -211,6 +217,22 @@ class Worker:
             # exposure_bits is part of the config hash, so alerts record the change.
             self._settings_by_bits[bits] = self.settings.model_copy(update={"exposure_bits": bits})
         return self._settings_by_bits[bits]
+
+    def _shared(self, settings: Settings, meta: TaskMetadata) -> Settings:
+        """``settings`` with ``cpus`` set to this worker's share of the host's CPUs, when it
+        has a HostShare and no ``cpus`` setting (an operator's value always wins)."""
+        if self.host_share is None or settings.cpus is not None:
+            return settings
+        peers = self.host_share.peers()
+        cpus = max(1, self.host_share.total // peers)
+        if (peers, cpus) != self._share:
+            log.info(
+                "%d run worker(s) share these %d CPUs: %d thread(s) per event",
+                peers, self.host_share.total, cpus,
+            )  # fmt: skip
+            self._share = (peers, cpus)
+        meta.set("cpuShareWorkers", peers)
+        return settings.model_copy(update={"cpus": cpus})
 
     def _encode_alerts(
         self, alerts: list[dict[str, Any]], event: dict[str, Any]
@@ -356,7 +378,7 @@ class Worker:
         try:
             event = self._decode(msg.value, msg)
             paths = self._resolve(event)
-            settings = self._settings_for(event)
+            settings = self._shared(self._settings_for(event), meta)
             key = self._ledger_check(event, settings)
             with meta.timer():
                 result = self._subtract(

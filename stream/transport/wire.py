@@ -613,9 +613,13 @@ def worker_codecs(settings: Any) -> tuple[Codec, Codec]:
     this at start-up, before consuming: a registry problem stops the worker before it reads).
     Without it events are single-object encoded (:func:`stream.transport.events.decode_event`).
     """
-    from diffstream.stream.transport.registry import client_from_settings
+    client = None
+    if settings.schema_registry_url:
+        # Only then: confluent_kafka.schema_registry (with its HTTP, auth and crypto stack)
+        # costs ~0.2 s of every worker's start-up, and most deployments run without one.
+        from diffstream.stream.transport.registry import client_from_settings
 
-    client = client_from_settings(settings)
+        client = client_from_settings(settings)
     events = event_codec(settings.input_topic, registry=client, register=False, check=False)
     alerts = alert_codec(
         settings.output_topic,

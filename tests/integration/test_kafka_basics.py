@@ -242,3 +242,37 @@ def test_read_committed_hides_aborted_transaction(kafka_bootstrap: str, make_top
     assert sorted(read_to_end(kafka_bootstrap, topic, "read_uncommitted")) == sorted(
         committed_ids + aborted_ids
     )
+
+
+def test_transport_built_without_subscribing_holds_no_partition_until_subscribe(
+    kafka_bootstrap: str, make_topic, kafka_admin
+) -> None:
+    """``run`` builds its transport (producer, topic check, ledger) during the warm-up with
+    ``subscribe=False``: the group must not see the worker, nor hand it partitions, before
+    :meth:`KafkaTransport.subscribe`."""
+    from diffstream.stream.ops.settings import Settings
+    from diffstream.stream.transport.kafka import KafkaTransport
+
+    topics = {k: make_topic(1) for k in ("input", "output", "dlq", "metadata", "ledger")}
+    group = f"it-subscribe-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap, input_topic=topics["input"],
+        output_topic=topics["output"], dlq_topic=topics["dlq"],
+        metadata_topic=topics["metadata"], ledger_topic=topics["ledger"], group_id=group,
+    )  # fmt: skip
+    transport = KafkaTransport(settings, subscribe=False)
+    try:
+        assert transport.consumer is None
+        assert transport.ledger is not None  # read already: the first event is checked
+        members = kafka_admin.describe_consumer_groups([group])[group].result(WAIT_S).members
+        assert members == []
+        transport.subscribe()
+        transport.subscribe()  # twice: one consumer
+        deadline = time.monotonic() + WAIT_S
+        while transport.state != "assigned" and time.monotonic() < deadline:
+            transport.poll(0.2)
+        assert transport.state == "assigned"
+        members = kafka_admin.describe_consumer_groups([group])[group].result(WAIT_S).members
+        assert len(members) == 1
+    finally:
+        transport.close()

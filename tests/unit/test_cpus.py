@@ -119,3 +119,92 @@ def test_the_run_uses_and_records_the_resolved_thread_count(tmp_path):
     assert result.metadata.get("threads") == 1
     result = subtract_files(str(sci), str(tmpl), settings=Settings(cpus=3, fft_workers=-2))
     assert result.metadata.get("threads") == 2
+
+
+# -- HostShare: workers on the same CPUs divide them ---------------------------------------
+_HOLDER = """
+import sys
+from diffstream.stream.ops.cpus import HostShare
+share = HostShare(cpus=4, directory=sys.argv[1])
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _holder(directory):
+    """A separate process holding a slot in ``directory`` until its stdin closes or it dies."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(directory)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_host_share_divides_the_cpus_among_live_workers_and_forgets_dead_ones(tmp_path):
+    from diffstream.stream.ops.cpus import HostShare
+
+    with HostShare(cpus=4, directory=tmp_path) as me:
+        assert (me.peers(), me.cpus()) == (1, 4)
+        a, b = _holder(tmp_path), _holder(tmp_path)
+        try:
+            assert (me.peers(), me.cpus()) == (3, 1)  # 4 // 3
+            a.kill()  # kill -9: no clean-up code runs, the kernel drops the lock
+            a.wait(30)
+            assert len(list(tmp_path.glob("*.slot"))) == 3  # its file is still there ...
+            assert (me.peers(), me.cpus()) == (2, 2)  # ... but not counted, and swept
+            assert len(list(tmp_path.glob("*.slot"))) == 2
+        finally:
+            for p in (a, b):
+                p.kill()
+                p.wait(30)
+        assert (me.peers(), me.cpus()) == (1, 4)
+    assert list(tmp_path.glob("*.slot")) == []  # close removes its own slot
+
+
+def test_host_share_counts_two_slots_of_one_process_and_never_goes_below_one_cpu(tmp_path):
+    from diffstream.stream.ops.cpus import HostShare
+
+    shares = [HostShare(cpus=2, directory=tmp_path) for _ in range(3)]
+    try:
+        assert [s.peers() for s in shares] == [3, 3, 3]
+        assert [s.cpus() for s in shares] == [1, 1, 1]  # 2 // 3 = 0, but at least 1
+    finally:
+        for s in shares:
+            s.close()
+    shares[0].close()  # twice: a no-op
+
+
+def test_host_share_stale_file_without_a_holder_is_not_a_worker(tmp_path):
+    from diffstream.stream.ops.cpus import HostShare
+
+    (tmp_path / "12345-0.slot").write_text("")  # left by a worker that is gone
+    with HostShare(cpus=2, directory=tmp_path) as me:
+        assert me.cpus() == 2
+        assert not (tmp_path / "12345-0.slot").exists()
+
+
+def test_host_share_refuses_a_directory_others_may_write(tmp_path):
+    from diffstream.stream.ops.cpus import HostShare
+
+    shared = tmp_path / "open"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match="not ours alone"):
+        HostShare(cpus=2, directory=shared)
+    with pytest.raises(ConfigError, match="cpus must be >= 1"):
+        HostShare(cpus=0, directory=tmp_path)
+
+
+def test_host_share_default_directory_is_keyed_on_user_and_affinity(monkeypatch, tmp_path):
+    from diffstream.stream.ops.cpus import HostShare
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    with HostShare(cpus=2) as a:
+        monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+        with HostShare(cpus=2) as b:  # pinned to other CPUs: another directory
+            assert a.directory.parent == b.directory.parent == tmp_path
+            assert a.directory != b.directory
+            assert f"-{os.getuid()}-" in a.directory.name
+            assert (a.peers(), b.peers()) == (1, 1)

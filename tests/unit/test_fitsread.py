@@ -323,3 +323,59 @@ def test_threaded_hash_refuses_a_file_changed_meanwhile(tmp_path, monkeypatch):
     with pytest.raises(BadExposure, match="changed while it was read") as info:
         digest()
     assert info.value.fields["reason"] == "changed"
+
+
+def _count_hash_threads(monkeypatch):
+    started = []
+    real = fitsread._on_idle_thread
+
+    def counting(job):
+        started.append(job)
+        return real(job)
+
+    monkeypatch.setattr(fitsread, "_on_idle_thread", counting)
+    return started
+
+
+def test_a_file_hashed_before_is_not_hashed_again_until_it_changes(tmp_path, monkeypatch):
+    # A worker reads the same template event after event: its digest is remembered by file
+    # identity (device, inode, size, mtime, ctime) and the ~200 MB are not hashed again.
+    monkeypatch.setattr(fitsread, "_HASH_THREAD_MIN_BYTES", 0)
+    monkeypatch.setattr(fitsread, "_DIGESTS", fitsread._DigestCache(8))
+    path = _mef(tmp_path, mask=np.zeros(SHAPE, np.int32))
+    old = os.stat(path).st_mtime_ns - 10 * 10**9
+    os.utime(path, ns=(old, old))  # mtime in the past; ctime is now: still racily clean
+    started = _count_hash_threads(monkeypatch)
+    raw, first = fitsread.read_file(str(path), 10**9)
+    expected = hashlib.sha256(raw).hexdigest()
+    assert first() == expected
+    _, again = fitsread.read_file(str(path), 10**9)
+    assert again() == expected
+    assert len(started) == 2  # ctime within _RACY_S of the hash: not remembered
+    monkeypatch.setattr(fitsread, "_RACY_S", 0.0)  # as if the file were older
+    _, third = fitsread.read_file(str(path), 10**9)
+    assert third() == expected
+    _, fourth = fitsread.read_file(str(path), 10**9)
+    assert fourth() == expected
+    assert len(started) == 3  # the fourth read hashed nothing
+    # The same size rewritten in place (other bytes): a new identity, a new hash.
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(old, old))  # even with the old mtime back, ctime moved
+    _, fifth = fitsread.read_file(str(path), 10**9)
+    assert fifth() == hashlib.sha256(bytes(data)).hexdigest() != expected
+    assert len(started) == 4
+
+
+def test_the_digest_cache_is_bounded_and_forgets_the_oldest(tmp_path, monkeypatch):
+    monkeypatch.setattr(fitsread, "_RACY_S", 0.0)
+    cache = fitsread._DigestCache(2)
+    stats = []
+    for i in range(3):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(b"x" * (i + 1))
+        stats.append(os.stat(p))
+        cache.put(stats[-1], f"d{i}")
+    assert cache.get(fitsread._identity(stats[0])) is None
+    assert [cache.get(fitsread._identity(s)) for s in stats[1:]] == ["d1", "d2"]

@@ -507,3 +507,28 @@ def test_injected_codecs_decode_events_and_encode_alerts(pair_dir, real_result):
     ]
     rec = _dead(w.process(_msg(b"plain")))
     assert rec["message"] == "not framed"
+
+
+def test_host_share_sets_each_events_cpus_unless_the_operator_did(pair_dir, real_result, tmp_path):
+    from diffstream.stream.ops.cpus import HostShare
+
+    seen = []
+
+    def capture(*a, settings, **k):
+        seen.append(settings)
+        return real_result
+
+    with HostShare(cpus=4, directory=tmp_path) as mine, HostShare(cpus=4, directory=tmp_path):
+        w = _worker(pair_dir, subtract=capture, host_share=mine)
+        out = w.process(_msg(_event_bytes(pair_dir)))
+        assert out.status == "done"
+        assert (seen[-1].cpus, seen[-1].threads()) == (2, 2)  # two workers on 4 CPUs
+        assert '"imageDifference.cpuShareWorkers": 2' in out.summary_record["taskMetadataJson"]
+        assert w.settings.cpus is None  # the worker's own settings are not changed
+        # An operator's cpus always wins over the share.
+        op = Worker(Settings(data_roots=[str(pair_dir)], cpus=3), subtract=capture,
+                    worker="test:2", host_share=mine)  # fmt: skip
+        op.process(_msg(_event_bytes(pair_dir)))
+        assert seen[-1].cpus == 3
+    w.process(_msg(_event_bytes(pair_dir)))  # the other slot is gone: the whole host again
+    assert seen[-1].cpus == 4
