@@ -11,7 +11,9 @@ import math
 
 from diffstream.jitcore._jit import njit
 
-__all__ = ["combine_masks", "combine_masks_hard", "unusable_pixels", "usable_pair"]
+__all__ = [
+    "combine_masks", "combine_masks_hard", "unusable_in_boxes", "unusable_pixels", "usable_pair",
+]  # fmt: skip
 
 
 @njit
@@ -67,6 +69,21 @@ def unusable_pixels(mask, badbits, image, variance, out):
                 or not math.isfinite(image[j, i])
                 or not (v > 0.0 and math.isfinite(v))
             )
+
+
+@njit
+def unusable_in_boxes(mask, badbits, image, variance, boxes, out):
+    """:func:`unusable_pixels` over the windows ``boxes[n]`` = (x0, x1, y0, y1), inclusive
+    and inside the image; ``out`` is left as it is elsewhere (the caller zeroes it)."""
+    for n in range(boxes.shape[0]):
+        for j in range(boxes[n, 2], boxes[n, 3] + 1):
+            for i in range(boxes[n, 0], boxes[n, 1] + 1):
+                v = variance[j, i]
+                out[j, i] = (
+                    (mask[j, i] & badbits) != 0
+                    or not math.isfinite(image[j, i])
+                    or not (v > 0.0 and math.isfinite(v))
+                )
 
 
 @njit
