@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +110,7 @@ def find_streaks(
 
 
 def find_streaks_above(
-    values: np.ndarray, valid: np.ndarray, threshold: float, **options: float
+    values: np.ndarray, valid: np.ndarray, threshold: float, **options: Any
 ) -> np.ndarray:
     """:func:`find_streaks` on the pixels of ``valid & isfinite(values) & (float32(|values|) >
     threshold)`` (``values`` float32/float64, ``valid`` bool, one 2-D shape), i.e. the
