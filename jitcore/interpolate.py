@@ -111,8 +111,12 @@ def interpolate_over(
     if not bad.any():
         return Interpolated(out_img, out_var, filled, filled.copy(), 0)
     # Column-major order: down a bad column the window pattern repeats, so one solve serves
-    # the whole column (the kernel reuses weights while the pattern is unchanged).
-    xs, ys = np.nonzero(bad.T)
+    # the whole column (the kernel reuses weights while the pattern is unchanged).  The
+    # row-major nonzero, then sorted by (x, y): np.nonzero(bad.T) gives the same order but
+    # walks the frame by columns, 87 ms against ~15 at 4096^2 for a few thousand pixels.
+    ys, xs = np.nonzero(bad)
+    order = np.lexsort((ys, xs))
+    xs, ys = xs[order], ys[order]
     m = (2 * int(radius) + 1) ** 2
     n_patterns = kriging_fill(
         np.ascontiguousarray(img), np.ascontiguousarray(var),

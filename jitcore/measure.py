@@ -51,7 +51,7 @@ from diffstream.jitcore._kernels import measure as _k
 from diffstream.jitcore._kernels import psffit as _fit
 from diffstream.jitcore.constants import FWHM_PER_SIGMA
 from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, UNUSABLE_PLANES, bits
-from diffstream.jitcore.photometry import aperture_flux, stack_psfs, unusable_map
+from diffstream.jitcore.photometry import aperture_flux, stack_psfs
 from diffstream.jitcore.tiles import thread_count
 
 __all__ = ["MEASURE_DTYPE", "measure", "forced_psf_flux"]
@@ -328,14 +328,12 @@ def measure(
     if n == 0:
         return np.zeros(0, dtype=MEASURE_DTYPE)
     badbits = bits(planes, tuple(bad_mask_planes))
-    # The aperture sums' map of unusable pixels is full-frame: made once, shared by chunks.
-    ap_bad = unusable_map(mask, badbits, diff, dvar)
     n_threads = thread_count(workers, max(1, n // _MIN_CHUNK))
 
     def run(chunk: slice) -> np.ndarray:
         return _measure_chunk(
             sources[chunk], diff, dvar, psf_d_at, score_maps, sci, tpl, mask, planes,
-            badbits, ap_bad, ap_radius, centroid_bound, max_iter,
+            badbits, ap_radius, centroid_bound, max_iter,
         )  # fmt: skip
 
     if n_threads == 1:
@@ -353,8 +351,8 @@ _MIN_CHUNK = 64
 
 
 def _measure_chunk(
-    sources, diff, dvar, psf_d_at, score_maps, sci, tpl, mask, planes, badbits, ap_bad,
-    ap_radius, centroid_bound, max_iter,
+    sources, diff, dvar, psf_d_at, score_maps, sci, tpl, mask, planes, badbits, ap_radius,
+    centroid_bound, max_iter,
 ) -> np.ndarray:  # fmt: skip
     """:func:`measure` of ``sources`` (checked inputs); rows in the order of ``sources``."""
     shape = diff.shape
@@ -424,9 +422,8 @@ def _measure_chunk(
     else:
         radius = np.full(n, float(ap_radius))
     out["apRadius"] = radius
-    ap, ap_err, truncated, masked, failed = aperture_flux(
-        diff, dvar, mask, badbits, x, y, radius, bad=ap_bad
-    )
+    # The unusable-pixel map around this chunk's apertures only (photometry.unusable_map).
+    ap, ap_err, truncated, masked, failed = aperture_flux(diff, dvar, mask, badbits, x, y, radius)
     out["apFlux"], out["apFluxErr"] = ap, ap_err
     out["apFlux_flag_apertureTruncated"] = truncated
     out["apFlux_flag"] = truncated | masked | failed

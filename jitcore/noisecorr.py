@@ -41,8 +41,10 @@ import numpy as np
 from scipy import ndimage
 
 from diffstream.jitcore._kernels.lags import lag_sums
+from diffstream.jitcore._kernels.planes import rescale_by_map
 from diffstream.jitcore.noise import source_free_mask
 from diffstream.jitcore.robust import iqr_sigma
+from diffstream.jitcore.tiles import run_tiles, split_axis, thread_count
 
 __all__ = [
     "ScoreScale",
@@ -50,7 +52,9 @@ __all__ = [
     "empty_sky_scale",
     "input_noise_correlation",
     "noise_autocorrelation",
+    "apply_scale_map",
     "scale_map",
+    "scale_map_at",
 ]
 
 
@@ -266,15 +270,11 @@ def _interp_weights(n: int, ntiles: int, tile: int) -> tuple[np.ndarray, np.ndar
 _MAP_BAND = 256  # rows of scale_map computed at once
 
 
-def scale_map(scale: ScoreScale, shape: tuple[int, int]) -> np.ndarray:
-    """Per-pixel float32 factor: ``scale.tiles`` bilinearly interpolated between tile centres
-    (extrapolated over the outer half-tiles, floored at half the smallest tile factor).
-
-    Smooth, so the rescaled score has no steps at tile edges.  Interpolated along x on the
-    tile rows first (small), then each image row mixes two of those: three full-frame
-    passes.  Rejected: ndimage.zoom, and Wy T Wx^T as matrix products (4-10x slower at 4k:
-    a 16-term sum per pixel where two are non-zero).
-    """
+def _map_parts(scale: ScoreScale, shape: tuple[int, int]):
+    """What the scale map is made of: (rows, ky, ky1, ty, floor, outer_row, outer_col);
+    ``rows`` the tiles interpolated along x (nty, nx), each image row j mixing rows[ky[j]]
+    and rows[ky1[j]] with weight ty[j]; ``floor`` applies on the extrapolated rows and
+    columns only (elsewhere each value is a weighted mean of tiles, all >= their minimum)."""
     nty, ntx = scale.tiles.shape
     if shape[0] > nty * scale.tile or shape[1] > ntx * scale.tile:
         raise ValueError(f"shape {shape} exceeds the tiles {scale.tiles.shape} x {scale.tile}")
@@ -282,9 +282,23 @@ def scale_map(scale: ScoreScale, shape: tuple[int, int]) -> np.ndarray:
     kx, tx = _interp_weights(shape[1], ntx, scale.tile)
     tiles = scale.tiles.astype(np.float32)
     kx1 = np.minimum(kx + 1, ntx - 1)
-    rows = tiles[:, kx] * (1 - tx) + tiles[:, kx1] * tx  # (nty, nx)
+    rows = np.ascontiguousarray(tiles[:, kx] * (1 - tx) + tiles[:, kx1] * tx)  # (nty, nx)
     ky, ty = _interp_weights(shape[0], nty, scale.tile)
     ky1 = np.minimum(ky + 1, nty - 1)
+    return rows, ky, ky1, ty, floor, (ty < 0) | (ty > 1), (tx < 0) | (tx > 1)
+
+
+def scale_map(scale: ScoreScale, shape: tuple[int, int]) -> np.ndarray:
+    """Per-pixel float32 factor: ``scale.tiles`` bilinearly interpolated between tile centres
+    (extrapolated over the outer half-tiles, floored at half the smallest tile factor).
+
+    Smooth, so the rescaled score has no steps at tile edges.  Interpolated along x on the
+    tile rows first (small), then each image row mixes two of those: three full-frame
+    passes.  Rejected: ndimage.zoom, and Wy T Wx^T as matrix products (4-10x slower at 4k:
+    a 16-term sum per pixel where two are non-zero).  The pipeline applies the map without
+    making it (:func:`apply_scale_map`, :func:`scale_map_at`).
+    """
+    rows, ky, ky1, ty, floor, outer_rows, outer_cols = _map_parts(scale, shape)
     # In bands of rows: the whole-frame form (rows[ky] * (1 - ty) + rows[ky1] * ty) held
     # three frame-sized planes at once, 192 MB at 4k on top of the score's products (issue
     # 17's peak RSS); a band's temporaries are 4 MB, and the arithmetic is the same.
@@ -293,10 +307,51 @@ def scale_map(scale: ScoreScale, shape: tuple[int, int]) -> np.ndarray:
         band = slice(y0, y0 + _MAP_BAND)
         np.multiply(rows[ky[band]], (1 - ty[band])[:, None], out=out[band])
         out[band] += rows[ky1[band]] * ty[band][:, None]
-    # Only extrapolated rows and columns can fall below the floor: elsewhere each value is
-    # a weighted mean of tiles, all >= their minimum.
-    outer_rows = np.flatnonzero((ty < 0) | (ty > 1))
-    out[outer_rows] = np.maximum(out[outer_rows], floor)
-    outer_cols = np.flatnonzero((tx < 0) | (tx > 1))
-    out[:, outer_cols] = np.maximum(out[:, outer_cols], floor)
+    # Only extrapolated rows and columns can fall below the floor.
+    rows_out = np.flatnonzero(outer_rows)
+    out[rows_out] = np.maximum(out[rows_out], floor)
+    cols_out = np.flatnonzero(outer_cols)
+    out[:, cols_out] = np.maximum(out[:, cols_out], floor)
     return out
+
+
+def apply_scale_map(
+    scale: ScoreScale, score: np.ndarray, variance: np.ndarray, *, workers: int | None = None
+) -> None:
+    """In place: ``score`` /= m and ``variance`` *= m^2 (as two products), m =
+    ``scale_map(scale, score.shape)``, the same values bit for bit without the map.
+
+    Making the 64 MB map and three passes over it (score, and the variance twice) took
+    ~0.1 s of the 4k pipeline; one fused pass over the two planes (rescale_by_map) reads
+    and writes each once (issue 17; tests/unit/test_noisecorr.py compares with the map).
+    ``score`` and ``variance``: 2-D float32 or float64, C-contiguous, one shape (the
+    ZOGY result's score and flux variance); ``workers`` threads share the rows."""
+    for name, arr in (("score", score), ("variance", variance)):
+        ok = isinstance(arr, np.ndarray) and arr.dtype in (np.float32, np.float64)
+        if not ok or arr.ndim != 2 or not arr.flags.c_contiguous or not arr.flags.writeable:
+            raise ValueError(f"{name} must be a writeable C-contiguous 2-D float array")
+    if variance.shape != score.shape:
+        raise ValueError(f"variance shape {variance.shape} differs from score {score.shape}")
+    shape = (int(score.shape[0]), int(score.shape[1]))
+    rows, ky, ky1, ty, floor, outer_rows, outer_cols = _map_parts(scale, shape)
+    ky, ky1 = ky.astype(np.int64), ky1.astype(np.int64)
+    bands = split_axis(shape[0], _MAP_BAND)
+
+    def run(k: int) -> None:
+        j0, j1 = bands[k]
+        rescale_by_map(rows, ky, ky1, ty, floor, outer_rows, outer_cols, j0, j1, score,
+                       variance)  # fmt: skip
+
+    run_tiles(run, len(bands), thread_count(workers, len(bands)))
+
+
+def scale_map_at(scale: ScoreScale, shape: tuple[int, int], x, y) -> np.ndarray:
+    """``scale_map(scale, shape)[iy, ix]`` (float32) at the pixels (ix, iy) = rint of (x, y),
+    clipped to the image: the same values, for a few positions, without the map."""
+    rows, ky, ky1, ty, floor, outer_rows, outer_cols = _map_parts(scale, shape)
+    ix = np.clip(np.rint(np.asarray(x, dtype=np.float64)).astype(np.int64), 0, shape[1] - 1)
+    iy = np.clip(np.rint(np.asarray(y, dtype=np.float64)).astype(np.int64), 0, shape[0] - 1)
+    t = ty[iy]
+    m = rows[ky[iy], ix] * (1 - t) + rows[ky1[iy], ix] * t
+    outer = outer_rows[iy] | outer_cols[ix]
+    return np.where(outer, np.maximum(m, floor), m).astype(np.float32)

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 import numpy as np
 
 from diffstream.jitcore._kernels import streaks as _k
+from diffstream.jitcore.labels import threshold_pixels
 
-__all__ = ["STREAK_DTYPE", "find_streaks", "streak_mask"]
+__all__ = ["STREAK_DTYPE", "find_streaks", "find_streaks_above", "streak_mask"]
 
 STREAK_DTYPE = np.dtype(
     [
@@ -100,6 +102,49 @@ def find_streaks(
     if not isinstance(detected, np.ndarray) or detected.ndim != 2 or detected.dtype != np.bool_:
         got = getattr(detected, "dtype", type(detected).__name__)
         raise TypeError(f"detected must be a 2-D bool ndarray, got {got}")
+    ys, xs = np.nonzero(detected)
+    return _search(xs.astype(np.int64), ys.astype(np.int64), detected.shape, min_length=min_length,
+                   theta_step_deg=theta_step_deg, rho_bin=rho_bin, max_gap=max_gap,
+                   min_fill=min_fill, max_streaks=max_streaks,
+                   max_candidates=max_candidates)  # fmt: skip
+
+
+def find_streaks_above(
+    values: np.ndarray, valid: np.ndarray, threshold: float, **options: Any
+) -> np.ndarray:
+    """:func:`find_streaks` on the pixels of ``valid & isfinite(values) & (float32(|values|) >
+    threshold)`` (``values`` float32/float64, ``valid`` bool, one 2-D shape), i.e. the
+    detection footprints' pixels (jitcore.labels.threshold_pixels), without a boolean image;
+    ``options`` are find_streaks' keywords.  Same result as find_streaks on that mask
+    (tests/unit/test_streaks.py)."""
+    ok = isinstance(values, np.ndarray) and values.dtype in (np.float32, np.float64)
+    if not ok or values.ndim != 2:
+        got = getattr(values, "dtype", type(values).__name__)
+        raise TypeError(f"values must be a 2-D float32 or float64 ndarray, got {got}")
+    if not isinstance(valid, np.ndarray) or valid.dtype != np.bool_ or valid.shape != values.shape:
+        got = getattr(valid, "shape", type(valid).__name__)
+        raise TypeError(f"valid must be a bool ndarray of shape {values.shape}, got {got}")
+    thr = _check("threshold", threshold, low=0.0)
+    values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("="))
+    xs, ys = threshold_pixels(values, np.ascontiguousarray(valid), thr)
+    return _search(xs, ys, values.shape, **options)
+
+
+def _search(
+    xs: np.ndarray,
+    ys: np.ndarray,
+    shape: tuple[int, ...],
+    *,
+    min_length: float = 100.0,
+    theta_step_deg: float = 0.25,
+    rho_bin: float = 2.0,
+    max_gap: float = 8.0,
+    min_fill: float = 0.6,
+    max_streaks: int = 5,
+    max_candidates: int = 20,
+) -> np.ndarray:
+    """The search (module docstring) over the set pixels (xs, ys) (int64) of an image of
+    ``shape``."""
     min_length = _check("min_length", min_length, low=0.0)
     theta_step = math.radians(_check("theta_step_deg", theta_step_deg, low=0.0))
     rho_bin = _check("rho_bin", rho_bin, low=0.0)
@@ -107,10 +152,7 @@ def find_streaks(
     min_fill = _check("min_fill", min_fill, low=0.0)
     max_streaks = int(_check("max_streaks", max_streaks, low=0, integer=True))
     max_candidates = int(_check("max_candidates", max_candidates, low=0, integer=True))
-    ny, nx = detected.shape
-    ys, xs = np.nonzero(detected)
-    xs = xs.astype(np.int64)
-    ys = ys.astype(np.int64)
+    ny, nx = shape
     theta = np.arange(0.0, math.pi, theta_step)
     cos_t, sin_t = np.cos(theta), np.sin(theta)
     diag = math.hypot(nx, ny)

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from diffstream.jitcore._jit import njit
 
-__all__ = ["combine_masks", "combine_masks_hard", "unusable_pixels", "usable_pair"]
+__all__ = [
+    "combine_masks", "combine_masks_hard", "rescale_by_map", "unusable_in_boxes",
+    "unusable_pixels", "usable_pair",
+]  # fmt: skip
 
 
 @njit
@@ -70,6 +75,21 @@ def unusable_pixels(mask, badbits, image, variance, out):
 
 
 @njit
+def unusable_in_boxes(mask, badbits, image, variance, boxes, out):
+    """:func:`unusable_pixels` over the windows ``boxes[n]`` = (x0, x1, y0, y1), inclusive
+    and inside the image; ``out`` is left as it is elsewhere (the caller zeroes it)."""
+    for n in range(boxes.shape[0]):
+        for j in range(boxes[n, 2], boxes[n, 3] + 1):
+            for i in range(boxes[n, 0], boxes[n, 1] + 1):
+                v = variance[j, i]
+                out[j, i] = (
+                    (mask[j, i] & badbits) != 0
+                    or not math.isfinite(image[j, i])
+                    or not (v > 0.0 and math.isfinite(v))
+                )
+
+
+@njit
 def usable_pair(bad, image_a, image_b, variance_a, variance_b, out):
     """out = not bad, both images finite, both variances finite and >= 0 (ZOGY's inputs)."""
     ny, nx = bad.shape
@@ -86,3 +106,28 @@ def usable_pair(bad, image_a, image_b, variance_a, variance_b, out):
                 and math.isfinite(va)
                 and math.isfinite(vb)
             )
+
+
+@njit
+def rescale_by_map(rows, ky, ky1, ty, floor, outer_row, outer_col, j0, j1, score, variance):
+    """Rows j0..j1-1: score /= m, variance *= m twice, with m the bilinear scale map
+    (diffstream.jitcore.noisecorr.scale_map) made per pixel, never stored.
+
+    m[j, i] = rows[ky[j], i] (1 - ty[j]) + rows[ky1[j], i] ty[j] in float32, raised to
+    ``floor`` on the extrapolated rows (``outer_row``) and columns (``outer_col``): the same
+    float32 operations as scale_map's NumPy bands, so the same values bit for bit."""
+    one = np.float32(1.0)
+    nx = score.shape[1]
+    for j in range(j0, j1):
+        a = rows[ky[j]]
+        b = rows[ky1[j]]
+        t = ty[j]
+        u = one - t
+        orow = outer_row[j]
+        for i in range(nx):
+            f = a[i] * u + b[i] * t
+            if (orow or outer_col[i]) and f < floor:
+                f = floor
+            score[j, i] = score[j, i] / f
+            v = variance[j, i] * f
+            variance[j, i] = v * f

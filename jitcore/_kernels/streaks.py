@@ -15,13 +15,19 @@ __all__ = ["hough_accumulate"]
 
 @njit("void(int64[::1], int64[::1], float64[::1], float64[::1], float64, float64, int32[:, ::1])")
 def hough_accumulate(xs, ys, cos_t, sin_t, rho_min, rho_bin, acc):
-    """acc[k, b] += 1 for every pixel (xs[i], ys[i]) and angle k (acc zeroed by the caller)."""
+    """acc[k, b] += 1 for every pixel (xs[i], ys[i]) and angle k (acc zeroed by the caller).
+
+    Angles outside, pixels inside: one angle's row of ``acc`` (~23 KB at 4k) stays in cache
+    while every pixel votes in it.  The other order (pixels outside) touched all of ``acc``
+    (16 MB at 4k, 720 angles) per pixel, a cache miss per vote: 2x slower on the 4k
+    benchmark pair (issue 17).  The arithmetic per vote is unchanged."""
     nt = cos_t.shape[0]
     nb = acc.shape[1]
-    for i in range(xs.shape[0]):
-        x = float(xs[i])
-        y = float(ys[i])
-        for k in range(nt):
-            b = int(math.floor((x * cos_t[k] + y * sin_t[k] - rho_min) / rho_bin))
+    for k in range(nt):
+        c = cos_t[k]
+        s = sin_t[k]
+        row = acc[k]
+        for i in range(xs.shape[0]):
+            b = int(math.floor((float(xs[i]) * c + float(ys[i]) * s - rho_min) / rho_bin))
             if 0 <= b < nb:
-                acc[k, b] += 1
+                row[b] += 1

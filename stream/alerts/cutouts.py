@@ -52,6 +52,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from diffstream.jitcore.masks import DEFAULT_PLANES
+from diffstream.jitcore.psf import PsfModel
 
 __all__ = ["make_cutout", "CutoutMaker", "cutout_size", "MIN_SIZE", "MAX_SIZE", "PSF_MAX_SIZE"]
 
@@ -262,6 +263,15 @@ def _psf_stamp(psf: np.ndarray | None, size: int) -> np.ndarray | None:
     return np.ascontiguousarray(arr[cut : cut + side, cut : cut + side], dtype=np.float32)
 
 
+def _model_stack(psf_at: Any, xs: np.ndarray, ys: np.ndarray) -> np.ndarray | None:
+    """``psf_at``'s stamps at (xs, ys) when it is a bound :meth:`PsfModel.at` (as
+    diffstream.jitcore.photometry.stack_psfs tells it), else None (called per position)."""
+    model = getattr(psf_at, "__self__", None)
+    if isinstance(model, PsfModel) and getattr(psf_at, "__func__", None) is PsfModel.at:
+        return model.stack(xs, ys)
+    return None
+
+
 class CutoutMaker:
     """Writes alert cutouts on one parent pixel grid with one WCS.
 
@@ -358,12 +368,21 @@ class CutoutMaker:
             raise ValueError(f"psfs_at must have one entry per triple, got {len(psfs_at)}")
         ok = np.isfinite(x_arr) & np.isfinite(y_arr)
         crval, cd = _local_tans(self.wcs, np.where(ok, x_arr, 0.0), np.where(ok, y_arr, 0.0))
+        # A PsfModel's stamps for every position at once (PsfModel.stack, one tensor product):
+        # its ``at`` called per source was ~0.1 s of a 4k exposure's 1250 alerts (issue 17).
+        cubes = [
+            _model_stack(f, np.where(ok, x_arr, 0.0), np.where(ok, y_arr, 0.0))
+            for f in (psfs_at or ())
+        ]
         for i, (x, y) in enumerate(zip(x_arr.tolist(), y_arr.tolist(), strict=True)):
             side = self._side(None if sizes is None else int(sizes[i]))
             psfs = (
                 [None] * len(triples)
                 if psfs_at is None
-                else [None if f is None else f(x, y) for f in psfs_at]
+                else [
+                    None if f is None else (f(x, y) if cube is None else cube[i])
+                    for f, cube in zip(psfs_at, cubes, strict=True)
+                ]
             )
             yield self._make(triples, x, y, (crval[i], cd[i]), side, psfs)
 

@@ -1,7 +1,8 @@
 """The streak step: satellite streaks on the difference become the STREAK mask plane.
 
-diffstream.jitcore.streaks.find_streaks runs a Hough search on the detection mask (the
-pixels of |score| >= the detection threshold, both signs, where the score is valid); each
+diffstream.jitcore.streaks.find_streaks_above runs a Hough search on the detection mask (the
+pixels of |score| > the detection threshold, both signs, where the score is valid: the
+detection footprints' own pixels, jitcore.labels.threshold_pixels); each
 streak found is painted into a copy of the combined mask as the STREAK plane (added at the
 lowest free bit when the exposure's planes do not name it, as LSST's MaskStreaksTask adds
 it).  Measurement then sets ``pixelFlags_streak`` / ``pixelFlags_streakCenter`` from it like
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from diffstream.jitcore.masks import bits, with_planes
-from diffstream.jitcore.streaks import find_streaks, streak_mask
+from diffstream.jitcore.streaks import find_streaks, find_streaks_above, streak_mask
 
 __all__ = ["STREAK_PLANE", "mark_streaks", "streak_summary"]
 
@@ -43,13 +44,10 @@ def mark_streaks(
     new_planes = with_planes(dict(planes), (STREAK_PLANE,))
     if min_length <= 0:
         return mask, new_planes, find_streaks(np.zeros((1, 1), bool))
-    # Boolean planes only, in place: |score| as a float temporary was 64 MB at 4k, and this
-    # step set the pipeline's peak RSS.
-    detected = score >= threshold
-    detected |= score <= -threshold
-    detected &= valid
-    detected &= np.isfinite(score)
-    found = find_streaks(detected, min_length=float(min_length))
+    # The detection footprints' pixels (|score| > threshold in float32, valid, finite), listed
+    # by one scan of the score: no full-frame boolean image (issue 17: its five passes were
+    # most of this step; earlier, |score| as a float temporary set the pipeline's peak RSS).
+    found = find_streaks_above(score, valid, threshold, min_length=float(min_length))
     if len(found) == 0:
         return mask, new_planes, found
     painted = streak_mask(mask.shape, found)

@@ -232,16 +232,20 @@ def note_provenance(meta: TaskMetadata, settings: Settings) -> int:
 
 
 def repair_defects(
-    science: Exposure, template: Exposure, *, meta: TaskMetadata
+    science: Exposure, template: Exposure, *, meta: TaskMetadata, both: Both | None = None
 ) -> tuple[Exposure, Exposure]:
     """Both exposures with their BAD/CR pixels interpolated (INTRP), each in its own frame.
 
     Before any convolution (the template's first is the warp): a defect left as no data
-    would blank the whole kernel footprint around it (issue 12).
+    would blank the whole kernel footprint around it (issue 12).  ``both``: the two sides
+    on two threads (full-frame NumPy passes and the kriging kernel release the GIL).
     """
+    both = both or Both(1)
     with meta.timer("interpolateDefects"):
-        science, s_fix = interpolate_defects(science, name="science")
-        template, t_fix = interpolate_defects(template, name="template")
+        (science, s_fix), (template, t_fix) = both(
+            lambda: interpolate_defects(science, name="science"),
+            lambda: interpolate_defects(template, name="template"),
+        )
         note(meta, "interpolation", {"science": s_fix, "template": t_fix})
     return science, template
 
@@ -469,7 +473,7 @@ def _subtract_owned(
     check_processable(science, template)
     both = Both(threads)
 
-    science, template = repair_defects(science, template, meta=meta)
+    science, template = repair_defects(science, template, meta=meta, both=both)
     warped = warp_and_check(science, template, settings=settings, meta=meta, threads=threads)
     # The template's pixels and the warped planes before calibration are read no more.
     template = template.without_pixels()

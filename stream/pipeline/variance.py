@@ -4,15 +4,18 @@ noise) and the inputs' noise-correlation diagnostic."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from diffstream.jitcore.noise import diffim_scale_factors
 from diffstream.jitcore.noisecorr import (
+    ScoreScale,
+    apply_scale_map,
     empty_sky_scale,
     input_noise_correlation,
-    scale_map,
+    scale_map_at,
 )
 from diffstream.jitcore.psf import PsfModel
 from diffstream.jitcore.zogy import ZogyResult
@@ -24,9 +27,23 @@ from diffstream.stream.provenance.taskmeta import TaskMetadata
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class PsfErrorScale:
+    """The factor of :func:`scale_psf_flux_errors`: the score's empty-sky map over the
+    difference's pixel factor, at the nearest pixel of each position (float32, as the
+    full-frame map / f_diff it replaces)."""
+
+    sky: ScoreScale
+    shape: tuple[int, int]
+    f_diff: float
+
+    def at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return scale_map_at(self.sky, self.shape, x, y) / np.float32(self.f_diff)
+
+
 def scale_difference_variance(
     z: ZogyResult, *, settings: Settings, meta: TaskMetadata, both: Both
-) -> np.ndarray | None:
+) -> PsfErrorScale | None:
     """Stated noise to the measured scatter, in place, so that 5 sigma means 5 sigma (see
     jitcore/noise.py for why the raw ZOGY score is a few per cent wide).
 
@@ -37,23 +54,22 @@ def scale_difference_variance(
     takes the same map, so flux / sqrt(flux_variance) stays equal to the score.
 
     Returns the per-pixel factor by which a PSF fit's error on the rescaled difference
-    still understates the noise (None when not rescaling): see :func:`scale_psf_flux_errors`.
+    still understates the noise (None when not rescaling), as a function of positions: see
+    :func:`scale_psf_flux_errors`.  The map itself is never made (issue 17): the score and
+    flux variance are rescaled in one fused pass (jitcore.noisecorr.apply_scale_map) and
+    the factor evaluated where sources are.
     """
     with meta.timer("scaleDiffimVariance"):
         f_all, f_diff = diffim_scale_factors(z.score, z.difference, z.difference_variance, z.valid)
         sky = empty_sky_scale(z.score, z.valid, first=f_all)
         if settings.scale_variance:
-            fmap = scale_map(sky, z.score.shape)
 
-            def scale_variances() -> None:
-                z.flux_variance *= fmap  # twice rather than a full-frame fmap**2
-                z.flux_variance *= fmap
+            def scale_difference() -> None:
                 z.difference_variance *= np.float32(f_diff**2)
 
-            # Three full-frame passes, the score's beside the two variances' (NumPy's
-            # in-place arithmetic releases the GIL).
-            both(lambda: np.divide(z.score, fmap, out=z.score), scale_variances)
-            fmap /= np.float32(f_diff)  # after the score's division: a map of its own
+            # The score and flux variance in one pass beside the difference variance's
+            # (the kernel and NumPy's in-place arithmetic release the GIL).
+            both(lambda: apply_scale_map(sky, z.score, z.flux_variance), scale_difference)
         lo, hi = float(sky.tiles.min()), float(sky.tiles.max())
         # A large or uneven correction is worth a look (correlated noise, a bad variance
         # plane): never silent.  1.2: beyond what warping alone gives (noise.py); 1.25
@@ -75,10 +91,12 @@ def scale_difference_variance(
                 f_all,
                 "" if settings.scale_variance else " NOT applied",
             )
-    return fmap if settings.scale_variance else None
+    if not settings.scale_variance:
+        return None
+    return PsfErrorScale(sky, (int(z.score.shape[0]), int(z.score.shape[1])), f_diff)
 
 
-def scale_psf_flux_errors(rows: np.ndarray, factor: np.ndarray | None) -> None:
+def scale_psf_flux_errors(rows: np.ndarray, factor: PsfErrorScale | None) -> None:
     """psfFluxErr (and the centroid errors) times ``factor`` at each source, in place.
 
     ``difference_variance`` is rescaled to the *pixel* scatter of D (f_diff), but a PSF fit
@@ -90,10 +108,7 @@ def scale_psf_flux_errors(rows: np.ndarray, factor: np.ndarray | None) -> None:
     """
     if factor is None or not len(rows):
         return
-    ny, nx = factor.shape
-    ix = np.clip(np.rint(rows["x"]).astype(np.int64), 0, nx - 1)
-    iy = np.clip(np.rint(rows["y"]).astype(np.int64), 0, ny - 1)
-    f = factor[iy, ix].astype(np.float64)
+    f = factor.at(rows["x"], rows["y"]).astype(np.float64)
     for name in ("psfFluxErr", "xErr", "yErr"):
         rows[name] *= f
 

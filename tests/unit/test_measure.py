@@ -859,6 +859,35 @@ def test_aperture_flux_with_a_precomputed_bad_map():
         aperture_flux(img, var, mask, 4, xs, ys, r, bad=bad[:-1])
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_aperture_flux_around_its_apertures_equals_the_full_map(seed):
+    """The map made only around the apertures (unusable_map(near=...)) gives sep's sums,
+    errors and flags bit for bit as the full-frame map does: every pixel sep reads is in a
+    window.  Many masked and non-finite pixels, apertures over edges and corners, radii from
+    sub-pixel to large, and circles sep does not sum (NaN)."""
+    rng = np.random.default_rng(seed)
+    shape = (70, 90)
+    img = rng.normal(size=shape)
+    var = rng.uniform(0.5, 2.0, shape)
+    mask = np.where(rng.random(shape) < 0.1, 4, 0).astype(np.int32)
+    img[rng.random(shape) < 0.03] = np.nan
+    var[rng.random(shape) < 0.03] = 0.0
+    n = 300
+    xs = rng.uniform(-6, shape[1] + 5, n)
+    ys = rng.uniform(-6, shape[0] + 5, n)
+    r = rng.uniform(0.3, 9.0, n)
+    xs[:3] = [np.nan, 5.0, np.inf]
+    ys[3] = np.nan
+    r[4] = np.nan
+    full = aperture_flux(img, var, mask, 4, xs, ys, r, bad=unusable_map(mask, 4, img, var))
+    near = aperture_flux(img, var, mask, 4, xs, ys, r)
+    for a, b in zip(full, near, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert near[3].sum() > n // 2  # most apertures did see masked pixels
+    windowed = unusable_map(mask, 4, img, var, near=(xs[:20], ys[:20], r[:20]))
+    assert 0 < windowed.sum() < unusable_map(mask, 4, img, var).sum()
+
+
 @pytest.mark.parametrize("degree", [0, 1, 2, 3])
 def test_psf_model_stack_equals_at(degree):
     rng = np.random.default_rng(degree)

@@ -241,6 +241,51 @@ def test_scale_map_matches_reference(shape, tile):
     np.testing.assert_allclose(got, interp_reference(tiles, tile, shape), rtol=2e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, tile, workers", [((300, 517), 128, 2), ((64, 64), 64, None),
+                                                  ((257, 100), 50, -1)])  # fmt: skip
+def test_apply_scale_map_equals_the_map(shape, tile, workers, dtype):
+    """The fused pass gives, bit for bit, what dividing by the map and multiplying the
+    variance by it twice gave; scale_map_at gives the map's values at the nearest pixels."""
+    from diffstream.jitcore.noisecorr import apply_scale_map, scale_map_at
+
+    rng = np.random.default_rng(shape[1])
+    tiles = rng.uniform(0.8, 2.0, (-(-shape[0] // tile), -(-shape[1] // tile)))
+    tiles[-1, 0] = 0.2  # the floor is met on the extrapolated edge
+    scale = ScoreScale(1.0, tiles, tile, 1.0, tiles.size)
+    score = rng.normal(size=shape).astype(dtype)
+    var = rng.uniform(0.5, 2.0, shape).astype(dtype)
+    fmap = scale_map(scale, shape)
+    want_s = score / fmap
+    want_v = var * fmap
+    want_v *= fmap
+    apply_scale_map(scale, score, var, workers=workers)
+    np.testing.assert_array_equal(score, want_s)
+    np.testing.assert_array_equal(var, want_v)
+    x = np.concatenate([rng.uniform(-3, shape[1] + 3, 200), [0.0, shape[1] - 1.0]])
+    y = np.concatenate([rng.uniform(-3, shape[0] + 3, 200), [shape[0] - 1.0, 0.0]])
+    ix = np.clip(np.rint(x).astype(int), 0, shape[1] - 1)
+    iy = np.clip(np.rint(y).astype(int), 0, shape[0] - 1)
+    got = scale_map_at(scale, shape, x, y)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, fmap[iy, ix])
+    if shape == (300, 517):  # steep enough there: the floor is exercised
+        assert (fmap == np.float32(0.1)).any()
+
+
+def test_apply_scale_map_checks():
+    from diffstream.jitcore.noisecorr import apply_scale_map
+
+    scale = ScoreScale(1.0, np.ones((1, 1)), 64, 1.0, 1)
+    a = np.zeros((8, 8), np.float32)
+    with pytest.raises(ValueError, match="score must be a writeable C-contiguous"):
+        apply_scale_map(scale, a[:, ::2], a)
+    with pytest.raises(ValueError, match="variance shape"):
+        apply_scale_map(scale, a, np.zeros((8, 7), np.float32))
+    with pytest.raises(ValueError, match="exceeds the tiles"):
+        apply_scale_map(scale, np.zeros((65, 8), np.float32), np.zeros((65, 8), np.float32))
+
+
 def test_scale_map_checks():
     with pytest.raises(ValueError, match="exceeds the tiles"):
         scale_map(ScoreScale(1.0, np.ones((1, 1)), 64, 1.0, 1), (65, 64))

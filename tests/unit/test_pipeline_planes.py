@@ -249,6 +249,27 @@ def test_unusable_pixels_matches_numpy(dtype):
     assert_array_equal(out, ref)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unusable_in_boxes_matches_numpy(dtype):
+    from diffstream.jitcore._kernels.planes import unusable_in_boxes
+
+    img, var, mask = _planes(11, (37, 51), dtype)
+    var[3, :] = 0.0
+    var[4, :] = -1.0
+    var[5, :] = np.nan
+    # Overlapping, one-pixel, edge-touching and full-width windows.
+    boxes = np.array([[0, 4, 0, 6], [3, 9, 2, 5], [50, 50, 36, 36], [10, 10, 20, 20],
+                      [0, 50, 30, 31]], np.int64)  # fmt: skip
+    out = np.zeros(img.shape, bool)
+    unusable_in_boxes(mask, np.int32(UNUSABLE), img, var, boxes, out)
+    full = ((mask & UNUSABLE) != 0) | ~np.isfinite(img) | ~(var > 0) | ~np.isfinite(var)
+    inside = np.zeros(img.shape, bool)
+    for x0, x1, y0, y1 in boxes:
+        inside[y0 : y1 + 1, x0 : x1 + 1] = True
+    assert_array_equal(out, full & inside)
+    assert full[inside].any() and full[~inside].any()  # the test can fail both ways
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 33)])
 def test_usable_pair_matches_numpy(shape):
     from diffstream.jitcore._kernels.planes import usable_pair

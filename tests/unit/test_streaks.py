@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diffstream.jitcore._kernels.streaks import hough_accumulate
-from diffstream.jitcore.streaks import find_streaks, streak_mask
+from diffstream.jitcore.streaks import find_streaks, find_streaks_above, streak_mask
 
 
 def _line(det, x0, y0, x1, y1, width=3):
@@ -104,3 +104,45 @@ def test_input_checks():
         find_streaks(np.zeros((5, 5), bool), min_length=0)
     with pytest.raises(ValueError, match="max_streaks"):
         find_streaks(np.zeros((5, 5), bool), max_streaks=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_find_streaks_above_equals_find_streaks_on_the_mask(seed, dtype):
+    """The pixel list of jitcore.labels.threshold_pixels gives what the boolean mask gave:
+    the same pixels in the same (raster) order, so the same streaks, bit for bit."""
+    from diffstream.jitcore.labels import threshold_pixels
+
+    rng = np.random.default_rng(seed)
+    shape = (500, 620)
+    det = _dots(rng, shape, 1500)
+    ang = rng.uniform(0, math.pi)
+    _line(det, 310 - 200 * math.cos(ang), 250 - 200 * math.sin(ang),
+          310 + 200 * math.cos(ang), 250 + 200 * math.sin(ang))  # fmt: skip
+    # Scores: set pixels of either sign beyond 5, the rest noise below it; NaNs and invalid
+    # pixels (some of them above the threshold) must drop out, as in the mask.
+    score = rng.uniform(-4.9, 4.9, shape)
+    score[det] = rng.choice([-1.0, 1.0], int(det.sum())) * rng.uniform(5.01, 40.0, int(det.sum()))
+    score[rng.random(shape) < 0.01] = np.nan
+    valid = rng.random(shape) > 0.02
+    score = score.astype(dtype)
+    mask = valid & np.isfinite(score) & (np.abs(score) > 5.0)
+    xs, ys = threshold_pixels(score, valid, 5.0)
+    want_y, want_x = np.nonzero(mask)
+    np.testing.assert_array_equal(xs, want_x)
+    np.testing.assert_array_equal(ys, want_y)
+    got = find_streaks_above(score, valid, 5.0)
+    want = find_streaks(mask)
+    assert len(want) == 1
+    np.testing.assert_array_equal(got, want)
+
+
+def test_find_streaks_above_checks_its_inputs():
+    score = np.zeros((8, 8), np.float32)
+    with pytest.raises(TypeError, match="values must be a 2-D float32 or float64"):
+        find_streaks_above(score.astype(np.int32), np.ones((8, 8), bool), 5.0)
+    with pytest.raises(TypeError, match="valid must be a bool ndarray of shape"):
+        find_streaks_above(score, np.ones((8, 7), bool), 5.0)
+    with pytest.raises(ValueError, match="threshold must be a finite number > 0"):
+        find_streaks_above(score, np.ones((8, 8), bool), -1.0)
+    assert len(find_streaks_above(score, np.ones((8, 8), bool), 5.0)) == 0

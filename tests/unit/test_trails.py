@@ -183,6 +183,20 @@ def test_gaussian_sigma_of_a_gaussian_stamp():
     np.testing.assert_allclose(gaussian_sigma(stamps), want, rtol=5e-3)
 
 
+def test_gaussian_sigma_of_repeated_stamps_is_that_of_each():
+    """Repeated stamps (one PSF_D per ZOGY tile) are measured once: the same values, bit for
+    bit, as each stamp measured on its own and as a stack without repeats."""
+    rng = np.random.default_rng(3)
+    base = np.stack([gaussian_psf(s, 21) * (1 + 0.05 * rng.random((21, 21)))
+                     for s in (1.1, 1.7, 2.2, 2.9)])  # fmt: skip
+    base /= base.sum(axis=(1, 2))[:, None, None]
+    pick = rng.integers(0, 4, 50)
+    got = gaussian_sigma(base[pick])
+    alone = np.array([gaussian_sigma(b[None])[0] for b in base])
+    np.testing.assert_array_equal(got, alone[pick])
+    np.testing.assert_array_equal(gaussian_sigma(base), alone)
+
+
 def test_input_checks():
     img, var, src, rows = _scene((40, 40), [(1e3, 20.0, 20.0, 5.0, 10.0)], 1.5, np.float64)
     psf = lambda x, y: gaussian_psf(1.5, 15)  # noqa: E731
