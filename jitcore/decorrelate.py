@@ -59,6 +59,7 @@ from diffstream.jitcore.tiles import (
     frame_shape,
     overlap,
     run_tiles,
+    stamp_spectrum,
     thread_count,
     tile_cores,
 )
@@ -73,6 +74,11 @@ __all__ = ["DECORRELATION_EPSILON", "decorrelate", "decorrelation_spectrum", "th
 # kernels left the noise of D' 17% wider than its variance plane; 1e-4 gave 1.01, 1e-3 1.003
 # (with a lag-1 correlation of 0.38 left: that direction's known limit, jitcore.alardlupton).
 DECORRELATION_EPSILON = 1e-3
+
+# Frame dtypes per ``precision``: the same choice as diffstream.jitcore.zogy.zogy's (whose
+# comment on _PRECISION says why single is enough); kept here rather than imported, as a
+# module's private name is not imported across modules (tests/unit/test_layering.py).
+_PRECISION = {"double": np.float64, "single": np.float32}
 
 KernelsAt = Callable[[float, float], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -121,6 +127,7 @@ class _Ctx:
     workers: int | None
     sigma_s: float
     sigma_t: float
+    real: type = np.float64  # frame dtype (diffstream.jitcore.zogy's _PRECISION)
 
     def rfft(self, a: np.ndarray) -> np.ndarray:
         return sfft.rfft2(a, workers=self.workers)
@@ -163,11 +170,11 @@ def _tile_kernels(ctx: _Ctx, a, b, p, var_s: float, var_t: float):
     pdc = np.conj(sfft.rfft2(small))
     images = [sfft.irfft2(spec, s=(m, m)) for spec in (phi, pa, pb, pa * pdc, pb * pdc)]
     radius = min(footprint_radius(images[3:], b_, tol=FOOTPRINT_TOL), b_)
-    frame = np.empty(ctx.frame)
 
     def on_frame(stamp: np.ndarray) -> np.ndarray:
-        embed_centred(stamp, frame)
-        return ctx.rfft(frame)
+        # The stamps are compact: their frame spectra skip the zero rows (stamp_spectrum,
+        # as ZOGY's kernel squares), in the frame precision.
+        return stamp_spectrum(stamp, ctx.frame, real=ctx.real)
 
     cut = [crop_centred(img, b_) for img in images]
     out = [on_frame(cut[0]), np.conj(on_frame(psf_d))]
@@ -191,7 +198,7 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     a, bk, p = kernels
     kspec, psf_d, white, radius = _tile_kernels(ctx, a, bk, p, sigma_s**2, sigma_t**2)
     phi, pdc, ka2, kb2, kas2, kbs2, kas = kspec
-    frame = np.empty(ctx.frame)
+    frame = np.empty(ctx.frame, ctx.real)
     spec = {}
     for key, img in (("d", ctx.diff), ("vs", ctx.svar), ("vt", ctx.tvar)):
         fill_frame(img, good, oy, ox, frame)
@@ -210,7 +217,7 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
         n_t = n_s - n[cs]
         vx = ctx.e2 * (n_s * n_s + n_t * n_t)
     else:
-        vx = np.zeros((h, w))
+        vx = np.zeros((h, w), ctx.real)
 
     vcore = fill_core_valid(ctx.good, valid, core, radius, mask_edges=ctx.mask_edges)
     o = {k: v[y0:y1, x0:x1] for k, v in out.items()}
@@ -241,6 +248,7 @@ def decorrelate(
     border: int | None = None,
     workers: int | None = None,
     mask_edges: bool = True,
+    precision: str = "double",
 ) -> ZogyResult:
     """Decorrelated difference, its variance, PSF, score and PSF flux (module docstring).
 
@@ -251,7 +259,11 @@ def decorrelate(
     to) is needed only for ``psf_error_fraction`` e in [0, 1).  ``border``: real pixels
     around each core in its FFT frame (default: A + B + 2 P_sci half-sizes, the reach of
     the score kernels).
-    ``workers``: tile threads, scipy.fft convention.  Raises ValueError / TypeError.
+    ``workers``: tile threads, scipy.fft convention.  ``precision``: "double" or "single",
+    the float width of the frame FFTs (the kernels are built in double either way), as for
+    diffstream.jitcore.zogy.zogy: single runs them ~2.5x faster, and its round-off is ~1e-7
+    of a frame's brightest star (tests/unit/test_decorrelate.py::
+    test_single_precision_matches_double).  Raises ValueError / TypeError.
     """
     diff = np.asarray(difference)
     if diff.ndim != 2 or diff.size == 0:
@@ -267,6 +279,8 @@ def decorrelate(
         raise TypeError(f"tile_size must be an int, got {type(tile_size).__name__}")
     if tile_size < 16:
         raise ValueError(f"tile_size must be >= 16, got {tile_size}")
+    if precision not in _PRECISION:
+        raise ValueError(f"precision must be one of {sorted(_PRECISION)}, got {precision!r}")
     e = float(psf_error_fraction)
     if not (math.isfinite(e) and 0.0 <= e < 1.0):
         raise ValueError(f"psf_error_fraction must be in [0, 1), got {psf_error_fraction}")
@@ -311,6 +325,7 @@ def decorrelate(
         svar=svar, tvar=tvar, good=good, border=int(border),
         frame=frame_shape(cores, int(border)), mask_edges=bool(mask_edges),
         workers=workers if n_threads == 1 else 1, sigma_s=sigma_s, sigma_t=sigma_t,
+        real=_PRECISION[precision],
     )  # fmt: skip
     out = {k: np.empty(diff.shape, np.float32) for k in _OUTPUTS}
     valid = np.empty(diff.shape, dtype=bool)

@@ -189,6 +189,36 @@ def test_spatially_varying_variance_uses_the_squared_kernel():
     assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
 
 
+def test_tiled_convolution_has_no_seams(monkeypatch):
+    """convolve_many works tile by tile (albasis.CONVOLVE_TILE): with 16 px cores, many of
+    them narrower than the kernel, every kernel and its square still match the direct sum
+    exactly (to the single-precision transforms), seams and image edges included."""
+    import diffstream.jitcore.albasis as albasis
+
+    monkeypatch.setattr(albasis, "CONVOLVE_TILE", 16)
+    rng = np.random.default_rng(17)
+    shape = (45, 61)
+    kernel = random_kernel(rng, shape, order=2, size=9)
+    image = rng.normal(size=shape)
+    got = convolve_spatial(image, kernel, workers=2)
+    ref = ref_convolve_varying(image, kernel.at)
+    assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+    var = rng.uniform(1.0, 3.0, size=shape)
+    got = convolve_spatial_variance(var, kernel)
+    ref = ref_convolve_varying(var, kernel.at, square=True)
+    assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+
+
+def test_background_polynomial_is_the_monomial_sum():
+    shape = (37, 52)
+    coeffs = np.random.default_rng(18).normal(size=len(monomials(2)))
+    got = alardlupton._background(coeffs, 2, shape)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    u, v = 2 * xx / (shape[1] - 1) - 1, 2 * yy / (shape[0] - 1) - 1
+    ref = sum(c * u**px * v**py for c, (px, py) in zip(coeffs, monomials(2), strict=True))
+    assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
 def test_preconvolution_uses_the_psf_of_each_pixel():
     shape = (19, 25)
     g0 = gaussian_psf(1.5, 9)
@@ -517,6 +547,7 @@ def _with(pair, **changes):
         ({"kernel_size": 1}, ValueError, "kernel_size must be >= 3"),
         ({"stamp_cell": 8}, ValueError, "stamp_cell must be >= 16"),
         ({"min_stars": 0}, ValueError, "min_stars must be >= 1"),
+        ({"precision": "half"}, ValueError, "precision must be 'double' or 'single'"),
         ({"psf_template": object()}, TypeError, r"psf_template must have an \.at"),
         (
             {
