@@ -44,7 +44,9 @@ Inputs as for :func:`jitcore.zogy.zogy`: one pixel grid, background-subtracted, 
 from __future__ import annotations
 
 import math
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,14 +103,17 @@ class ALInfo:
 
     ``matched`` is the PSF-matched image (ip_diffim's matchedExposure): kappa (x) T for
     convolveTemplate and preconvolve, kappa (x) S / ksum for convolveScience; float32, nJy,
-    with ``matched_variance`` (nJy^2).  ``kernel`` is the spatial model; ``kernel_at(x, y)``
+    with ``matched_variance`` (nJy^2, NaN on unusable pixels), which is computed on first
+    access: only the matched.fits product reads it, and at 4k its spatially varying
+    convolution with the squared kernel (six monomials for order 1) was 16% of an AL run
+    (issue 17).  Until then the info holds the reference variance plane and the good-pixel
+    mask.  ``kernel`` is the spatial model; ``kernel_at(x, y)``
     the kernel stamp at a pixel.  ``background_coeffs``: the differential background
     polynomial (order ``background_order``, diffstream.jitcore.albasis monomials over the image),
     in the fitted target's units, subtracted from the target.
     """
 
     matched: np.ndarray
-    matched_variance: np.ndarray
     kernel: SpatialKernel
     kernel_sum: float
     direction: str
@@ -121,8 +126,23 @@ class ALInfo:
     background_order: int
     spatial_order: int
     # Wall seconds of al_subtract's stages (prepare, selectStars, stampSystems, fitKernel,
-    # convolve, convolveVariance, decorrelate), for the pipeline's metadata and bench_al.py.
+    # convolve, decorrelate), for the pipeline's metadata and bench_al.py.
     stage_times: dict[str, float] = field(default_factory=dict)
+    # Makes matched_variance on first access (then dropped, with what it holds).
+    variance_of_matched: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    _matched_variance: np.ndarray | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def matched_variance(self) -> np.ndarray:
+        """Variance of ``matched`` (nJy^2, float32; see the class docstring)."""
+        with self._lock:  # products may be written from several threads
+            if self._matched_variance is None:
+                if self.variance_of_matched is None:
+                    raise ValueError("this ALInfo has no matched variance")
+                self._matched_variance = self.variance_of_matched()
+                self.variance_of_matched = None
+            return self._matched_variance
 
     def kernel_at(self, x: float, y: float) -> np.ndarray:
         return self.kernel.at(x, y)
@@ -300,6 +320,29 @@ def fit_kernel(
 
     Raises ValueError when fewer than ``min_stars`` stamps survive the rejection.
     """
+    # Every LAPACK call here is small (28^2 per stamp, ~82^2 for the spatial system), and
+    # OpenBLAS's own threads only wait on each other for those: with another process on
+    # the core, one 82^2 eigh took 230-270 ms on 2 threads and 1.5 ms on one (issue 17).
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return _fit_kernel(
+            systems, xs, ys, basis, shape, spatial_order=spatial_order,
+            background_order=background_order, min_stars=min_stars,
+        )  # fmt: skip
+
+
+def _fit_kernel(
+    systems: StampSystems,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    basis: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    spatial_order: int,
+    background_order: int,
+    min_stars: int,
+) -> KernelFit:
     q, b, sw, stats = systems.q, systems.b, systems.sw, systems.stats
     n, nb = len(xs), basis.shape[0]
     # Errors in variables: the convolved image's own noise adds, on average,
@@ -552,15 +595,12 @@ def al_subtract(
     lap("fitKernel")
     matched = convolve_spatial(ref, kernel, workers=workers)
     lap("convolve")
-    matched_var = convolve_spatial_variance(ref_var, kernel, workers=workers)
-    lap("convolveVariance")
     delta = np.ones((1, 1))
     # In-place arithmetic: each full-image temporary of a 4k frame is 128 MB of fresh pages.
     if direction == "convolveScience":
         diff = _add_background(matched - t_img, fit.background_coeffs, background_order)
         diff /= ksum
         matched /= ksum
-        matched_var /= ksum * ksum
 
         def kernels_at(x: float, y: float):
             return kernel.at(x, y) / ksum, delta / ksum, psf_science.at(x, y)
@@ -572,25 +612,32 @@ def al_subtract(
             p = psf_science.at(x, y)
             return (p if pre else delta), kernel.at(x, y), p
 
+    matched32 = matched.astype(np.float32)
+    del matched
+    matched32[~good] = 0.0
+    var_scale = 1.0 / (ksum * ksum) if direction == "convolveScience" else 1.0
+
+    def matched_variance() -> np.ndarray:
+        var = convolve_spatial_variance(ref_var, kernel, workers=workers)
+        var *= var_scale
+        var32 = var.astype(np.float32)
+        del var
+        var32[~good] = np.nan
+        return var32
+
     result = decorrelate(
         diff, s_var, t_var, good, kernels_at, science=s_img,
         psf_error_fraction=psf_error_fraction, tile_size=tile_size, workers=workers,
         precision=precision,
     )  # fmt: skip
     lap("decorrelate")
-    matched32 = matched.astype(np.float32)
-    del matched
-    matched32[~good] = 0.0
-    matched_var32 = matched_var.astype(np.float32)
-    del matched_var
-    matched_var32[~good] = np.nan
     info = ALInfo(
         matched=matched32,
-        matched_variance=matched_var32,
         kernel=kernel, kernel_sum=ksum, direction=direction,
         n_stars_used=int(fit.used.sum()), n_stars_found=n_found,
         residual_rms=fit.residual_rms, basis_sigmas=tuple(float(s) for s in sigmas),
         kernel_size=int(ks), background_coeffs=fit.background_coeffs,
         background_order=background_order, spatial_order=spatial_order, stage_times=times,
+        variance_of_matched=matched_variance,
     )  # fmt: skip
     return result, info

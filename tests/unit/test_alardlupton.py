@@ -371,6 +371,29 @@ def test_matched_image_is_the_convolved_template_on_the_science_scale():
     assert np.all(info.matched_variance[z.valid] > 0)
 
 
+@pytest.mark.parametrize(("sigma_s", "sigma_t"), [(2.0, 1.2), (1.2, 2.0)])
+def test_matched_variance_is_made_on_first_access(sigma_s, sigma_t):
+    """ALInfo.matched_variance is computed when first read (only matched.fits needs it):
+    the reference variance through the squared spatial kernel, on the science's scale for
+    convolveScience, NaN on unusable pixels; read twice, the same array."""
+    s, vs, t, vt, bad, ps, pt = star_field(3, sigma_s=sigma_s, sigma_t=sigma_t)
+    bad[100:110, 30:60] = True
+    _, info = al_subtract(s, vs, t, vt, bad, ps, pt)
+    assert info.variance_of_matched is not None
+    got = info.matched_variance
+    assert info.variance_of_matched is None and info.matched_variance is got
+    if info.direction == "convolveTemplate":
+        ref_var, scale = vt, 1.0
+    else:
+        ref_var, scale = vs, 1.0 / info.kernel_sum**2
+    want = convolve_spatial_variance(np.where(bad, 0.0, ref_var), info.kernel) * scale
+    assert np.isnan(got[bad]).all()
+    assert_allclose(got[~bad], want[~bad].astype(np.float32), rtol=1e-5)
+    assert {"convolveTemplate": (2.0, 1.2), "convolveScience": (1.2, 2.0)}[info.direction] == (
+        sigma_s, sigma_t,
+    )  # fmt: skip
+
+
 def test_spatially_varying_kernel_follows_the_psf_gradient():
     shape = (256, 256)
     g0 = gaussian_psf(2.0, 25)
