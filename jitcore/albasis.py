@@ -243,11 +243,17 @@ def _accumulate(
 ) -> None:
     """out[y0:, x0:] += scale * u^px v^py * conv over conv's box (image coordinates)."""
     ny, nx = out.shape
+    _tile_accumulate(out, conv, power, scale, y0, x0, _coord_scale(ny), _coord_scale(nx))
+
+
+def _tile_accumulate(out, conv, power, scale, y0, x0, sy, sx) -> None:
+    # Into a C buffer, then added: the kernel's argument types (C or any layout) must not
+    # depend on whether a tile spans whole rows of ``out``, or a run whose tiles do not
+    # compiles what the warm-up's single-tile image did not (tests/unit/test_warmup.py).
     h, w = conv.shape
-    poly_accumulate(
-        conv, power[0], power[1], float(scale), y0, x0, _coord_scale(ny), _coord_scale(nx),
-        out[y0 : y0 + h, x0 : x0 + w],
-    )  # fmt: skip
+    part = np.zeros((h, w))
+    poly_accumulate(conv, power[0], power[1], float(scale), y0, x0, sy, sx, part)
+    out[y0 : y0 + h, x0 : x0 + w] += part
 
 
 def convolve_spatial(
@@ -315,9 +321,7 @@ def convolve_psf_model(image: np.ndarray, psf: Any, *, workers: int | None = Non
     out = np.zeros(image.shape)
 
     def emit(i: int, conv: np.ndarray, y0: int, x0: int) -> None:
-        h, w = conv.shape
-        poly_accumulate(conv, powers[i][0], powers[i][1], 1.0, y0, x0, sy, sx,
-                        out[y0 : y0 + h, x0 : x0 + w])  # fmt: skip
+        _tile_accumulate(out, conv, powers[i], 1.0, y0, x0, sy, sx)
 
     convolve_many(image, list(basis), emit, workers=workers)
     norm = np.zeros(image.shape)

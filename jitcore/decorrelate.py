@@ -47,7 +47,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from diffstream.jitcore._kernels.decorrelate import decorrelation_filter
-from diffstream.jitcore._kernels.zogy import zogy_finalize
+from diffstream.jitcore._kernels.zogy import zogy_core
 from diffstream.jitcore.psf import normalise_psf
 from diffstream.jitcore.robust import median_noise
 from diffstream.jitcore.tiles import (
@@ -190,7 +190,9 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     oy, ox = y0 - b, x0 - b
     ny, nx = ctx.diff.shape
     wy0, wy1, wx0, wx1 = overlap((ny, nx), oy, ox, fy, fx)
-    good = ctx.good[wy0:wy1, wx0:wx1]
+    # Contiguous (as in jitcore.zogy): the frame fills then see one layout whatever the
+    # tiling, so a warm-up on a one-tile image compiles what a real run needs.
+    good = np.ascontiguousarray(ctx.good[wy0:wy1, wx0:wx1])
     sigma_s = median_noise(ctx.svar[wy0:wy1, wx0:wx1], good)
     sigma_t = median_noise(ctx.tvar[wy0:wy1, wx0:wx1], good)
     if math.isnan(sigma_s) or math.isnan(sigma_t) or not (sigma_s > 0 and sigma_t > 0):
@@ -209,22 +211,22 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     n = ctx.irfft(dspec)
     vd = ctx.irfft(spec["vs"] * ka2 + spec["vt"] * kb2)
     vn = ctx.irfft(spec["vs"] * kas2 + spec["vt"] * kbs2)
-    h, w = y1 - y0, x1 - x0
-    cs = (slice(b, b + h), slice(b, b + w))
-    if ctx.e2 > 0 and ctx.science is not None:
+    parts = ctx.e2 > 0 and ctx.science is not None
+    if parts:  # N_s and N_t = N_s - N apart, for e^2 (N_s^2 + N_t^2)
         fill_frame(ctx.science, good, oy, ox, frame)
-        n_s = ctx.irfft(ctx.rfft(frame) * kas)[cs]
-        n_t = n_s - n[cs]
-        vx = ctx.e2 * (n_s * n_s + n_t * n_t)
+        n_s = ctx.irfft(ctx.rfft(frame) * kas)
+        n_t = n_s - n
     else:
-        vx = np.zeros((h, w), ctx.real)
-
-    vcore = fill_core_valid(ctx.good, valid, core, radius, mask_edges=ctx.mask_edges)
-    o = {k: v[y0:y1, x0:x1] for k, v in out.items()}
+        n_s = n_t = n
+    fill_core_valid(ctx.good, valid, core, radius, mask_edges=ctx.mask_edges)
     sum_pd2 = float((psf_d * psf_d).sum())
-    zogy_finalize(d[cs], vd[cs], n[cs], vn[cs], vx, vcore, 1.0, sum_pd2,
-                  o["difference"], o["difference_variance"], o["score"], o["flux"],
-                  o["flux_variance"])  # fmt: skip
+    # ZOGY's core pass: its S_n, S_r and PSF-error term are N_s, N_t and this one (no
+    # astrometric term: sx2 = sy2 = 0), over the whole C frames and outputs at offsets.
+    # The finalize kernel over strided core views had argument layouts that changed with
+    # the tiling (C for a one-tile image), so a warm-up did not compile a real run's.
+    zogy_core(d, vd, vn, n_s, n_t, parts, b, y1 - y0, x1 - x0, 0.0, 0.0, ctx.e2, valid,
+              y0, x0, 1.0, sum_pd2, out["difference"], out["difference_variance"],
+              out["score"], out["flux"], out["flux_variance"])  # fmt: skip
     f_d = 1.0 / math.sqrt(white)
     return ZogyTile(
         core=core, outer=(oy, oy + fy, ox, ox + fx), psf_d=psf_d, f_d=f_d,
