@@ -200,7 +200,7 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     a, bk, p = kernels
     kspec, psf_d, white, radius = _tile_kernels(ctx, a, bk, p, sigma_s**2, sigma_t**2)
     phi, pdc, ka2, kb2, kas2, kbs2, kas = kspec
-    frame = np.empty(ctx.frame, ctx.real)
+    frame: np.ndarray = np.empty(ctx.frame, ctx.real)
     spec = {}
     for key, img in (("d", ctx.diff), ("vs", ctx.svar), ("vt", ctx.tvar)):
         fill_frame(img, good, oy, ox, frame)
@@ -211,12 +211,13 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     n = ctx.irfft(dspec)
     vd = ctx.irfft(spec["vs"] * ka2 + spec["vt"] * kb2)
     vn = ctx.irfft(spec["vs"] * kas2 + spec["vt"] * kbs2)
-    parts = ctx.e2 > 0 and ctx.science is not None
-    if parts:  # N_s and N_t = N_s - N apart, for e^2 (N_s^2 + N_t^2)
+    if ctx.e2 > 0 and ctx.science is not None:  # N_s, N_t = N_s - N apart: e^2 (N_s^2 + N_t^2)
+        parts = True
         fill_frame(ctx.science, good, oy, ox, frame)
         n_s = ctx.irfft(ctx.rfft(frame) * kas)
         n_t = n_s - n
     else:
+        parts = False
         n_s = n_t = n
     fill_core_valid(ctx.good, valid, core, radius, mask_edges=ctx.mask_edges)
     sum_pd2 = float((psf_d * psf_d).sum())
