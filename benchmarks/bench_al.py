@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +41,14 @@ def _load() -> str:
 
 
 def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench_al_"))
+    try:
+        _run(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # two 4k FITS pairs: ~0.5 GB of /tmp
+
+
+def _run(tmp: Path) -> None:
     from diffstream.stream.ops.memory import configure_from_env
 
     # As the CLI does: freed arrays stay in the heap (stream/ops/memory.py).
@@ -56,7 +65,6 @@ def main() -> None:
     pair = simulate_pair(seed=args.seed, shape=(args.size, args.size), n_stars=n_stars,
                          n_transients=60 * (args.size // 1024) ** 2,
                          n_variables=20 * (args.size // 1024) ** 2)  # fmt: skip
-    tmp = Path(tempfile.mkdtemp(prefix="bench_al_"))
     sci, tmpl = (str(p) for p in write_pair(pair, tmp))
     print(f"simulated {args.size}x{args.size} pair ({n_stars} stars) in "
           f"{time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs; load {_load()}")  # fmt: skip
