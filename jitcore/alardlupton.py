@@ -44,15 +44,18 @@ Inputs as for :func:`jitcore.zogy.zogy`: one pixel grid, background-subtracted, 
 from __future__ import annotations
 
 import math
+import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import fft as sfft
 
 from diffstream.jitcore._kernels.alardlupton import (
     expand_spatial,
-    poly_accumulate,
     stamp_normal_equations,
 )
 from diffstream.jitcore.albasis import (
@@ -91,6 +94,7 @@ RESID_SIGMA = 3.0
 # (1e-4: 1.03, 1e-3: 1.01, 1e-2: 1.02 on the worst of them).
 EIG_TOL = 1e-3
 _CHUNK = 64  # stamps convolved at once (memory: CHUNK x nbasis x stamp^2 doubles)
+_BAND = 256  # rows per band of the background polynomial (bounded temporaries)
 
 
 @dataclass
@@ -99,14 +103,17 @@ class ALInfo:
 
     ``matched`` is the PSF-matched image (ip_diffim's matchedExposure): kappa (x) T for
     convolveTemplate and preconvolve, kappa (x) S / ksum for convolveScience; float32, nJy,
-    with ``matched_variance`` (nJy^2).  ``kernel`` is the spatial model; ``kernel_at(x, y)``
+    with ``matched_variance`` (nJy^2, NaN on unusable pixels), which is computed on first
+    access: only the matched.fits product reads it, and at 4k its spatially varying
+    convolution with the squared kernel (six monomials for order 1) was 16% of an AL run
+    (issue 17).  Until then the info holds the reference variance plane and the good-pixel
+    mask.  ``kernel`` is the spatial model; ``kernel_at(x, y)``
     the kernel stamp at a pixel.  ``background_coeffs``: the differential background
     polynomial (order ``background_order``, diffstream.jitcore.albasis monomials over the image),
     in the fitted target's units, subtracted from the target.
     """
 
     matched: np.ndarray
-    matched_variance: np.ndarray
     kernel: SpatialKernel
     kernel_sum: float
     direction: str
@@ -118,6 +125,24 @@ class ALInfo:
     background_coeffs: np.ndarray
     background_order: int
     spatial_order: int
+    # Wall seconds of al_subtract's stages (prepare, selectStars, stampSystems, fitKernel,
+    # convolve, decorrelate), for the pipeline's metadata and bench_al.py.
+    stage_times: dict[str, float] = field(default_factory=dict)
+    # Makes matched_variance on first access (then dropped, with what it holds).
+    variance_of_matched: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    _matched_variance: np.ndarray | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def matched_variance(self) -> np.ndarray:
+        """Variance of ``matched`` (nJy^2, float32; see the class docstring)."""
+        with self._lock:  # products may be written from several threads
+            if self._matched_variance is None:
+                if self.variance_of_matched is None:
+                    raise ValueError("this ALInfo has no matched variance")
+                self._matched_variance = self.variance_of_matched()
+                self.variance_of_matched = None
+            return self._matched_variance
 
     def kernel_at(self, x: float, y: float) -> np.ndarray:
         return self.kernel.at(x, y)
@@ -175,25 +200,36 @@ def stamp_systems(
     stats = np.empty((n, 3))
     noise = np.empty(n)
     r = hs + kh
+    # The basis convolutions of a stamp are its valid part of a circular convolution on a
+    # frame of at least the cutout's 2 r + 1 pixels (a valid output reaches only cutout
+    # pixels, so nothing wraps), with the basis spectra made once for all stamps.
+    # scipy.signal.fftconvolve padded each chunk to 2 r + ks - 1, re-transformed the basis
+    # per chunk and cost 7x more (4.1 s of a 4k run's 1000 stamps on one thread, issue 17).
     # float32 transforms: 3.5x faster than float64 for these small stamps, and their
     # rounding (1e-7 of a stamp's brightest pixel) is far below its noise; the sums are
     # accumulated in float64 by the kernel.
-    basis32 = basis.astype(np.float32)
-
-    # scipy.signal costs ~1 s of imports: only the runs that fit a kernel pay it.
-    from scipy.signal import fftconvolve
+    f = sfft.next_fast_len(2 * r + 1, real=True)
+    padded = np.zeros((nb, f, f), np.float32)
+    padded[:, :ks, :ks] = basis
+    bspec = sfft.rfft2(padded)
+    del padded
 
     def chunk(start: int) -> None:
         sel = range(start, min(n, start + _CHUNK))
-        cuts = np.stack([ref[ys[i] - r : ys[i] + r + 1, xs[i] - r : xs[i] + r + 1] for i in sel])
-        conv = fftconvolve(
-            cuts.astype(np.float32)[:, None], basis32[None], mode="valid", axes=(2, 3)
-        )
+        cuts = np.zeros((len(sel), f, f), np.float32)
+        for j, i in enumerate(sel):
+            cuts[j, : 2 * r + 1, : 2 * r + 1] = ref[ys[i] - r : ys[i] + r + 1,
+                                                    xs[i] - r : xs[i] + r + 1]  # fmt: skip
+        cspec = sfft.rfft2(cuts, overwrite_x=True)
         planes = np.empty((npar, h, h), np.float32)
         planes[nb] = 1.0
+        prod = np.empty((nb, *cspec.shape[1:]), cspec.dtype)
         for j, i in enumerate(sel):
+            np.multiply(bspec, cspec[j], out=prod)
+            planes[:nb] = sfft.irfft2(prod, s=(f, f), overwrite_x=True)[
+                :, 2 * kh : 2 * r + 1, 2 * kh : 2 * r + 1
+            ]
             win = (slice(ys[i] - hs, ys[i] + hs + 1), slice(xs[i] - hs, xs[i] + hs + 1))
-            planes[:nb] = conv[j]
             v = target_variance[win].astype(np.float64) + ref_gain * ref_variance[win]
             with np.errstate(divide="ignore", invalid="ignore"):
                 w = np.where(good[win] & (v > 0), 1.0 / v, 0.0)
@@ -284,6 +320,29 @@ def fit_kernel(
 
     Raises ValueError when fewer than ``min_stars`` stamps survive the rejection.
     """
+    # Every LAPACK call here is small (28^2 per stamp, ~82^2 for the spatial system), and
+    # OpenBLAS's own threads only wait on each other for those: with another process on
+    # the core, one 82^2 eigh took 230-270 ms on 2 threads and 1.5 ms on one (issue 17).
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return _fit_kernel(
+            systems, xs, ys, basis, shape, spatial_order=spatial_order,
+            background_order=background_order, min_stars=min_stars,
+        )  # fmt: skip
+
+
+def _fit_kernel(
+    systems: StampSystems,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    basis: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    spatial_order: int,
+    background_order: int,
+    min_stars: int,
+) -> KernelFit:
     q, b, sw, stats = systems.q, systems.b, systems.sw, systems.stats
     n, nb = len(xs), basis.shape[0]
     # Errors in variables: the convolved image's own noise adds, on average,
@@ -343,13 +402,32 @@ def fit_kernel(
     return KernelFit(kernel, theta[1 + (nb - 1) * ntk :].copy(), use, rms)
 
 
-def _background(coeffs: np.ndarray, order: int, shape: tuple[int, int]) -> np.ndarray:
-    out = np.zeros(shape)
-    ones = np.ones(shape)
-    sy, sx = 2.0 / max(shape[0] - 1, 1), 2.0 / max(shape[1] - 1, 1)
+def _add_background(
+    out: np.ndarray, coeffs: np.ndarray, order: int, scale: float = 1.0
+) -> np.ndarray:
+    """out += scale x the background polynomial on the image grid (in place; returns out).
+
+    Separable: sum_{px,py} c u^px v^py = sum_py v^py r_py(u), one row polynomial per power
+    of v, added in bands of rows: no full-image temporaries.  Through a plane of ones and a
+    zero image per monomial it cost 0.8-2 s of a busy 4k run (issue 17).
+    """
+    ny, nx = out.shape
+    u = np.arange(nx) * (2.0 / max(nx - 1, 1)) - 1.0
+    v = np.arange(ny) * (2.0 / max(ny - 1, 1)) - 1.0
+    rows = np.zeros((order + 1, nx))
     for c, (px, py) in zip(coeffs, monomials(order), strict=True):
-        poly_accumulate(ones, px, py, float(c), 0, 0, sy, sx, out)
+        rows[py] += scale * float(c) * u**px
+    out += rows[0]
+    for y0 in range(0, ny, _BAND):
+        band = out[y0 : y0 + _BAND]
+        for py in range(1, order + 1):
+            band += np.multiply.outer(v[y0 : y0 + _BAND] ** py, rows[py])
     return out
+
+
+def _background(coeffs: np.ndarray, order: int, shape: tuple[int, int]) -> np.ndarray:
+    """The background polynomial on the image grid (float64)."""
+    return _add_background(np.zeros(shape), coeffs, order)
 
 
 def _int_arg(name: str, value: Any, lo: int) -> int:
@@ -398,6 +476,7 @@ def al_subtract(
     tile_size: int = 256,
     psf_error_fraction: float = 0.0,
     workers: int | None = None,
+    precision: str = "double",
 ) -> tuple[ZogyResult, ALInfo]:
     """Alard-Lupton subtraction of ``template`` from ``science`` (module docstring).
 
@@ -409,6 +488,8 @@ def al_subtract(
     the score's e^2 (N_s^2 + N_t^2) term (jitcore.decorrelate; the pipeline's setting, 0.01,
     suits AL as it suits ZOGY).  ``workers``: threads (scipy.fft convention; None: 1, -1: all
     cores) for the whole-image convolutions, the stamps and the decorrelation tiles.
+    ``precision``: the decorrelation's frame FFTs, "double" or "single" (jitcore.decorrelate;
+    the pipeline passes its ``zogy_precision``, single by default).
     Returns the decorrelated difference as a :class:`diffstream.jitcore.zogy.ZogyResult` and an
     :class:`ALInfo`.  Raises ValueError (with the counts) when fewer than ``min_stars``
     kernel stars are found or survive rejection, and ValueError / TypeError on bad input.
@@ -436,11 +517,22 @@ def al_subtract(
     e = float(psf_error_fraction)
     if not (math.isfinite(e) and 0.0 <= e < 1.0):
         raise ValueError(f"psf_error_fraction must be in [0, 1), got {psf_error_fraction}")
+    if precision not in ("double", "single"):
+        raise ValueError(f"precision must be 'double' or 'single', got {precision!r}")
     for name, p in (("psf_science", psf_science), ("psf_template", psf_template)):
         if not callable(getattr(p, "at", None)):
             raise TypeError(f"{name} must have an .at(x, y) method, got {type(p).__name__}")
     if min(shape) < 32:
         raise ValueError(f"images must be at least 32 x 32 pixels, got shape {shape}")
+
+    times: dict[str, float] = {}
+    t_last = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal t_last
+        now = time.perf_counter()
+        times[stage] = now - t_last
+        t_last = now
 
     with np.errstate(invalid="ignore"):
         good = ~bad_arr & np.isfinite(sci) & np.isfinite(tmpl)
@@ -474,6 +566,7 @@ def al_subtract(
 
     fwhm = FWHM_PER_SIGMA * max(sig_s, sig_t)
     stamp_half = ks // 2 + max(int(math.ceil(1.5 * fwhm)), 3)
+    lap("prepare")
     stars = select_kernel_stars(
         s_img, s_var, t_img, t_var, ~good, fwhm=fwhm, stamp_half=stamp_half, margin=ks // 2,
         snr_range=SNR_RANGE, cell=stamp_cell, per_cell=PER_CELL,
@@ -485,10 +578,12 @@ def al_subtract(
             f"(S/N {SNR_RANGE[0]:g}-{SNR_RANGE[1]:g}, isolated, on good pixels; "
             f"{stars.n_detected} detections)"
         )
+    lap("selectStars")
     systems = stamp_systems(
         ref, ref_var, target, target_var, good, stars.x, stars.y, basis, stamp_half,
         ref_gain=ref_gain, workers=workers,
     )  # fmt: skip
+    lap("stampSystems")
     fit = fit_kernel(
         systems, stars.x, stars.y, basis, shape, spatial_order=spatial_order,
         background_order=background_order, min_stars=min_stars,
@@ -497,36 +592,52 @@ def al_subtract(
     ksum = kernel.kernel_sum
     if not (math.isfinite(ksum) and ksum > 0):
         raise ValueError(f"fitted kernel sum must be finite and > 0, got {ksum:g}")
+    lap("fitKernel")
     matched = convolve_spatial(ref, kernel, workers=workers)
-    matched_var = convolve_spatial_variance(ref_var, kernel, workers=workers)
-    bkg = _background(fit.background_coeffs, background_order, shape)
+    lap("convolve")
     delta = np.ones((1, 1))
+    # In-place arithmetic: each full-image temporary of a 4k frame is 128 MB of fresh pages.
     if direction == "convolveScience":
-        diff = (matched + bkg - t_img) / ksum
+        diff = _add_background(matched - t_img, fit.background_coeffs, background_order)
+        diff /= ksum
         matched /= ksum
-        matched_var /= ksum * ksum
 
         def kernels_at(x: float, y: float):
             return kernel.at(x, y) / ksum, delta / ksum, psf_science.at(x, y)
     else:
-        diff = target - matched - bkg
+        diff = _add_background(target - matched, fit.background_coeffs, background_order, -1.0)
         pre = direction == "preconvolve"
 
         def kernels_at(x: float, y: float):
             p = psf_science.at(x, y)
             return (p if pre else delta), kernel.at(x, y), p
 
+    matched32 = matched.astype(np.float32)
+    del matched
+    matched32[~good] = 0.0
+    var_scale = 1.0 / (ksum * ksum) if direction == "convolveScience" else 1.0
+
+    def matched_variance() -> np.ndarray:
+        var = convolve_spatial_variance(ref_var, kernel, workers=workers)
+        var *= var_scale
+        var32 = var.astype(np.float32)
+        del var
+        var32[~good] = np.nan
+        return var32
+
     result = decorrelate(
         diff, s_var, t_var, good, kernels_at, science=s_img,
         psf_error_fraction=psf_error_fraction, tile_size=tile_size, workers=workers,
+        precision=precision,
     )  # fmt: skip
+    lap("decorrelate")
     info = ALInfo(
-        matched=np.where(good, matched, 0.0).astype(np.float32),
-        matched_variance=np.where(good, matched_var, np.nan).astype(np.float32),
+        matched=matched32,
         kernel=kernel, kernel_sum=ksum, direction=direction,
         n_stars_used=int(fit.used.sum()), n_stars_found=n_found,
         residual_rms=fit.residual_rms, basis_sigmas=tuple(float(s) for s in sigmas),
         kernel_size=int(ks), background_coeffs=fit.background_coeffs,
-        background_order=background_order, spatial_order=spatial_order,
+        background_order=background_order, spatial_order=spatial_order, stage_times=times,
+        variance_of_matched=matched_variance,
     )  # fmt: skip
     return result, info

@@ -37,7 +37,14 @@ from scipy import fft as sfft
 
 from diffstream.jitcore._kernels.alardlupton import poly_accumulate
 from diffstream.jitcore.psf import normalise_psf
-from diffstream.jitcore.tiles import embed_centred
+from diffstream.jitcore.tiles import (
+    frame_shape,
+    overlap,
+    run_tiles,
+    stamp_spectrum,
+    thread_count,
+    tile_cores,
+)
 
 __all__ = [
     "SIGMA_TO_FWHM",
@@ -173,43 +180,80 @@ class SpatialKernel:
         return float(self.coeffs[0, 0] * self.basis[0].sum())
 
 
+# Tile core (px) of convolve_many: frames of ~540^2 stay in cache (a 4096^2 float32 frame
+# transform is memory-bound) and whole tiles run on threads; the kernel spectra are made once
+# on the small frame instead of a full-image transform per kernel.
+CONVOLVE_TILE = 512
+
+
 def convolve_many(
     image: np.ndarray,
     kernels: list[np.ndarray],
-    emit: Callable[[int, np.ndarray], None],
+    emit: Callable[[int, np.ndarray, int, int], None],
     *,
     workers: int | None = None,
+    tile: int | None = None,
 ) -> None:
-    """Convolve ``image`` (zero outside) with each odd kernel; ``emit(i, same-shape result)``.
+    """Convolve ``image`` (zero outside) with each odd kernel, tile by tile.
 
-    One padded forward FFT of the image serves every kernel (scipy.fft, ``workers``
-    threads); the frame is padded by the largest kernel half-size so nothing wraps around.
-    Single precision: 2-3x faster than double on 4k frames, and its rounding (~1e-7 of the
-    frame's RMS, dominated by the stars) is ~1e-5 of the sky noise; the results are
-    combined in double.  The float32 array passed to ``emit`` is reused by the next call.
+    ``emit(i, conv, y0, x0)`` receives kernel i's result on one tile core, whose first
+    pixel is image pixel (y0, x0); each core is emitted once per kernel, and the cores
+    partition the image, so callers may accumulate into disjoint parts of one output from
+    several threads (``workers``: tile threads, scipy.fft convention; ``tile``: the core
+    size, default CONVOLVE_TILE, read at call time).  Each core is
+    transformed with the largest kernel half-size of real image pixels (zeros outside the
+    image) around it, so the result is the exact linear convolution, without seams
+    (tests/unit/test_alardlupton.py::test_tiled_convolution_has_no_seams).  Each tile's
+    forward transform serves every kernel, and the kernels' spectra are computed once.
+
+    Single precision: 2-3x faster than double, and its rounding (~1e-7 of the frame's RMS,
+    dominated by the stars) is ~1e-5 of the sky noise; the results are combined in double.
+    The float32 array passed to ``emit`` is reused by the next call on that thread.
+    Before tiling (one 4096^2 frame, one full-frame transform per kernel) the 4k AL run spent
+    5.7 s here (issue 17).
     """
     ny, nx = image.shape
     kh = max(k.shape[0] for k in kernels) // 2
-    fy = sfft.next_fast_len(ny + kh, real=True)
-    fx = sfft.next_fast_len(nx + kh, real=True)
-    frame = np.zeros((fy, fx), np.float32)
-    frame[:ny, :nx] = image
-    spec = sfft.rfft2(frame, workers=workers)
-    for i, k in enumerate(kernels):
-        embed_centred(np.asarray(k, dtype=np.float32), frame)
-        kspec = sfft.rfft2(frame, workers=workers)
-        kspec *= spec
-        out = sfft.irfft2(kspec, s=(fy, fx), workers=workers)
-        emit(i, out[:ny, :nx])
+    cores = tile_cores((ny, nx), CONVOLVE_TILE if tile is None else int(tile))
+    fy, fx = frame_shape(cores, kh)
+    kspecs = [
+        stamp_spectrum(np.asarray(k, dtype=np.float64), (fy, fx), real=np.float32) for k in kernels
+    ]
+    n_threads = thread_count(workers, len(cores))
+    fft_workers = workers if n_threads == 1 else 1
+
+    def run(c: int) -> None:
+        y0, y1, x0, x1 = cores[c]
+        oy, ox = y0 - kh, x0 - kh
+        wy0, wy1, wx0, wx1 = overlap((ny, nx), oy, ox, fy, fx)
+        frame = np.zeros((fy, fx), np.float32)
+        frame[wy0 - oy : wy1 - oy, wx0 - ox : wx1 - ox] = image[wy0:wy1, wx0:wx1]
+        spec = sfft.rfft2(frame, workers=fft_workers, overwrite_x=True)
+        prod = np.empty_like(spec)
+        for i, kspec in enumerate(kspecs):
+            np.multiply(spec, kspec, out=prod)
+            out = sfft.irfft2(prod, s=(fy, fx), workers=fft_workers, overwrite_x=True)
+            emit(i, out[kh : kh + y1 - y0, kh : kh + x1 - x0], y0, x0)
+
+    run_tiles(run, len(cores), n_threads)
 
 
 def _accumulate(
-    out: np.ndarray, conv: np.ndarray, power: tuple[int, int], scale: float, shape
+    out: np.ndarray, conv: np.ndarray, power: tuple[int, int], scale: float, y0: int, x0: int
 ) -> None:
-    ny, nx = shape
-    poly_accumulate(
-        conv, power[0], power[1], float(scale), 0, 0, _coord_scale(ny), _coord_scale(nx), out
-    )
+    """out[y0:, x0:] += scale * u^px v^py * conv over conv's box (image coordinates)."""
+    ny, nx = out.shape
+    _tile_accumulate(out, conv, power, scale, y0, x0, _coord_scale(ny), _coord_scale(nx))
+
+
+def _tile_accumulate(out, conv, power, scale, y0, x0, sy, sx) -> None:
+    # Into a C buffer, then added: the kernel's argument types (C or any layout) must not
+    # depend on whether a tile spans whole rows of ``out``, or a run whose tiles do not
+    # compiles what the warm-up's single-tile image did not (tests/unit/test_warmup.py).
+    h, w = conv.shape
+    part = np.zeros((h, w))
+    poly_accumulate(conv, power[0], power[1], float(scale), y0, x0, sy, sx, part)
+    out[y0 : y0 + h, x0 : x0 + w] += part
 
 
 def convolve_spatial(
@@ -222,8 +266,8 @@ def convolve_spatial(
     powers = monomials(kernel.order)
     ks = list(kernel.spatial_kernels())
 
-    def emit(i: int, conv: np.ndarray) -> None:
-        _accumulate(out, conv, powers[i], 1.0, image.shape)
+    def emit(i: int, conv: np.ndarray, y0: int, x0: int) -> None:
+        _accumulate(out, conv, powers[i], 1.0, y0, x0)
 
     convolve_many(image, ks, emit, workers=workers)
     return out
@@ -249,8 +293,8 @@ def convolve_spatial_variance(
     keys = list(sq)
     out = np.zeros(variance.shape)
 
-    def emit(i: int, conv: np.ndarray) -> None:
-        _accumulate(out, conv, keys[i], 1.0, variance.shape)
+    def emit(i: int, conv: np.ndarray, y0: int, x0: int) -> None:
+        _accumulate(out, conv, keys[i], 1.0, y0, x0)
 
     convolve_many(variance, [sq[k] for k in keys], emit, workers=workers)
     return out
@@ -276,8 +320,8 @@ def convolve_psf_model(image: np.ndarray, psf: Any, *, workers: int | None = Non
     sy, sx = _coord_scale(pshape[0]), _coord_scale(pshape[1])
     out = np.zeros(image.shape)
 
-    def emit(i: int, conv: np.ndarray) -> None:
-        poly_accumulate(conv, powers[i][0], powers[i][1], 1.0, 0, 0, sy, sx, out)
+    def emit(i: int, conv: np.ndarray, y0: int, x0: int) -> None:
+        _tile_accumulate(out, conv, powers[i], 1.0, y0, x0, sy, sx)
 
     convolve_many(image, list(basis), emit, workers=workers)
     norm = np.zeros(image.shape)

@@ -47,7 +47,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from diffstream.jitcore._kernels.decorrelate import decorrelation_filter
-from diffstream.jitcore._kernels.zogy import zogy_finalize
+from diffstream.jitcore._kernels.zogy import zogy_core
 from diffstream.jitcore.psf import normalise_psf
 from diffstream.jitcore.robust import median_noise
 from diffstream.jitcore.tiles import (
@@ -59,6 +59,7 @@ from diffstream.jitcore.tiles import (
     frame_shape,
     overlap,
     run_tiles,
+    stamp_spectrum,
     thread_count,
     tile_cores,
 )
@@ -73,6 +74,11 @@ __all__ = ["DECORRELATION_EPSILON", "decorrelate", "decorrelation_spectrum", "th
 # kernels left the noise of D' 17% wider than its variance plane; 1e-4 gave 1.01, 1e-3 1.003
 # (with a lag-1 correlation of 0.38 left: that direction's known limit, jitcore.alardlupton).
 DECORRELATION_EPSILON = 1e-3
+
+# Frame dtypes per ``precision``: the same choice as diffstream.jitcore.zogy.zogy's (whose
+# comment on _PRECISION says why single is enough); kept here rather than imported, as a
+# module's private name is not imported across modules (tests/unit/test_layering.py).
+_PRECISION = {"double": np.float64, "single": np.float32}
 
 KernelsAt = Callable[[float, float], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -121,6 +127,7 @@ class _Ctx:
     workers: int | None
     sigma_s: float
     sigma_t: float
+    real: type = np.float64  # frame dtype (diffstream.jitcore.zogy's _PRECISION)
 
     def rfft(self, a: np.ndarray) -> np.ndarray:
         return sfft.rfft2(a, workers=self.workers)
@@ -163,11 +170,11 @@ def _tile_kernels(ctx: _Ctx, a, b, p, var_s: float, var_t: float):
     pdc = np.conj(sfft.rfft2(small))
     images = [sfft.irfft2(spec, s=(m, m)) for spec in (phi, pa, pb, pa * pdc, pb * pdc)]
     radius = min(footprint_radius(images[3:], b_, tol=FOOTPRINT_TOL), b_)
-    frame = np.empty(ctx.frame)
 
     def on_frame(stamp: np.ndarray) -> np.ndarray:
-        embed_centred(stamp, frame)
-        return ctx.rfft(frame)
+        # The stamps are compact: their frame spectra skip the zero rows (stamp_spectrum,
+        # as ZOGY's kernel squares), in the frame precision.
+        return stamp_spectrum(stamp, ctx.frame, real=ctx.real)
 
     cut = [crop_centred(img, b_) for img in images]
     out = [on_frame(cut[0]), np.conj(on_frame(psf_d))]
@@ -183,7 +190,9 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     oy, ox = y0 - b, x0 - b
     ny, nx = ctx.diff.shape
     wy0, wy1, wx0, wx1 = overlap((ny, nx), oy, ox, fy, fx)
-    good = ctx.good[wy0:wy1, wx0:wx1]
+    # Contiguous (as in jitcore.zogy): the frame fills then see one layout whatever the
+    # tiling, so a warm-up on a one-tile image compiles what a real run needs.
+    good = np.ascontiguousarray(ctx.good[wy0:wy1, wx0:wx1])
     sigma_s = median_noise(ctx.svar[wy0:wy1, wx0:wx1], good)
     sigma_t = median_noise(ctx.tvar[wy0:wy1, wx0:wx1], good)
     if math.isnan(sigma_s) or math.isnan(sigma_t) or not (sigma_s > 0 and sigma_t > 0):
@@ -191,7 +200,7 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     a, bk, p = kernels
     kspec, psf_d, white, radius = _tile_kernels(ctx, a, bk, p, sigma_s**2, sigma_t**2)
     phi, pdc, ka2, kb2, kas2, kbs2, kas = kspec
-    frame = np.empty(ctx.frame)
+    frame: np.ndarray = np.empty(ctx.frame, ctx.real)
     spec = {}
     for key, img in (("d", ctx.diff), ("vs", ctx.svar), ("vt", ctx.tvar)):
         fill_frame(img, good, oy, ox, frame)
@@ -202,23 +211,24 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     n = ctx.irfft(dspec)
     vd = ctx.irfft(spec["vs"] * ka2 + spec["vt"] * kb2)
     vn = ctx.irfft(spec["vs"] * kas2 + spec["vt"] * kbs2)
-    h, w = y1 - y0, x1 - x0
-    cs = (slice(b, b + h), slice(b, b + w))
-    if ctx.e2 > 0 and ctx.science is not None:
+    if ctx.e2 > 0 and ctx.science is not None:  # N_s, N_t = N_s - N apart: e^2 (N_s^2 + N_t^2)
+        parts = True
         fill_frame(ctx.science, good, oy, ox, frame)
-        n_s = ctx.irfft(ctx.rfft(frame) * kas)[cs]
-        n_t = n_s - n[cs]
-        vx = ctx.e2 * (n_s * n_s + n_t * n_t)
+        n_s = ctx.irfft(ctx.rfft(frame) * kas)
+        n_t = n_s - n
     else:
-        vx = np.zeros((h, w))
-
+        parts = False
+        n_s = n_t = n
     edges = "all" if ctx.mask_edges else "none"
-    vcore = fill_core_valid(ctx.good, valid, core, radius, mask_edges=edges)
-    o = {k: v[y0:y1, x0:x1] for k, v in out.items()}
+    fill_core_valid(ctx.good, valid, core, radius, mask_edges=edges)
     sum_pd2 = float((psf_d * psf_d).sum())
-    zogy_finalize(d[cs], vd[cs], n[cs], vn[cs], vx, vcore, 1.0, sum_pd2,
-                  o["difference"], o["difference_variance"], o["score"], o["flux"],
-                  o["flux_variance"])  # fmt: skip
+    # ZOGY's core pass: its S_n, S_r and PSF-error term are N_s, N_t and this one (no
+    # astrometric term: sx2 = sy2 = 0), over the whole C frames and outputs at offsets.
+    # The finalize kernel over strided core views had argument layouts that changed with
+    # the tiling (C for a one-tile image), so a warm-up did not compile a real run's.
+    zogy_core(d, vd, vn, n_s, n_t, parts, b, y1 - y0, x1 - x0, 0.0, 0.0, ctx.e2, valid,
+              y0, x0, 1.0, sum_pd2, out["difference"], out["difference_variance"],
+              out["score"], out["flux"], out["flux_variance"])  # fmt: skip
     f_d = 1.0 / math.sqrt(white)
     return ZogyTile(
         core=core, outer=(oy, oy + fy, ox, ox + fx), psf_d=psf_d, f_d=f_d,
@@ -242,6 +252,7 @@ def decorrelate(
     border: int | None = None,
     workers: int | None = None,
     mask_edges: bool = True,
+    precision: str = "double",
 ) -> ZogyResult:
     """Decorrelated difference, its variance, PSF, score and PSF flux (module docstring).
 
@@ -252,7 +263,11 @@ def decorrelate(
     to) is needed only for ``psf_error_fraction`` e in [0, 1).  ``border``: real pixels
     around each core in its FFT frame (default: A + B + 2 P_sci half-sizes, the reach of
     the score kernels).
-    ``workers``: tile threads, scipy.fft convention.  Raises ValueError / TypeError.
+    ``workers``: tile threads, scipy.fft convention.  ``precision``: "double" or "single",
+    the float width of the frame FFTs (the kernels are built in double either way), as for
+    diffstream.jitcore.zogy.zogy: single runs them ~2.5x faster, and its round-off is ~1e-7
+    of a frame's brightest star (tests/unit/test_decorrelate.py::
+    test_single_precision_matches_double).  Raises ValueError / TypeError.
     """
     diff = np.asarray(difference)
     if diff.ndim != 2 or diff.size == 0:
@@ -268,6 +283,8 @@ def decorrelate(
         raise TypeError(f"tile_size must be an int, got {type(tile_size).__name__}")
     if tile_size < 16:
         raise ValueError(f"tile_size must be >= 16, got {tile_size}")
+    if precision not in _PRECISION:
+        raise ValueError(f"precision must be one of {sorted(_PRECISION)}, got {precision!r}")
     e = float(psf_error_fraction)
     if not (math.isfinite(e) and 0.0 <= e < 1.0):
         raise ValueError(f"psf_error_fraction must be in [0, 1), got {psf_error_fraction}")
@@ -312,6 +329,7 @@ def decorrelate(
         svar=svar, tvar=tvar, good=good, border=int(border),
         frame=frame_shape(cores, int(border)), mask_edges=bool(mask_edges),
         workers=workers if n_threads == 1 else 1, sigma_s=sigma_s, sigma_t=sigma_t,
+        real=_PRECISION[precision],
     )  # fmt: skip
     out = {k: np.empty(diff.shape, np.float32) for k in _OUTPUTS}
     valid = np.empty(diff.shape, dtype=bool)

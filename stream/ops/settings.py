@@ -38,9 +38,9 @@ class Settings(BaseSettings):
     al_spatial_order: int = Field(1, ge=0, le=3, description="AL kernel spatial order")
     al_background_order: int = Field(1, ge=0, le=3, description="AL differential background order")
     al_min_stars: int = Field(3, ge=1, description="AL: fewest kernel stars accepted")
-    tile_size: int = Field(512, ge=64, description="ZOGY tile core size (px)")
+    tile_size: int = Field(512, ge=64, description="ZOGY and AL decorrelation tile core (px)")
     zogy_precision: Literal["single", "double"] = Field(
-        "single", description="float width of ZOGY's frame FFTs (kernels stay double)"
+        "single", description="float width of ZOGY and AL decorrelation frame FFTs (kernels double)"
     )
     warp_grid_step: int = Field(32, ge=4, description="coarse WCS mapping grid step (px)")
     lanczos_order: int = Field(3, ge=2, le=5, description="Lanczos kernel order for warping")

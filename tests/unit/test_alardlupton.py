@@ -189,6 +189,36 @@ def test_spatially_varying_variance_uses_the_squared_kernel():
     assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
 
 
+def test_tiled_convolution_has_no_seams(monkeypatch):
+    """convolve_many works tile by tile (albasis.CONVOLVE_TILE): with 16 px cores, many of
+    them narrower than the kernel, every kernel and its square still match the direct sum
+    exactly (to the single-precision transforms), seams and image edges included."""
+    import diffstream.jitcore.albasis as albasis
+
+    monkeypatch.setattr(albasis, "CONVOLVE_TILE", 16)
+    rng = np.random.default_rng(17)
+    shape = (45, 61)
+    kernel = random_kernel(rng, shape, order=2, size=9)
+    image = rng.normal(size=shape)
+    got = convolve_spatial(image, kernel, workers=2)
+    ref = ref_convolve_varying(image, kernel.at)
+    assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+    var = rng.uniform(1.0, 3.0, size=shape)
+    got = convolve_spatial_variance(var, kernel)
+    ref = ref_convolve_varying(var, kernel.at, square=True)
+    assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+
+
+def test_background_polynomial_is_the_monomial_sum():
+    shape = (37, 52)
+    coeffs = np.random.default_rng(18).normal(size=len(monomials(2)))
+    got = alardlupton._background(coeffs, 2, shape)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    u, v = 2 * xx / (shape[1] - 1) - 1, 2 * yy / (shape[0] - 1) - 1
+    ref = sum(c * u**px * v**py for c, (px, py) in zip(coeffs, monomials(2), strict=True))
+    assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
 def test_preconvolution_uses_the_psf_of_each_pixel():
     shape = (19, 25)
     g0 = gaussian_psf(1.5, 9)
@@ -339,6 +369,29 @@ def test_matched_image_is_the_convolved_template_on_the_science_scale():
     err = np.sqrt((vs + info.matched_variance)[core].sum())
     assert abs(resid) < 5 * err
     assert np.all(info.matched_variance[z.valid] > 0)
+
+
+@pytest.mark.parametrize(("sigma_s", "sigma_t"), [(2.0, 1.2), (1.2, 2.0)])
+def test_matched_variance_is_made_on_first_access(sigma_s, sigma_t):
+    """ALInfo.matched_variance is computed when first read (only matched.fits needs it):
+    the reference variance through the squared spatial kernel, on the science's scale for
+    convolveScience, NaN on unusable pixels; read twice, the same array."""
+    s, vs, t, vt, bad, ps, pt = star_field(3, sigma_s=sigma_s, sigma_t=sigma_t)
+    bad[100:110, 30:60] = True
+    _, info = al_subtract(s, vs, t, vt, bad, ps, pt)
+    assert info.variance_of_matched is not None
+    got = info.matched_variance
+    assert info.variance_of_matched is None and info.matched_variance is got
+    if info.direction == "convolveTemplate":
+        ref_var, scale = vt, 1.0
+    else:
+        ref_var, scale = vs, 1.0 / info.kernel_sum**2
+    want = convolve_spatial_variance(np.where(bad, 0.0, ref_var), info.kernel) * scale
+    assert np.isnan(got[bad]).all()
+    assert_allclose(got[~bad], want[~bad].astype(np.float32), rtol=1e-5)
+    assert {"convolveTemplate": (2.0, 1.2), "convolveScience": (1.2, 2.0)}[info.direction] == (
+        sigma_s, sigma_t,
+    )  # fmt: skip
 
 
 def test_spatially_varying_kernel_follows_the_psf_gradient():
@@ -517,6 +570,7 @@ def _with(pair, **changes):
         ({"kernel_size": 1}, ValueError, "kernel_size must be >= 3"),
         ({"stamp_cell": 8}, ValueError, "stamp_cell must be >= 16"),
         ({"min_stars": 0}, ValueError, "min_stars must be >= 1"),
+        ({"precision": "half"}, ValueError, "precision must be 'double' or 'single'"),
         ({"psf_template": object()}, TypeError, r"psf_template must have an \.at"),
         (
             {
