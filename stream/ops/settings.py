@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     zogy_precision: Literal["single", "double"] = Field(
         "single", description="float width of ZOGY and AL decorrelation frame FFTs (kernels double)"
     )
+    zogy_edges: Literal["light", "all", "none"] = Field(
+        "light",
+        description="what the image edge makes invalid in ZOGY: the reach of static light it "
+        "cuts (light), a strip of the kernel radius along every edge (all), nothing (none); "
+        "Alard-Lupton always uses all",
+    )
     warp_grid_step: int = Field(32, ge=4, description="coarse WCS mapping grid step (px)")
     lanczos_order: int = Field(3, ge=2, le=5, description="Lanczos kernel order for warping")
     psf_from_stars: bool = Field(
@@ -280,8 +286,8 @@ class Settings(BaseSettings):
         keys = [
             "method", "al_mode", "al_spatial_order", "al_background_order", "al_min_stars",
             "required_template_fraction", "detection_threshold", "detection_min_area",
-            "tile_size", "zogy_precision", "warp_grid_step", "lanczos_order", "psf_from_stars",
-            "psf_degree", "psf_stamp_sigmas",
+            "tile_size", "zogy_precision", "zogy_edges", "warp_grid_step", "lanczos_order",
+            "psf_from_stars", "psf_degree", "psf_stamp_sigmas",
             "psf_error_fraction", "host_test", "scale_variance", "scale_template_variance",
             "astrometric_noise",
             "ap_radius", "aperture_correction", "ap_corr_radius", "cutout_size",

@@ -397,7 +397,7 @@ def difference(
                     p.s_img, p.s_var, p.t_img, p.t_var, p.no_data, psf_s, psf_t,
                     f_n=1.0, f_r=f_r, sigma_astrometric=sig_ast, tile_size=settings.tile_size,
                     workers=threads, psf_error_fraction=settings.psf_error_fraction,
-                    precision=settings.zogy_precision,
+                    precision=settings.zogy_precision, mask_edges=settings.zogy_edges,
                 )  # fmt: skip
             except ValueError as exc:
                 raise KernelFailure(f"ZOGY failed: {exc}") from exc

@@ -214,3 +214,13 @@ def test_cutting_real_stars_with_the_edge_adds_no_detection():
 def robust_scale(values: np.ndarray) -> float:
     q25, q75 = np.percentile(values, [25, 75])
     return float((q75 - q25) / 1.349)
+
+
+def test_the_edge_rule_is_a_setting_and_recorded():
+    """Settings.zogy_edges reaches ZOGY and the science config: the old whole-strip rule
+    keeps ~70% of a real 256^2 pair valid, the default ("light") >= 90%."""
+    light = _run(_path("18d"), _path("04d"), 1)
+    settings = Settings(allow_uncalibrated=True, zogy_edges="all")
+    strip = subtract_files(_path("18d"), _path("04d"), settings=settings, exposure_id=1)
+    assert light.zogy.valid.mean() >= 0.9 > 0.8 > strip.zogy.valid.mean()
+    assert Settings().science_config()["zogy_edges"] == "light"
