@@ -71,10 +71,10 @@ from diffstream.jitcore.albasis import (
 from diffstream.jitcore.alstars import select_kernel_stars
 from diffstream.jitcore.constants import FWHM_PER_SIGMA
 from diffstream.jitcore.decorrelate import decorrelate
-from diffstream.jitcore.psf import normalise_psf, psf_moments
+from diffstream.jitcore.psf import normalise_psf, psf_sigma
 from diffstream.jitcore.robust import median_iqr
 from diffstream.jitcore.tiles import thread_count
-from diffstream.jitcore.zogy import ZogyResult
+from diffstream.jitcore.zogy import PRECISIONS, ZogyResult
 
 __all__ = ["ALInfo", "MODES", "al_subtract", "fit_kernel", "stamp_systems"]
 
@@ -160,8 +160,7 @@ class StampSystems:
 
 
 def _sigma(psf: Any, x: float, y: float) -> float:
-    ixx, iyy, _ = psf_moments(normalise_psf(psf.at(x, y)))
-    return math.sqrt(max(0.5 * (ixx + iyy), 1e-12))
+    return psf_sigma(normalise_psf(psf.at(x, y)), 1e-12)
 
 
 def stamp_systems(
@@ -517,7 +516,7 @@ def al_subtract(
     e = float(psf_error_fraction)
     if not (math.isfinite(e) and 0.0 <= e < 1.0):
         raise ValueError(f"psf_error_fraction must be in [0, 1), got {psf_error_fraction}")
-    if precision not in ("double", "single"):
+    if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'double' or 'single', got {precision!r}")
     for name, p in (("psf_science", psf_science), ("psf_template", psf_template)):
         if not callable(getattr(p, "at", None)):

@@ -63,7 +63,7 @@ from diffstream.jitcore.tiles import (
     thread_count,
     tile_cores,
 )
-from diffstream.jitcore.zogy import FOOTPRINT_TOL, ZogyResult, ZogyTile
+from diffstream.jitcore.zogy import FOOTPRINT_TOL, PRECISIONS, ZogyResult, ZogyTile
 
 __all__ = ["DECORRELATION_EPSILON", "decorrelate", "decorrelation_spectrum", "thread_count"]
 
@@ -75,10 +75,6 @@ __all__ = ["DECORRELATION_EPSILON", "decorrelate", "decorrelation_spectrum", "th
 # (with a lag-1 correlation of 0.38 left: that direction's known limit, jitcore.alardlupton).
 DECORRELATION_EPSILON = 1e-3
 
-# Frame dtypes per ``precision``: the same choice as diffstream.jitcore.zogy.zogy's (whose
-# comment on _PRECISION says why single is enough); kept here rather than imported, as a
-# module's private name is not imported across modules (tests/unit/test_layering.py).
-_PRECISION = {"double": np.float64, "single": np.float32}
 
 KernelsAt = Callable[[float, float], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -123,11 +119,11 @@ class _Ctx:
     good: np.ndarray
     border: int
     frame: tuple[int, int]
-    mask_edges: bool
+    mask_edges: str  # jitcore.tiles.EDGE_MODES: "all" or "none" here
     workers: int | None
     sigma_s: float
     sigma_t: float
-    real: type = np.float64  # frame dtype (diffstream.jitcore.zogy's _PRECISION)
+    real: type = np.float64  # frame dtype (diffstream.jitcore.zogy.PRECISIONS)
 
     def rfft(self, a: np.ndarray) -> np.ndarray:
         return sfft.rfft2(a, workers=self.workers)
@@ -219,8 +215,7 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     else:
         parts = False
         n_s = n_t = n
-    edges = "all" if ctx.mask_edges else "none"
-    fill_core_valid(ctx.good, valid, core, radius, mask_edges=edges)
+    fill_core_valid(ctx.good, valid, core, radius, mask_edges=ctx.mask_edges)
     sum_pd2 = float((psf_d * psf_d).sum())
     # ZOGY's core pass: its S_n, S_r and PSF-error term are N_s, N_t and this one (no
     # astrometric term: sx2 = sy2 = 0), over the whole C frames and outputs at offsets.
@@ -283,8 +278,8 @@ def decorrelate(
         raise TypeError(f"tile_size must be an int, got {type(tile_size).__name__}")
     if tile_size < 16:
         raise ValueError(f"tile_size must be >= 16, got {tile_size}")
-    if precision not in _PRECISION:
-        raise ValueError(f"precision must be one of {sorted(_PRECISION)}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     e = float(psf_error_fraction)
     if not (math.isfinite(e) and 0.0 <= e < 1.0):
         raise ValueError(f"psf_error_fraction must be in [0, 1), got {psf_error_fraction}")
@@ -327,9 +322,9 @@ def decorrelate(
     ctx = _Ctx(
         diff=diff, science=None if science is None else np.asarray(science), e2=e * e,
         svar=svar, tvar=tvar, good=good, border=int(border),
-        frame=frame_shape(cores, int(border)), mask_edges=bool(mask_edges),
+        frame=frame_shape(cores, int(border)), mask_edges="all" if mask_edges else "none",
         workers=workers if n_threads == 1 else 1, sigma_s=sigma_s, sigma_t=sigma_t,
-        real=_PRECISION[precision],
+        real=PRECISIONS[precision][0],
     )  # fmt: skip
     out = {k: np.empty(diff.shape, np.float32) for k in _OUTPUTS}
     valid = np.empty(diff.shape, dtype=bool)

@@ -55,7 +55,7 @@ from diffstream.jitcore._kernels.psffit import PAD
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits
 from diffstream.jitcore.measure import check_mask, check_sources, image_pair
 from diffstream.jitcore.photometry import stack_psfs
-from diffstream.jitcore.psf import psf_moments
+from diffstream.jitcore.psf import psf_sigma
 
 __all__ = ["DIPOLE_DTYPE", "fit_dipoles", "merge_dipoles"]
 
@@ -334,7 +334,7 @@ def fit_dipoles(
         boxes, bound, max_iter, max_step, tol, work(psf_d, 2), work(psf_s), work(psf_t), res,
         cov,
     )  # fmt: skip
-    sigma = np.array([math.sqrt(max(0.5 * (m[0] + m[1]), 0.0)) for m in map(psf_moments, psf_d)])
+    sigma = np.array([psf_sigma(p) for p in psf_d])
     fit = _derived(res, cov)
     code = res[:, 12].astype(np.int8)
     ok = code == _k.DIPOLE_OK
@@ -391,18 +391,18 @@ def _hidden_lobes_on_score(
     xs, ys = rows["x"][alone].astype(_F), rows["y"][alone].astype(_F)
     ok = np.isfinite(xs) & np.isfinite(ys)
     psfs, _ = stack_psfs(psf_d_at, np.where(ok, xs, 0.0), np.where(ok, ys, 0.0), "psf_d_at")
-    # PSF_D is one stamp per ZOGY tile: its moments once per distinct stamp (by its bytes),
+    # PSF_D is one stamp per ZOGY tile: its sigma once per distinct stamp (by its bytes),
     # not per source (~50 us a call, a third of this search at 4k; issue 17).
-    moments: dict[bytes, tuple[float, float, float]] = {}
+    sigmas: dict[bytes, float] = {}
     for k, i in enumerate(alone.tolist()):
         if not ok[k]:
             continue
         x, y = xs[k], ys[k]
         key = psfs[k].tobytes()
-        m = moments.get(key)
-        if m is None:
-            m = moments[key] = psf_moments(psfs[k])
-        radius = max_separation * math.sqrt(max(0.5 * (m[0] + m[1]), 0.0))
+        sig = sigmas.get(key)
+        if sig is None:
+            sig = sigmas[key] = psf_sigma(psfs[k])
+        radius = max_separation * sig
         r = int(math.ceil(radius))
         ix, iy = int(math.floor(x + 0.5)), int(math.floor(y + 0.5))
         x0, x1 = max(ix - r, 0), min(ix + r + 1, nx)
@@ -450,8 +450,7 @@ def _hidden_lobes(
             continue
         psf = np.asarray(psf_d_at(x, y), dtype=_F)
         psf = psf / psf.sum()
-        m = psf_moments(psf)
-        radius = max_separation * math.sqrt(max(0.5 * (m[0] + m[1]), 0.0))
+        radius = max_separation * psf_sigma(psf)
         half = int(math.ceil(radius)) + psf.shape[0] // 2
         ix, iy = int(math.floor(x + 0.5)), int(math.floor(y + 0.5))
         x0, x1 = max(ix - half, 0), min(ix + half + 1, nx)

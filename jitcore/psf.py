@@ -8,13 +8,14 @@ PSF of their own centre.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from diffstream.jitcore.constants import FWHM_PER_SIGMA
 
-__all__ = ["PsfModel", "gaussian_psf", "normalise_psf", "psf_moments"]
+__all__ = ["PsfModel", "gaussian_psf", "normalise_psf", "psf_moments", "psf_sigma"]
 
 
 def normalise_psf(stamp: np.ndarray) -> np.ndarray:
@@ -73,6 +74,13 @@ def psf_moments(stamp: np.ndarray) -> tuple[float, float, float]:
     iyy = (s * (y - yc) ** 2).sum() / tot
     ixy = (s * (x - xc) * (y - yc)).sum() / tot
     return float(ixx), float(iyy), float(ixy)
+
+
+def psf_sigma(stamp: np.ndarray, floor: float = 0.0) -> float:
+    """The Gaussian-equivalent sigma of a stamp, sqrt((ixx + iyy) / 2) of its second moments
+    (px), with (ixx + iyy) / 2 floored at ``floor`` (a flat or degenerate stamp)."""
+    ixx, iyy, _ = psf_moments(stamp)
+    return math.sqrt(max(0.5 * (ixx + iyy), floor))
 
 
 @dataclass

@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -38,8 +37,8 @@ from diffstream.jitcore._kernels import trails as _k
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits
 from diffstream.jitcore.measure import check_mask, check_sources, image_pair
 from diffstream.jitcore.photometry import stack_psfs
-from diffstream.jitcore.psf import psf_moments
-from diffstream.jitcore.tiles import thread_count
+from diffstream.jitcore.psf import psf_sigma
+from diffstream.jitcore.tiles import run_tiles, thread_count
 
 __all__ = ["TRAIL_DTYPE", "fit_trails", "gaussian_sigma", "trail_image"]
 
@@ -132,7 +131,7 @@ def _gaussian_sigma(psfs: np.ndarray) -> np.ndarray:
     xc = (psfs * xx).sum(axis=(1, 2)) / tot
     yc = (psfs * yy).sum(axis=(1, 2)) / tot
     r2 = (xx[None] - xc[:, None, None]) ** 2 + (yy[None] - yc[:, None, None]) ** 2
-    s0 = np.array([math.sqrt(max(0.5 * (m[0] + m[1]), 1e-6)) for m in map(psf_moments, psfs)])
+    s0 = np.array([psf_sigma(p, 1e-6) for p in psfs])
     ratios = np.linspace(0.75, 1.25, 21)
     score = np.empty((n, ratios.size))
     for k, f in enumerate(ratios):
@@ -229,10 +228,8 @@ def fit_trails(
     wanted = np.column_stack([bbox[:, 0] - grow, bbox[:, 1] + grow, bbox[:, 2] - grow,
                               bbox[:, 3] + grow])  # fmt: skip
     boxes = np.empty((n, 4), dtype=np.int64)
-    boxes[:, 0] = np.clip(wanted[:, 0], 0, nx - 1)
-    boxes[:, 1] = np.clip(wanted[:, 1], 0, nx - 1)
-    boxes[:, 2] = np.clip(wanted[:, 2], 0, ny - 1)
-    boxes[:, 3] = np.clip(wanted[:, 3], 0, ny - 1)
+    boxes[:, :2] = np.clip(wanted[:, :2], 0, nx - 1)  # (x0, x1, y0, y1)
+    boxes[:, 2:] = np.clip(wanted[:, 2:], 0, ny - 1)
     centre = np.ascontiguousarray(np.column_stack([x, y]))
     sign = np.where(sources["sign"] < 0, -1.0, 1.0)
     res = np.empty((n, _k.NOUT))
@@ -246,7 +243,8 @@ def fit_trails(
         on ``n_threads`` threads (the kernel releases the GIL; sources are independent)."""
         chunks = np.array_split(idx, min(n_threads, max(1, idx.size // _MIN_CHUNK)))
 
-        def one(sel: np.ndarray) -> None:
+        def one(c: int) -> None:
+            sel = chunks[c]
             sub_res = np.empty((sel.size, _k.NOUT))
             sub_cov = np.empty((sel.size, _k.NPAR, _k.NPAR))
             _k.fit_trails(diff, dvar, mask, badbits, np.ascontiguousarray(sigma[sel]),
@@ -255,11 +253,7 @@ def fit_trails(
                           sub_cov)  # fmt: skip
             res[sel], cov[sel] = sub_res, sub_cov
 
-        if len(chunks) == 1:
-            one(chunks[0])
-            return
-        with ThreadPoolExecutor(len(chunks), "trails") as pool:
-            list(pool.map(one, chunks))
+        run_tiles(one, len(chunks), len(chunks))
 
     fit(np.arange(n))
     # A trail's faint ends fall below the detection threshold (a long faint one may even be
@@ -269,8 +263,10 @@ def fit_trails(
     again = _grown(res, boxes, sigma, margin_sigma, shape)
     redo = np.flatnonzero(np.any(again != boxes, axis=1))
     if redo.size:
-        wanted[redo] = np.minimum(wanted[redo], again[redo]) * [1, 0, 1, 0] + np.maximum(
-            wanted[redo], again[redo]) * [0, 1, 0, 1]  # fmt: skip
+        # Lower bounds (x0, y0) take the min, upper bounds (x1, y1) the max.
+        lo, hi = np.ix_(redo, np.array([0, 2])), np.ix_(redo, np.array([1, 3]))
+        wanted[lo] = np.minimum(wanted[lo], again[lo])
+        wanted[hi] = np.maximum(wanted[hi], again[hi])
         boxes[redo] = again[redo]
         fit(redo)
     cut = np.any(boxes != wanted, axis=1)

@@ -88,7 +88,7 @@ from diffstream.jitcore._kernels.zogy import (
     zogy_spectral_kernels,
 )
 from diffstream.jitcore.planes import native_float
-from diffstream.jitcore.psf import normalise_psf, psf_moments
+from diffstream.jitcore.psf import normalise_psf, psf_sigma
 from diffstream.jitcore.robust import median_noise
 from diffstream.jitcore.tiles import (
     EDGE_MODES,
@@ -106,7 +106,9 @@ from diffstream.jitcore.tiles import (
     tile_cores,
 )
 
-__all__ = ["ZogyTile", "ZogyResult", "zogy", "B_FLOOR", "FOOTPRINT_TOL", "MIN_TILE_SIZE"]
+__all__ = [
+    "ZogyTile", "ZogyResult", "zogy", "B_FLOOR", "FOOTPRINT_TOL", "MIN_TILE_SIZE", "PRECISIONS",
+]  # fmt: skip
 
 B_FLOOR = 1e-200  # relative to B(0); see the module docstring
 # Kernel weight (sum |k|) a valid pixel may draw from bad pixels.  1e-2, not 1e-3: measured
@@ -204,18 +206,14 @@ def _stamp(psf: Any, x: float, y: float, name: str) -> np.ndarray:
 
 def _largest_sigma(stamps: list[tuple[np.ndarray, np.ndarray]]) -> float:
     """The largest Gaussian-equivalent sigma (second moments) of all the tiles' PSF stamps."""
-    out = 0.0
-    for pair in stamps:
-        for s in pair:
-            ixx, iyy, _ = psf_moments(s)
-            out = max(out, math.sqrt(max(0.5 * (ixx + iyy), 0.0)))
-    return out
+    return max(psf_sigma(s) for pair in stamps for s in pair)
 
 
-def _default_border(stamps: list[tuple[np.ndarray, np.ndarray]]) -> int:
-    """max(PSF box, 10 sigma) over all tiles and both PSFs (LSST ZogyTask's rule)."""
+def _default_border(stamps: list[tuple[np.ndarray, np.ndarray]], sigma: float) -> int:
+    """max(PSF box, 10 sigma) over all tiles and both PSFs (LSST ZogyTask's rule); ``sigma``:
+    :func:`_largest_sigma` of ``stamps``."""
     box = max(s.shape[0] for pair in stamps for s in pair)
-    return max(box, math.ceil(10.0 * _largest_sigma(stamps)))
+    return max(box, math.ceil(10.0 * sigma))
 
 
 def zogy(
@@ -251,7 +249,7 @@ def zogy(
     the edge cuts), "all" (a strip of the footprint radius along every edge) or "none".
     ``precision``: "double" or "single", the float width of the frame-sized FFTs and
     spectral products (the PSF spectra and kernels are always computed in double precision;
-    see _PRECISION for why single is enough and what it buys).
+    see PRECISIONS for why single is enough and what it buys).
     Raises ValueError / TypeError on invalid input (see the module docstring for the maths).
     """
     sci = _image("science", science)
@@ -281,8 +279,8 @@ def zogy(
         raise ValueError(f"psf_error_fraction must be in [0, 1), got {psf_error_fraction}")
     if mask_edges not in EDGE_MODES:
         raise ValueError(f"mask_edges must be one of {EDGE_MODES}, got {mask_edges!r}")
-    if precision not in _PRECISION:
-        raise ValueError(f"precision must be one of {sorted(_PRECISION)}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if isinstance(tile_size, bool) or not isinstance(tile_size, int | np.integer):
         raise TypeError(f"tile_size must be an int, got {type(tile_size).__name__}")
     if tile_size < MIN_TILE_SIZE:
@@ -306,8 +304,9 @@ def zogy(
         stamps.append((_stamp(psf_science, xc, yc, "psf_science"),
                        _stamp(psf_template, xc, yc, "psf_template")))  # fmt: skip
     half = max(s.shape[0] // 2 for pair in stamps for s in pair)
+    sigma_max = _largest_sigma(stamps)
     if border is None:
-        border = _default_border(stamps)
+        border = _default_border(stamps, sigma_max)
     if isinstance(border, bool) or not isinstance(border, int | np.integer):
         raise TypeError(f"border must be an int or None, got {type(border).__name__}")
     if border < max(1, half):
@@ -315,7 +314,7 @@ def zogy(
 
     edge_cut, edge_pad = None, 0
     if mask_edges == "light":
-        sigma = max(_largest_sigma(stamps), 0.5)
+        sigma = max(sigma_max, 0.5)
         # The band: the outermost sigma px.  Light the edge cuts is there; a star wholly
         # inside puts only its far wings there (simulated stars 3-6 px inside the edge left
         # no residual above the noise even at a band S/N of 80).
@@ -329,7 +328,7 @@ def zogy(
         edge_cut=edge_cut, edge_pad=edge_pad, frame=frame_shape(cores, int(border)),
         workers=workers if n_threads == 1 else 1,
         sigma_n=median_noise(svar, good), sigma_r=median_noise(tvar, good),
-        real=_PRECISION[precision][0], spec=_PRECISION[precision][1],
+        real=PRECISIONS[precision][0], spec=PRECISIONS[precision][1],
     )  # fmt: skip
     out = {k: np.empty(sci.shape, np.float32) for k in _OUTPUTS}
     valid = np.empty(sci.shape, dtype=bool)
@@ -349,7 +348,7 @@ _OUTPUTS = ("difference", "difference_variance", "score", "flux", "flux_variance
 # 576^2 frame leaves ~1e-3 nJy per pixel, far below any sky noise; the kernels themselves
 # (where B is tiny and ratios matter) are still built in double precision.
 # tests/unit/test_zogy.py::test_single_precision_matches_double bounds the difference.
-_PRECISION = {"double": (np.float64, np.complex128), "single": (np.float32, np.complex64)}
+PRECISIONS = {"double": (np.float64, np.complex128), "single": (np.float32, np.complex64)}
 
 
 def _threads(workers: int | None, ntiles: int) -> int:
@@ -384,7 +383,7 @@ class _Context:
     workers: int | None
     sigma_n: float  # whole-image fallbacks for tiles without a good pixel
     sigma_r: float
-    real: type = np.float64  # frame dtypes (_PRECISION)
+    real: type = np.float64  # frame dtypes (PRECISIONS)
     spec: type = np.complex128
 
     @property
