@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from astropy.wcs import WCS
 
-__all__ = ["local_jacobians", "pixel_to_sky", "moments_to_sky"]
+__all__ = ["local_jacobians", "pixel_to_sky", "sky_errors", "sky_offset", "moments_to_sky"]
 
 
 def local_jacobians(
@@ -45,7 +45,14 @@ def pixel_to_sky(
     if np.asarray(x).size == 0:
         empty = np.zeros(0)
         return {"ra": empty, "dec": empty, "raErr": empty, "decErr": empty, "ra_dec_Cov": empty}
-    ra, dec, j = local_jacobians(wcs, x, y)
+    return sky_errors(*local_jacobians(wcs, x, y), x_err, y_err)
+
+
+def sky_errors(
+    ra: np.ndarray, dec: np.ndarray, j: np.ndarray, x_err: np.ndarray, y_err: np.ndarray
+) -> dict[str, np.ndarray]:
+    """:func:`pixel_to_sky` from :func:`local_jacobians`' (ra, dec, J), for a caller that
+    needs J too (one set of WCS evaluations, not two)."""
     cov_pix = np.zeros((j.shape[0], 2, 2))
     cov_pix[:, 0, 0] = np.asarray(x_err, dtype=np.float64) ** 2
     cov_pix[:, 1, 1] = np.asarray(y_err, dtype=np.float64) ** 2
@@ -57,6 +64,14 @@ def pixel_to_sky(
         "decErr": np.sqrt(cov[:, 1, 1]),
         "ra_dec_Cov": cov[:, 0, 1],
     }
+
+
+def sky_offset(j: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(length in arcsec, bearing in degrees east of north, in (-180, 180]) of pixel offsets
+    (dx, dy) through the Jacobians ``j`` of :func:`local_jacobians`."""
+    east = j[:, 0, 0] * dx + j[:, 0, 1] * dy
+    north = j[:, 1, 0] * dx + j[:, 1, 1] * dy
+    return 3600.0 * np.hypot(east, north), np.degrees(np.arctan2(east, north))
 
 
 def moments_to_sky(

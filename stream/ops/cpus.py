@@ -199,9 +199,14 @@ class HostShare:
                 os.close(fd)
         return max(1, live)
 
+    def share(self) -> tuple[int, int]:
+        """(live workers, this worker's share: ``total // peers``, at least 1)."""
+        peers = self.peers()
+        return peers, max(1, self.total // peers)
+
     def cpus(self) -> int:
         """This worker's share: ``total // peers``, at least 1."""
-        return max(1, self.total // self.peers())
+        return self.share()[1]
 
     def close(self) -> None:
         if self._fd is None:

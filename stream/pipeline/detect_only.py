@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from diffstream.jitcore.masks import UNUSABLE_PLANES, bits, with_planes
+from diffstream.jitcore.masks import UNUSABLE_PLANES, bits
 from diffstream.jitcore.matched_filter import matched_filter_score
 from diffstream.jitcore.noise import diffim_scale_factors
 from diffstream.jitcore.psf import PsfModel
@@ -49,7 +49,6 @@ from diffstream.stream.pipeline.steps import (
     streak_plane,
     summary_record,
 )
-from diffstream.stream.pipeline.streaks import STREAK_PLANE
 from diffstream.stream.provenance.taskmeta import TaskMetadata
 from diffstream.stream.provenance.versions import package_versions, versions_hash
 
@@ -70,6 +69,7 @@ class DetectResult:
     dia_sources: list[dict[str, Any]]
     alerts: list[dict[str, Any]]
     metadata: TaskMetadata
+    mask_planes: dict[str, int]  # ``mask``'s planes (STREAK included)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -231,6 +231,7 @@ def detect_exposure(
         score=score,
         valid=valid,
         mask=mask,
+        mask_planes=dict(planes),
         psf=psf,
         sources=rows,
         dipoles=step,
@@ -256,8 +257,7 @@ def write_detect_products(result: DetectResult, outdir: str | Path) -> dict[str,
             image=result.score,
             variance=np.where(result.valid, 1.0, np.nan).astype(np.float32),
             mask=result.mask,
-            # The planes mark_streaks gave result.mask (the same lowest free bit for STREAK).
-            mask_planes=with_planes(dict(d.mask_planes), (STREAK_PLANE,)),
+            mask_planes=result.mask_planes,
             wcs=d.wcs,
             header={"VISIT": d.visit or 0, "DETECTOR": d.detector or 0},
             bunit="",

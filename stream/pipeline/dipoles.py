@@ -26,7 +26,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from diffstream.jitcore.dipole import DIPOLE_DTYPE, fit_dipoles, merge_dipoles
-from diffstream.stream.alerts.skycoords import local_jacobians
+from diffstream.stream.alerts.skycoords import local_jacobians, sky_offset
 
 __all__ = ["DIPOLE_DEFAULTS", "DipoleStep", "dipole_alert_fields", "dipole_options",
            "measure_dipoles"]  # fmt: skip
@@ -180,10 +180,8 @@ def dipole_alert_fields(dipoles: np.ndarray, wcs: WCS) -> dict[str, np.ndarray]:
         _, _, jac = local_jacobians(wcs, x[ok], y[ok])  # deg of (east, north) per px
         dx = dipoles["dipolePosX"][ok] - dipoles["dipoleNegX"][ok]
         dy = dipoles["dipolePosY"][ok] - dipoles["dipoleNegY"][ok]
-        east = jac[:, 0, 0] * dx + jac[:, 0, 1] * dy
-        north = jac[:, 1, 0] * dx + jac[:, 1, 1] * dy
-        length[ok] = 3600.0 * np.hypot(east, north)
-        angle[ok] = np.degrees(np.arctan2(east, north)) % 360.0
+        length[ok], bearing = sky_offset(jac, dx, dy)
+        angle[ok] = bearing % 360.0
     out["dipoleLength"] = length
     out["dipoleAngle"] = angle
     return out

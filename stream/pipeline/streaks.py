@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from diffstream.jitcore.masks import bits, with_planes
-from diffstream.jitcore.streaks import find_streaks, find_streaks_above, streak_mask
+from diffstream.jitcore.streaks import STREAK_DTYPE, find_streaks_above, streak_mask
 
 __all__ = ["STREAK_PLANE", "mark_streaks", "streak_summary"]
 
@@ -43,7 +43,7 @@ def mark_streaks(
     a copy whenever a streak was found.  ``min_length`` <= 0: no search."""
     new_planes = with_planes(dict(planes), (STREAK_PLANE,))
     if min_length <= 0:
-        return mask, new_planes, find_streaks(np.zeros((1, 1), bool))
+        return mask, new_planes, np.zeros(0, dtype=STREAK_DTYPE)
     # The detection footprints' pixels (|score| > threshold in float32, valid, finite), listed
     # by one scan of the score: no full-frame boolean image (issue 17: its five passes were
     # most of this step; earlier, |score| as a float temporary set the pipeline's peak RSS).

@@ -23,7 +23,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from diffstream.jitcore.trails import TRAIL_DTYPE, fit_trails
-from diffstream.stream.alerts.skycoords import local_jacobians, pixel_to_sky
+from diffstream.stream.alerts.skycoords import local_jacobians, sky_errors, sky_offset
 
 __all__ = ["TRAIL_FIELDS", "measure_trails", "trail_alert_fields"]
 
@@ -80,19 +80,16 @@ def trail_alert_fields(fit: np.ndarray, wcs: WCS) -> dict[str, np.ndarray]:
     if not ok.any():
         return out
     f = fit[ok]
-    sky = pixel_to_sky(wcs, f["trailX"], f["trailY"], f["trailXErr"], f["trailYErr"])
+    ra, dec, jac = local_jacobians(wcs, f["trailX"], f["trailY"])  # deg (east, north) per px
+    sky = sky_errors(ra, dec, jac, f["trailXErr"], f["trailYErr"])
     out["trailRa"][ok], out["trailDec"][ok] = sky["ra"], sky["dec"]
     out["trailRaErr"][ok], out["trailDecErr"][ok] = sky["raErr"], sky["decErr"]
     out["trailFlux"][ok], out["trailFluxErr"][ok] = f["trailFlux"], f["trailFluxErr"]
     out["trailChi2"][ok] = f["trailChi2"]
-    _, _, jac = local_jacobians(wcs, f["trailX"], f["trailY"])  # deg (east, north) per px
 
     def bearing(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(arcsec per px along theta, bearing of theta in degrees east of north)."""
-        c, s = np.cos(theta), np.sin(theta)
-        east = jac[:, 0, 0] * c + jac[:, 0, 1] * s
-        north = jac[:, 1, 0] * c + jac[:, 1, 1] * s
-        return 3600.0 * np.hypot(east, north), np.degrees(np.arctan2(east, north))
+        return sky_offset(jac, np.cos(theta), np.sin(theta))
 
     theta = np.radians(f["trailAngle"])
     scale, angle = bearing(theta)

@@ -223,8 +223,7 @@ class Worker:
         has a HostShare and no ``cpus`` setting (an operator's value always wins)."""
         if self.host_share is None or settings.cpus is not None:
             return settings
-        peers = self.host_share.peers()
-        cpus = max(1, self.host_share.total // peers)
+        peers, cpus = self.host_share.share()
         if (peers, cpus) != self._share:
             log.info(
                 "%d run worker(s) share these %d CPUs: %d thread(s) per event",
