@@ -31,6 +31,7 @@ __all__ = [
     "fill_frame",
     "embed_centred",
     "stamp_spectrum",
+    "stamp_spectra",
     "crop_centred",
     "footprint_radius",
     "dilate",
@@ -121,6 +122,27 @@ def stamp_spectrum(
     spec = np.zeros((fy, fx // 2 + 1), dtype=np.complex64 if single else np.complex128)
     spec[(np.arange(k) - h) % fy] = sfft.rfft(rows, axis=1)
     return sfft.fft(spec, axis=0, overwrite_x=True)
+
+
+def stamp_spectra(
+    stamps: list[np.ndarray], shape: tuple[int, int], *, real: type = np.float64
+) -> np.ndarray:
+    """:func:`stamp_spectrum` of each of ``stamps`` (odd, any sizes), stacked: one
+    ``(len(stamps), fy, fx // 2 + 1)`` array, each plane C-contiguous.
+
+    One column-FFT call over all the planes instead of one per stamp: the same transforms,
+    without the per-call overhead (ZOGY's four kernel squares per tile).
+    """
+    fy, fx = shape
+    single = np.dtype(real) == np.float32
+    spec = np.zeros((len(stamps), fy, fx // 2 + 1), np.complex64 if single else np.complex128)
+    for n, stamp in enumerate(stamps):
+        k = stamp.shape[0]
+        h = k // 2
+        rows = np.zeros((k, fx), dtype=np.float32 if single else np.float64)
+        rows[:, (np.arange(stamp.shape[1]) - h) % fx] = stamp
+        spec[n, (np.arange(k) - h) % fy] = sfft.rfft(rows, axis=1)
+    return sfft.fft(spec, axis=1, overwrite_x=True)
 
 
 def embed_centred(stamp: np.ndarray, out: np.ndarray) -> None:

@@ -81,10 +81,9 @@ from scipy import fft as sfft
 
 from diffstream.jitcore._kernels.planes import usable_pair
 from diffstream.jitcore._kernels.zogy import (
-    spectral_combine,
     zogy_core,
     zogy_denominator,
-    zogy_fs,
+    zogy_frame_spectra,
     zogy_spectral_kernels,
 )
 from diffstream.jitcore.planes import native_float
@@ -101,6 +100,7 @@ from diffstream.jitcore.tiles import (
     frame_shape,
     overlap,
     run_tiles,
+    stamp_spectra,
     stamp_spectrum,
     thread_count,
     tile_cores,
@@ -322,10 +322,14 @@ def zogy(
                               width=max(2, math.ceil(sigma)), sigma=sigma)  # fmt: skip
         edge_pad = math.ceil(sigma)  # the light reaches a little beyond where it is lit
     n_threads = _threads(workers, len(cores))
+    frame = frame_shape(cores, int(border))
+    small = sfft.next_fast_len(4 * int(border) + 1, real=True)
     ctx = _Context(
         sci=sci, svar=svar, tmpl=tmpl, tvar=tvar, good=good, f_n=f_n, f_r=f_r,
         sx2=sx * sx, sy2=sy * sy, e2=e * e, border=int(border), mask_edges=mask_edges,
-        edge_cut=edge_cut, edge_pad=edge_pad, frame=frame_shape(cores, int(border)),
+        edge_cut=edge_cut, edge_pad=edge_pad, frame=frame, small=small,
+        psf_n=_PsfSpectra([st[0] for st in stamps], frame, small),
+        psf_r=_PsfSpectra([st[1] for st in stamps], frame, small),
         workers=workers if n_threads == 1 else 1,
         sigma_n=median_noise(svar, good), sigma_r=median_noise(tvar, good),
         real=PRECISIONS[precision][0], spec=PRECISIONS[precision][1],
@@ -334,7 +338,7 @@ def zogy(
     valid = np.empty(sci.shape, dtype=bool)
 
     def run(i: int) -> ZogyTile:
-        return _tile(ctx, cores[i], stamps[i], out, valid)
+        return _tile(ctx, i, cores[i], stamps[i], out, valid)
 
     tiles = run_tiles(run, len(cores), n_threads)
     return ZogyResult(**out, valid=valid, tiles=tiles)
@@ -380,6 +384,9 @@ class _Context:
     edge_pad: int
     border: int
     frame: tuple[int, int]
+    small: int  # side of the small grid the compact kernels are computed on
+    psf_n: _PsfSpectra
+    psf_r: _PsfSpectra
     workers: int | None
     sigma_n: float  # whole-image fallbacks for tiles without a good pixel
     sigma_r: float
@@ -397,25 +404,93 @@ class _Context:
         return sfft.irfft2(a, s=self.frame, workers=self.workers)
 
 
-def _spectra(
-    stamps: tuple[np.ndarray, np.ndarray], shape: tuple[int, int], a_n: float, a_r: float,
-    f_n: float, f_r: float, kernel_dtype: type = np.complex128,
-) -> tuple[np.ndarray, ...]:  # fmt: skip
-    """PSF spectra on a frame of ``shape``, B and the four kernel spectra (kD_n, kD_r, k_n, k_r).
+# PSF stamps of all tiles are expanded in a basis (_PsfSpectra) when it has at most this
+# many stamps: the tile's PSF spectra are then a combination of these basis spectra, formed
+# on the fly by zogy_frame_spectra, instead of two double-precision frame transforms per tile
+# (0.58 ms each at 540^2).  A PsfModel of degree d needs (d+1)(d+2)/2 (1, 3, 6); past 6 the
+# combination reads more memory than the transform costs.
+MAX_PSF_RANK = 6
+# Singular values below this fraction of the largest are rounding: the model's stamps are
+# combinations of its basis to ~1e-16, so the expansion reproduces each stamp to ~1e-15 of
+# its peak, the round-off of the FFT itself (test_zogy.py::test_psf_basis_matches_direct).
+PSF_RANK_TOL = 1e-12
 
-    Everything is computed in double precision; the kernels are stored as ``kernel_dtype``.
+
+class _PsfSpectra:
+    """One PSF's spectra for every tile, on the frame and on the small kernel grid.
+
+    The tiles' stamps are the PSF model at their centres; a smoothly varying model (a
+    polynomial in x, y over a few basis stamps, :class:`jitcore.psf.PsfModel`) makes them
+    combinations of a few stamps.  Found from the stamps themselves (an SVD of the
+    tiles x pixels matrix), so any ``.at`` model qualifies and none is assumed: when the
+    rank is above :data:`MAX_PSF_RANK` (or there is one tile, or the stamps differ in
+    size), each tile transforms its own stamp.
     """
-    pn = stamp_spectrum(stamps[0], shape)
-    pr = stamp_spectrum(stamps[1], shape)
+
+    def __init__(self, stamps: list[np.ndarray], frame: tuple[int, int], small: int) -> None:
+        self.stamps = stamps
+        self.frame = frame
+        self.small = small
+        self.coeffs: np.ndarray | None = None
+        shapes = {st.shape for st in stamps}
+        if len(stamps) < 2 or len(shapes) != 1:
+            return
+        # One thread: OpenBLAS's threads only wait on each other for a matrix this small
+        # (64 x 121: 90 ms of CPU on two threads with another process on the core, 0.6 ms
+        # on one; as jitcore.alardlupton).
+        from threadpoolctl import threadpool_limits
+
+        k = stamps[0].shape[0]
+        with threadpool_limits(1, user_api="blas"):
+            u, sv, vt = np.linalg.svd(np.stack([st.ravel() for st in stamps]), full_matrices=False)
+        rank = int(np.count_nonzero(sv > PSF_RANK_TOL * sv[0]))
+        if rank > MAX_PSF_RANK or rank >= len(stamps):
+            return
+        self.coeffs = np.ascontiguousarray(u[:, :rank] * sv[:rank])
+        basis = vt[:rank].reshape(rank, k, k)
+        self.frame_basis = _split(np.stack([stamp_spectrum(b, frame) for b in basis]))
+        self.small_basis = np.stack([stamp_spectrum(b, (small, small)) for b in basis])
+
+    def frame_spectra(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tile ``i``'s basis spectra on the frame as zogy_frame_spectra takes them, (real,
+        imag) x r x frame half plane, and their coefficients (r,)."""
+        if self.coeffs is None:
+            return _split(stamp_spectrum(self.stamps[i], self.frame)[None]), np.ones(1)
+        return self.frame_basis, self.coeffs[i]
+
+    def small_spectrum(self, i: int) -> np.ndarray:
+        """Tile ``i``'s PSF spectrum (complex128) on the small grid."""
+        if self.coeffs is None:
+            return stamp_spectrum(self.stamps[i], (self.small, self.small))
+        # Term by term: np.tensordot goes through BLAS, whose threads turned this 60 x 31
+        # sum into 7 ms on a busy machine.
+        c = self.coeffs[i]
+        out = c[0] * self.small_basis[0]
+        for k in range(1, c.shape[0]):
+            out += c[k] * self.small_basis[k]
+        return out
+
+
+def _split(spectra: np.ndarray) -> np.ndarray:
+    """Complex planes (r, fy, fxh) as one C array (2, r, fy, fxh) of their real and imaginary
+    parts."""
+    return np.ascontiguousarray(np.stack([spectra.real, spectra.imag]))
+
+
+def _kernels(
+    pn: np.ndarray, pr: np.ndarray, a_n: float, a_r: float, f_n: float, f_r: float
+) -> tuple[np.ndarray, ...]:
+    """The four kernel spectra (kD_n, kD_r, k_n, k_r), complex128, from the PSF spectra."""
     bden = np.empty(pn.shape)
     zogy_denominator(pn, pr, a_n, a_r, B_FLOOR * (a_n + a_r), bden)
-    ks: list[np.ndarray] = [np.empty(pn.shape, dtype=kernel_dtype) for _ in range(4)]
+    ks: list[np.ndarray] = [np.empty(pn.shape, dtype=np.complex128) for _ in range(4)]
     zogy_spectral_kernels(pn, pr, bden, f_n, f_r, *ks)
-    return (pn, pr, bden, *ks)
+    return tuple(ks)
 
 
 def _tile(
     ctx: _Context,
+    i: int,
     core: Box,
     stamps: tuple[np.ndarray, np.ndarray],
     out: dict[str, np.ndarray],
@@ -450,8 +525,9 @@ def _tile(
     # the variance of D, are: beyond 2 border they hold < 1e-4 of sum kD^2 (4e-5 for the
     # pipeline's measured 4k PSFs, 1e-3 beyond 1 border), so kD^2 is cut at 2 border here
     # instead of two frame-sized inverse FFTs per tile.  D itself keeps the full kD.
-    m = sfft.next_fast_len(4 * b + 1, real=True)
-    pn, _, _, kdn, kdr, kn, kr = _spectra(stamps, (m, m), a_n, a_r, f_n, f_r)
+    m = ctx.small
+    pn = ctx.psf_n.small_spectrum(i)
+    kdn, kdr, kn, kr = _kernels(pn, ctx.psf_r.small_spectrum(i), a_n, a_r, f_n, f_r)
     half = max(stamps[0].shape[0], stamps[1].shape[0]) // 2
     kd_small = [sfft.irfft2(k, s=(m, m)) for k in (kdn, kdr)]
     np.multiply(pn, kdn, out=pn)
@@ -462,40 +538,31 @@ def _tile(
     radius = min(footprint_radius(k_small, b, tol=FOOTPRINT_TOL), b)
     r_d = min(2 * b, (min(ctx.frame) - 1) // 2)
 
-    # --- frame kernels ------------------------------------------------------------------
-    pn, pr, bden, kdn, kdr, kn, kr = _spectra(
-        stamps, ctx.frame, a_n, a_r, f_n, f_r, kernel_dtype=ctx.spec
-    )
-    f_s = zogy_fs(pn, pr, bden, f_n, f_r, fx)
-    del pn, pr, bden
+    # --- frame spectra ------------------------------------------------------------------
     # The kernel squares are compact stamps: their frame spectra skip the zero rows
-    # (stamp_spectrum), in the frame precision.
-    kn2, kr2, kdn2, kdr2 = (
-        stamp_spectrum(crop_centred(k, r) ** 2, ctx.frame, real=ctx.real)
-        for k, r in ((k_small[0], b), (k_small[1], b), (kd_small[0], r_d), (kd_small[1], r_d))
-    )
-    # --- data ---------------------------------------------------------------------------
+    # (stamp_spectra), in the frame precision.
+    sq = stamp_spectra(
+        [crop_centred(k, r) ** 2 for k, r in
+         ((k_small[0], b), (k_small[1], b), (kd_small[0], r_d), (kd_small[1], r_d))],
+        ctx.frame, real=ctx.real,
+    )  # fmt: skip
     frame: np.ndarray = np.empty(ctx.frame, dtype=ctx.real)
-    spec = {}
-    for key, img in (("n", ctx.sci), ("r", ctx.tmpl), ("vn", ctx.svar), ("vr", ctx.tvar)):
+    spec = []
+    for img in (ctx.sci, ctx.tmpl, ctx.svar, ctx.tvar):
         fill_frame(img, good, oy, ox, frame)
-        spec[key] = ctx.rfft(frame)
-    tmp: np.ndarray = np.empty(ctx.spec_shape, ctx.spec)
-    spectral_combine(spec["n"], kdn, spec["r"], kdr, -1.0, tmp)
-    d = ctx.irfft(tmp)
-    spectral_combine(spec["vn"], kdn2, spec["vr"], kdr2, 1.0, tmp)
-    vd = ctx.irfft(tmp)
-    spectral_combine(spec["vn"], kn2, spec["vr"], kr2, 1.0, tmp)
-    vs = ctx.irfft(tmp)
+        spec.append(ctx.rfft(frame))
+    xn, xr, xvn, xvr = spec
     parts = ctx.sx2 > 0 or ctx.sy2 > 0 or ctx.e2 > 0
-    if parts:  # S_n and S_r apart: V_ast needs their gradients, V_psf their squares
-        np.multiply(spec["n"], kn, out=tmp)
-        s_n = ctx.irfft(tmp)
-        np.multiply(spec["r"], kr, out=tmp)
-        s_r = ctx.irfft(tmp)
-    else:
-        spectral_combine(spec["n"], kn, spec["r"], kr, -1.0, tmp)
-        s_n = s_r = ctx.irfft(tmp)  # S itself
+    bn, cn = ctx.psf_n.frame_spectra(i)
+    br, cr = ctx.psf_r.frame_spectra(i)
+    outs = np.empty((5, *ctx.spec_shape), ctx.spec)  # D^, V_D^, V_S^, S_n^ (or S^), S_r^
+    f_s = zogy_frame_spectra(bn, cn, br, cr, a_n, a_r, B_FLOOR * (a_n + a_r), f_n, f_r, fx,
+                             parts, xn, xr, xvn, xvr, sq[0], sq[1], sq[2], sq[3], *outs,
+                             np.empty((9, ctx.spec_shape[1])))  # fmt: skip
+    del spec, xn, xr, xvn, xvr, sq
+    d, vd, vs, s_n = (ctx.irfft(o) for o in outs[:4])
+    # Without parts s_r is not read (zogy_core): S itself is s_n.
+    s_r = ctx.irfft(outs[4]) if parts else s_n
 
     # --- valid mask and products (core only) --------------------------------------------
     # Edge light of S/N s: the reach beyond which the kernels hold < 1/s of their weight,

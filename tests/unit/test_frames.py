@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy import fft as sfft
 
-from diffstream.jitcore.tiles import embed_centred, fill_frame, overlap, stamp_spectrum
+from diffstream.jitcore.tiles import (
+    embed_centred,
+    fill_frame,
+    overlap,
+    stamp_spectra,
+    stamp_spectrum,
+)
 
 
 def fill_frame_reference(image, good, oy, ox, out):
@@ -85,3 +91,19 @@ def test_stamp_spectrum_single_precision(shape, k):
     got = stamp_spectrum(stamp, shape, real=np.float32)
     assert got.shape == ref.shape and got.dtype == np.complex64
     assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(stamp).sum())
+
+
+@pytest.mark.parametrize("real", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(64, 64), (45, 50), (33, 31)])
+def test_stamp_spectra_stack_the_single_spectra(shape, real):
+    rng = np.random.default_rng(5)
+    stamps = [rng.normal(size=(k, k)) for k in (3, 11, 29, 1)]
+    got = stamp_spectra(stamps, shape, real=real)
+    assert got.shape == (4, shape[0], shape[1] // 2 + 1)
+    assert got.dtype == (np.complex64 if real is np.float32 else np.complex128)
+    for plane, stamp in zip(got, stamps, strict=True):
+        assert plane.flags.c_contiguous
+        frame = np.zeros(shape)
+        embed_centred(stamp, frame)
+        tol = 1e-5 if real is np.float32 else 1e-12
+        assert_allclose(plane, sfft.rfft2(frame), rtol=tol, atol=tol * np.abs(stamp).sum())

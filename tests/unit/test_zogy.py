@@ -372,6 +372,51 @@ def test_spatially_varying_psf_is_followed_by_the_tiles():
     assert np.abs(single.score).max() > 8
 
 
+@pytest.mark.parametrize("precision", ["double", "single"])
+def test_psf_basis_matches_direct(monkeypatch, precision):
+    """The tiles' PSF spectra as combinations of a few basis spectra (a degree-1 model has
+    three) give what each tile's own stamp transform gives, to rounding."""
+    import diffstream.jitcore.zogy as zogy_mod
+
+    shape = (192, 160)
+    psf_n = varying_psf(2.0, shape, axis="x", gradient=0.2)
+    psf_r = varying_psf(1.5, shape, axis="y", gradient=0.2)
+    stars = [(x, y, 5e4, 4e4) for x, y in _grid(shape, 24, 8)]
+    n, vn, r, vr = simulate(np.random.default_rng(21), shape, psf_n, psf_r, stars)
+    bad = np.zeros(shape, bool)
+    bad[100:104, 30:90] = True
+    calls = []
+    real_spectrum = zogy_mod.stamp_spectrum
+
+    def counting(stamp, frame_shape, **kw):
+        calls.append(frame_shape)
+        return real_spectrum(stamp, frame_shape, **kw)
+
+    monkeypatch.setattr(zogy_mod, "stamp_spectrum", counting)
+    kw = dict(tile_size=48, sigma_astrometric=(0.05, 0.05), psf_error_fraction=0.01,
+              precision=precision)  # fmt: skip
+    basis = run(n, vn, r, vr, psf_n, psf_r, bad, **kw)
+    ntiles = len(basis.tiles)
+    # The premise: each PSF transformed once per basis stamp (two of them: the models have a
+    # zero basis stamp), on the frame and on the small grid, not per tile.
+    assert ntiles == 16 and len(calls) == 2 * 2 * 2
+    calls.clear()
+    monkeypatch.setattr(zogy_mod, "MAX_PSF_RANK", 0)
+    direct = run(n, vn, r, vr, psf_n, psf_r, bad, **kw)
+    assert len(calls) == 2 * 2 * ntiles
+    assert np.array_equal(basis.valid, direct.valid)
+    v = basis.valid
+    # The products are float32: in double precision they agree to its rounding.
+    tol = 1e-6 if precision == "double" else 2e-5
+    assert np.abs(basis.score[v] - direct.score[v]).max() < tol * np.abs(direct.score).max()
+    noise = np.sqrt(direct.difference_variance[v])
+    assert np.abs((basis.difference[v] - direct.difference[v]) / noise).max() < tol
+    np.testing.assert_allclose(basis.flux_variance[v], direct.flux_variance[v], rtol=tol)
+    for a, b in zip(basis.tiles, direct.tiles, strict=True):
+        assert a.f_s == pytest.approx(b.f_s, rel=1e-12)
+        np.testing.assert_allclose(a.psf_d, b.psf_d, rtol=0, atol=1e-14)
+
+
 def test_astrometric_noise_absorbs_a_small_registration_error():
     shape = (96, 96)
     psf_n = const_psf(2.0, shape)

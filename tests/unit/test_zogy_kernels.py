@@ -13,11 +13,10 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
 from diffstream.jitcore._kernels.zogy import (
-    spectral_combine,
     zogy_core,
     zogy_denominator,
     zogy_finalize,
-    zogy_fs,
+    zogy_frame_spectra,
     zogy_spectral_kernels,
 )
 
@@ -107,38 +106,6 @@ def test_spectral_kernels_into_single_precision(shape, seed):
         assert_array_equal(got, want.astype(np.complex64))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(7, 9), (8, 10), (5, 1), (1, 6), (12, 11)])
-def test_fs_equals_mean_over_the_full_plane(dtype, shape):
-    """The rfft half plane with Hermitian weights equals the full-plane NumPy mean."""
-    rng = np.random.default_rng(1)
-    a = rng.normal(size=shape).astype(dtype)
-    c = rng.normal(size=shape).astype(dtype)
-    full_n, full_r = np.fft.fft2(a.astype(np.float64)), np.fft.fft2(c.astype(np.float64))
-    b_full = 1.0 + np.abs(full_n) ** 2 + 0.5 * np.abs(full_r) ** 2
-    f_n, f_r = 1.1, 0.9
-    want = np.mean(f_n**2 * f_r**2 * np.abs(full_n) ** 2 * np.abs(full_r) ** 2 / b_full)
-    half = shape[1] // 2 + 1
-    pn = np.fft.rfft2(a).astype(DTYPES[dtype])
-    pr = np.fft.rfft2(c).astype(DTYPES[dtype])
-    b = b_full[:, :half].astype(dtype)
-    got = zogy_fs(pn, pr, b, f_n, f_r, shape[1])
-    assert got == pytest.approx(want, rel=1e-4 if dtype is np.float32 else 1e-10)
-
-
-@budget
-@given(shape=shapes, seed=seeds, dtype=dtypes, sign=st.sampled_from([-1.0, 1.0]))
-def test_spectral_combine(shape, seed, dtype, sign):
-    rng = np.random.default_rng(seed)
-    ctype = DTYPES[dtype]
-    a, ka, b, kb = (cplx(rng, shape, ctype) for _ in range(4))
-    out = np.empty(shape, ctype)
-    spectral_combine(a, ka, b, kb, sign, out)
-    assert_allclose(out, ka * a + sign * kb * b, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10)
-    spectral_combine(a, ka, b, kb, sign, a)  # out may alias an input (used in place)
-    assert_allclose(a, out, rtol=0, atol=0)
-
-
 @budget
 @given(
     h=st.integers(1, 9), w=st.integers(1, 9), b=st.integers(1, 3), parts=st.booleans(),
@@ -220,3 +187,50 @@ def test_finalize(shape, seed, dtype):
         assert np.all(a[~ok] == 0)
     for a in (diffvar, fluxvar):
         assert np.all(np.isnan(a[~ok]))
+
+
+@budget
+@given(
+    shape=st.tuples(st.integers(1, 9), st.integers(1, 10)), nb=st.integers(1, 4),
+    nr=st.integers(1, 4), parts=st.booleans(), seed=seeds, dtype=dtypes,
+)  # fmt: skip
+def test_frame_spectra_matches_references(shape, nb, nr, parts, seed, dtype):
+    """The fused pass against the separate references: PSF spectra as basis combinations,
+    B, the kernels, the five products and F_S as the full-plane mean of the real frames."""
+    rng = np.random.default_rng(seed)
+    ctype = DTYPES[dtype]
+    ny, nx = shape
+    # PSF spectra from real frames, so that F_S has its full-plane NumPy mean to compare to.
+    frames_n, frames_r = rng.normal(size=(nb, ny, nx)), rng.normal(size=(nr, ny, nx))
+    cn, cr = rng.normal(size=nb), rng.normal(size=nr)
+    spec_n = np.fft.rfft2(frames_n)
+    spec_r = np.fft.rfft2(frames_r)
+    bn = np.ascontiguousarray(np.stack([spec_n.real, spec_n.imag]))
+    br = np.ascontiguousarray(np.stack([spec_r.real, spec_r.imag]))
+    a_n, a_r, f_n, f_r = 2.5, 0.7, 1.3, 0.8
+    floor = 1e-3
+    half = (ny, nx // 2 + 1)
+    xs = [cplx(rng, half, ctype) for _ in range(8)]
+    outs = [np.full(half, 7.0, ctype) for _ in range(5)]
+    got_fs = zogy_frame_spectra(bn, cn, br, cr, a_n, a_r, floor, f_n, f_r, nx, parts, *xs,
+                                *outs, np.empty((9, half[1])))  # fmt: skip
+
+    pn = np.tensordot(cn, spec_n, axes=1)
+    pr = np.tensordot(cr, spec_r, axes=1)
+    b = ref_denominator(pn, pr, a_n, a_r, floor)
+    kdn, kdr, kn, kr = ref_kernels(pn, pr, b, f_n, f_r)
+    xn, xr, xvn, xvr, kn2, kr2, kdn2, kdr2 = (x.astype(np.complex128) for x in xs)
+    want = [kdn * xn - kdr * xr, kdn2 * xvn + kdr2 * xvr, kn2 * xvn + kr2 * xvr]
+    want += [kn * xn, kr * xr] if parts else [kn * xn - kr * xr]
+    for got, w in zip(outs, want, strict=False):
+        # Each output against the magnitudes it is made of (a difference may cancel).
+        scale = np.abs(kdn * xn) + np.abs(kdr * xr) + np.abs(kn * xn) + np.abs(kr * xr)
+        scale += np.abs(kdn2 * xvn) + np.abs(kdr2 * xvr) + np.abs(kn2 * xvn) + np.abs(kr2 * xvr)
+        assert np.all(np.abs(got - w) <= RTOL[dtype] * 10 * scale)
+    if not parts:
+        assert np.all(outs[4] == 7.0)  # S_r is not written without parts
+    full_n = np.fft.fft2(np.tensordot(cn, frames_n, axes=1))
+    full_r = np.fft.fft2(np.tensordot(cr, frames_r, axes=1))
+    b_full = ref_denominator(full_n, full_r, a_n, a_r, floor)
+    want_fs = np.mean(f_n**2 * f_r**2 * np.abs(full_n) ** 2 * np.abs(full_r) ** 2 / b_full)
+    assert got_fs == pytest.approx(want_fs, rel=1e-10)
