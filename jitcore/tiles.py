@@ -34,6 +34,7 @@ __all__ = [
     "stamp_spectra",
     "crop_centred",
     "footprint_radius",
+    "footprint_radii",
     "dilate",
     "edge_light",
     "EDGE_MODES",
@@ -174,18 +175,31 @@ def footprint_radius(kernels: list[np.ndarray], rmax: int, *, tol: float = 1e-3)
     draws at most ``tol`` of each kernel's weight from bad data; this is the dilation radius
     of the ``valid`` mask.
     """
-    radius = 0
+    return footprint_radii(kernels, rmax)(tol)
+
+
+def footprint_radii(kernels: list[np.ndarray], rmax: int) -> Callable[[float], int]:
+    """:func:`footprint_radius` of ``kernels`` as a function of ``tol``, the kernels' sums
+    within each radius computed once (ZOGY asks for several tolerances per tile)."""
+    c = rmax
+    off = np.abs(np.arange(-c, c + 1))
+    ring = np.maximum(off[:, None], off[None, :])  # Chebyshev radius of each pixel
+    outside = []  # per kernel: the weight beyond radius r, for r = 0..rmax, and the total
     for k in kernels:
         a = np.abs(crop_centred(k, rmax))
         total = a.sum()
         if not total > 0:
             continue
-        c = rmax
-        for r in range(rmax + 1):
-            inner = a[c - r : c + r + 1, c - r : c + r + 1].sum()
-            if total - inner <= tol * total:
-                break
-        radius = max(radius, r)
+        inner = np.cumsum(np.bincount(ring.ravel(), weights=a.ravel(), minlength=rmax + 1))
+        outside.append((total - inner, total))
+
+    def radius(tol: float) -> int:
+        r = 0
+        for out, total in outside:
+            ok = np.flatnonzero(out <= tol * total)
+            r = max(r, int(ok[0]) if ok.size else rmax)
+        return r
+
     return radius
 
 
@@ -309,6 +323,8 @@ def fill_core_valid(
         return vcore
     if edge_cut is None:
         return vcore
+    if y0 >= radius and x0 >= radius and y1 <= ny - radius and x1 <= nx - radius:
+        return vcore  # no edge strip reaches this core (every depth below is <= radius)
     # S/N octaves from 5: each invalidates its own reach, computed for its upper end.
     top = max(float(c.max()) for c in edge_cut)
     lo = 5.0

@@ -96,7 +96,7 @@ from diffstream.jitcore.tiles import (
     edge_light,
     fill_core_valid,
     fill_frame,
-    footprint_radius,
+    footprint_radii,
     frame_shape,
     overlap,
     run_tiles,
@@ -535,7 +535,8 @@ def _tile(
     psf_d = crop_centred(sfft.irfft2(pn, s=(m, m)), half)
     psf_d = psf_d / psf_d.sum()
     k_small = [sfft.irfft2(k, s=(m, m)) for k in (kn, kr)]
-    radius = min(footprint_radius(k_small, b, tol=FOOTPRINT_TOL), b)
+    radii = footprint_radii(k_small, b)
+    radius = min(radii(FOOTPRINT_TOL), b)
     r_d = min(2 * b, (min(ctx.frame) - 1) // 2)
 
     # --- frame spectra ------------------------------------------------------------------
@@ -569,7 +570,7 @@ def _tile(
     # i.e. the cut light leaks < ~1 sigma of residual there (the bad pixels' FOOTPRINT_TOL
     # at most).
     def reach(snr: float) -> int:
-        return footprint_radius(k_small, b, tol=max(FOOTPRINT_TOL, 1.0 / snr))
+        return radii(max(FOOTPRINT_TOL, 1.0 / snr))
 
     fill_core_valid(ctx.good, valid, core, radius, mask_edges=ctx.mask_edges,
                     edge_cut=ctx.edge_cut, edge_reach=reach, edge_pad=ctx.edge_pad)  # fmt: skip

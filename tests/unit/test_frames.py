@@ -10,8 +10,11 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy import fft as sfft
 
 from diffstream.jitcore.tiles import (
+    crop_centred,
     embed_centred,
     fill_frame,
+    footprint_radii,
+    footprint_radius,
     overlap,
     stamp_spectra,
     stamp_spectrum,
@@ -107,3 +110,35 @@ def test_stamp_spectra_stack_the_single_spectra(shape, real):
         embed_centred(stamp, frame)
         tol = 1e-5 if real is np.float32 else 1e-12
         assert_allclose(plane, sfft.rfft2(frame), rtol=tol, atol=tol * np.abs(stamp).sum())
+
+
+def footprint_reference(kernels, rmax, tol):
+    """The obvious loop: grow a centred square until it holds all but tol of each sum |k|."""
+    radius = 0
+    for k in kernels:
+        a = np.abs(crop_centred(k, rmax))
+        total = a.sum()
+        if not total > 0:
+            continue
+        r = next((r for r in range(rmax + 1)
+                  if total - a[rmax - r : rmax + r + 1, rmax - r : rmax + r + 1].sum()
+                  <= tol * total), rmax)  # fmt: skip
+        radius = max(radius, r)
+    return radius
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rmax=st.integers(0, 12), width=st.floats(0.3, 6.0))
+def test_footprint_radii_match_the_growing_square(seed, rmax, width):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[-20:20, -20:20]
+    kernels = []
+    for _ in range(2):  # Gaussian-ish kernels with noisy wings, one with a negative lobe
+        k = np.exp(-(x**2 + y**2) / (2 * width**2)) + 1e-4 * rng.normal(size=x.shape)
+        kernels.append(np.fft.ifftshift(k - 0.3 * np.exp(-(x**2 + y**2) / (8 * width**2))))
+    kernels.append(np.zeros((40, 40)))  # no weight: ignored
+    radii = footprint_radii(kernels, rmax)
+    for tol in (1e-1, 1e-2, 1e-3, 1e-4):
+        want = footprint_reference(kernels, rmax, tol)
+        assert radii(tol) == want
+        assert footprint_radius(kernels, rmax, tol=tol) == want
