@@ -478,14 +478,14 @@ def _split(spectra: np.ndarray) -> np.ndarray:
 
 
 def _kernels(
-    pn: np.ndarray, pr: np.ndarray, a_n: float, a_r: float, f_n: float, f_r: float
-) -> tuple[np.ndarray, ...]:
-    """The four kernel spectra (kD_n, kD_r, k_n, k_r), complex128, from the PSF spectra."""
+    pn: np.ndarray, pr: np.ndarray, a_n: float, a_r: float, f_n: float, f_r: float,
+    out: np.ndarray,
+) -> None:  # fmt: skip
+    """The four kernel spectra (kD_n, kD_r, k_n, k_r) from the PSF spectra into ``out[:4]``
+    (complex128 planes)."""
     bden = np.empty(pn.shape)
     zogy_denominator(pn, pr, a_n, a_r, B_FLOOR * (a_n + a_r), bden)
-    ks: list[np.ndarray] = [np.empty(pn.shape, dtype=np.complex128) for _ in range(4)]
-    zogy_spectral_kernels(pn, pr, bden, f_n, f_r, *ks)
-    return tuple(ks)
+    zogy_spectral_kernels(pn, pr, bden, f_n, f_r, out[0], out[1], out[2], out[3])
 
 
 def _tile(
@@ -527,14 +527,16 @@ def _tile(
     # instead of two frame-sized inverse FFTs per tile.  D itself keeps the full kD.
     m = ctx.small
     pn = ctx.psf_n.small_spectrum(i)
-    kdn, kdr, kn, kr = _kernels(pn, ctx.psf_r.small_spectrum(i), a_n, a_r, f_n, f_r)
+    ks = np.empty((5, m, m // 2 + 1), np.complex128)  # kD_n, kD_r, k_n, k_r, P_D
+    _kernels(pn, ctx.psf_r.small_spectrum(i), a_n, a_r, f_n, f_r, ks)
+    np.multiply(pn, ks[0], out=ks[4])
+    ks[4] *= f_n / f_d  # P_D^ = kD_n F_n P_n^ / F_D
+    small = sfft.irfft2(ks, s=(m, m))  # one call for the five
+    kd_small = [small[0], small[1]]
+    k_small = [small[2], small[3]]
     half = max(stamps[0].shape[0], stamps[1].shape[0]) // 2
-    kd_small = [sfft.irfft2(k, s=(m, m)) for k in (kdn, kdr)]
-    np.multiply(pn, kdn, out=pn)
-    pn *= f_n / f_d  # P_D^ = kD_n F_n P_n^ / F_D
-    psf_d = crop_centred(sfft.irfft2(pn, s=(m, m)), half)
+    psf_d = crop_centred(small[4], half)
     psf_d = psf_d / psf_d.sum()
-    k_small = [sfft.irfft2(k, s=(m, m)) for k in (kn, kr)]
     radii = footprint_radii(k_small, b)
     radius = min(radii(FOOTPRINT_TOL), b)
     r_d = min(2 * b, (min(ctx.frame) - 1) // 2)
