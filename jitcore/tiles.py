@@ -18,6 +18,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
+from diffstream.jitcore import fft as frame_fft
 from diffstream.jitcore._kernels.frames import fill_frame_kernel
 from diffstream.jitcore.robust import mad_sigma
 
@@ -121,8 +122,8 @@ def stamp_spectrum(
     rows = np.zeros((k, fx), dtype=np.float32 if single else np.float64)
     rows[:, (np.arange(stamp.shape[1]) - h) % fx] = stamp
     spec = np.zeros((fy, fx // 2 + 1), dtype=np.complex64 if single else np.complex128)
-    spec[(np.arange(k) - h) % fy] = sfft.rfft(rows, axis=1)
-    return sfft.fft(spec, axis=0, overwrite_x=True)
+    spec[(np.arange(k) - h) % fy] = frame_fft.rfft_rows(rows)
+    return frame_fft.fft_axis(spec, 0)
 
 
 def stamp_spectra(
@@ -142,8 +143,8 @@ def stamp_spectra(
         h = k // 2
         rows = np.zeros((k, fx), dtype=np.float32 if single else np.float64)
         rows[:, (np.arange(stamp.shape[1]) - h) % fx] = stamp
-        spec[n, (np.arange(k) - h) % fy] = sfft.rfft(rows, axis=1)
-    return sfft.fft(spec, axis=1, overwrite_x=True)
+        spec[n, (np.arange(k) - h) % fy] = frame_fft.rfft_rows(rows)
+    return frame_fft.fft_axis(spec, 1)
 
 
 def embed_centred(stamp: np.ndarray, out: np.ndarray) -> None:

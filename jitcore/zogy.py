@@ -79,6 +79,7 @@ from typing import Any
 import numpy as np
 from scipy import fft as sfft
 
+from diffstream.jitcore import fft as frame_fft
 from diffstream.jitcore._kernels.planes import usable_pair
 from diffstream.jitcore._kernels.zogy import (
     zogy_core,
@@ -399,10 +400,10 @@ class _Context:
 
     def rfft(self, a: np.ndarray) -> np.ndarray:
         """rfft2 over the last two axes (a stack of frames is transformed frame by frame)."""
-        return sfft.rfft2(a, workers=self.workers, overwrite_x=True)
+        return frame_fft.rfft2(a, workers=self.workers)
 
     def irfft(self, a: np.ndarray) -> np.ndarray:
-        return sfft.irfft2(a, s=self.frame, workers=self.workers)
+        return frame_fft.irfft2(a, self.frame, workers=self.workers)
 
 
 # PSF stamps of all tiles are expanded in a basis (_PsfSpectra) when it has at most this
@@ -532,7 +533,7 @@ def _tile(
     _kernels(pn, ctx.psf_r.small_spectrum(i), a_n, a_r, f_n, f_r, ks)
     np.multiply(pn, ks[0], out=ks[4])
     ks[4] *= f_n / f_d  # P_D^ = kD_n F_n P_n^ / F_D
-    small = sfft.irfft2(ks, s=(m, m))  # one call for the five
+    small = frame_fft.irfft2(ks, (m, m))  # one call for the five
     kd_small = [small[0], small[1]]
     k_small = [small[2], small[3]]
     half = max(stamps[0].shape[0], stamps[1].shape[0]) // 2
