@@ -561,7 +561,8 @@ def _tile(
     parts = ctx.sx2 > 0 or ctx.sy2 > 0 or ctx.e2 > 0
     bn, cn = ctx.psf_n.frame_spectra(i)
     br, cr = ctx.psf_r.frame_spectra(i)
-    outs = np.empty((5, *ctx.spec_shape), ctx.spec)  # D^, V_D^, V_S^, S_n^ (or S^), S_r^
+    # D^, V_D^, V_S^, S_n^ (or S^), S_r^
+    outs: np.ndarray = np.empty((5, *ctx.spec_shape), ctx.spec)
     f_s = zogy_frame_spectra(bn, cn, br, cr, a_n, a_r, B_FLOOR * (a_n + a_r), f_n, f_r, fx,
                              parts, xn, xr, xvn, xvr, sq[0], sq[1], sq[2], sq[3], *outs,
                              np.empty((9, ctx.spec_shape[1])))  # fmt: skip
