@@ -35,6 +35,9 @@ __all__ = ["SNAP", "ORDERS", "KERNELS", "lanczos_warp", "lanczos_warp_spline", "
 # A fractional offset closer than this to 0 or 1 is treated as an exact integer.
 SNAP = 1e-6
 
+# Scratch columns past the row's end: runs are padded to a multiple of this many pixels.
+PAD = 8
+
 
 # Taylor coefficients of sin(t) / t in t^2, highest first: (-1)^k / (2k + 1)!, k = 10 .. 1.
 _SIN_COEFS = tuple((-1.0) ** k / math.factorial(2 * k + 1) for k in range(10, 0, -1))
@@ -100,7 +103,7 @@ def _make_row(order):
     sphi = tuple(math.sin(math.pi * (j - order + 1) / order) for j in range(ntaps))
     sign = tuple(1.0 if (j - order + 1) % 2 == 0 else -1.0 for j in range(ntaps))
 
-    @njit
+    @njit(error_model="numpy")
     def taps_row(pos, base, frac, sa, ca, w, total):
         """Per pixel: floor, fraction, the 2a unnormalised weights w[:, i] and their sum.
 
@@ -142,10 +145,6 @@ def _make_row(order):
             for i in range(pos.size):
                 total[i] += wj[i]
 
-    # The run sums: pixels s .. e-1 read template rows y0 .. y0 + 2a - 1 and columns
-    # d + i .. d + i + 2a - 1.  Three loops (image, variance, mask) rather than one: with
-    # all three in one body LLVM no longer unrolls the 2a x 2a taps, and the pixel loop
-    # must be the innermost to vectorise.
     @njit
     def run_image(image, y0, d, s, e, wx, wy, out):
         for i in range(s, e):
@@ -184,28 +183,41 @@ def _make_row(order):
                     m |= mask[yq, _u(d + i + p)]
             out[_u(i)] = m
 
-    @njit
-    def run_sums(image, variance, mask, y0, d, s, e, wx, wy, sx, sy, acc, vacc, macc,
-                 no_data, bad, out_img, out_var, out_mask):  # fmt: skip
-        if e <= s:
-            return
-        run_image(image, y0, d, s, e, wx, wy, acc)
-        run_variance(variance, y0, d, s, e, wx, wy, vacc)
-        run_mask(mask, y0, d, s, e, macc)
-        # _finish without branches (selects), so that this loop vectorises too.
-        nan = np.float32(np.nan)
-        for i in range(s, e):
-            ui = _u(i)
-            norm = sx[ui] * sy[ui]
-            value = acc[ui] / norm
-            var = vacc[ui] / (norm * norm)
-            m = macc[ui]
-            ok = ((m & bad) == 0) & math.isfinite(value) & math.isfinite(var)
-            out_img[ui] = value if ok else nan
-            out_var[ui] = var if ok else nan
-            out_mask[ui] = m if ok else m | no_data
+    @njit(error_model="numpy")
+    def classify(xrow, yrow, bx, fx, by, fy, tnx, tny, ys, ds, full):
+        """Per pixel: whether its footprint is whole (2a x 2a, inside the template), its
+        first template row ``ys`` and column minus pixel index ``ds``.  No branches."""
+        for i in range(xrow.size):
+            x = xrow[i]
+            y = yrow[i]
+            f = fx[i]
+            g = fy[i]
+            # False for NaN; also keeps the int conversions in range.
+            near = (x > -order) & (x < tnx + order) & (y > -order) & (y < tny + order)
+            x0 = np.int64(bx[i] if near else 0.0) - (order - 1)
+            y0 = np.int64(by[i] if near else 0.0) - (order - 1)
+            ok = near & (f >= SNAP) & (f <= 1.0 - SNAP) & (g >= SNAP) & (g <= 1.0 - SNAP)
+            ok = ok & (x0 >= 0) & (x0 + ntaps <= tnx) & (y0 >= 0) & (y0 + ntaps <= tny)
+            ys[i] = y0
+            ds[i] = x0 - i
+            full[i] = ok
 
-    @njit
+    @njit(error_model="numpy")
+    def finish_runs(full, sx, sy, acc, vacc, macc, no_data, bad, out_img, out_var, out_mask):
+        """_finish for every pixel of the row's runs, with selects so that it vectorises."""
+        nan = np.float32(np.nan)
+        for i in range(full.size):
+            norm = sx[i] * sy[i]
+            value = acc[i] / norm
+            var = vacc[i] / (norm * norm)
+            m = macc[i]
+            ok = ((m & bad) == 0) & math.isfinite(value) & math.isfinite(var)
+            f = full[i]
+            out_img[i] = (value if ok else nan) if f else out_img[i]
+            out_var[i] = (var if ok else nan) if f else out_var[i]
+            out_mask[i] = (m if ok else m | no_data) if f else out_mask[i]
+
+    @njit(error_model="numpy")
     def pixel(image, variance, mask, i, x0, nwx, y0, nwy, wx, wy, sx, sy, no_data, edge, bad,
               out_img, out_var, out_mask):  # fmt: skip
         """One output pixel whose footprint is snapped on an axis or leaves the template."""
@@ -247,80 +259,83 @@ def _make_row(order):
         norm = (sx[i] if nwx == ntaps else 1.0) * (sy[i] if nwy == ntaps else 1.0)
         _finish(acc, vacc, norm, m, no_data, bad, out_img, out_var, out_mask, i)
 
-    @njit
-    def warp_row(image, variance, mask, xrow, yrow, no_data, edge, bad, buf, wx, wy, macc,
-                 out_img, out_var, out_mask):  # fmt: skip
+    @njit(error_model="numpy")
+    def other(image, variance, mask, i, xrow, yrow, bx, fx, by, fy, wx, wy, sx, sy, no_data,
+              edge, bad, out_img, out_var, out_mask):  # fmt: skip
+        """Pixel i outside every run: no map, off the template, or snapped."""
+        tny, tnx = image.shape
+        x = xrow[i]
+        y = yrow[i]
+        if not (x > -order and x < tnx + order and y > -order and y < tny + order):
+            nan = np.float32(np.nan)
+            out_img[i] = nan
+            out_var[i] = nan
+            out_mask[i] = no_data
+            return
+        # Within SNAP of an integer n the footprint is column (row) n alone.
+        f = fx[i]
+        x0 = int(bx[i])
+        nwx = ntaps
+        if f < SNAP:
+            nwx = 1
+        elif f > 1.0 - SNAP:
+            x0 += 1
+            nwx = 1
+        else:
+            x0 -= order - 1
+        f = fy[i]
+        y0 = int(by[i])
+        nwy = ntaps
+        if f < SNAP:
+            nwy = 1
+        elif f > 1.0 - SNAP:
+            y0 += 1
+            nwy = 1
+        else:
+            y0 -= order - 1
+        pixel(image, variance, mask, i, x0, nwx, y0, nwy, wx, wy, sx, sy, no_data, edge, bad,
+              out_img, out_var, out_mask)  # fmt: skip
+
+    @njit(error_model="numpy")
+    def warp_row(image, variance, mask, xrow, yrow, no_data, edge, bad, buf, ibuf, wx, wy,
+                 macc, full, out_img, out_var, out_mask):  # fmt: skip
         """Resample one output row at template positions (xrow, yrow) into the out rows.
 
-        ``buf`` is (8, n) float64 scratch, ``wx``/``wy`` (2a, n), ``macc`` n int32.
+        ``buf`` is (8, n + PAD) float64 scratch, ``ibuf`` (2, n) int64, ``wx``/``wy``
+        (2a, n + PAD), ``macc`` n + PAD int32, ``full`` n bool.
         """
         tny, tnx = image.shape
+        n = xrow.size
         bx, fx, by, fy = buf[0], buf[1], buf[2], buf[3]
         sx, sy, acc, vacc = buf[4], buf[5], buf[6], buf[7]
+        ys, ds = ibuf[0], ibuf[1]
         # sa/ca are only needed inside taps_row: acc/vacc serve as their scratch.
         taps_row(xrow, bx, fx, acc, vacc, wx, sx)
         taps_row(yrow, by, fy, acc, vacc, wy, sy)
-        s = 0  # the open run: pixels s .. e-1, template rows ry0 .., columns rd + i ..
-        e = 0
-        ry0 = 0
-        rd = 0
-        n = xrow.size
-        # One pass more than pixels, to close the last run; run_sums is called from this
-        # one place only (each call site was another inlined copy of the vectorised loops,
-        # seconds of compile time).
-        for i in range(n + 1):
-            full = False
-            nwx = nwy = x0 = y0 = 0
-            if i < n:
-                x = xrow[i]
-                y = yrow[i]
-                # Non-finite or entirely off the template (also keeps int() in range).
-                off = not (x > -order and x < tnx + order and y > -order and y < tny + order)
-                if not off:
-                    # Within SNAP of an integer n the footprint is column (row) n alone.
-                    f = fx[i]
-                    x0 = int(bx[i])
-                    nwx = ntaps
-                    if f < SNAP:
-                        nwx = 1
-                    elif f > 1.0 - SNAP:
-                        x0 += 1
-                        nwx = 1
-                    else:
-                        x0 -= order - 1
-                    f = fy[i]
-                    y0 = int(by[i])
-                    nwy = ntaps
-                    if f < SNAP:
-                        nwy = 1
-                    elif f > 1.0 - SNAP:
-                        y0 += 1
-                        nwy = 1
-                    else:
-                        y0 -= order - 1
-                    full = (nwx == ntaps and nwy == ntaps and x0 >= 0 and x0 + ntaps <= tnx
-                            and y0 >= 0 and y0 + ntaps <= tny)  # fmt: skip
-                    if full and e == i and e > s and y0 == ry0 and x0 - i == rd:
-                        e = i + 1  # the run goes on
-                        continue
-            # Pixel i does not extend the open run (or i == n): sum the run.
-            run_sums(image, variance, mask, ry0, rd, s, e, wx, wy, sx, sy, acc, vacc, macc,
-                     no_data, bad, out_img, out_var, out_mask)  # fmt: skip
-            s = e = i + 1
-            if i == n:
-                break
-            if full:
-                s = i
-                ry0 = y0
-                rd = x0 - i
-            elif off:
-                nan = np.float32(np.nan)
-                out_img[i] = nan
-                out_var[i] = nan
-                out_mask[i] = no_data
-            else:
-                pixel(image, variance, mask, i, x0, nwx, y0, nwy, wx, wy, sx, sy, no_data,
-                      edge, bad, out_img, out_var, out_mask)  # fmt: skip
+        classify(xrow, yrow, bx, fx, by, fy, tnx, tny, ys, ds, full)
+        last = (tny - 1) * tnx + tnx  # one past the template's last element
+        i = 0
+        while i < n:
+            if not full[i]:
+                other(image, variance, mask, i, xrow, yrow, bx, fx, by, fy, wx, wy, sx, sy,
+                      no_data, edge, bad, out_img, out_var, out_mask)  # fmt: skip
+                i += 1
+                continue
+            s = i
+            y0 = ys[i]
+            d = ds[i]
+            i += 1
+            while i < n and full[i] and ys[i] == y0 and ds[i] == d:
+                i += 1
+            # Padded to a whole number of vectors, so the loops never run their scalar
+            # remainder; the extra lanes read valid template memory and are discarded.
+            e = s + ((i - s + PAD - 1) // PAD) * PAD
+            if (y0 + ntaps - 1) * tnx + d + e - 1 + ntaps > last:
+                e = i
+            run_image(image, y0, d, s, e, wx, wy, acc)
+            run_variance(variance, y0, d, s, e, wx, wy, vacc)
+            run_mask(mask, y0, d, s, e, macc)
+        finish_runs(full[:n], sx, sy, acc, vacc, macc, no_data, bad, out_img, out_var, out_mask)
 
     return warp_row
 
@@ -366,13 +381,15 @@ def _make_entries(order):
     @njit
     def warp(image, variance, mask, xt, yt, no_data, edge, bad, out_img, out_var, out_mask):
         nx = xt.shape[1]
-        buf = np.empty((8, nx), dtype=np.float64)
-        wx = np.empty((2 * order, nx), dtype=np.float64)
-        wy = np.empty((2 * order, nx), dtype=np.float64)
-        macc = np.empty(nx, dtype=np.int32)
+        buf = np.zeros((8, nx + PAD), dtype=np.float64)
+        ibuf = np.zeros((2, nx), dtype=np.int64)
+        wx = np.zeros((2 * order, nx + PAD), dtype=np.float64)
+        wy = np.zeros((2 * order, nx + PAD), dtype=np.float64)
+        macc = np.zeros(nx + PAD, dtype=np.int32)
+        full = np.zeros(nx, dtype=np.bool_)
         for j in range(xt.shape[0]):
-            args = (image, variance, mask, xt[j], yt[j], no_data, edge, bad, buf, wx, wy,
-                    macc, out_img[j], out_var[j], out_mask[j])  # fmt: skip
+            args = (image, variance, mask, xt[j], yt[j], no_data, edge, bad, buf, ibuf, wx,
+                    wy, macc, full, out_img[j], out_var[j], out_mask[j])  # fmt: skip
             if order == 2:
                 _row2(*args)
             elif order == 3:
@@ -395,16 +412,18 @@ def _make_entries(order):
         rx = np.empty(coef_x.shape[1], dtype=np.float64)
         xrow = np.empty(nx, dtype=np.float64)
         yrow = np.empty(nx, dtype=np.float64)
-        buf = np.empty((8, nx), dtype=np.float64)
-        wx = np.empty((2 * order, nx), dtype=np.float64)
-        wy = np.empty((2 * order, nx), dtype=np.float64)
-        macc = np.empty(nx, dtype=np.int32)
+        buf = np.zeros((8, nx + PAD), dtype=np.float64)
+        ibuf = np.zeros((2, nx), dtype=np.int64)
+        wx = np.zeros((2 * order, nx + PAD), dtype=np.float64)
+        wy = np.zeros((2 * order, nx + PAD), dtype=np.float64)
+        macc = np.zeros(nx + PAD, dtype=np.int32)
+        full = np.zeros(nx, dtype=np.bool_)
         for j in range(ny):
             spline_fill_row(coef_x, row_start, row_w, col_start, col_w, j, rx, xrow)
             spline_fill_row(coef_y, row_start, row_w, col_start, col_w, j, rx, yrow)
             mask_bad_cells(cell_bad, cell_row[j], cell_col, xrow, yrow)
-            args = (image, variance, mask, xrow, yrow, no_data, edge, bad, buf, wx, wy,
-                    macc, out_img[j], out_var[j], out_mask[j])  # fmt: skip
+            args = (image, variance, mask, xrow, yrow, no_data, edge, bad, buf, ibuf, wx,
+                    wy, macc, full, out_img[j], out_var[j], out_mask[j])  # fmt: skip
             if order == 2:
                 _row2(*args)
             elif order == 3:
