@@ -104,7 +104,7 @@ def _make_row(order):
     sign = tuple(1.0 if (j - order + 1) % 2 == 0 else -1.0 for j in range(ntaps))
 
     @njit(error_model="numpy")
-    def taps_row(pos, base, frac, sa, ca, w, total):
+    def taps_row(pos, base, frac, w, total):
         """Per pixel: floor, fraction, the 2a unnormalised weights w[:, i] and their sum.
 
         L(t) = sinc(t) sinc(t / a) at t = frac - k is, up to a factor common to all taps,
@@ -120,30 +120,27 @@ def _make_row(order):
             b = np.floor(pos[i])
             f = pos[i] - b
             s = sin_small(math.pi * f / order)
+            # cos(theta) >= 0 as theta is in [0, pi / 2] for a >= 2.
+            c = math.sqrt(1.0 - s * s)
             base[i] = b
             frac[i] = f
-            sa[i] = s
-            # cos(theta) >= 0 as theta is in [0, pi / 2] for a >= 2.
-            ca[i] = math.sqrt(1.0 - s * s)
-        for j in range(ntaps):
-            c = cphi[j]
-            sn = sphi[j]
-            sg = sign[j]
-            wj = w[j]
-            for i in range(pos.size):
-                f = frac[i]
-                prod = 1.0
-                for k in range(ntaps):
-                    if k != j:
-                        t = f - (k - order + 1)
-                        prod = prod * (t * t)
-                wj[i] = sg * (sa[i] * c - ca[i] * sn) * prod
-        for i in range(pos.size):
-            total[i] = 0.0
-        for j in range(ntaps):
-            wj = w[j]
-            for i in range(pos.size):
-                total[i] += wj[i]
+            # prod_{l != k} t_l^2 as (t_0^2 .. t_{k-1}^2) t_{k+1}^2 .. in that order, the
+            # prefix shared by all k (w[k, i] holds it until the weight replaces it).
+            p = 1.0
+            for k in range(ntaps):
+                w[k, i] = p
+                t = f - (k - order + 1)
+                p = p * (t * t)
+            tot = 0.0
+            for k in range(ntaps):
+                prod = w[k, i]
+                for m in range(k + 1, ntaps):
+                    t = f - (m - order + 1)
+                    prod = prod * (t * t)
+                wk = sign[k] * (s * cphi[k] - c * sphi[k]) * prod
+                w[k, i] = wk
+                tot += wk
+            total[i] = tot
 
     @njit
     def run_image(image, y0, d, s, e, wx, wy, out):
@@ -309,9 +306,8 @@ def _make_row(order):
         bx, fx, by, fy = buf[0], buf[1], buf[2], buf[3]
         sx, sy, acc, vacc = buf[4], buf[5], buf[6], buf[7]
         ys, ds = ibuf[0], ibuf[1]
-        # sa/ca are only needed inside taps_row: acc/vacc serve as their scratch.
-        taps_row(xrow, bx, fx, acc, vacc, wx, sx)
-        taps_row(yrow, by, fy, acc, vacc, wy, sy)
+        taps_row(xrow, bx, fx, wx, sx)
+        taps_row(yrow, by, fy, wy, sy)
         classify(xrow, yrow, bx, fx, by, fy, tnx, tny, ys, ds, full)
         last = (tny - 1) * tnx + tnx  # one past the template's last element
         i = 0
