@@ -28,7 +28,7 @@ import numpy as np
 from numba import uint64
 
 from diffstream.jitcore._jit import njit
-from diffstream.jitcore._kernels.bspline import mask_bad_cells, spline_fill_row
+from diffstream.jitcore._kernels.bspline import spline_fill_rows
 
 __all__ = ["SNAP", "ORDERS", "KERNELS", "lanczos_warp", "lanczos_warp_spline", "sin_small"]
 
@@ -405,7 +405,7 @@ def _make_entries(order):
         # full-frame xt/yt arrays: at 4k x 4k those are 256 MB written and read back, and
         # evaluating them with dense BLAS products took ~0.2 s, more than this.
         ny, nx = out_img.shape
-        rx = np.empty(coef_x.shape[1], dtype=np.float64)
+        rx = np.empty((2, coef_x.shape[1]), dtype=np.float64)
         xrow = np.empty(nx, dtype=np.float64)
         yrow = np.empty(nx, dtype=np.float64)
         buf = np.zeros((8, nx + PAD), dtype=np.float64)
@@ -415,9 +415,8 @@ def _make_entries(order):
         macc = np.zeros(nx + PAD, dtype=np.int32)
         full = np.zeros(nx, dtype=np.bool_)
         for j in range(ny):
-            spline_fill_row(coef_x, row_start, row_w, col_start, col_w, j, rx, xrow)
-            spline_fill_row(coef_y, row_start, row_w, col_start, col_w, j, rx, yrow)
-            mask_bad_cells(cell_bad, cell_row[j], cell_col, xrow, yrow)
+            spline_fill_rows(coef_x, coef_y, row_start, row_w, col_start, col_w, j, cell_bad,
+                             cell_row[j], cell_col, rx, xrow, yrow)  # fmt: skip
             args = (image, variance, mask, xrow, yrow, no_data, edge, bad, buf, ibuf, wx,
                     wy, macc, full, out_img[j], out_var[j], out_mask[j])  # fmt: skip
             if order == 2:
