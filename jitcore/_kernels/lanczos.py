@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import uint64
 
-from diffstream.jitcore._jit import njit
+from diffstream.jitcore._jit import njit, njit_vec
 from diffstream.jitcore._kernels.bspline import spline_fill_rows
 
 __all__ = ["SNAP", "ORDERS", "KERNELS", "lanczos_warp", "lanczos_warp_spline", "sin_small"]
@@ -103,7 +103,7 @@ def _make_row(order):
     sphi = tuple(math.sin(math.pi * (j - order + 1) / order) for j in range(ntaps))
     sign = tuple(1.0 if (j - order + 1) % 2 == 0 else -1.0 for j in range(ntaps))
 
-    @njit(error_model="numpy")
+    @njit_vec
     def taps_row(pos, base, frac, w, total):
         """Per pixel: floor, fraction, the 2a unnormalised weights w[:, i] and their sum.
 
@@ -142,7 +142,7 @@ def _make_row(order):
                 tot += wk
             total[i] = tot
 
-    @njit
+    @njit_vec(fma=True)
     def run_image(image, y0, d, s, e, wx, wy, out):
         for i in range(s, e):
             ui = _u(i)
@@ -155,7 +155,7 @@ def _make_row(order):
                 acc += wy[_u(q), ui] * row
             out[ui] = acc
 
-    @njit
+    @njit_vec(fma=True)
     def run_variance(variance, y0, d, s, e, wx, wy, out):
         for i in range(s, e):
             ui = _u(i)
@@ -170,7 +170,7 @@ def _make_row(order):
                 acc += wq * wq * row
             out[ui] = acc
 
-    @njit
+    @njit_vec
     def run_mask(mask, y0, d, s, e, out):
         for i in range(s, e):
             m = np.int32(0)
@@ -180,7 +180,7 @@ def _make_row(order):
                     m |= mask[yq, _u(d + i + p)]
             out[_u(i)] = m
 
-    @njit(error_model="numpy")
+    @njit_vec
     def classify(xrow, yrow, bx, fx, by, fy, tnx, tny, ys, ds, full):
         """Per pixel: whether its footprint is whole (2a x 2a, inside the template), its
         first template row ``ys`` and column minus pixel index ``ds``.  No branches."""
@@ -199,7 +199,7 @@ def _make_row(order):
             ds[i] = x0 - i
             full[i] = ok
 
-    @njit(error_model="numpy")
+    @njit_vec
     def finish_runs(full, sx, sy, acc, vacc, macc, no_data, bad, out_img, out_var, out_mask):
         """_finish for every pixel of the row's runs, with selects so that it vectorises."""
         nan = np.float32(np.nan)
@@ -214,7 +214,7 @@ def _make_row(order):
             out_var[i] = (var if ok else nan) if f else out_var[i]
             out_mask[i] = (m if ok else m | no_data) if f else out_mask[i]
 
-    @njit(error_model="numpy")
+    @njit_vec
     def pixel(image, variance, mask, i, x0, nwx, y0, nwy, wx, wy, sx, sy, no_data, edge, bad,
               out_img, out_var, out_mask):  # fmt: skip
         """One output pixel whose footprint is snapped on an axis or leaves the template."""
@@ -256,7 +256,7 @@ def _make_row(order):
         norm = (sx[i] if nwx == ntaps else 1.0) * (sy[i] if nwy == ntaps else 1.0)
         _finish(acc, vacc, norm, m, no_data, bad, out_img, out_var, out_mask, i)
 
-    @njit(error_model="numpy")
+    @njit_vec
     def other(image, variance, mask, i, xrow, yrow, bx, fx, by, fy, wx, wy, sx, sy, no_data,
               edge, bad, out_img, out_var, out_mask):  # fmt: skip
         """Pixel i outside every run: no map, off the template, or snapped."""
@@ -293,7 +293,7 @@ def _make_row(order):
         pixel(image, variance, mask, i, x0, nwx, y0, nwy, wx, wy, sx, sy, no_data, edge, bad,
               out_img, out_var, out_mask)  # fmt: skip
 
-    @njit(error_model="numpy")
+    @njit_vec
     def warp_row(image, variance, mask, xrow, yrow, no_data, edge, bad, buf, ibuf, wx, wy,
                  macc, full, out_img, out_var, out_mask):  # fmt: skip
         """Resample one output row at template positions (xrow, yrow) into the out rows.
