@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import math
 import os
 import sys
@@ -71,6 +72,19 @@ def _load(path: str) -> ModuleType:
     return module
 
 
+def _without_blocks(kernel: Callable[..., None]) -> Callable[..., None]:
+    """A lanczos_warp_spline from before the mask blocks (f019b83 and older) called the way
+    warp_image_spline calls the current one: the blocks argument (4th) dropped."""
+    if "blocks" in inspect.signature(kernel).parameters:
+        return kernel
+
+    def call(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, blocks: np.ndarray,
+             *rest: object) -> None:  # fmt: skip
+        kernel(image, variance, mask, *rest)
+
+    return call
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=4096)
@@ -90,7 +104,7 @@ def main() -> None:
 
     kernels = {"current": jw.lanczos_warp_spline}
     if args.reference:
-        kernels["reference"] = _load(args.reference).lanczos_warp_spline
+        kernels["reference"] = _without_blocks(_load(args.reference).lanczos_warp_spline)
     current = jw.lanczos_warp_spline
     n_cores = os.cpu_count() or 1
     threads = sorted({1, n_cores})
