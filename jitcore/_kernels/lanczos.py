@@ -15,9 +15,10 @@ error we care about.
 Two entry points share the per-row loop: :func:`lanczos_warp` reads the map from full-frame
 (xt, yt) arrays, :func:`lanczos_warp_spline` evaluates it per row from the coarse-grid
 spline (diffstream.jitcore._kernels.bspline).  Both take any band of output rows (slices), so the
-caller can run bands on threads (the kernels release the GIL).  How a row is computed (taps
-for the whole row first, then runs of pixels summed by vectorised loops) is described above
-:func:`_make_row`; the kernels are specialised per order (2a taps unrolled).
+caller can run bands on threads (the kernels release the GIL), and :func:`mask_blocks` of
+the template's mask.  How a row is computed (taps and classes for the whole row first,
+then runs of pixels summed by vectorised loops) is described above :func:`_make_row`; the
+kernels are specialised per order (2a taps unrolled).
 """
 
 from __future__ import annotations
@@ -71,37 +72,56 @@ def sin_small(theta):
 
 
 # ------------------------------------------------------------------------------------------
-# How a row is resampled (benchmarks/bench_warp.py; 4k x 4k, order 3, one thread, this
-# 2-core Xeon): the per-pixel loop this replaced took ~93 ns/px, ~64 of them in the two
-# per-pixel ``_taps`` calls (a latency chain: 20 dependent multiply/adds of the sine, a
-# sqrt, six divisions) and ~40 in the 36-tap sums (scalar, ~10 instructions a tap).  Now
-# ~41 ns/px:
+# How a row is resampled.  Figures: CPU time per output pixel, benchmarks/bench_warp.py's
+# map (4k x 4k, order 3, 1.5 degree rotation), one thread, this 2-core AMD EPYC (AVX-512),
+# best of many alternating runs on a shared, noisy host.  Now ~20 ns/px; the design before
+# (f019b83) ~39 here (~41 on the old Xeon), the per-pixel loop before that ~93.
 #
-# 1. the taps of the whole row are computed first, in loops over pixels with no branches
-#    that LLVM vectorises (:func:`_make_row`'s ``taps_row``, ~13 ns/px for both axes);
-# 2. consecutive pixels whose 2a x 2a footprints are whole, inside the template, in the
-#    same template rows and one column apart (a "run": any map near unit scale, ~38 px
-#    long at a 1.5 degree rotation, the whole row without one) are summed by loops over
-#    the run's pixels, whose loads are then contiguous and vectorise (``run_sums``, ~12
-#    ns/px for image, variance and mask together against ~45 in scalar code);
-# 3. every other pixel (snapped coordinates, footprint off the template, no map) takes
-#    the scalar per-pixel path (``pixel``).
-# The rest (~16 ns/px) is the per-pixel classification and the normalisation.  A map far
-# from unit scale or rotated by tens of degrees has short runs: a run shorter than ~16 px
-# runs the loops' scalar remainder, about the old per-pixel speed (~55 ns/px for runs of 1).
+# 1. ``taps_row``: floor, fraction and the 2a weights of the whole row, in loops over
+#    pixels with no branches that LLVM vectorises.  The products prod_{l != k} t_l^2 of
+#    the 2a taps share their prefix (15 multiplies instead of 30 for a = 3, the same ones
+#    in the same order, so the same bits): ~3 ns/px for both axes.
+# 2. ``classify``: per pixel, with selects only (vectorised), whether its footprint is
+#    whole (2a x 2a, no snapped axis, inside the template), its first template row and
+#    its first template column minus its index.  A "run" (consecutive whole pixels in the
+#    same template rows, one column apart: ~38 px at a 1.5 degree rotation, the whole row
+#    without one) is then a stretch of equal integers.  The branchy per-pixel test this
+#    replaced cost, with the normalisation, ~16 ns/px.
+# 3. The run sums (``run_image``, ``run_variance``, ``run_mask``): loops over the run's
+#    pixels, whose loads are contiguous, vectorised 8 float64 lanes wide, ~10 ns/px.
+#    - Each run is padded to a whole number of vectors (PAD), so the loops never run
+#      their scalar remainder, which for 38-px runs cost as much as the vector body.  The
+#      extra lanes read template pixels that exist (the next ones, or the next row's) and
+#      are discarded; a run whose padding would leave the template array is not padded
+#      (test_runs_ending_at_the_template_end_stay_inside_it: planes before a PROT_NONE page).
+#    - Fused multiply-adds (njit_vec(fma=True)): ~2 ns/px.  One rounding instead of two
+#      in float64: on the two simulated 4k pairs (orders 3 and 5) one output pixel in
+#      67 million differed, by one float32 ulp.
+#    - The mask's OR (4a^2 loads a pixel, ~4 ns/px) is skipped where the footprint lies in
+#      32 x 32 blocks with no bit set (``mask_blocks``, one pass, ~3 ms at 4k; nearly every
+#      run of a simulated template).  A full OR-dilation of the mask (one load per pixel)
+#      was rejected earlier: ~3.6 ns per template pixel to build (66 ms at 4k).
+# 4. ``finish_runs``: normalisation and the NO_DATA rule for the row's runs in one loop of
+#    selects.  NumPy's error model (njit_vec): Python's tests every divisor for zero, and
+#    a loop that may raise does not vectorise (the normalisation ran scalar).
+# 5. Every other pixel (snapped coordinates, footprint partly or wholly off the template,
+#    no map) takes the scalar per-pixel path (``other``, ``pixel``).
+# The map itself (bspline.spline_fill_rows, both axes): ~1.7 ns/px.
 #
-# A pixel's arithmetic is the same, operation for operation, on either path (sums over
-# the template row first, then over rows), so the result does not depend on how a row
-# splits into runs, nor on bands or threads.  Numba leaves LLVM's SLP vectoriser off
-# (NUMBA_SLP_VECTORIZE), so vectorising *within* one pixel's 6 x 6 footprint (tried: the
-# same ~45 ns/px) needs loops over pixels instead.  Indices into the template are cast to
-# uint64 in the run loops: Numba wraps negative signed indices (``i < 0 ? i + n : i``),
-# which turned every load into a gather and kept the loops scalar (36 against 11 ns/px).
-# Rejected, with the figure: a precomputed OR-dilation of the mask (one load per pixel
-# instead of 36) saved 0-4 ns/px in the scalar loop but cost ~3.6 ns per template pixel
-# to build (66 ms at 4k, one thread); in the run loops the OR vectorises and is cheap.
-# Cost: each order is its own compiled code, so a cold Numba cache now compiles this
-# module in ~30 s instead of ~6 (once per machine, cache=True).
+# A whole pixel's arithmetic is the same wherever it falls in a run (vector lanes and any
+# remainder are the same contracted operations), so the result does not depend on how a
+# row splits into runs, nor on bands or threads (test_result_does_not_depend_on_runs).
+# Numba leaves LLVM's SLP vectoriser off (NUMBA_SLP_VECTORIZE), so vectorising *within*
+# one pixel's 6 x 6 footprint (tried: ~45 ns/px) needs loops over pixels instead.  Indices
+# into the template are cast to uint64 in the run loops: Numba wraps negative signed
+# indices (``i < 0 ? i + n : i``), which turned every load into a gather and kept the
+# loops scalar (36 against 11 ns/px).  Tried and rejected here: the output in blocks of
+# 128-1024 columns, so that the template rows a band reads stay in L2 (39-52 against 39
+# ns/px: the loop is not memory-bound); col_w transposed for the spline (2.1 against 1.7
+# ns/px); FMA in taps_row (no gain measurable).  Not tried: float32 sums (16 lanes, no
+# conversions; the output would move by ~1e-7 relative).
+# Cost: each order is its own compiled code, so a cold Numba cache compiles this module
+# in ~30 s (once per machine, cache=True).
 # ------------------------------------------------------------------------------------------
 
 _u = uint64
