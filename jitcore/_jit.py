@@ -85,7 +85,7 @@ def njit_vec(*args, fma: bool = False, **kwargs):
     on bench_warp's 4k map), and the 36-tap sums of the Lanczos warp run ~10% faster.
     Nothing else is relaxed (NaN, inf, signed zeros and the order of additions stay IEEE).
     """
-    opts = {"error_model": "numpy"}
+    opts: dict[str, object] = {"error_model": "numpy"}
     if fma:
         opts["fastmath"] = {"contract"}
     opts.update(kwargs)
