@@ -9,7 +9,11 @@ rows), the way stream.pipeline.warping.warp_template does: map_spline once, then
 on 1 thread and on all cores.  ``--reference`` takes another version of
 jitcore/_kernels/lanczos.py (e.g. ``git show REV:jitcore/_kernels/lanczos.py > /tmp/old.py``)
 and times it in the same process, alternating with the current one, and checks that both
-give the same mask.  The plain SciPy reference is ``scipy.ndimage.map_coordinates`` (cubic
+give the same mask.  A lanczos.py from f019b83 or older imports row helpers that bspline.py
+no longer has: save that revision's bspline.py beside it and import from there, e.g.
+``git show f019b83:jitcore/_kernels/bspline.py > /tmp/ref/bspline_old.py`` and
+``sed -i 's/diffstream.jitcore._kernels.bspline/bspline_old/' /tmp/ref/old.py``, then run
+with ``PYTHONPATH=/tmp/ref``.  The plain SciPy reference is ``scipy.ndimage.map_coordinates`` (cubic
 spline, image plane only) through the same map.  Prints the best of ``--repeat`` calls
 after a warm-up (Numba's JIT cost excluded): wall seconds, ns per output pixel, and ns per
 pixel per thread.

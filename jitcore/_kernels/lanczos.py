@@ -117,8 +117,9 @@ def sin_small(theta):
 # indices (``i < 0 ? i + n : i``), which turned every load into a gather and kept the
 # loops scalar (36 against 11 ns/px).  Tried and rejected here: the output in blocks of
 # 128-1024 columns, so that the template rows a band reads stay in L2 (39-52 against 39
-# ns/px: the loop is not memory-bound); col_w transposed for the spline (2.1 against 1.7
-# ns/px); FMA in taps_row (no gain measurable).  Not tried: float32 sums (16 lanes, no
+# ns/px: the loop is not memory-bound); image and variance summed in one loop (34 against
+# 22 ns/px: LLVM no longer unrolls the taps); col_w transposed for the spline (2.1 against
+# 1.7 ns/px); FMA in taps_row (no gain measurable).  Not tried: float32 sums (16 lanes, no
 # conversions; the output would move by ~1e-7 relative).
 # Cost: each order is its own compiled code, so a cold Numba cache compiles this module
 # in ~30 s (once per machine, cache=True).
