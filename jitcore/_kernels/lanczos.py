@@ -119,8 +119,9 @@ def sin_small(theta):
 # 128-1024 columns, so that the template rows a band reads stay in L2 (39-52 against 39
 # ns/px: the loop is not memory-bound); image and variance summed in one loop (34 against
 # 22 ns/px: LLVM no longer unrolls the taps); col_w transposed for the spline (2.1 against
-# 1.7 ns/px); FMA in taps_row (no gain measurable).  Not tried: float32 sums (16 lanes, no
-# conversions; the output would move by ~1e-7 relative).
+# 1.7 ns/px); FMA in taps_row (no gain measurable).  Float32 sums (16 lanes, no
+# conversions, outputs no longer identical): a first try, weights cast once per row and runs
+# still padded to 8, gained nothing (24.7 against 24.4 ns/px); not pursued.
 # Cost: each order is its own compiled code, so a cold Numba cache compiles this module
 # in ~30 s (once per machine, cache=True).
 # ------------------------------------------------------------------------------------------
