@@ -9,16 +9,21 @@ rows), the way stream.pipeline.warping.warp_template does: map_spline once, then
 on 1 thread and on all cores.  ``--reference`` takes another version of
 jitcore/_kernels/lanczos.py (e.g. ``git show REV:jitcore/_kernels/lanczos.py > /tmp/old.py``)
 and times it in the same process, alternating with the current one, and checks that both
-give the same mask.  The plain SciPy reference is ``scipy.ndimage.map_coordinates`` (cubic
+give the same mask.  A lanczos.py from f019b83 or older imports row helpers that bspline.py
+no longer has: save that revision's bspline.py beside it and import from there, e.g.
+``git show f019b83:jitcore/_kernels/bspline.py > /tmp/ref/bspline_old.py`` and
+``sed -i 's/diffstream.jitcore._kernels.bspline/bspline_old/' /tmp/ref/old.py``, then run
+with ``PYTHONPATH=/tmp/ref``.  The plain SciPy reference is ``scipy.ndimage.map_coordinates`` (cubic
 spline, image plane only) through the same map.  Prints the best of ``--repeat`` calls
-after a warm-up (Numba's JIT cost excluded): wall seconds, ns per output pixel, and ns per
-pixel per thread.
+after a warm-up (Numba's JIT cost excluded): wall seconds, ns per output pixel, ns per
+pixel per thread, and the process's CPU seconds (best of the same calls).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import math
 import os
 import sys
@@ -71,6 +76,19 @@ def _load(path: str) -> ModuleType:
     return module
 
 
+def _without_blocks(kernel: Callable[..., None]) -> Callable[..., None]:
+    """A lanczos_warp_spline from before the mask blocks (f019b83 and older) called the way
+    warp_image_spline calls the current one: the blocks argument (4th) dropped."""
+    if "blocks" in inspect.signature(kernel).parameters:
+        return kernel
+
+    def call(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, blocks: np.ndarray,
+             *rest: object) -> None:  # fmt: skip
+        kernel(image, variance, mask, *rest)
+
+    return call
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=4096)
@@ -90,7 +108,7 @@ def main() -> None:
 
     kernels = {"current": jw.lanczos_warp_spline}
     if args.reference:
-        kernels["reference"] = _load(args.reference).lanczos_warp_spline
+        kernels["reference"] = _without_blocks(_load(args.reference).lanczos_warp_spline)
     current = jw.lanczos_warp_spline
     n_cores = os.cpu_count() or 1
     threads = sorted({1, n_cores})
@@ -113,11 +131,16 @@ def main() -> None:
         print(f"masks identical: {same_mask}; max |image difference|: {diff:.3g}")
 
     best = {(name, t): math.inf for name in kernels for t in threads}
+    # CPU seconds of the process (all threads): on a shared host the wall time measures the
+    # other processes as much as this one.
+    best_cpu = dict(best)
     for _ in range(args.repeat):
         for t in threads:
             for name in kernels:  # alternating, so both see the same machine load
                 t0 = time.perf_counter()
+                c0 = time.process_time()
                 warp(name, t)
+                best_cpu[name, t] = min(best_cpu[name, t], time.process_time() - c0)
                 best[name, t] = min(best[name, t], time.perf_counter() - t0)
 
     # The plain SciPy reference: scipy.ndimage.map_coordinates (cubic spline) of the image
@@ -136,10 +159,13 @@ def main() -> None:
 
     npix = args.size * args.size
     print(f"{args.size} x {args.size}, order {args.order}, map_spline {t_map * 1e3:.1f} ms")
-    print(f"{'kernel':10s} {'threads':>7s} {'best s':>8s} {'ns/px':>7s} {'ns/px/thread':>13s}")
+    head = f"{'kernel':10s} {'threads':>7s} {'best s':>8s} {'ns/px':>7s} {'ns/px/thread':>13s}"
+    print(f"{head} {'best cpu s':>10s} {'cpu ns/px':>9s}")
     for (name, t), sec in best.items():
         per = sec / npix * 1e9
-        print(f"{name:10s} {t:7d} {sec:8.3f} {per:7.1f} {per * t:13.1f}")
+        cpu = best_cpu[name, t]
+        print(f"{name:10s} {t:7d} {sec:8.3f} {per:7.1f} {per * t:13.1f} {cpu:10.3f} "
+              f"{cpu / npix * 1e9:9.1f}")  # fmt: skip
     print(f"{'scipy':10s} {1:7d} {t_ref:8.3f} {t_ref / npix * 1e9:7.1f}   "
           "(map_coordinates order 3, image only)")  # fmt: skip
     for t in threads:

@@ -40,7 +40,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffstream.jitcore._kernels.bspline import spline_grid
-from diffstream.jitcore._kernels.lanczos import lanczos_warp, lanczos_warp_spline
+from diffstream.jitcore._kernels.lanczos import (
+    BLOCK_SHIFT,
+    lanczos_warp,
+    lanczos_warp_spline,
+    mask_blocks,
+)
 from diffstream.jitcore.masks import MASK_DTYPE
 from diffstream.jitcore.psf import normalise_psf
 from diffstream.jitcore.tiles import run_tiles, split_axis, thread_count
@@ -351,6 +356,15 @@ def _check_warp_inputs(
     return image, variance, mask, (np.int32(no_data), np.int32(edge), np.int32(bad)), order
 
 
+def _blocks(mask: np.ndarray) -> np.ndarray:
+    """Which square blocks of 2**BLOCK_SHIFT template pixels have a mask bit set (once per
+    warp, shared by the bands)."""
+    ny, nx = mask.shape
+    out = np.empty((-(-ny >> BLOCK_SHIFT), -(-nx >> BLOCK_SHIFT)), dtype=np.uint8)
+    mask_blocks(mask, np.empty(nx, dtype=mask.dtype), out)
+    return out
+
+
 def _outputs(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (
         np.empty(shape, dtype=np.float32),
@@ -401,10 +415,11 @@ def warp_image(
     xt = np.ascontiguousarray(xt, dtype=np.float64)
     yt = np.ascontiguousarray(yt, dtype=np.float64)
     out = _outputs(xt.shape)
+    blocks = _blocks(mask)
 
     def run(j0: int, j1: int) -> None:
         lanczos_warp(
-            image, variance, mask, xt[j0:j1], yt[j0:j1], order, *bits,
+            image, variance, mask, blocks, xt[j0:j1], yt[j0:j1], order, *bits,
             *(o[j0:j1] for o in out),
         )  # fmt: skip
 
@@ -441,11 +456,12 @@ def warp_image_spline(
         image, variance, mask, no_data_bit, edge_bit, bad_bits, order
     )
     out = _outputs(spline.shape)
+    blocks = _blocks(mask)
     sp = spline
 
     def run(j0: int, j1: int) -> None:
         lanczos_warp_spline(
-            image, variance, mask, sp.coef_x, sp.coef_y, sp.row_start[j0:j1],
+            image, variance, mask, blocks, sp.coef_x, sp.coef_y, sp.row_start[j0:j1],
             sp.row_w[j0:j1], sp.col_start, sp.col_w, sp.cell_row[j0:j1], sp.cell_col,
             sp.cell_bad, order, *bits, *(o[j0:j1] for o in out),
         )  # fmt: skip

@@ -15,9 +15,10 @@ error we care about.
 Two entry points share the per-row loop: :func:`lanczos_warp` reads the map from full-frame
 (xt, yt) arrays, :func:`lanczos_warp_spline` evaluates it per row from the coarse-grid
 spline (diffstream.jitcore._kernels.bspline).  Both take any band of output rows (slices), so the
-caller can run bands on threads (the kernels release the GIL).  How a row is computed (taps
-for the whole row first, then runs of pixels summed by vectorised loops) is described above
-:func:`_make_row`; the kernels are specialised per order (2a taps unrolled).
+caller can run bands on threads (the kernels release the GIL), and :func:`mask_blocks` of
+the template's mask.  How a row is computed (taps and classes for the whole row first,
+then runs of pixels summed by vectorised loops) is described above :func:`_make_row`; the
+kernels are specialised per order (2a taps unrolled).
 """
 
 from __future__ import annotations
@@ -27,13 +28,28 @@ import math
 import numpy as np
 from numba import uint64
 
-from diffstream.jitcore._jit import njit
-from diffstream.jitcore._kernels.bspline import mask_bad_cells, spline_fill_row
+from diffstream.jitcore._jit import njit, njit_vec
+from diffstream.jitcore._kernels.bspline import spline_fill_rows
 
-__all__ = ["SNAP", "ORDERS", "KERNELS", "lanczos_warp", "lanczos_warp_spline", "sin_small"]
+__all__ = [
+    "SNAP",
+    "ORDERS",
+    "KERNELS",
+    "BLOCK_SHIFT",
+    "lanczos_warp",
+    "lanczos_warp_spline",
+    "mask_blocks",
+    "sin_small",
+]
 
 # A fractional offset closer than this to 0 or 1 is treated as an exact integer.
 SNAP = 1e-6
+
+# Scratch columns past the row's end: runs are padded to a multiple of this many pixels.
+PAD = 8
+
+# The mask is summarised in square blocks of 2**BLOCK_SHIFT pixels a side (see mask_blocks).
+BLOCK_SHIFT = 5
 
 
 # Taylor coefficients of sin(t) / t in t^2, highest first: (-1)^k / (2k + 1)!, k = 10 .. 1.
@@ -56,37 +72,58 @@ def sin_small(theta):
 
 
 # ------------------------------------------------------------------------------------------
-# How a row is resampled (benchmarks/bench_warp.py; 4k x 4k, order 3, one thread, this
-# 2-core Xeon): the per-pixel loop this replaced took ~93 ns/px, ~64 of them in the two
-# per-pixel ``_taps`` calls (a latency chain: 20 dependent multiply/adds of the sine, a
-# sqrt, six divisions) and ~40 in the 36-tap sums (scalar, ~10 instructions a tap).  Now
-# ~41 ns/px:
+# How a row is resampled.  Figures: CPU time per output pixel, benchmarks/bench_warp.py's
+# map (4k x 4k, order 3, 1.5 degree rotation), one thread, this 2-core AMD EPYC (AVX-512),
+# best of many alternating runs on a shared, noisy host.  Now ~20 ns/px; the design before
+# (f019b83) ~39 here (~41 on the old Xeon), the per-pixel loop before that ~93.
 #
-# 1. the taps of the whole row are computed first, in loops over pixels with no branches
-#    that LLVM vectorises (:func:`_make_row`'s ``taps_row``, ~13 ns/px for both axes);
-# 2. consecutive pixels whose 2a x 2a footprints are whole, inside the template, in the
-#    same template rows and one column apart (a "run": any map near unit scale, ~38 px
-#    long at a 1.5 degree rotation, the whole row without one) are summed by loops over
-#    the run's pixels, whose loads are then contiguous and vectorise (``run_sums``, ~12
-#    ns/px for image, variance and mask together against ~45 in scalar code);
-# 3. every other pixel (snapped coordinates, footprint off the template, no map) takes
-#    the scalar per-pixel path (``pixel``).
-# The rest (~16 ns/px) is the per-pixel classification and the normalisation.  A map far
-# from unit scale or rotated by tens of degrees has short runs: a run shorter than ~16 px
-# runs the loops' scalar remainder, about the old per-pixel speed (~55 ns/px for runs of 1).
+# 1. ``taps_row``: floor, fraction and the 2a weights of the whole row, in loops over
+#    pixels with no branches that LLVM vectorises.  The products prod_{l != k} t_l^2 of
+#    the 2a taps share their prefix (15 multiplies instead of 30 for a = 3, the same ones
+#    in the same order, so the same bits): ~3 ns/px for both axes.
+# 2. ``classify``: per pixel, with selects only (vectorised), whether its footprint is
+#    whole (2a x 2a, no snapped axis, inside the template), its first template row and
+#    its first template column minus its index.  A "run" (consecutive whole pixels in the
+#    same template rows, one column apart: ~38 px at a 1.5 degree rotation, the whole row
+#    without one) is then a stretch of equal integers.  The branchy per-pixel test this
+#    replaced cost, with the normalisation, ~16 ns/px.
+# 3. The run sums (``run_image``, ``run_variance``, ``run_mask``): loops over the run's
+#    pixels, whose loads are contiguous, vectorised 8 float64 lanes wide, ~10 ns/px.
+#    - Each run is padded to a whole number of vectors (PAD), so the loops never run
+#      their scalar remainder, which for 38-px runs cost as much as the vector body.  The
+#      extra lanes read template pixels that exist (the next ones, or the next row's) and
+#      are discarded; a run whose padding would leave the template array is not padded
+#      (test_runs_ending_at_the_template_end_stay_inside_it: planes before a PROT_NONE page).
+#    - Fused multiply-adds (njit_vec(fma=True)): ~2 ns/px.  One rounding instead of two
+#      in float64: on the two simulated 4k pairs (orders 3 and 5) one output pixel in
+#      67 million differed, by one float32 ulp.
+#    - The mask's OR (4a^2 loads a pixel, ~4 ns/px) is skipped where the footprint lies in
+#      32 x 32 blocks with no bit set (``mask_blocks``, one pass, ~3 ms at 4k; nearly every
+#      run of a simulated template).  A full OR-dilation of the mask (one load per pixel)
+#      was rejected earlier: ~3.6 ns per template pixel to build (66 ms at 4k).
+# 4. ``finish_runs``: normalisation and the NO_DATA rule for the row's runs in one loop of
+#    selects.  NumPy's error model (njit_vec): Python's tests every divisor for zero, and
+#    a loop that may raise does not vectorise (the normalisation ran scalar).
+# 5. Every other pixel (snapped coordinates, footprint partly or wholly off the template,
+#    no map) takes the scalar per-pixel path (``other``, ``pixel``).
+# The map itself (bspline.spline_fill_rows, both axes): ~1.7 ns/px.
 #
-# A pixel's arithmetic is the same, operation for operation, on either path (sums over
-# the template row first, then over rows), so the result does not depend on how a row
-# splits into runs, nor on bands or threads.  Numba leaves LLVM's SLP vectoriser off
-# (NUMBA_SLP_VECTORIZE), so vectorising *within* one pixel's 6 x 6 footprint (tried: the
-# same ~45 ns/px) needs loops over pixels instead.  Indices into the template are cast to
-# uint64 in the run loops: Numba wraps negative signed indices (``i < 0 ? i + n : i``),
-# which turned every load into a gather and kept the loops scalar (36 against 11 ns/px).
-# Rejected, with the figure: a precomputed OR-dilation of the mask (one load per pixel
-# instead of 36) saved 0-4 ns/px in the scalar loop but cost ~3.6 ns per template pixel
-# to build (66 ms at 4k, one thread); in the run loops the OR vectorises and is cheap.
-# Cost: each order is its own compiled code, so a cold Numba cache now compiles this
-# module in ~30 s instead of ~6 (once per machine, cache=True).
+# A whole pixel's arithmetic is the same wherever it falls in a run (vector lanes and any
+# remainder are the same contracted operations), so the result does not depend on how a
+# row splits into runs, nor on bands or threads (test_result_does_not_depend_on_runs).
+# Numba leaves LLVM's SLP vectoriser off (NUMBA_SLP_VECTORIZE), so vectorising *within*
+# one pixel's 6 x 6 footprint (tried: ~45 ns/px) needs loops over pixels instead.  Indices
+# into the template are cast to uint64 in the run loops: Numba wraps negative signed
+# indices (``i < 0 ? i + n : i``), which turned every load into a gather and kept the
+# loops scalar (36 against 11 ns/px).  Tried and rejected here: the output in blocks of
+# 128-1024 columns, so that the template rows a band reads stay in L2 (39-52 against 39
+# ns/px: the loop is not memory-bound); image and variance summed in one loop (34 against
+# 22 ns/px: LLVM no longer unrolls the taps); col_w transposed for the spline (2.1 against
+# 1.7 ns/px); FMA in taps_row (no gain measurable).  Float32 sums (16 lanes, no
+# conversions, outputs no longer identical): a first try, weights cast once per row and runs
+# still padded to 8, gained nothing (24.7 against 24.4 ns/px); not pursued.
+# Cost: each order is its own compiled code, so a cold Numba cache compiles this module
+# in ~30 s (once per machine, cache=True).
 # ------------------------------------------------------------------------------------------
 
 _u = uint64
@@ -100,8 +137,8 @@ def _make_row(order):
     sphi = tuple(math.sin(math.pi * (j - order + 1) / order) for j in range(ntaps))
     sign = tuple(1.0 if (j - order + 1) % 2 == 0 else -1.0 for j in range(ntaps))
 
-    @njit
-    def taps_row(pos, base, frac, sa, ca, w, total):
+    @njit_vec
+    def taps_row(pos, base, frac, w, total):
         """Per pixel: floor, fraction, the 2a unnormalised weights w[:, i] and their sum.
 
         L(t) = sinc(t) sinc(t / a) at t = frac - k is, up to a factor common to all taps,
@@ -117,36 +154,29 @@ def _make_row(order):
             b = np.floor(pos[i])
             f = pos[i] - b
             s = sin_small(math.pi * f / order)
+            # cos(theta) >= 0 as theta is in [0, pi / 2] for a >= 2.
+            c = math.sqrt(1.0 - s * s)
             base[i] = b
             frac[i] = f
-            sa[i] = s
-            # cos(theta) >= 0 as theta is in [0, pi / 2] for a >= 2.
-            ca[i] = math.sqrt(1.0 - s * s)
-        for j in range(ntaps):
-            c = cphi[j]
-            sn = sphi[j]
-            sg = sign[j]
-            wj = w[j]
-            for i in range(pos.size):
-                f = frac[i]
-                prod = 1.0
-                for k in range(ntaps):
-                    if k != j:
-                        t = f - (k - order + 1)
-                        prod = prod * (t * t)
-                wj[i] = sg * (sa[i] * c - ca[i] * sn) * prod
-        for i in range(pos.size):
-            total[i] = 0.0
-        for j in range(ntaps):
-            wj = w[j]
-            for i in range(pos.size):
-                total[i] += wj[i]
+            # prod_{l != k} t_l^2 as (t_0^2 .. t_{k-1}^2) t_{k+1}^2 .. in that order, the
+            # prefix shared by all k (w[k, i] holds it until the weight replaces it).
+            p = 1.0
+            for k in range(ntaps):
+                w[k, i] = p
+                t = f - (k - order + 1)
+                p = p * (t * t)
+            tot = 0.0
+            for k in range(ntaps):
+                prod = w[k, i]
+                for m in range(k + 1, ntaps):
+                    t = f - (m - order + 1)
+                    prod = prod * (t * t)
+                wk = sign[k] * (s * cphi[k] - c * sphi[k]) * prod
+                w[k, i] = wk
+                tot += wk
+            total[i] = tot
 
-    # The run sums: pixels s .. e-1 read template rows y0 .. y0 + 2a - 1 and columns
-    # d + i .. d + i + 2a - 1.  Three loops (image, variance, mask) rather than one: with
-    # all three in one body LLVM no longer unrolls the 2a x 2a taps, and the pixel loop
-    # must be the innermost to vectorise.
-    @njit
+    @njit_vec(fma=True)
     def run_image(image, y0, d, s, e, wx, wy, out):
         for i in range(s, e):
             ui = _u(i)
@@ -159,7 +189,7 @@ def _make_row(order):
                 acc += wy[_u(q), ui] * row
             out[ui] = acc
 
-    @njit
+    @njit_vec(fma=True)
     def run_variance(variance, y0, d, s, e, wx, wy, out):
         for i in range(s, e):
             ui = _u(i)
@@ -174,7 +204,7 @@ def _make_row(order):
                 acc += wq * wq * row
             out[ui] = acc
 
-    @njit
+    @njit_vec
     def run_mask(mask, y0, d, s, e, out):
         for i in range(s, e):
             m = np.int32(0)
@@ -184,28 +214,41 @@ def _make_row(order):
                     m |= mask[yq, _u(d + i + p)]
             out[_u(i)] = m
 
-    @njit
-    def run_sums(image, variance, mask, y0, d, s, e, wx, wy, sx, sy, acc, vacc, macc,
-                 no_data, bad, out_img, out_var, out_mask):  # fmt: skip
-        if e <= s:
-            return
-        run_image(image, y0, d, s, e, wx, wy, acc)
-        run_variance(variance, y0, d, s, e, wx, wy, vacc)
-        run_mask(mask, y0, d, s, e, macc)
-        # _finish without branches (selects), so that this loop vectorises too.
-        nan = np.float32(np.nan)
-        for i in range(s, e):
-            ui = _u(i)
-            norm = sx[ui] * sy[ui]
-            value = acc[ui] / norm
-            var = vacc[ui] / (norm * norm)
-            m = macc[ui]
-            ok = ((m & bad) == 0) & math.isfinite(value) & math.isfinite(var)
-            out_img[ui] = value if ok else nan
-            out_var[ui] = var if ok else nan
-            out_mask[ui] = m if ok else m | no_data
+    @njit_vec
+    def classify(xrow, yrow, bx, fx, by, fy, tnx, tny, ys, ds, full):
+        """Per pixel: whether its footprint is whole (2a x 2a, inside the template), its
+        first template row ``ys`` and column minus pixel index ``ds``.  No branches."""
+        for i in range(xrow.size):
+            x = xrow[i]
+            y = yrow[i]
+            f = fx[i]
+            g = fy[i]
+            # False for NaN; also keeps the int conversions in range.
+            near = (x > -order) & (x < tnx + order) & (y > -order) & (y < tny + order)
+            x0 = np.int64(bx[i] if near else 0.0) - (order - 1)
+            y0 = np.int64(by[i] if near else 0.0) - (order - 1)
+            ok = near & (f >= SNAP) & (f <= 1.0 - SNAP) & (g >= SNAP) & (g <= 1.0 - SNAP)
+            ok = ok & (x0 >= 0) & (x0 + ntaps <= tnx) & (y0 >= 0) & (y0 + ntaps <= tny)
+            ys[i] = y0
+            ds[i] = x0 - i
+            full[i] = ok
 
-    @njit
+    @njit_vec
+    def finish_runs(full, sx, sy, acc, vacc, macc, no_data, bad, out_img, out_var, out_mask):
+        """_finish for every pixel of the row's runs, with selects so that it vectorises."""
+        nan = np.float32(np.nan)
+        for i in range(full.size):
+            norm = sx[i] * sy[i]
+            value = acc[i] / norm
+            var = vacc[i] / (norm * norm)
+            m = macc[i]
+            ok = ((m & bad) == 0) & math.isfinite(value) & math.isfinite(var)
+            f = full[i]
+            out_img[i] = (value if ok else nan) if f else out_img[i]
+            out_var[i] = (var if ok else nan) if f else out_var[i]
+            out_mask[i] = (m if ok else m | no_data) if f else out_mask[i]
+
+    @njit_vec
     def pixel(image, variance, mask, i, x0, nwx, y0, nwy, wx, wy, sx, sy, no_data, edge, bad,
               out_img, out_var, out_mask):  # fmt: skip
         """One output pixel whose footprint is snapped on an axis or leaves the template."""
@@ -247,80 +290,93 @@ def _make_row(order):
         norm = (sx[i] if nwx == ntaps else 1.0) * (sy[i] if nwy == ntaps else 1.0)
         _finish(acc, vacc, norm, m, no_data, bad, out_img, out_var, out_mask, i)
 
-    @njit
-    def warp_row(image, variance, mask, xrow, yrow, no_data, edge, bad, buf, wx, wy, macc,
-                 out_img, out_var, out_mask):  # fmt: skip
+    @njit_vec
+    def other(image, variance, mask, i, xrow, yrow, bx, fx, by, fy, wx, wy, sx, sy, no_data,
+              edge, bad, out_img, out_var, out_mask):  # fmt: skip
+        """Pixel i outside every run: no map, off the template, or snapped."""
+        tny, tnx = image.shape
+        x = xrow[i]
+        y = yrow[i]
+        if not (x > -order and x < tnx + order and y > -order and y < tny + order):
+            nan = np.float32(np.nan)
+            out_img[i] = nan
+            out_var[i] = nan
+            out_mask[i] = no_data
+            return
+        # Within SNAP of an integer n the footprint is column (row) n alone.
+        f = fx[i]
+        x0 = int(bx[i])
+        nwx = ntaps
+        if f < SNAP:
+            nwx = 1
+        elif f > 1.0 - SNAP:
+            x0 += 1
+            nwx = 1
+        else:
+            x0 -= order - 1
+        f = fy[i]
+        y0 = int(by[i])
+        nwy = ntaps
+        if f < SNAP:
+            nwy = 1
+        elif f > 1.0 - SNAP:
+            y0 += 1
+            nwy = 1
+        else:
+            y0 -= order - 1
+        pixel(image, variance, mask, i, x0, nwx, y0, nwy, wx, wy, sx, sy, no_data, edge, bad,
+              out_img, out_var, out_mask)  # fmt: skip
+
+    @njit_vec
+    def warp_row(image, variance, mask, blocks, xrow, yrow, no_data, edge, bad, buf, ibuf, wx,
+                 wy, macc, full, out_img, out_var, out_mask):  # fmt: skip
         """Resample one output row at template positions (xrow, yrow) into the out rows.
 
-        ``buf`` is (8, n) float64 scratch, ``wx``/``wy`` (2a, n), ``macc`` n int32.
+        ``buf`` is (8, n + PAD) float64 scratch, ``ibuf`` (2, n) int64, ``wx``/``wy``
+        (2a, n + PAD), ``macc`` n + PAD int32, ``full`` n bool; ``blocks`` is
+        :func:`mask_blocks` of ``mask``.
         """
         tny, tnx = image.shape
+        n = xrow.size
         bx, fx, by, fy = buf[0], buf[1], buf[2], buf[3]
         sx, sy, acc, vacc = buf[4], buf[5], buf[6], buf[7]
-        # sa/ca are only needed inside taps_row: acc/vacc serve as their scratch.
-        taps_row(xrow, bx, fx, acc, vacc, wx, sx)
-        taps_row(yrow, by, fy, acc, vacc, wy, sy)
-        s = 0  # the open run: pixels s .. e-1, template rows ry0 .., columns rd + i ..
-        e = 0
-        ry0 = 0
-        rd = 0
-        n = xrow.size
-        # One pass more than pixels, to close the last run; run_sums is called from this
-        # one place only (each call site was another inlined copy of the vectorised loops,
-        # seconds of compile time).
-        for i in range(n + 1):
-            full = False
-            nwx = nwy = x0 = y0 = 0
-            if i < n:
-                x = xrow[i]
-                y = yrow[i]
-                # Non-finite or entirely off the template (also keeps int() in range).
-                off = not (x > -order and x < tnx + order and y > -order and y < tny + order)
-                if not off:
-                    # Within SNAP of an integer n the footprint is column (row) n alone.
-                    f = fx[i]
-                    x0 = int(bx[i])
-                    nwx = ntaps
-                    if f < SNAP:
-                        nwx = 1
-                    elif f > 1.0 - SNAP:
-                        x0 += 1
-                        nwx = 1
-                    else:
-                        x0 -= order - 1
-                    f = fy[i]
-                    y0 = int(by[i])
-                    nwy = ntaps
-                    if f < SNAP:
-                        nwy = 1
-                    elif f > 1.0 - SNAP:
-                        y0 += 1
-                        nwy = 1
-                    else:
-                        y0 -= order - 1
-                    full = (nwx == ntaps and nwy == ntaps and x0 >= 0 and x0 + ntaps <= tnx
-                            and y0 >= 0 and y0 + ntaps <= tny)  # fmt: skip
-                    if full and e == i and e > s and y0 == ry0 and x0 - i == rd:
-                        e = i + 1  # the run goes on
-                        continue
-            # Pixel i does not extend the open run (or i == n): sum the run.
-            run_sums(image, variance, mask, ry0, rd, s, e, wx, wy, sx, sy, acc, vacc, macc,
-                     no_data, bad, out_img, out_var, out_mask)  # fmt: skip
-            s = e = i + 1
-            if i == n:
-                break
-            if full:
-                s = i
-                ry0 = y0
-                rd = x0 - i
-            elif off:
-                nan = np.float32(np.nan)
-                out_img[i] = nan
-                out_var[i] = nan
-                out_mask[i] = no_data
+        ys, ds = ibuf[0], ibuf[1]
+        taps_row(xrow, bx, fx, wx, sx)
+        taps_row(yrow, by, fy, wy, sy)
+        classify(xrow, yrow, bx, fx, by, fy, tnx, tny, ys, ds, full)
+        last = (tny - 1) * tnx + tnx  # one past the template's last element
+        i = 0
+        while i < n:
+            if not full[i]:
+                other(image, variance, mask, i, xrow, yrow, bx, fx, by, fy, wx, wy, sx, sy,
+                      no_data, edge, bad, out_img, out_var, out_mask)  # fmt: skip
+                i += 1
+                continue
+            s = i
+            y0 = ys[i]
+            d = ds[i]
+            i += 1
+            while i < n and full[i] and ys[i] == y0 and ds[i] == d:
+                i += 1
+            # Padded to a whole number of vectors, so the loops never run their scalar
+            # remainder; the extra lanes read valid template memory and are discarded.
+            e = s + ((i - s + PAD - 1) // PAD) * PAD
+            if (y0 + ntaps - 1) * tnx + d + e - 1 + ntaps > last:
+                e = i
+            run_image(image, y0, d, s, e, wx, wy, acc)
+            run_variance(variance, y0, d, s, e, wx, wy, vacc)
+            # The footprints' OR is zero where the template's mask blocks are: a few
+            # look-ups instead of 4a^2 loads per pixel.
+            m = np.uint8(0)
+            for r in range(y0 >> BLOCK_SHIFT, ((y0 + ntaps - 1) >> BLOCK_SHIFT) + 1):
+                for c in range((d + s) >> BLOCK_SHIFT, ((d + i + ntaps - 2) >> BLOCK_SHIFT) + 1):
+                    m |= blocks[r, c]
+            if m:
+                run_mask(mask, y0, d, s, e, macc)
             else:
-                pixel(image, variance, mask, i, x0, nwx, y0, nwy, wx, wy, sx, sy, no_data,
-                      edge, bad, out_img, out_var, out_mask)  # fmt: skip
+                for k in range(s, e):
+                    macc[k] = 0
+        finish_runs(full[:n], sx, sy, acc, vacc, macc, no_data, bad, out_img, out_var, out_mask)
 
     return warp_row
 
@@ -364,15 +420,18 @@ def _make_entries(order):
     """
 
     @njit
-    def warp(image, variance, mask, xt, yt, no_data, edge, bad, out_img, out_var, out_mask):
+    def warp(image, variance, mask, blocks, xt, yt, no_data, edge, bad, out_img, out_var,
+             out_mask):  # fmt: skip
         nx = xt.shape[1]
-        buf = np.empty((8, nx), dtype=np.float64)
-        wx = np.empty((2 * order, nx), dtype=np.float64)
-        wy = np.empty((2 * order, nx), dtype=np.float64)
-        macc = np.empty(nx, dtype=np.int32)
+        buf = np.zeros((8, nx + PAD), dtype=np.float64)
+        ibuf = np.zeros((2, nx), dtype=np.int64)
+        wx = np.zeros((2 * order, nx + PAD), dtype=np.float64)
+        wy = np.zeros((2 * order, nx + PAD), dtype=np.float64)
+        macc = np.zeros(nx + PAD, dtype=np.int32)
+        full = np.zeros(nx, dtype=np.bool_)
         for j in range(xt.shape[0]):
-            args = (image, variance, mask, xt[j], yt[j], no_data, edge, bad, buf, wx, wy,
-                    macc, out_img[j], out_var[j], out_mask[j])  # fmt: skip
+            args = (image, variance, mask, blocks, xt[j], yt[j], no_data, edge, bad, buf, ibuf, wx,
+                    wy, macc, full, out_img[j], out_var[j], out_mask[j])  # fmt: skip
             if order == 2:
                 _row2(*args)
             elif order == 3:
@@ -384,7 +443,7 @@ def _make_entries(order):
 
     @njit
     def warp_spline(
-        image, variance, mask, coef_x, coef_y, row_start, row_w, col_start, col_w,
+        image, variance, mask, blocks, coef_x, coef_y, row_start, row_w, col_start, col_w,
         cell_row, cell_col, cell_bad, no_data, edge, bad, out_img, out_var, out_mask,
     ):  # fmt: skip
         # The map is evaluated one row at a time into two small buffers (the very numbers
@@ -392,19 +451,20 @@ def _make_entries(order):
         # full-frame xt/yt arrays: at 4k x 4k those are 256 MB written and read back, and
         # evaluating them with dense BLAS products took ~0.2 s, more than this.
         ny, nx = out_img.shape
-        rx = np.empty(coef_x.shape[1], dtype=np.float64)
+        rx = np.empty((2, coef_x.shape[1]), dtype=np.float64)
         xrow = np.empty(nx, dtype=np.float64)
         yrow = np.empty(nx, dtype=np.float64)
-        buf = np.empty((8, nx), dtype=np.float64)
-        wx = np.empty((2 * order, nx), dtype=np.float64)
-        wy = np.empty((2 * order, nx), dtype=np.float64)
-        macc = np.empty(nx, dtype=np.int32)
+        buf = np.zeros((8, nx + PAD), dtype=np.float64)
+        ibuf = np.zeros((2, nx), dtype=np.int64)
+        wx = np.zeros((2 * order, nx + PAD), dtype=np.float64)
+        wy = np.zeros((2 * order, nx + PAD), dtype=np.float64)
+        macc = np.zeros(nx + PAD, dtype=np.int32)
+        full = np.zeros(nx, dtype=np.bool_)
         for j in range(ny):
-            spline_fill_row(coef_x, row_start, row_w, col_start, col_w, j, rx, xrow)
-            spline_fill_row(coef_y, row_start, row_w, col_start, col_w, j, rx, yrow)
-            mask_bad_cells(cell_bad, cell_row[j], cell_col, xrow, yrow)
-            args = (image, variance, mask, xrow, yrow, no_data, edge, bad, buf, wx, wy,
-                    macc, out_img[j], out_var[j], out_mask[j])  # fmt: skip
+            spline_fill_rows(coef_x, coef_y, row_start, row_w, col_start, col_w, j, cell_bad,
+                             cell_row[j], cell_col, rx, xrow, yrow)  # fmt: skip
+            args = (image, variance, mask, blocks, xrow, yrow, no_data, edge, bad, buf, ibuf, wx,
+                    wy, macc, full, out_img[j], out_var[j], out_mask[j])  # fmt: skip
             if order == 2:
                 _row2(*args)
             elif order == 3:
@@ -421,19 +481,49 @@ def _make_entries(order):
 KERNELS = {order: _make_entries(order) for order in ORDERS}
 
 
+@njit
+def mask_blocks(mask, row, out):
+    """out[by, bx] = 1 where the mask has a bit set in its block (by, bx) of 2**BLOCK_SHIFT
+    rows by 2**BLOCK_SHIFT columns; ``row`` is nx int32 scratch.
+
+    ``out`` is (ceil(ny / B), ceil(nx / B)) uint8, B = 2**BLOCK_SHIFT.  The warp then skips
+    the 4a^2-load OR of every run whose footprint lies in zero blocks (a simulated 4k
+    template: all but ~0.1% of them).  The B rows are OR-ed first (a loop along the row
+    that vectorises), so a reduction of B columns runs once per B x B pixels: ~4 ms at 4k,
+    about the time to read the mask once.
+    """
+    ny, nx = mask.shape
+    width = 1 << BLOCK_SHIFT
+    for by in range(out.shape[0]):
+        y0 = by * width
+        first = mask[y0]
+        for x in range(nx):
+            row[x] = first[x]
+        for y in range(y0 + 1, min(y0 + width, ny)):
+            other = mask[y]
+            for x in range(nx):
+                row[x] |= other[x]
+        for bx in range(out.shape[1]):
+            m = np.int32(0)
+            for x in range(bx * width, min(bx * width + width, nx)):
+                m |= row[x]
+            out[by, bx] = m != 0
+
+
 def lanczos_warp(
-    image, variance, mask, xt, yt, order, no_data, edge, bad, out_img, out_var, out_mask
-):
+    image, variance, mask, blocks, xt, yt, order, no_data, edge, bad, out_img, out_var,
+    out_mask,
+):  # fmt: skip
     """Resample through full-frame template positions (xt, yt) into the out arrays."""
-    KERNELS[order][0](image, variance, mask, xt, yt, no_data, edge, bad, out_img, out_var,
-                      out_mask)  # fmt: skip
+    KERNELS[order][0](image, variance, mask, blocks, xt, yt, no_data, edge, bad, out_img,
+                      out_var, out_mask)  # fmt: skip
 
 
 def lanczos_warp_spline(
-    image, variance, mask, coef_x, coef_y, row_start, row_w, col_start, col_w,
+    image, variance, mask, blocks, coef_x, coef_y, row_start, row_w, col_start, col_w,
     cell_row, cell_col, cell_bad, order, no_data, edge, bad, out_img, out_var, out_mask,
 ):  # fmt: skip
     """Resample through the coarse-grid spline map (jitcore._kernels.bspline) row by row."""
-    KERNELS[order][1](image, variance, mask, coef_x, coef_y, row_start, row_w, col_start,
-                      col_w, cell_row, cell_col, cell_bad, no_data, edge, bad, out_img,
-                      out_var, out_mask)  # fmt: skip
+    KERNELS[order][1](image, variance, mask, blocks, coef_x, coef_y, row_start, row_w,
+                      col_start, col_w, cell_row, cell_col, cell_bad, no_data, edge, bad,
+                      out_img, out_var, out_mask)  # fmt: skip

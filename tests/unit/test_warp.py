@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-from diffstream.jitcore._kernels.lanczos import SNAP
+from diffstream.jitcore._kernels.lanczos import BLOCK_SHIFT, SNAP, mask_blocks
 from diffstream.jitcore.psf import gaussian_psf, psf_moments
 from diffstream.jitcore.warp import local_jacobian, mapping_grid, warp_image, warp_stamp
 
@@ -180,6 +181,97 @@ def test_result_does_not_depend_on_runs(order):
         col = warp_image(image, variance, mask, xt[:, i : i + 1], yt[:, i : i + 1], **bits)
         for a, b in zip(rows, col, strict=True):
             assert_array_equal(a[:, i : i + 1], b)
+
+
+def ref_mask_blocks(mask, width):
+    """Block (by, bx) of ``width`` x ``width`` template pixels has a bit set: NumPy, padded."""
+    ny, nx = mask.shape
+    nby, nbx = -(-ny // width), -(-nx // width)
+    padded = np.zeros((nby * width, nbx * width), dtype=mask.dtype)
+    padded[:ny, :nx] = mask
+    return (padded.reshape(nby, width, nbx, width) != 0).any(axis=(1, 3)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape", [(70, 101), (32, 64), (5, 200), (1, 1), (33, 31)])
+def test_mask_blocks_match_reference(shape):
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    mask = np.zeros(shape, np.int32)
+    mask[rng.random(shape) < 0.002] = CR
+    width = 1 << BLOCK_SHIFT
+    mask[:width, :width] = 0  # one zero block at least
+    mask[-1, -1] = 1 << 30  # the last, partial block, with the highest bit
+    out = np.full((-(-shape[0] // width), -(-shape[1] // width)), 7, np.uint8)
+    mask_blocks(mask, np.empty(shape[1], np.int32), out)
+    want = ref_mask_blocks(mask, width)
+    assert want.any() and (want.size == 1 or not want.all())  # both kinds of block
+    assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("order", [2, 3, 5])
+def test_sparse_mask_matches_reference(dtype, order):
+    # A mask that is zero but for a few bits on both sides of block boundaries: runs whose
+    # footprint lies in zero blocks skip the per-pixel OR (lanczos.mask_blocks), the others
+    # take it; the dilation must be the reference's either way.
+    rng = np.random.default_rng(20 + order)
+    image, variance, _ = random_planes(rng, (100, 230), dtype, nan_fraction=0.0)
+    mask = np.zeros(image.shape, np.int32)
+    width = 1 << BLOCK_SHIFT
+    for y, x in ((width - 1, width), (width, 2 * width - 1), (2 * width, 3 * width), (70, 5)):
+        mask[y, x] = CR
+    mask[3 * width - 1, 4 * width] = BAD
+    xt, yt = affine_grid((80, 200), shift=(4.7, 3.4), angle_deg=1.2, scale=1.01)
+    got = warp_image(
+        image, variance, mask, xt, yt, no_data_bit=NO_DATA, edge_bit=EDGE, bad_bits=BAD,
+        order=order,
+    )  # fmt: skip
+    want = ref_warp(image, variance, mask, xt, yt, no_data=NO_DATA, edge=EDGE, bad=BAD, order=order)
+    assert np.count_nonzero(got[2] & CR) >= 4 * (2 * order) ** 2 // 2  # the bits dilated
+    assert np.count_nonzero(got[2] == 0) > 0.8 * got[2].size  # most of it skipped the OR
+    assert_warp_equal(got, want, rtol=2e-6)
+
+
+def guarded(array):
+    """A copy of ``array`` that ends at an inaccessible page: a read past its last element
+    crashes the process instead of going unnoticed (Linux, ctypes' mprotect)."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    nbytes = array.nbytes
+    size = -(-nbytes // page) * page
+    buf = mmap.mmap(-1, size + page)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mprotect(ctypes.c_void_p(start + size), ctypes.c_size_t(page), 0):  # PROT_NONE
+        raise OSError(ctypes.get_errno(), "mprotect failed")
+    out = np.frombuffer(buf, dtype=array.dtype, count=array.size, offset=size - nbytes)
+    out = out.reshape(array.shape)
+    out[...] = array
+    return out
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mprotect guard page: Linux only")
+@pytest.mark.parametrize("order", [2, 3, 4, 5])
+def test_runs_ending_at_the_template_end_stay_inside_it(order):
+    # Runs are padded to whole vectors, reading template pixels past the run's end (the
+    # next row's, discarded) except where that would leave the array: here the last
+    # output row's run ends at the template's last pixel, and the planes end at a page
+    # the process may not read.
+    rng = np.random.default_rng(30 + order)
+    shape = (20, 61)
+    image, variance, mask = random_planes(rng, shape, np.float32, nan_fraction=0.0)
+    mask &= ~BAD
+    # Output (j, i) reads template columns i + 1 .. i + 2a and rows j + 1 .. j + 2a.
+    oshape = (shape[0] - 2 * order, shape[1] - 2 * order)
+    xt, yt = affine_grid(oshape, shift=(order + 0.4, order + 0.3))
+    planes = [guarded(p) for p in (image, variance, mask)]
+    got = warp_image(
+        *planes, xt, yt, no_data_bit=NO_DATA, edge_bit=EDGE, bad_bits=BAD, order=order
+    )  # fmt: skip
+    want = ref_warp(image, variance, mask, xt, yt, no_data=NO_DATA, edge=EDGE, bad=BAD, order=order)
+    assert got[2][-1, -1] & NO_DATA == 0  # the last pixel's footprint is whole
+    assert_warp_equal(got, want, rtol=2e-6)
 
 
 @pytest.mark.parametrize("eps", [1e-7, -1e-7, 0.5 * SNAP, 3 * SNAP, -3 * SNAP])
