@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from diffstream.jitcore._jit import njit
 
-__all__ = ["any_bits", "remap_bytes"]
+__all__ = ["any_bits", "mark_bits", "remap_bytes"]
 
 
 @njit("boolean(int32[::1], int32)")
@@ -14,6 +14,17 @@ def any_bits(mask, bits):
         if mask[k] & bits:
             return True
     return False
+
+
+@njit("int64(int32[::1], int32, boolean[::1])")
+def mark_bits(mask, bits, out):
+    """out[k] = (mask[k] & bits) != 0 over the flat ``mask``; returns how many are True."""
+    n = 0
+    for k in range(mask.size):
+        hit = (mask[k] & bits) != 0
+        out[k] = hit
+        n += hit
+    return n
 
 
 @njit("void(int32[::1], int32[:, ::1], int32[::1])")
