@@ -14,8 +14,8 @@ import numpy as np
 from diffstream.jitcore._jit import njit
 
 __all__ = [
-    "combine_masks", "combine_masks_hard", "rescale_by_map", "unusable_in_boxes",
-    "unusable_pixels", "usable_pair",
+    "combine_masks", "combine_masks_hard", "rescale_by_map", "snr_plane", "star_bad",
+    "unusable_in_boxes", "unusable_pixels", "usable_pair",
 ]  # fmt: skip
 
 
@@ -131,3 +131,34 @@ def rescale_by_map(rows, ky, ky1, ty, floor, outer_row, outer_col, j0, j1, score
             score[j, i] = score[j, i] / f
             v = variance[j, i] * f
             variance[j, i] = v * f
+
+
+# NumPy's error model: x / 0 is inf or NaN as in NumPy, not a ZeroDivisionError (and the
+# loop has no division check to branch on).
+@njit(error_model="numpy")
+def snr_plane(image, variance, bad, snr, valid):
+    """snr = image / sqrt(variance) in float32 (NumPy's rounding: sqrt, then the quotient;
+    every pixel, usable or not), valid = not bad, variance > 0, image finite (NaN variance
+    fails ``> 0``); returns the number of valid pixels.  find_stars' inputs in one pass
+    instead of eight (float32 planes)."""
+    ny, nx = image.shape
+    n = 0
+    for j in range(ny):
+        for i in range(nx):
+            v = variance[j, i]
+            f = image[j, i]
+            snr[j, i] = f / np.sqrt(v)
+            ok = (not bad[j, i]) and v > 0 and math.isfinite(f)
+            valid[j, i] = ok
+            n += ok
+    return n
+
+
+@njit
+def star_bad(bad, image, variance, out):
+    """out = bad, or image not finite, or variance not >= 0 (NaN included): the pixels a PSF
+    star's stamp may not hold (jitcore.psfmeasure), in one pass instead of five."""
+    ny, nx = bad.shape
+    for j in range(ny):
+        for i in range(nx):
+            out[j, i] = bad[j, i] or not math.isfinite(image[j, i]) or not variance[j, i] >= 0
