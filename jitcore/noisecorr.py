@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from diffstream.jitcore._kernels.emptysky import empty_sky_free
 from diffstream.jitcore._kernels.lags import lag_sums
 from diffstream.jitcore._kernels.planes import rescale_by_map
 from diffstream.jitcore._kernels.quantiles import masked_tile_quartiles
@@ -159,22 +160,6 @@ class ScoreScale:
     measured_tiles: int
 
 
-def _grow_blocks(hot: np.ndarray, grow: int) -> np.ndarray:
-    """``hot`` grown by at least ``grow`` pixels (up to 3 grow - 1), in blocks of ``grow``.
-
-    A block is hot if any pixel in it is; hot blocks are dilated by one block.  Rejected:
-    ndimage.binary_dilation / maximum_filter on the full frame, 0.3-0.8 s at 4k x 4k on
-    the shared machine against ~30 ms for this; masking a little more sky costs nothing.
-    """
-    ny, nx = hot.shape
-    by, bx = -(-ny // grow), -(-nx // grow)
-    padded = np.zeros((by * grow, bx * grow), bool)
-    padded[:ny, :nx] = hot
-    blocks = padded.reshape(by, grow, bx, grow).any(axis=(1, 3))
-    blocks = ndimage.binary_dilation(blocks, structure=np.ones((3, 3), bool))
-    return np.repeat(np.repeat(blocks, grow, axis=0), grow, axis=1)[:ny, :nx]
-
-
 _TILE_STEP = 2  # every 2nd row and column of a tile: S_corr is smooth over the PSF, so the
 # subsample loses little (its neighbours are correlated at 0.8-0.9) and costs 4x less.
 _GLOBAL_SAMPLE = 500_000
@@ -217,20 +202,32 @@ def empty_sky_scale(
     # several pixels wide in S_corr, so the subsample still finds it.
     k = _TILE_STEP
     s, v = s_full[::k, ::k], v_full[::k, ::k]
-    ok = v & np.isfinite(s)
-    n_ok = int(ok.sum())
-    if n_ok < 100:
-        return ScoreScale(1.0, np.ones((nty, ntx)), tile, 0.0, 0)
     # Strided rows and columns before any boolean indexing: indexing the whole frame
     # first costs more than the quantiles.
     g = max(1, math.isqrt(s.size // _GLOBAL_SAMPLE))
     if first is None or not first > 0:
+        ok = v & np.isfinite(s)
+        if int(ok.sum()) < 100:
+            return ScoreScale(1.0, np.ones((nty, ntx)), tile, 0.0, 0)
         first = iqr_sigma(s[::g, ::g][ok[::g, ::g]])
-    hot = ok & (np.abs(s) >= threshold * first)
-    if grow > 0 and hot.any():
-        hot = _grow_blocks(hot, -(-grow // k))
-    free = ok & ~hot
-    n_free = int(free.sum())
+    cut = threshold * first
+    if grow > 0:
+        # ``hot`` grown by at least ``grow`` pixels (up to 3 grow - 1) in blocks of ``grow``:
+        # a block is hot if any pixel in it is, hot blocks are dilated by one block; one
+        # fused kernel (jitcore/_kernels/emptysky.py).  Rejected: ndimage.binary_dilation /
+        # maximum_filter on the full frame, 0.3-0.8 s at 4k x 4k on the shared machine;
+        # masking a little more sky costs nothing.
+        gk = -(-grow // k)
+        shape_b = (-(-s.shape[0] // gk), -(-s.shape[1] // gk))
+        free = np.empty(s.shape, dtype=bool)
+        n_ok, n_free = empty_sky_free(s, v, s.dtype.type(cut), gk, np.empty(shape_b, bool),
+                                      np.empty(shape_b, bool), free)  # fmt: skip
+    else:
+        ok = v & np.isfinite(s)
+        free = ok & ~(np.abs(s) >= cut)
+        n_ok, n_free = int(ok.sum()), int(free.sum())
+    if n_ok < 100:
+        return ScoreScale(1.0, np.ones((nty, ntx)), tile, 0.0, 0)
     if n_free < 100:
         return ScoreScale(first, np.full((nty, ntx), first), tile, n_free / n_ok, 0)
 

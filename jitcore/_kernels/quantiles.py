@@ -105,16 +105,16 @@ def _from_all(work, n, out):
 
 
 @njit
-def _quartiles_of(src, n, work, band, out):
-    """np.percentile of the ``n`` finite values of ``src`` at 25 and 75 into out[0], out[1].
+def _quartiles_of(src, size, n, work, band, out):
+    """np.percentile of the ``n`` finite values of src[:size] at 25 and 75 into out[0],
+    out[1].
 
     ``src`` (1-D) may hold non-finite values, which are skipped; it is not changed.
     ``work`` (src's dtype, length >= n) receives the finite values when the whole sample
     has to be selected from; ``band`` (src's dtype, length >= len(src) + 2) the values
     inside the two bands."""
-    size = src.shape[0]
     if n < _SMALL:
-        _from_all(work, _gather_finite(src, work), out)
+        _from_all(work, _gather_finite(src, size, work), out)
         return
     step = size // _SUBSAMPLE
     m = 0
@@ -125,7 +125,7 @@ def _quartiles_of(src, n, work, band, out):
             sample[m] = x
             m += 1
     if m < _SUBSAMPLE // 4:  # mostly non-finite at the sampled places
-        _from_all(work, _gather_finite(src, work), out)
+        _from_all(work, _gather_finite(src, size, work), out)
         return
     sample = np.sort(sample[:m])
     los = np.empty(2, src.dtype)
@@ -141,7 +141,7 @@ def _quartiles_of(src, n, work, band, out):
         los[b] = sample[max(0, int(math.floor(r - d)))]
         his[b] = sample[min(m - 1, int(math.ceil(r + d)))]
     if not his[0] < los[1]:  # overlapping bands (a narrow or tied sample)
-        _from_all(work, _gather_finite(src, work), out)
+        _from_all(work, _gather_finite(src, size, work), out)
         return
     # One branch-free pass (the comparisons are coin flips the CPU would mispredict): the
     # lower quartile's band fills band[] upwards from 0, the upper's downwards from
@@ -169,7 +169,7 @@ def _quartiles_of(src, n, work, band, out):
     ok0 = below0 <= k0 and (k0 + 1 < below0 + n0 or k0 + 1 >= n)
     ok1 = below1 <= k1 and (k1 + 1 < below1 + n1 or k1 + 1 >= n)
     if not (ok0 and ok1):
-        _from_all(work, _gather_finite(src, work), out)
+        _from_all(work, _gather_finite(src, size, work), out)
         return
     x, y = _pair(band, 0, n0, k0 - below0)
     out[0] = _lerp(x, y, vs[0] - k0)
@@ -179,9 +179,9 @@ def _quartiles_of(src, n, work, band, out):
 
 
 @njit
-def _gather_finite(src, work):
+def _gather_finite(src, size, work):
     n = 0
-    for i in range(src.shape[0]):
+    for i in range(size):
         x = src[i]
         if math.isfinite(x):
             work[n] = x
@@ -196,7 +196,7 @@ def quartiles(values, work, band, out):
     Scratch of ``values``' dtype: ``work`` of its length, ``band`` of its length + 2."""
     n = finite_count(values)
     if n > 0:
-        _quartiles_of(values, n, work, band, out)
+        _quartiles_of(values, values.shape[0], n, work, band, out)
     return n
 
 
@@ -230,6 +230,6 @@ def masked_tile_quartiles(s, free, t, min_count, vals, work, band, q25, q75, cou
                         n += 1
             counts[i, j] = n
             if n > 0 and n >= min_count[i, j]:
-                _quartiles_of(vals[:n], n, work, band, out)
+                _quartiles_of(vals, n, n, work, band, out)
                 q25[i, j] = out[0]
                 q75[i, j] = out[1]
