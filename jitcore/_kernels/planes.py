@@ -142,14 +142,18 @@ def snr_plane(image, variance, bad, snr, valid):
     fails ``> 0``); returns the number of valid pixels.  find_stars' inputs in one pass
     instead of eight (float32 planes)."""
     ny, nx = image.shape
+    inf = np.inf
     n = 0
     for j in range(ny):
+        img, var, b, out, ok_row = image[j], variance[j], bad[j], snr[j], valid[j]
         for i in range(nx):
-            v = variance[j, i]
-            f = image[j, i]
-            snr[j, i] = f / np.sqrt(v)
-            ok = (not bad[j, i]) and v > 0 and math.isfinite(f)
-            valid[j, i] = ok
+            v = var[i]
+            f = img[i]
+            out[i] = f / np.sqrt(v)
+            # ``&`` and ``abs(f) < inf`` (False for NaN and inf), not ``and`` / isfinite,
+            # which branch: the loop stays branch-free.
+            ok = (not b[i]) & (v > 0) & (abs(f) < inf)
+            ok_row[i] = ok
             n += ok
     return n
 
@@ -159,6 +163,9 @@ def star_bad(bad, image, variance, out):
     """out = bad, or image not finite, or variance not >= 0 (NaN included): the pixels a PSF
     star's stamp may not hold (jitcore.psfmeasure), in one pass instead of five."""
     ny, nx = bad.shape
+    inf = np.inf
     for j in range(ny):
+        b, img, var, o = bad[j], image[j], variance[j], out[j]
         for i in range(nx):
-            out[j, i] = bad[j, i] or not math.isfinite(image[j, i]) or not variance[j, i] >= 0
+            # Branch-free (see snr_plane): NaN fails both ``abs(x) < inf`` and ``v >= 0``.
+            o[i] = b[i] | (not abs(img[i]) < inf) | (not var[i] >= 0)
