@@ -9,7 +9,7 @@ writes ``free``.  tests/unit/test_noisecorr.py compares it with that chain.
 
 from __future__ import annotations
 
-import math
+import numpy as np
 
 from diffstream.jitcore._jit import njit
 
@@ -32,14 +32,16 @@ def empty_sky_free(s, valid, cut, block, hot_blocks, grown, free):
     hot_blocks[:, :] = False
     n_ok = 0
     any_hot = False
+    inf = np.inf
     for y in range(ny):
         by = y // block
         for x in range(nx):
             v = s[y, x]
-            ok = valid[y, x] and math.isfinite(v)
+            a = abs(v)
+            ok = valid[y, x] & (a < inf)  # branch-free; False for NaN and inf
             free[y, x] = ok
             n_ok += ok
-            if ok and abs(v) >= cut:
+            if ok & (a >= cut):  # rare: a predictable branch
                 hot_blocks[by, x // block] = True
                 any_hot = True
     if not any_hot:
