@@ -68,11 +68,13 @@ def _nonzero(bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pixel on its own: ~25 ms at 4096^2 against ~3 for this)."""
     flat = np.ascontiguousarray(bad).reshape(-1)
     if flat.size % 8:
-        return np.nonzero(bad)
+        ys, xs = np.nonzero(bad)
+        return ys, xs
     words = np.flatnonzero(flat.view(np.uint64))
     idx = (words[:, None] * 8 + np.arange(8)).reshape(-1)
     idx = idx[flat[idx]]
-    return np.divmod(idx, bad.shape[1])
+    ys, xs = np.divmod(idx, bad.shape[1])
+    return ys, xs
 
 
 def interpolate_over(

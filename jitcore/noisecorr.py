@@ -168,9 +168,10 @@ _GLOBAL_SAMPLE = 500_000
 def empty_sky_scale(
     score: np.ndarray, valid: np.ndarray, *, first: float | None = None, threshold: float = 5.0,
     grow: int = 6, tile: int = 256, min_free: float = 0.25, limit: float = 10.0,
+    workers: int | None = None,
 ) -> ScoreScale:  # fmt: skip
     """Robust spread of ``score`` over empty sky, globally and per ``tile`` x ``tile`` tile
-    (``tile`` even).
+    (``tile`` even); ``workers`` threads (scipy.fft convention) share the rows of tiles.
 
     Sources are pixels with |score| >= ``threshold`` x ``first`` (the spread of all valid
     pixels, measured here if not given), grown by ``grow`` pixels or more (their wings); a
@@ -246,8 +247,14 @@ def empty_sky_scale(
     q25, q75 = np.zeros((nty, ntx)), np.zeros((nty, ntx))
     counts = np.zeros((nty, ntx), np.int64)
     m = t * t
-    masked_tile_quartiles(s, free, t, need, np.empty(m, s.dtype), np.empty(m, s.dtype),
-                          np.empty(m + 2, s.dtype), q25, q75, counts)  # fmt: skip
+
+    def rows_of_tiles(i: int) -> None:  # each thread its own scratch, its own rows
+        r = slice(i * t, (i + 1) * t)
+        masked_tile_quartiles(s[r], free[r], t, need[i : i + 1], np.empty(m, s.dtype),
+                              np.empty(m, s.dtype), np.empty(m + 2, s.dtype), q25[i : i + 1],
+                              q75[i : i + 1], counts[i : i + 1])  # fmt: skip
+
+    run_tiles(rows_of_tiles, nty, thread_count(workers, nty))
     measured_tiles = counts >= need
     tiles = np.full((nty, ntx), factor)
     for i, j in zip(*np.nonzero(measured_tiles), strict=True):

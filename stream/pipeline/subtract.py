@@ -496,7 +496,7 @@ def _subtract_owned(
     f_r = template_scale(science, template, stars, settings=settings, meta=meta)
     z, al_info = difference(p, psf_s, psf_t, stars, settings=settings, meta=meta, threads=threads,
                             f_r=f_r)  # fmt: skip
-    measure_noise_correlation(p, psf_s, psf_t, meta=meta)
+    measure_noise_correlation(p, psf_s, psf_t, meta=meta, both=both)
     psf_err_scale = scale_difference_variance(z, settings=settings, meta=meta, both=both)
 
     found = detect_sources(z.score, z.valid, settings=settings, meta=meta)

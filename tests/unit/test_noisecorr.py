@@ -183,6 +183,11 @@ def test_empty_sky_scale_ignores_sources_and_follows_tiles():
     assert sky.tiles.shape == (2, 2) and sky.measured_tiles == 4
     np.testing.assert_allclose(sky.tiles, [[1.3, 0.9], [1.3, 0.9]], rtol=0.03)
     assert 0.5 < sky.free_fraction < 0.99
+    # Threads share the rows of tiles: the same numbers.
+    two = empty_sky_scale(score, valid, tile=512, workers=2)
+    np.testing.assert_array_equal(two.tiles, sky.tiles)
+    assert (two.factor, two.free_fraction, two.measured_tiles) == (
+        sky.factor, sky.free_fraction, sky.measured_tiles)  # fmt: skip
 
 
 def test_empty_sky_scale_without_pixels_keeps_stated_noise():
