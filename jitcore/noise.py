@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from diffstream.jitcore._kernels.emptysky import dilate_square
 from diffstream.jitcore.robust import iqr_sigma
 
 __all__ = ["noise_scale_factor", "source_free_mask", "variance_scale_factor"]
@@ -52,8 +53,6 @@ def source_free_mask(
     variance scale is measured from.  Pixels whose variance is not positive and finite are
     not source-free.
     """
-    from scipy import ndimage
-
     if image.shape != variance.shape or image.shape != good.shape:
         raise ValueError(
             f"shapes differ: image {image.shape}, variance {variance.shape}, good {good.shape}"
@@ -68,7 +67,10 @@ def source_free_mask(
     scale = iqr_sigma(snr[ok][:: max(1, int(ok.sum()) // 1_000_000)])
     hot = np.abs(snr) >= threshold * scale
     if grow > 0 and hot.any():
-        hot = ndimage.maximum_filter(hot.view(np.uint8), size=2 * grow + 1) > 0
+        # ndimage.maximum_filter(hot, size=2 grow + 1) > 0, as a fused kernel (~8x faster).
+        grown = np.empty(hot.shape, dtype=bool)
+        dilate_square(hot, int(grow), np.empty(hot.shape, np.int32), grown)
+        hot = grown
     return ok & ~hot
 
 
