@@ -14,7 +14,8 @@ import numpy as np
 from diffstream.jitcore._jit import njit
 
 __all__ = [
-    "combine_masks", "combine_masks_hard", "rescale_by_map", "snr_plane", "star_bad",
+    "combine_masks", "combine_masks_hard", "input_counts", "rescale_by_map", "snr_plane",
+    "star_bad",
     "unusable_in_boxes", "unusable_pixels", "usable_pair",
 ]  # fmt: skip
 
@@ -169,3 +170,21 @@ def star_bad(bad, image, variance, out):
         for i in range(nx):
             # Branch-free (see snr_plane): NaN fails both ``abs(x) < inf`` and ``v >= 0``.
             o[i] = b[i] | (not abs(img[i]) < inf) | (not var[i] >= 0)
+
+
+@njit
+def input_counts(image, variance):
+    """(pixels where image or variance is not finite, pixels whose variance is finite and
+    < 0): a loaded exposure's two checks in one pass over both planes (float32/float64)."""
+    ny, nx = image.shape
+    inf = np.inf
+    nonfinite = 0
+    negative = 0
+    for j in range(ny):
+        img, var = image[j], variance[j]
+        for i in range(nx):
+            v = var[i]
+            fin_v = abs(v) < inf  # branch-free: False for NaN and inf
+            nonfinite += not ((abs(img[i]) < inf) & fin_v)
+            negative += fin_v & (v < 0)
+    return nonfinite, negative

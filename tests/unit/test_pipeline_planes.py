@@ -314,3 +314,21 @@ def test_snr_plane_and_star_bad_match_numpy(shape, dtype):
     star_bad(bad, img, var, out)
     with np.errstate(invalid="ignore"):
         assert_array_equal(out, bad | ~np.isfinite(img) | ~(var >= 0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ">f4"])
+def test_input_counts_match_numpy(dtype):
+    from diffstream.jitcore.planes import input_counts
+
+    rng = np.random.default_rng(21)
+    img = rng.normal(size=(41, 23)).astype(dtype)
+    var = rng.normal(1.0, 1.0, size=(41, 23)).astype(dtype)  # some negative
+    img.flat[[3, 50, 99]] = [np.nan, np.inf, -np.inf]
+    var.flat[[3, 7, 8, 120]] = [np.nan, -np.inf, np.inf, np.nan]
+    nonfinite = ~(np.isfinite(img) & np.isfinite(var))
+    negative = np.isfinite(var) & (var < 0)
+    assert input_counts(img, var) == (int(nonfinite.sum()), int(negative.sum()))
+    assert input_counts(img[::2, ::3], var[::2, ::3]) == (
+        int(nonfinite[::2, ::3].sum()), int(negative[::2, ::3].sum()))  # fmt: skip
+    with pytest.raises(ValueError, match="need 2-D image and variance of one shape"):
+        input_counts(img, var[1:])
