@@ -62,10 +62,14 @@ def empty_sky_free(s, valid, cut, block, hot_blocks, grown, free):
     n_free = 0
     for y in range(ny):
         row = grown[y // block]
-        for x in range(nx):
-            f = free[y, x] and not row[x // block]
-            free[y, x] = f
-            n_free += f
+        out = free[y]
+        # Block by block (no division per pixel), branch-free within a block.
+        for bx in range(nbx):
+            keep = not row[bx]
+            for x in range(bx * block, min((bx + 1) * block, nx)):
+                f = out[x] & keep
+                out[x] = f
+                n_free += f
     return n_ok, n_free
 
 

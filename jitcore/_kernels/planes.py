@@ -111,7 +111,7 @@ def usable_pair(bad, image_a, image_b, variance_a, variance_b, out):
             )
 
 
-@njit
+@njit(error_model="numpy")
 def rescale_by_map(rows, ky, ky1, ty, floor, outer_row, outer_col, j0, j1, score, variance):
     """Rows j0..j1-1: score /= m, variance *= m twice, with m the bilinear scale map
     (diffstream.jitcore.noisecorr.scale_map) made per pixel, never stored.
@@ -127,13 +127,16 @@ def rescale_by_map(rows, ky, ky1, ty, floor, outer_row, outer_col, j0, j1, score
         t = ty[j]
         u = one - t
         orow = outer_row[j]
+        s_row, v_row = score[j], variance[j]
         for i in range(nx):
             f = a[i] * u + b[i] * t
-            if (orow or outer_col[i]) and f < floor:
-                f = floor
-            score[j, i] = score[j, i] / f
-            v = variance[j, i] * f
-            variance[j, i] = v * f
+            # Selects, not branches (with NumPy's error model, no division check either):
+            # the loop vectorises.  The same values: the floor only where f < floor.
+            low = floor if f < floor else f
+            f = low if orow | outer_col[i] else f
+            s_row[i] = s_row[i] / f
+            v = v_row[i] * f
+            v_row[i] = v * f
 
 
 # NumPy's error model: x / 0 is inf or NaN as in NumPy, not a ZeroDivisionError (and the
