@@ -17,6 +17,7 @@ import numpy as np
 
 from diffstream.jitcore._kernels.emptysky import dilate_square
 from diffstream.jitcore.robust import iqr_sigma
+from diffstream.jitcore.tiles import thread_count
 
 __all__ = ["noise_scale_factor", "source_free_mask", "variance_scale_factor"]
 
@@ -96,12 +97,15 @@ def variance_scale_factor(
 
 
 def diffim_scale_factors(
-    score: np.ndarray, difference: np.ndarray, difference_variance: np.ndarray, valid: np.ndarray
-) -> tuple[float, float]:
+    score: np.ndarray, difference: np.ndarray, difference_variance: np.ndarray, valid: np.ndarray,
+    *, workers: int | None = 2,
+) -> tuple[float, float]:  # fmt: skip
     """(score factor, difference-noise factor): the measured spread of the score and of
     difference / sqrt(variance) over valid pixels (the seed's doScaleDiffimVariance).
 
-    Too few valid pixels to measure gives (1, 1): keep the stated noise.
+    Too few valid pixels to measure gives (1, 1): keep the stated noise.  ``workers``
+    (scipy.fft convention): the two factors on two threads when it allows two; the
+    pipeline passes its own thread count, so a one-CPU stream worker starts no thread.
     """
     if not score.shape == difference.shape == difference_variance.shape == valid.shape:
         raise ValueError(
@@ -125,12 +129,15 @@ def diffim_scale_factors(
         return noise_scale_factor(ratio, ones)
 
     try:
-        # The two factors on two threads (NumPy's sampling and partitioning release the
-        # GIL): each is a few strided copies and a 2M-value percentile, ~40 ms at 4k x 4k.
-        with ThreadPoolExecutor(1, "diffim-scale") as pool:
-            f_diff_future = pool.submit(diff_factor)
-            f_score = noise_scale_factor(sample(score), ones)
-            f_diff = f_diff_future.result()
+        if thread_count(workers, 2) == 1:
+            f_score, f_diff = noise_scale_factor(sample(score), ones), diff_factor()
+        else:
+            # The two factors on two threads (the sampling and the quartile kernel release
+            # the GIL): each is a few strided copies and a 2M-value selection.
+            with ThreadPoolExecutor(1, "diffim-scale") as pool:
+                f_diff_future = pool.submit(diff_factor)
+                f_score = noise_scale_factor(sample(score), ones)
+                f_diff = f_diff_future.result()
     except ValueError:
         return 1.0, 1.0
     return f_score, f_diff

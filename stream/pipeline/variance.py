@@ -60,7 +60,8 @@ def scale_difference_variance(
     the factor evaluated where sources are.
     """
     with meta.timer("scaleDiffimVariance"):
-        f_all, f_diff = diffim_scale_factors(z.score, z.difference, z.difference_variance, z.valid)
+        f_all, f_diff = diffim_scale_factors(z.score, z.difference, z.difference_variance, z.valid,
+                                             workers=both.threads)  # fmt: skip
         sky = empty_sky_scale(z.score, z.valid, first=f_all, workers=both.threads)
         if settings.scale_variance:
 

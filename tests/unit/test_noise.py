@@ -18,6 +18,8 @@ def test_diffim_scale_factors_measure_both_spreads():
     f_score, f_diff = diffim_scale_factors(score, diff, var, valid)
     assert f_score == pytest.approx(1.1, rel=0.02)
     assert f_diff == pytest.approx(0.9, rel=0.02)
+    # One thread (a one-CPU worker) or two: the same numbers.
+    assert diffim_scale_factors(score, diff, var, valid, workers=1) == (f_score, f_diff)
 
 
 def test_diffim_scale_factors_subsample_large_images_and_ignore_invalid_pixels():
