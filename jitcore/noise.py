@@ -39,7 +39,10 @@ def noise_scale_factor(
         raise ValueError(f"limit must be > 1, got {limit}")
     vals = normalised[valid]
     step = max(1, vals.size // sample)
-    factor = iqr_sigma(vals[::step])
+    return _clipped(iqr_sigma(vals[::step]), limit)
+
+
+def _clipped(factor: float, limit: float) -> float:
     return float(min(max(factor, 1.0 / limit), limit))
 
 
@@ -121,22 +124,26 @@ def diffim_scale_factors(
     def sample(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a).ravel()[::step][keep]
 
-    ones = np.ones(int(keep.sum()), dtype=bool)
+    # noise_scale_factor's factor (clipped IQR sigma, limit 10) of the sampled values
+    # directly: the sample is at most ~2M values, so its own subsample would be all of
+    # them, and passing it through noise_scale_factor's mask copied 2M values again.
+    def score_factor() -> float:
+        return _clipped(iqr_sigma(sample(score)), 10.0)
 
     def diff_factor() -> float:
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = sample(difference) / np.sqrt(sample(difference_variance))
-        return noise_scale_factor(ratio, ones)
+        return _clipped(iqr_sigma(ratio), 10.0)
 
     try:
         if thread_count(workers, 2) == 1:
-            f_score, f_diff = noise_scale_factor(sample(score), ones), diff_factor()
+            f_score, f_diff = score_factor(), diff_factor()
         else:
             # The two factors on two threads (the sampling and the quartile kernel release
             # the GIL): each is a few strided copies and a 2M-value selection.
             with ThreadPoolExecutor(1, "diffim-scale") as pool:
                 f_diff_future = pool.submit(diff_factor)
-                f_score = noise_scale_factor(sample(score), ones)
+                f_score = score_factor()
                 f_diff = f_diff_future.result()
     except ValueError:
         return 1.0, 1.0
