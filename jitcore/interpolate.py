@@ -31,7 +31,7 @@ large holes) are left as they were and reported in ``unfilled``: they stay no da
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,6 +55,26 @@ class Interpolated:
     filled: np.ndarray  # bool, the masked pixels that now hold interpolated values
     unfilled: np.ndarray  # bool, masked pixels left as they were (too few neighbours)
     n_patterns: int  # distinct window patterns solved (diagnostics)
+    # The masked pixels as (y, x) in column-major order, and which of them were filled:
+    # callers update their own planes there without a full-frame pass over ``filled``.
+    ys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    xs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    was_filled: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+
+def _nonzero(bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.nonzero of a 2-D bool plane with few True pixels, 8 pixels at a time: the words
+    of eight bools that are not zero, then the pixels within them (np.nonzero reads every
+    pixel on its own: ~25 ms at 4096^2 against ~3 for this)."""
+    flat = np.ascontiguousarray(bad).reshape(-1)
+    if flat.size % 8:
+        ys, xs = np.nonzero(bad)
+        return ys, xs
+    words = np.flatnonzero(flat.view(np.uint64))
+    idx = (words[:, None] * 8 + np.arange(8)).reshape(-1)
+    idx = idx[flat[idx]]
+    ys, xs = np.divmod(idx, bad.shape[1])
+    return ys, xs
 
 
 def interpolate_over(
@@ -66,6 +86,7 @@ def interpolate_over(
     radius: int | None = None,
     nugget: float = DEFAULT_NUGGET,
     min_good: int = 4,
+    overwrite: bool = False,
 ) -> Interpolated:
     """Fill the ``masked`` pixels of ``image`` and ``variance`` from their usable neighbours.
 
@@ -74,7 +95,10 @@ def interpolate_over(
     non-finite (in image or variance) nor of variance <= 0.  ``psf_sigma`` (px) sets the
     correlation length (module docstring); ``radius`` (px, Chebyshev) the window, by default
     ceil(2.5 psf_sigma), at least 2.  Returns new arrays of the input dtype; the inputs are
-    not changed.  Raises ValueError / TypeError on invalid input.
+    not changed, unless ``overwrite``: then writeable C-contiguous planes are filled in place
+    and returned (a caller that owns them saves two full-frame copies, ~30 ms at 4k).  That
+    is the same result: a masked pixel is never read as a neighbour.  Raises ValueError /
+    TypeError on invalid input.
     """
     img = np.asarray(image)
     var = np.asarray(variance)
@@ -105,8 +129,12 @@ def interpolate_over(
     if min_good < 1:
         raise ValueError(f"min_good must be >= 1, got {min_good}")
 
-    out_img = np.array(img, copy=True, order="C")
-    out_var = np.array(var, copy=True, order="C")
+    def own(a: np.ndarray) -> np.ndarray:
+        if overwrite and a.flags.c_contiguous and a.flags.writeable:
+            return a
+        return np.array(a, copy=True, order="C")
+
+    out_img, out_var = own(img), own(var)
     filled = np.zeros(img.shape, dtype=np.bool_)
     if not bad.any():
         return Interpolated(out_img, out_var, filled, filled.copy(), 0)
@@ -114,16 +142,19 @@ def interpolate_over(
     # the whole column (the kernel reuses weights while the pattern is unchanged).  The
     # row-major nonzero, then sorted by (x, y): np.nonzero(bad.T) gives the same order but
     # walks the frame by columns, 87 ms against ~15 at 4096^2 for a few thousand pixels.
-    ys, xs = np.nonzero(bad)
+    ys, xs = _nonzero(bad)
     order = np.lexsort((ys, xs))
-    xs, ys = xs[order], ys[order]
+    xs, ys = xs[order].astype(np.int64), ys[order].astype(np.int64)
     m = (2 * int(radius) + 1) ** 2
     n_patterns = kriging_fill(
         np.ascontiguousarray(img), np.ascontiguousarray(var),
-        np.ascontiguousarray(bad), ys.astype(np.int64), xs.astype(np.int64),
+        np.ascontiguousarray(bad), ys, xs,
         int(radius), math.sqrt(2.0) * float(psf_sigma), float(nugget), int(min_good),
         out_img, out_var, filled,
         np.zeros(m, np.bool_), np.zeros(m, np.bool_), np.zeros((m, 2), np.int64),
         np.zeros((m, m)), np.zeros(m), np.zeros(m), np.zeros(m),
     )  # fmt: skip
-    return Interpolated(out_img, out_var, filled, bad & ~filled, int(n_patterns))
+    done = filled[ys, xs]
+    unfilled = np.zeros(img.shape, dtype=np.bool_)
+    unfilled[ys[~done], xs[~done]] = True
+    return Interpolated(out_img, out_var, filled, unfilled, int(n_patterns), ys, xs, done)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffstream.jitcore._kernels.bitplanes import any_bits, remap_bytes
+from diffstream.jitcore._kernels.bitplanes import any_bits, mark_bits, remap_bytes
 
 MASK_DTYPE = np.int32
 
@@ -73,6 +73,25 @@ def _plane_bits(name: str, planes: dict[str, int]) -> None:
             raise TypeError(f"{name} plane {plane!r} must map to an int bit, got {bit!r}")
         if not 0 <= bit <= MAX_PLANE:
             raise ValueError(f"{name} plane {plane!r} bit must be in 0..{MAX_PLANE}, got {bit}")
+
+
+def has_bits(mask: np.ndarray, value: int) -> tuple[np.ndarray, int]:
+    """(``(mask & value) != 0`` as a bool plane of ``mask``'s shape, how many it marks).
+
+    One pass over an int32 mask; the NumPy form makes an int32 temporary (64 MB at 4k) and
+    the count reads the plane once more (issue 17: the defect step on frames with none).
+    Other integer masks go through NumPy.
+    """
+    mask = np.asarray(mask)
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise TypeError(f"mask must have an integer dtype, got {mask.dtype}")
+    if mask.dtype != MASK_DTYPE or not -(2**31) <= value < 2**31:
+        hit = (mask & value) != 0
+        return hit, int(hit.sum())
+    flat = np.ascontiguousarray(mask).reshape(-1)
+    out = np.empty(mask.shape, dtype=bool)
+    n = mark_bits(flat, np.int32(value), out.reshape(-1))
+    return out, int(n)
 
 
 def remap(mask: np.ndarray, src: dict[str, int], dst: dict[str, int]) -> np.ndarray:

@@ -15,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from diffstream.jitcore._kernels.emptysky import dilate_square
 from diffstream.jitcore.robust import iqr_sigma
+from diffstream.jitcore.tiles import thread_count
 
 __all__ = ["noise_scale_factor", "source_free_mask", "variance_scale_factor"]
 
@@ -37,7 +39,10 @@ def noise_scale_factor(
         raise ValueError(f"limit must be > 1, got {limit}")
     vals = normalised[valid]
     step = max(1, vals.size // sample)
-    factor = iqr_sigma(vals[::step])
+    return _clipped(iqr_sigma(vals[::step]), limit)
+
+
+def _clipped(factor: float, limit: float) -> float:
     return float(min(max(factor, 1.0 / limit), limit))
 
 
@@ -52,8 +57,6 @@ def source_free_mask(
     variance scale is measured from.  Pixels whose variance is not positive and finite are
     not source-free.
     """
-    from scipy import ndimage
-
     if image.shape != variance.shape or image.shape != good.shape:
         raise ValueError(
             f"shapes differ: image {image.shape}, variance {variance.shape}, good {good.shape}"
@@ -68,7 +71,10 @@ def source_free_mask(
     scale = iqr_sigma(snr[ok][:: max(1, int(ok.sum()) // 1_000_000)])
     hot = np.abs(snr) >= threshold * scale
     if grow > 0 and hot.any():
-        hot = ndimage.maximum_filter(hot.view(np.uint8), size=2 * grow + 1) > 0
+        # ndimage.maximum_filter(hot, size=2 grow + 1) > 0, as a fused kernel (~8x faster).
+        grown = np.empty(hot.shape, dtype=bool)
+        dilate_square(hot, int(grow), np.empty(hot.shape, np.int32), grown)
+        hot = grown
     return ok & ~hot
 
 
@@ -94,12 +100,15 @@ def variance_scale_factor(
 
 
 def diffim_scale_factors(
-    score: np.ndarray, difference: np.ndarray, difference_variance: np.ndarray, valid: np.ndarray
-) -> tuple[float, float]:
+    score: np.ndarray, difference: np.ndarray, difference_variance: np.ndarray, valid: np.ndarray,
+    *, workers: int | None = 2,
+) -> tuple[float, float]:  # fmt: skip
     """(score factor, difference-noise factor): the measured spread of the score and of
     difference / sqrt(variance) over valid pixels (the seed's doScaleDiffimVariance).
 
-    Too few valid pixels to measure gives (1, 1): keep the stated noise.
+    Too few valid pixels to measure gives (1, 1): keep the stated noise.  ``workers``
+    (scipy.fft convention): the two factors on two threads when it allows two; the
+    pipeline passes its own thread count, so a one-CPU stream worker starts no thread.
     """
     if not score.shape == difference.shape == difference_variance.shape == valid.shape:
         raise ValueError(
@@ -115,20 +124,27 @@ def diffim_scale_factors(
     def sample(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a).ravel()[::step][keep]
 
-    ones = np.ones(int(keep.sum()), dtype=bool)
+    # noise_scale_factor's factor (clipped IQR sigma, limit 10) of the sampled values
+    # directly: the sample is at most ~2M values, so its own subsample would be all of
+    # them, and passing it through noise_scale_factor's mask copied 2M values again.
+    def score_factor() -> float:
+        return _clipped(iqr_sigma(sample(score)), 10.0)
 
     def diff_factor() -> float:
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = sample(difference) / np.sqrt(sample(difference_variance))
-        return noise_scale_factor(ratio, ones)
+        return _clipped(iqr_sigma(ratio), 10.0)
 
     try:
-        # The two factors on two threads (NumPy's sampling and partitioning release the
-        # GIL): each is a few strided copies and a 2M-value percentile, ~40 ms at 4k x 4k.
-        with ThreadPoolExecutor(1, "diffim-scale") as pool:
-            f_diff_future = pool.submit(diff_factor)
-            f_score = noise_scale_factor(sample(score), ones)
-            f_diff = f_diff_future.result()
+        if thread_count(workers, 2) == 1:
+            f_score, f_diff = score_factor(), diff_factor()
+        else:
+            # The two factors on two threads (the sampling and the quartile kernel release
+            # the GIL): each is a few strided copies and a 2M-value selection.
+            with ThreadPoolExecutor(1, "diffim-scale") as pool:
+                f_diff_future = pool.submit(diff_factor)
+                f_score = score_factor()
+                f_diff = f_diff_future.result()
     except ValueError:
         return 1.0, 1.0
     return f_score, f_diff

@@ -40,8 +40,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from diffstream.jitcore._kernels.emptysky import empty_sky_free
 from diffstream.jitcore._kernels.lags import lag_sums
 from diffstream.jitcore._kernels.planes import rescale_by_map
+from diffstream.jitcore._kernels.quantiles import masked_tile_quartiles
+from diffstream.jitcore.constants import IQR_PER_SIGMA
 from diffstream.jitcore.noise import source_free_mask
 from diffstream.jitcore.robust import iqr_sigma
 from diffstream.jitcore.tiles import run_tiles, split_axis, thread_count
@@ -157,22 +160,6 @@ class ScoreScale:
     measured_tiles: int
 
 
-def _grow_blocks(hot: np.ndarray, grow: int) -> np.ndarray:
-    """``hot`` grown by at least ``grow`` pixels (up to 3 grow - 1), in blocks of ``grow``.
-
-    A block is hot if any pixel in it is; hot blocks are dilated by one block.  Rejected:
-    ndimage.binary_dilation / maximum_filter on the full frame, 0.3-0.8 s at 4k x 4k on
-    the shared machine against ~30 ms for this; masking a little more sky costs nothing.
-    """
-    ny, nx = hot.shape
-    by, bx = -(-ny // grow), -(-nx // grow)
-    padded = np.zeros((by * grow, bx * grow), bool)
-    padded[:ny, :nx] = hot
-    blocks = padded.reshape(by, grow, bx, grow).any(axis=(1, 3))
-    blocks = ndimage.binary_dilation(blocks, structure=np.ones((3, 3), bool))
-    return np.repeat(np.repeat(blocks, grow, axis=0), grow, axis=1)[:ny, :nx]
-
-
 _TILE_STEP = 2  # every 2nd row and column of a tile: S_corr is smooth over the PSF, so the
 # subsample loses little (its neighbours are correlated at 0.8-0.9) and costs 4x less.
 _GLOBAL_SAMPLE = 500_000
@@ -181,9 +168,10 @@ _GLOBAL_SAMPLE = 500_000
 def empty_sky_scale(
     score: np.ndarray, valid: np.ndarray, *, first: float | None = None, threshold: float = 5.0,
     grow: int = 6, tile: int = 256, min_free: float = 0.25, limit: float = 10.0,
+    workers: int | None = None,
 ) -> ScoreScale:  # fmt: skip
     """Robust spread of ``score`` over empty sky, globally and per ``tile`` x ``tile`` tile
-    (``tile`` even).
+    (``tile`` even); ``workers`` threads (scipy.fft convention) share the rows of tiles.
 
     Sources are pixels with |score| >= ``threshold`` x ``first`` (the spread of all valid
     pixels, measured here if not given), grown by ``grow`` pixels or more (their wings); a
@@ -215,20 +203,32 @@ def empty_sky_scale(
     # several pixels wide in S_corr, so the subsample still finds it.
     k = _TILE_STEP
     s, v = s_full[::k, ::k], v_full[::k, ::k]
-    ok = v & np.isfinite(s)
-    n_ok = int(ok.sum())
-    if n_ok < 100:
-        return ScoreScale(1.0, np.ones((nty, ntx)), tile, 0.0, 0)
     # Strided rows and columns before any boolean indexing: indexing the whole frame
     # first costs more than the quantiles.
     g = max(1, math.isqrt(s.size // _GLOBAL_SAMPLE))
     if first is None or not first > 0:
+        ok = v & np.isfinite(s)
+        if int(ok.sum()) < 100:
+            return ScoreScale(1.0, np.ones((nty, ntx)), tile, 0.0, 0)
         first = iqr_sigma(s[::g, ::g][ok[::g, ::g]])
-    hot = ok & (np.abs(s) >= threshold * first)
-    if grow > 0 and hot.any():
-        hot = _grow_blocks(hot, -(-grow // k))
-    free = ok & ~hot
-    n_free = int(free.sum())
+    cut = threshold * first
+    if grow > 0:
+        # ``hot`` grown by at least ``grow`` pixels (up to 3 grow - 1) in blocks of ``grow``:
+        # a block is hot if any pixel in it is, hot blocks are dilated by one block; one
+        # fused kernel (jitcore/_kernels/emptysky.py).  Rejected: ndimage.binary_dilation /
+        # maximum_filter on the full frame, 0.3-0.8 s at 4k x 4k on the shared machine;
+        # masking a little more sky costs nothing.
+        gk = -(-grow // k)
+        shape_b = (-(-s.shape[0] // gk), -(-s.shape[1] // gk))
+        free = np.empty(s.shape, dtype=bool)
+        n_ok, n_free = empty_sky_free(s, v, s.dtype.type(cut), gk, np.empty(shape_b, bool),
+                                      np.empty(shape_b, bool), free)  # fmt: skip
+    else:
+        ok = v & np.isfinite(s)
+        free = ok & ~(np.abs(s) >= cut)
+        n_ok, n_free = int(ok.sum()), int(free.sum())
+    if n_ok < 100:
+        return ScoreScale(1.0, np.ones((nty, ntx)), tile, 0.0, 0)
     if n_free < 100:
         return ScoreScale(first, np.full((nty, ntx), first), tile, n_free / n_ok, 0)
 
@@ -237,18 +237,29 @@ def empty_sky_scale(
 
     sub = free[::g, ::g]
     factor = clip(iqr_sigma(s[::g, ::g][sub])) if sub.sum() >= 100 else first
-    tiles = np.full((nty, ntx), factor)
-    measured = 0
+    # Each tile's quartiles straight from the strided score and mask, in one kernel: the
+    # per-tile boolean indexing, float64 copies and partitions cost ~0.1 s at 4k (issue 17);
+    # the quartiles are np.percentile's (iqr_sigma's) bit for bit.
     t = tile // k
-    for i in range(nty):
-        for j in range(ntx):
-            win = (slice(i * t, (i + 1) * t), slice(j * t, (j + 1) * t))
-            f = free[win]
-            if f.sum() < max(100, min_free * f.size):
-                continue
-            tiles[i, j] = clip(iqr_sigma(s[win][f]))
-            measured += 1
-    return ScoreScale(factor, tiles, tile, n_free / n_ok, measured)
+    sizes_y = np.minimum(t, s.shape[0] - np.arange(nty) * t)
+    sizes_x = np.minimum(t, s.shape[1] - np.arange(ntx) * t)
+    need = np.maximum(100.0, min_free * (sizes_y[:, None] * sizes_x[None, :]))
+    q25, q75 = np.zeros((nty, ntx)), np.zeros((nty, ntx))
+    counts = np.zeros((nty, ntx), np.int64)
+    m = t * t
+
+    def rows_of_tiles(i: int) -> None:  # each thread its own scratch, its own rows
+        r = slice(i * t, (i + 1) * t)
+        masked_tile_quartiles(s[r], free[r], t, need[i : i + 1], np.empty(m, s.dtype),
+                              np.empty(m, s.dtype), np.empty(m + 2, s.dtype), q25[i : i + 1],
+                              q75[i : i + 1], counts[i : i + 1])  # fmt: skip
+
+    run_tiles(rows_of_tiles, nty, thread_count(workers, nty))
+    measured_tiles = counts >= need
+    tiles = np.full((nty, ntx), factor)
+    for i, j in zip(*np.nonzero(measured_tiles), strict=True):
+        tiles[i, j] = clip(float((q75[i, j] - q25[i, j]) / IQR_PER_SIGMA))
+    return ScoreScale(factor, tiles, tile, n_free / n_ok, int(measured_tiles.sum()))
 
 
 def _interp_weights(n: int, ntiles: int, tile: int) -> tuple[np.ndarray, np.ndarray]:

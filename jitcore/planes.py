@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from diffstream.jitcore._kernels.planes import combine_masks, combine_masks_hard
+from diffstream.jitcore._kernels.planes import input_counts as _input_counts
 from diffstream.jitcore.masks import MASK_DTYPE
 
-__all__ = ["combine_planes", "combine_planes_hard", "native_float"]
+__all__ = ["combine_planes", "combine_planes_hard", "input_counts", "native_float"]
 
 
 def combine_planes(
@@ -85,3 +86,16 @@ def native_float(a: np.ndarray) -> np.ndarray:
     if a.dtype in (np.float32, np.float64) and a.dtype.isnative:
         return np.ascontiguousarray(a)
     return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def input_counts(image: np.ndarray, variance: np.ndarray) -> tuple[int, int]:
+    """(pixels where ``image`` or ``variance`` is not finite, pixels whose variance is
+    finite and negative), from one pass over the two planes: the loader's checks of an
+    exposure (stream.io.fitsio).  2-D float32/float64 planes of one shape, any byte order
+    and layout (others are converted first)."""
+    img = native_float(np.asarray(image))
+    var = native_float(np.asarray(variance))
+    if img.ndim != 2 or var.shape != img.shape:
+        raise ValueError(f"need 2-D image and variance of one shape, got {img.shape}, {var.shape}")
+    n_nonfinite, n_negative = _input_counts(img, var)
+    return int(n_nonfinite), int(n_negative)

@@ -30,6 +30,7 @@ import sep
 from scipy.ndimage import binary_dilation, shift
 from scipy.spatial import cKDTree
 
+from diffstream.jitcore._kernels.planes import star_bad
 from diffstream.jitcore.background import estimate_background
 from diffstream.jitcore.constants import FWHM_PER_SIGMA, GAUSS_RHALF_PER_SIGMA
 from diffstream.jitcore.psf import PsfModel, psf_moments
@@ -154,12 +155,17 @@ def measure_psf(
     else:
         img = np.ascontiguousarray(img, dtype=np.float64)
         var = np.ascontiguousarray(var, dtype=np.float64)
-    if msk.dtype == np.bool_:
-        bad = msk & bool(int(bad_bits) & 1)  # a new array: True is bit value 1
+    if msk.dtype == np.bool_ and int(bad_bits) & 1:  # True is bit value 1
+        # The pipeline's case, fused into one pass (five NumPy passes: ~10 ms at 4k).
+        bad = np.empty(img.shape, dtype=bool)
+        star_bad(np.ascontiguousarray(msk), img, var, bad)
     else:
-        bad = (msk.astype(np.int64) & int(bad_bits)) != 0
-    bad |= ~np.isfinite(img)
-    bad |= ~(var >= 0)  # NaN and negative variances
+        if msk.dtype == np.bool_:
+            bad = np.zeros(img.shape, dtype=bool)
+        else:
+            bad = (msk.astype(np.int64) & int(bad_bits)) != 0
+        bad |= ~np.isfinite(img)
+        bad |= ~(var >= 0)  # NaN and negative variances
     opts = dict(saturation=saturation, size=size, size_sigmas=size_sigmas, degree=degree,
                 min_stars=min_stars, max_stars=max_stars, snr_min=snr_min, snr_floor=snr_floor,
                 clip_sigma=clip_sigma)  # fmt: skip

@@ -27,6 +27,7 @@ import numpy as np
 import sep
 
 from diffstream.jitcore._kernels.label import STAR_COLUMNS, STAR_WORK, star_moments
+from diffstream.jitcore._kernels.planes import snr_plane
 from diffstream.jitcore.labels import label_footprints
 
 __all__ = ["STAR_DTYPE", "extract", "find_stars"]
@@ -136,19 +137,18 @@ def find_stars(
         raise ValueError(f"threshold must be > 0, got {threshold}")
     img = np.ascontiguousarray(img, dtype=np.float32)
     var = np.ascontiguousarray(var, dtype=np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        unusable = msk | ~(var > 0) | ~np.isfinite(img)  # ~(var > 0) also catches NaN
-        if unusable.all():
-            raise ValueError("no pixel has a positive finite variance: cannot detect stars")
-        # In place: one float32 plane instead of two (~30 -> ~20 ms at 4096^2).
-        snr = np.sqrt(var)
-        np.divide(img, snr, out=snr)
-    return _star_catalogue(img, snr, unusable, float(threshold), 5)
+    # S/N and the usable pixels (not bad, variance > 0, image finite) in one fused pass
+    # (eight NumPy passes over the frame cost ~20 ms at 4096^2; issue 17).
+    snr = np.empty(img.shape, dtype=np.float32)
+    valid = np.empty(img.shape, dtype=bool)
+    if snr_plane(img, var, np.ascontiguousarray(msk), snr, valid) == 0:
+        raise ValueError("no pixel has a positive finite variance: cannot detect stars")
+    return _star_catalogue(img, snr, valid, float(threshold), 5)
 
 
-def _star_catalogue(img, snr, unusable, threshold: float, min_area: int) -> np.ndarray:
+def _star_catalogue(img, snr, valid, threshold: float, min_area: int) -> np.ndarray:
     """STAR_DTYPE rows of the positive components of ``snr > threshold`` (npix >= min_area)."""
-    valid = ~unusable
+    unusable = ~valid
     fp = label_footprints(snr, valid, threshold, min_area)
     runs, nruns, parent = fp.runs, fp.nruns, fp.parent
     table = np.empty((nruns, max(STAR_WORK, len(STAR_COLUMNS))))

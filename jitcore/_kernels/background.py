@@ -137,6 +137,21 @@ def _histogram_mode(hist, nlevels, qzero, qscale):
     test_background.py::test_histogram_mode_matches_the_walk checks it against the walk).
     """
     top = nlevels - 1
+    # Prefix sums of the counts and their first two moments (integers: exact), so that each
+    # clipping pass reads its window's sums in O(1) and finds the median split by bisection
+    # instead of scanning the window: the passes were ~40% of the mesh (issue 17).  The
+    # same integers as the scans, so the same result bit for bit.
+    cum = np.empty(nlevels + 1, np.int64)
+    cum1 = np.empty(nlevels + 1, np.int64)
+    cum2 = np.empty(nlevels + 1, np.int64)
+    cum[0] = 0
+    cum1[0] = 0
+    cum2[0] = 0
+    for i in range(nlevels):
+        h = hist[i]
+        cum[i + 1] = cum[i] + h
+        cum1[i + 1] = cum1[i] + h * i
+        cum2[i + 1] = cum2[i] + h * i * i
     lcut = 0
     hcut = top
     sig = 10.0 * top
@@ -147,26 +162,29 @@ def _histogram_mode(hist, nlevels, qzero, qscale):
     while left > 0 and sig >= 0.1 and abs(sig / sig1 - 1.0) > EPS:
         left -= 1
         sig1 = sig
+        nwin = max(hcut - lcut + 1, 0)
         total = 0
         m1 = 0
         m2 = 0
-        for i in range(lcut, hcut + 1):
-            h = hist[i]
-            total += h
-            m1 += h * i
-            m2 += h * i * i
-        nwin = max(hcut - lcut + 1, 0)
         a = 0
         low = 0
         if nwin > 0:
-            p = 0
-            while a < nwin:
-                pn = p + hist[lcut + a]
-                if p + pn >= total:
-                    break
-                p = pn
-                a += 1
-            low = p
+            base = cum[lcut]
+            total = cum[hcut + 1] - base
+            m1 = cum1[hcut + 1] - cum1[lcut]
+            m2 = cum2[hcut + 1] - cum2[lcut]
+            # The first a in [0, nwin) with P[a] + P[a + 1] >= total, P[a] the sum of the
+            # window's lowest a bins (nondecreasing in a), else nwin.
+            lo_a = 0
+            hi_a = nwin
+            while lo_a < hi_a:
+                mid = (lo_a + hi_a) >> 1
+                if (cum[lcut + mid] - base) + (cum[lcut + mid + 1] - base) >= total:
+                    hi_a = mid
+                else:
+                    lo_a = mid + 1
+            a = lo_a
+            low = cum[lcut + a] - base
         lo = lcut + a
         hi = hcut - (nwin - a)
         if hi >= 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from diffstream.jitcore._jit import njit
 
-__all__ = ["any_bits", "remap_bytes"]
+__all__ = ["any_bits", "coverage_counts", "mark_bits", "remap_bytes"]
 
 
 @njit("boolean(int32[::1], int32)")
@@ -14,6 +14,30 @@ def any_bits(mask, bits):
         if mask[k] & bits:
             return True
     return False
+
+
+@njit("int64(int32[::1], int32, boolean[::1])")
+def mark_bits(mask, bits, out):
+    """out[k] = (mask[k] & bits) != 0 over the flat ``mask``; returns how many are True."""
+    n = 0
+    for k in range(mask.size):
+        hit = (mask[k] & bits) != 0
+        out[k] = hit
+        n += hit
+    return n
+
+
+@njit("UniTuple(int64, 2)(int32[::1], int32, int32[::1], int32)")
+def coverage_counts(template, tbits, science, sbits):
+    """(pixels with no ``sbits`` in ``science``, those of them with no ``tbits`` in
+    ``template``) over the flat masks, in one pass."""
+    good = 0
+    covered = 0
+    for k in range(science.size):
+        g = (science[k] & sbits) == 0
+        good += g
+        covered += g & ((template[k] & tbits) == 0)
+    return good, covered
 
 
 @njit("void(int32[::1], int32[:, ::1], int32[::1])")

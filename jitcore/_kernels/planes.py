@@ -14,8 +14,9 @@ import numpy as np
 from diffstream.jitcore._jit import njit
 
 __all__ = [
-    "combine_masks", "combine_masks_hard", "rescale_by_map", "unusable_in_boxes",
-    "unusable_pixels", "usable_pair",
+    "combine_masks", "combine_masks_hard", "input_counts", "rescale_by_map", "snr_plane",
+    "star_bad",
+    "unusable_in_boxes", "unusable_pixels", "usable_pair",
 ]  # fmt: skip
 
 
@@ -46,18 +47,20 @@ def combine_masks_hard(
     """combine_masks, and out_hard = ``hard`` bits set or any plane value non-finite, in the
     same pass (the pipeline's two bad maps: unusable, and no data)."""
     ny, nx = mask_a.shape
+    inf = np.inf
     for j in range(ny):
+        ma, mb, ia, ib = mask_a[j], mask_b[j], image_a[j], image_b[j]
+        va, vb, om, ob, oh = variance_a[j], variance_b[j], out_mask[j], out_bad[j], out_hard[j]
         for i in range(nx):
-            m = mask_a[j, i] | mask_b[j, i]
-            out_mask[j, i] = m
-            nonfinite = (
-                not math.isfinite(image_a[j, i])
-                or not math.isfinite(image_b[j, i])
-                or not math.isfinite(variance_a[j, i])
-                or not math.isfinite(variance_b[j, i])
+            m = ma[i] | mb[i]
+            om[i] = m
+            # Branch-free (``&``, ``abs(x) < inf``: False for NaN and inf), not a chain of
+            # ``or`` / isfinite (4k pair: 29 -> 23 ms, now bound by memory traffic).
+            finite = (
+                (abs(ia[i]) < inf) & (abs(ib[i]) < inf) & (abs(va[i]) < inf) & (abs(vb[i]) < inf)
             )
-            out_bad[j, i] = (m & unusable) != 0 or nonfinite
-            out_hard[j, i] = (m & hard) != 0 or nonfinite
+            ob[i] = ((m & unusable) != 0) | (not finite)
+            oh[i] = ((m & hard) != 0) | (not finite)
 
 
 @njit
@@ -108,7 +111,7 @@ def usable_pair(bad, image_a, image_b, variance_a, variance_b, out):
             )
 
 
-@njit
+@njit(error_model="numpy")
 def rescale_by_map(rows, ky, ky1, ty, floor, outer_row, outer_col, j0, j1, score, variance):
     """Rows j0..j1-1: score /= m, variance *= m twice, with m the bilinear scale map
     (diffstream.jitcore.noisecorr.scale_map) made per pixel, never stored.
@@ -124,10 +127,69 @@ def rescale_by_map(rows, ky, ky1, ty, floor, outer_row, outer_col, j0, j1, score
         t = ty[j]
         u = one - t
         orow = outer_row[j]
+        s_row, v_row = score[j], variance[j]
         for i in range(nx):
             f = a[i] * u + b[i] * t
-            if (orow or outer_col[i]) and f < floor:
-                f = floor
-            score[j, i] = score[j, i] / f
-            v = variance[j, i] * f
-            variance[j, i] = v * f
+            # Selects, not branches (with NumPy's error model, no division check either):
+            # the loop vectorises.  The same values: the floor only where f < floor.
+            low = floor if f < floor else f
+            f = low if orow | outer_col[i] else f
+            s_row[i] = s_row[i] / f
+            v = v_row[i] * f
+            v_row[i] = v * f
+
+
+# NumPy's error model: x / 0 is inf or NaN as in NumPy, not a ZeroDivisionError (and the
+# loop has no division check to branch on).
+@njit(error_model="numpy")
+def snr_plane(image, variance, bad, snr, valid):
+    """snr = image / sqrt(variance) in float32 (NumPy's rounding: sqrt, then the quotient;
+    every pixel, usable or not), valid = not bad, variance > 0, image finite (NaN variance
+    fails ``> 0``); returns the number of valid pixels.  find_stars' inputs in one pass
+    instead of eight (float32 planes)."""
+    ny, nx = image.shape
+    inf = np.inf
+    n = 0
+    for j in range(ny):
+        img, var, b, out, ok_row = image[j], variance[j], bad[j], snr[j], valid[j]
+        for i in range(nx):
+            v = var[i]
+            f = img[i]
+            out[i] = f / np.sqrt(v)
+            # ``&`` and ``abs(f) < inf`` (False for NaN and inf), not ``and`` / isfinite,
+            # which branch: the loop stays branch-free.
+            ok = (not b[i]) & (v > 0) & (abs(f) < inf)
+            ok_row[i] = ok
+            n += ok
+    return n
+
+
+@njit
+def star_bad(bad, image, variance, out):
+    """out = bad, or image not finite, or variance not >= 0 (NaN included): the pixels a PSF
+    star's stamp may not hold (jitcore.psfmeasure), in one pass instead of five."""
+    ny, nx = bad.shape
+    inf = np.inf
+    for j in range(ny):
+        b, img, var, o = bad[j], image[j], variance[j], out[j]
+        for i in range(nx):
+            # Branch-free (see snr_plane): NaN fails both ``abs(x) < inf`` and ``v >= 0``.
+            o[i] = b[i] | (not abs(img[i]) < inf) | (not var[i] >= 0)
+
+
+@njit
+def input_counts(image, variance):
+    """(pixels where image or variance is not finite, pixels whose variance is finite and
+    < 0): a loaded exposure's two checks in one pass over both planes (float32/float64)."""
+    ny, nx = image.shape
+    inf = np.inf
+    nonfinite = 0
+    negative = 0
+    for j in range(ny):
+        img, var = image[j], variance[j]
+        for i in range(nx):
+            v = var[i]
+            fin_v = abs(v) < inf  # branch-free: False for NaN and inf
+            nonfinite += not ((abs(img[i]) < inf) & fin_v)
+            negative += fin_v & (v < 0)
+    return nonfinite, negative

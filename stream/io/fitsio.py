@@ -62,6 +62,7 @@ from diffstream.jitcore import psfmeasure
 from diffstream.jitcore.background import estimate_background
 from diffstream.jitcore.constants import FWHM_PER_SIGMA
 from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, bits
+from diffstream.jitcore.planes import input_counts
 from diffstream.jitcore.psf import PsfModel, gaussian_psf
 from diffstream.stream.io import surveys
 from diffstream.stream.io.calib import photo_calib_from_header
@@ -116,6 +117,17 @@ def load_options(settings: Any) -> dict[str, Any]:
         "max_nonfinite_fraction": settings.max_nonfinite_fraction,
         "psf_size_sigmas": settings.psf_stamp_sigmas,
     }
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _nonfinite(image: np.ndarray, variance: np.ndarray | None) -> np.ndarray:
+    """Pixels whose image, or variance when there is one, is not finite."""
+    nonfinite = np.isfinite(image)
+    if variance is not None:
+        nonfinite &= np.isfinite(variance)
+    return np.logical_not(nonfinite, out=nonfinite)
 
 
 def load_exposure(
@@ -243,12 +255,20 @@ def load_exposure(
     # These whole-image passes run while the file's hash is computed on another thread;
     # count_nonzero and a masked bitwise_or avoid the float mean and the boolean fancy
     # index (each ~3x slower on a 4k x 4k image).
-    nonfinite = np.isfinite(image)
-    if variance is not None:
-        nonfinite &= np.isfinite(variance)
-    np.logical_not(nonfinite, out=nonfinite)
-    n_nonfinite = int(np.count_nonzero(nonfinite))
-    frac = n_nonfinite / nonfinite.size
+    fused = (
+        variance is not None and image.dtype in _FLOATS and variance.dtype in _FLOATS
+        and image.shape == variance.shape
+    )  # fmt: skip
+    if fused:
+        # Both checks in one pass (the NumPy form below: seven passes, ~8 ms a 4k file); the
+        # non-finite plane is made only where it is used (a file with such pixels).
+        counts = input_counts(image, variance)
+        n_nonfinite, n_negative = int(counts[0]), int(counts[1])
+        nonfinite = _nonfinite(image, variance) if n_nonfinite else None
+    else:
+        nonfinite = _nonfinite(image, variance)
+        n_nonfinite = int(np.count_nonzero(nonfinite))
+    frac = n_nonfinite / image.size
     info["nonfinite_fraction"] = frac
     if frac > max_nonfinite_fraction:
         raise BadExposure(
@@ -265,8 +285,11 @@ def load_exposure(
         planes = _ensure_plane(planes, "NO_DATA", spath)
         np.bitwise_or(mask, 1 << planes["NO_DATA"], out=mask, where=nonfinite)
     if variance is None:
-        variance = _estimate_variance(image, nonfinite, gain, info)
-    else:
+        # (``nonfinite`` is always made when there is no variance plane: not fused)
+        variance = _estimate_variance(
+            image, _nonfinite(image, None) if nonfinite is None else nonfinite, gain, info
+        )
+    elif not fused or n_negative:
         neg = variance < 0  # NaN compares False; -inf is non-finite, not negative
         if neg.any():
             neg &= np.isfinite(variance)

@@ -24,6 +24,7 @@ from diffstream.jitcore.masks import (
     INTERPOLATED_PLANE,
     UNUSABLE_PLANES,
     bits,
+    has_bits,
     with_planes,
 )
 from diffstream.stream.io.exposure import Exposure
@@ -39,8 +40,14 @@ def hard_bits(planes: dict[str, int]) -> int:
     return bits(planes, [p for p in UNUSABLE_PLANES if p not in INTERPOLATE_PLANES])
 
 
-def interpolate_defects(exposure: Exposure, *, name: str) -> tuple[Exposure, dict[str, Any]]:
+def interpolate_defects(
+    exposure: Exposure, *, name: str, in_place: bool = False
+) -> tuple[Exposure, dict[str, Any]]:
     """A copy of ``exposure`` with its BAD/CR pixels interpolated and flagged INTRP.
+
+    ``in_place``: the caller owns the exposure's planes (nothing else reads them), so its
+    image, variance and mask are repaired where they are instead of copied first (three
+    64 MB copies at 4k, ~40 ms; issue 17).
 
     Returns ``(exposure, info)``; ``info`` goes to the task metadata (``nFilled``,
     ``nUnfilled``, ``psfSigma``, or ``skipped`` with the reason).  Without a PSF nothing is
@@ -50,8 +57,10 @@ def interpolate_defects(exposure: Exposure, *, name: str) -> tuple[Exposure, dic
     """
     planes = with_planes(exposure.mask_planes, (INTERPOLATED_PLANE, "NO_DATA"))
     repair = bits(planes, list(INTERPOLATE_PLANES))
-    masked = (exposure.mask & repair) != 0 if repair else np.zeros(exposure.shape, bool)
-    n_masked = int(masked.sum())
+    if repair:
+        masked, n_masked = has_bits(exposure.mask, repair)
+    else:
+        masked, n_masked = np.zeros(exposure.shape, bool), 0
     if n_masked == 0:
         return dataclasses.replace(exposure, mask_planes=planes), {"nFilled": 0, "nUnfilled": 0}
     psf = exposure.psf
@@ -68,10 +77,15 @@ def interpolate_defects(exposure: Exposure, *, name: str) -> tuple[Exposure, dic
     sigma = float(psf.fwhm_at((nx - 1) / 2.0, (ny - 1) / 2.0)) / FWHM_PER_SIGMA
     image = np.asarray(exposure.image, dtype=np.float32)
     variance = np.asarray(exposure.variance, dtype=np.float32)
-    result = interpolate_over(image, variance, masked, psf_sigma=sigma)
-    mask = np.array(exposure.mask, dtype=np.int32, copy=True)
-    mask[result.filled] |= np.int32(1 << planes[INTERPOLATED_PLANE])
-    n_unfilled = int(result.unfilled.sum())
+    result = interpolate_over(image, variance, masked, psf_sigma=sigma, overwrite=in_place)
+    mask = np.asarray(exposure.mask)
+    if not (in_place and mask.dtype == np.int32 and mask.flags.writeable):
+        mask = np.array(mask, dtype=np.int32, copy=True)
+    # At the masked pixels only (their coordinates), not a pass over the whole frame.
+    done, ys, xs = result.was_filled, result.ys, result.xs
+    mask[ys[done], xs[done]] |= np.int32(1 << planes[INTERPOLATED_PLANE])
+    n_filled = int(done.sum())
+    n_unfilled = int(done.size - n_filled)
     if n_unfilled:
         # Not silent: these pixels are lost (and counted in the metadata).
         log.warning(
@@ -79,9 +93,9 @@ def interpolate_defects(exposure: Exposure, *, name: str) -> tuple[Exposure, dic
             "marked NO_DATA",
             name, n_unfilled, n_masked,
         )  # fmt: skip
-        mask[result.unfilled] |= np.int32(1 << planes["NO_DATA"])
+        mask[ys[~done], xs[~done]] |= np.int32(1 << planes["NO_DATA"])
     info = {
-        "nFilled": int(result.filled.sum()),
+        "nFilled": n_filled,
         "nUnfilled": n_unfilled,
         "psfSigma": sigma,
         "nPatterns": result.n_patterns,

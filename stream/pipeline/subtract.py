@@ -166,7 +166,7 @@ def subtract_files(
     science, template = science.without_pixels(), template.without_pixels()
     del template_loaded
     try:
-        return _subtract_owned(owned, settings=settings, metadata=meta)
+        return _subtract_owned(owned, settings=settings, metadata=meta, pixels_owned=True)
     finally:  # also for NoWorkFound and failures: their metadata names the inputs too
         # External PSF stamps and backgrounds are inputs too: {"psf"/"background": {path,
         # sha256}} next to the exposure's own (diffstream.stream.io.calibrated.apply_external).
@@ -232,19 +232,21 @@ def note_provenance(meta: TaskMetadata, settings: Settings) -> int:
 
 
 def repair_defects(
-    science: Exposure, template: Exposure, *, meta: TaskMetadata, both: Both | None = None
-) -> tuple[Exposure, Exposure]:
+    science: Exposure, template: Exposure, *, meta: TaskMetadata, both: Both | None = None,
+    in_place: bool = False,
+) -> tuple[Exposure, Exposure]:  # fmt: skip
     """Both exposures with their BAD/CR pixels interpolated (INTRP), each in its own frame.
 
     Before any convolution (the template's first is the warp): a defect left as no data
     would blank the whole kernel footprint around it (issue 12).  ``both``: the two sides
     on two threads (full-frame NumPy passes and the kriging kernel release the GIL).
+    ``in_place``: the planes are the pipeline's own (subtract_files), repaired where they are.
     """
     both = both or Both(1)
     with meta.timer("interpolateDefects"):
         (science, s_fix), (template, t_fix) = both(
-            lambda: interpolate_defects(science, name="science"),
-            lambda: interpolate_defects(template, name="template"),
+            lambda: interpolate_defects(science, name="science", in_place=in_place),
+            lambda: interpolate_defects(template, name="template", in_place=in_place),
         )
         note(meta, "interpolation", {"science": s_fix, "template": t_fix})
     return science, template
@@ -467,10 +469,12 @@ def subtract_exposures(
 
 
 def _subtract_owned(
-    owned: list[Exposure], *, settings: Settings, metadata: TaskMetadata | None
-) -> SubtractResult:
+    owned: list[Exposure], *, settings: Settings, metadata: TaskMetadata | None,
+    pixels_owned: bool = False,
+) -> SubtractResult:  # fmt: skip
     """:func:`subtract_exposures` on ``[science, template]``, which it empties: with no other
-    reference held, each input plane is freed after its last step."""
+    reference held, each input plane is freed after its last step.  ``pixels_owned``: no
+    caller reads the planes either (subtract_files), so steps may write into them."""
     science, template = owned
     owned.clear()
     meta = metadata or TaskMetadata()
@@ -479,7 +483,8 @@ def _subtract_owned(
     check_processable(science, template)
     both = Both(threads)
 
-    science, template = repair_defects(science, template, meta=meta, both=both)
+    science, template = repair_defects(science, template, meta=meta, both=both,
+                                       in_place=pixels_owned)  # fmt: skip
     warped = warp_and_check(science, template, settings=settings, meta=meta, threads=threads)
     # The template's pixels and the warped planes before calibration are read no more.
     template = template.without_pixels()
@@ -491,7 +496,7 @@ def _subtract_owned(
     f_r = template_scale(science, template, stars, settings=settings, meta=meta)
     z, al_info = difference(p, psf_s, psf_t, stars, settings=settings, meta=meta, threads=threads,
                             f_r=f_r)  # fmt: skip
-    measure_noise_correlation(p, psf_s, psf_t, meta=meta)
+    measure_noise_correlation(p, psf_s, psf_t, meta=meta, both=both)
     psf_err_scale = scale_difference_variance(z, settings=settings, meta=meta, both=both)
 
     found = detect_sources(z.score, z.valid, settings=settings, meta=meta)

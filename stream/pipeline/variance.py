@@ -60,8 +60,9 @@ def scale_difference_variance(
     the factor evaluated where sources are.
     """
     with meta.timer("scaleDiffimVariance"):
-        f_all, f_diff = diffim_scale_factors(z.score, z.difference, z.difference_variance, z.valid)
-        sky = empty_sky_scale(z.score, z.valid, first=f_all)
+        f_all, f_diff = diffim_scale_factors(z.score, z.difference, z.difference_variance, z.valid,
+                                             workers=both.threads)  # fmt: skip
+        sky = empty_sky_scale(z.score, z.valid, first=f_all, workers=both.threads)
         if settings.scale_variance:
 
             def scale_difference() -> None:
@@ -114,8 +115,9 @@ def scale_psf_flux_errors(rows: np.ndarray, factor: PsfErrorScale | None) -> Non
 
 
 def measure_noise_correlation(
-    p: Prepared, psf_s: PsfModel, psf_t: PsfModel, *, meta: TaskMetadata
-) -> None:
+    p: Prepared, psf_s: PsfModel, psf_t: PsfModel, *, meta: TaskMetadata,
+    both: Both | None = None,
+) -> None:  # fmt: skip
     """Neighbour correlation of each input's noise on empty sky, and the factor by which it
     makes a PSF matched filter's variance exceed what the variance plane states.
 
@@ -124,15 +126,20 @@ def measure_noise_correlation(
     """
     with meta.timer("noiseCorrelation"):
         ny, nx = p.s_img.shape
-        out: dict[str, Any] = {}
-        for name, img, var, psf in (("science", p.s_img, p.s_var, psf_s),
-                                    ("template", p.t_img, p.t_var, psf_t)):  # fmt: skip
+        good = ~p.bad
+
+        def one(img: np.ndarray, var: np.ndarray, psf: PsfModel) -> dict[str, Any]:
             stamp = psf.at((nx - 1) / 2.0, (ny - 1) / 2.0)
             try:
-                rho, factor = input_noise_correlation(img, var, ~p.bad, stamp)
+                rho, factor = input_noise_correlation(img, var, good, stamp)
             except ValueError as exc:  # too few free pixels: say so, do not guess
-                out[name] = {"error": str(exc)}
-                continue
-            out[name] = {"rho10": float(rho[3, 4]), "rho01": float(rho[4, 3]),
-                         "rho11": float(rho[4, 4]), "psfVarianceFactor": factor}  # fmt: skip
-        note(meta, "noiseCorrelation", out)
+                return {"error": str(exc)}
+            return {"rho10": float(rho[3, 4]), "rho01": float(rho[4, 3]),
+                    "rho11": float(rho[4, 4]), "psfVarianceFactor": factor}  # fmt: skip
+
+        # The two inputs on two threads when the run has them (NumPy and the lag sums
+        # release the GIL): a diagnostic should not hold the second core idle.
+        science, template = (both or Both(1))(
+            lambda: one(p.s_img, p.s_var, psf_s), lambda: one(p.t_img, p.t_var, psf_t)
+        )
+        note(meta, "noiseCorrelation", {"science": science, "template": template})

@@ -85,3 +85,16 @@ def test_validation():
         )
     with pytest.raises(ValueError, match="science_no_data_bit must be a single bit.*got -4"):
         template_coverage(mask, no_data_bit=NO_DATA, science_mask=mask, science_no_data_bit=-4)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int16, np.int64])
+def test_matches_numpy_counts_for_random_masks(dtype):
+    """The one-pass kernel (int32 masks) and the NumPy path (others) against the definition."""
+    rng = np.random.default_rng(9)
+    tmask = rng.integers(0, 1 << 10, (53, 47)).astype(dtype)
+    smask = rng.integers(0, 1 << 10, (53, 47)).astype(dtype)
+    tbit, sbit = 1 << 8, 1 << 3
+    good = (smask & sbit) == 0
+    expected = np.count_nonzero(good & ((tmask & tbit) == 0)) / np.count_nonzero(good)
+    got = template_coverage(tmask, no_data_bit=tbit, science_mask=smask, science_no_data_bit=sbit)
+    assert got == expected

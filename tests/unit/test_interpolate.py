@@ -82,6 +82,31 @@ def test_matches_numpy_reference(dtype, shape):
     assert not np.shares_memory(got.image, img)
 
 
+@pytest.mark.parametrize("shape", [(40, 31), (64, 48)])  # 31: not 8-pixel words
+def test_overwrite_fills_in_place_with_the_same_result(shape):
+    img, var, masked = _field(7, shape, np.float32)
+    img[0, 0] = np.nan  # a non-finite neighbour is skipped either way
+    copied = interpolate_over(img, var, masked, psf_sigma=1.2, radius=3)
+    img2, var2 = img.copy(), var.copy()
+    got = interpolate_over(img2, var2, masked, psf_sigma=1.2, radius=3, overwrite=True)
+    assert got.image is img2 and got.variance is var2
+    assert_array_equal(got.image, copied.image)
+    assert_array_equal(got.variance, copied.variance)
+    assert_array_equal(got.filled, copied.filled)
+    # The masked pixels' coordinates, column-major, and which were filled.
+    ys, xs = np.nonzero(masked)
+    order = np.lexsort((ys, xs))
+    assert_array_equal(got.ys, ys[order])
+    assert_array_equal(got.xs, xs[order])
+    assert_array_equal(got.was_filled, copied.filled[ys[order], xs[order]])
+    # A read-only plane is copied, not written.
+    img3 = img.copy()
+    img3.flags.writeable = False
+    got3 = interpolate_over(img3, var.copy(), masked, psf_sigma=1.2, radius=3, overwrite=True)
+    assert got3.image is not img3
+    assert_array_equal(got3.image, copied.image)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     seed=st.integers(0, 2**31),

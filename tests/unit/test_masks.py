@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
-from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, bits, remap
+from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, bits, has_bits, remap
 
 pytestmark = pytest.mark.unit
 
@@ -121,3 +121,15 @@ def test_remap_hypothesis(src, dst, seed):
     mask = rng.integers(-(2**31), 2**31, size=(5, 7), dtype=np.int64).astype(np.int32)
     got = remap(mask, src, dst)
     assert_array_equal(got, ref_remap(mask, src, dst))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int16, np.int64])
+def test_has_bits_matches_numpy(dtype):
+    rng = np.random.default_rng(4)
+    mask = rng.integers(0, 512, (37, 29)).astype(dtype)
+    for value in (0, 1, 0b1001, 1 << 8, 1 << 12):
+        hit, n = has_bits(mask, value)
+        assert_array_equal(hit, (mask & value) != 0)
+        assert n == int(((mask & value) != 0).sum())
+    with pytest.raises(TypeError, match="mask must have an integer dtype, got float64"):
+        has_bits(np.zeros((2, 2)), 1)

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffstream.jitcore.noise import diffim_scale_factors, noise_scale_factor
 from diffstream.jitcore.robust import iqr_sigma
@@ -16,6 +18,8 @@ def test_diffim_scale_factors_measure_both_spreads():
     f_score, f_diff = diffim_scale_factors(score, diff, var, valid)
     assert f_score == pytest.approx(1.1, rel=0.02)
     assert f_diff == pytest.approx(0.9, rel=0.02)
+    # One thread (a one-CPU worker) or two: the same numbers.
+    assert diffim_scale_factors(score, diff, var, valid, workers=1) == (f_score, f_diff)
 
 
 def test_diffim_scale_factors_subsample_large_images_and_ignore_invalid_pixels():
@@ -48,3 +52,25 @@ def test_noise_checks_refuse_bad_input():
         noise_scale_factor(np.zeros((3, 3)), np.ones((2, 2), bool))
     with pytest.raises(ValueError, match="limit must be > 1"):
         noise_scale_factor(np.zeros((3, 3)), np.ones((3, 3), bool), limit=1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    ny=st.integers(1, 30),
+    nx=st.integers(1, 30),
+    r=st.integers(0, 8),
+    density=st.sampled_from([0.0, 0.01, 0.1, 0.5]),
+)
+def test_dilate_square_is_the_maximum_filter(seed, ny, nx, r, density):
+    """source_free_mask's dilation kernel against the scipy filter it replaced."""
+    from scipy import ndimage
+
+    from diffstream.jitcore._kernels.emptysky import dilate_square
+
+    hot = np.random.default_rng(seed).random((ny, nx)) < density
+    out = np.empty((ny, nx), bool)
+    any_set = dilate_square(hot, r, np.empty((ny, nx), np.int32), out)
+    ref = ndimage.maximum_filter(hot.view(np.uint8), size=2 * r + 1) > 0
+    np.testing.assert_array_equal(out, ref)
+    assert any_set == bool(ref.any())

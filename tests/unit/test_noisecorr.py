@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage, signal
 
+from diffstream.jitcore._kernels.emptysky import empty_sky_free
 from diffstream.jitcore.noisecorr import (
     ScoreScale,
     correlated_variance_factor,
@@ -182,6 +183,11 @@ def test_empty_sky_scale_ignores_sources_and_follows_tiles():
     assert sky.tiles.shape == (2, 2) and sky.measured_tiles == 4
     np.testing.assert_allclose(sky.tiles, [[1.3, 0.9], [1.3, 0.9]], rtol=0.03)
     assert 0.5 < sky.free_fraction < 0.99
+    # Threads share the rows of tiles: the same numbers.
+    two = empty_sky_scale(score, valid, tile=512, workers=2)
+    np.testing.assert_array_equal(two.tiles, sky.tiles)
+    assert (two.factor, two.free_fraction, two.measured_tiles) == (
+        sky.factor, sky.free_fraction, sky.measured_tiles)  # fmt: skip
 
 
 def test_empty_sky_scale_without_pixels_keeps_stated_noise():
@@ -200,6 +206,39 @@ def test_sparse_tiles_take_the_global_factor():
     assert sky.measured_tiles == 3
     assert sky.tiles[0, 0] == sky.factor
     assert sky.factor == pytest.approx(1.2, rel=0.03)
+
+
+def _free_reference(s, valid, cut, block):
+    """The NumPy chain empty_sky_free replaced: usable, hot, blocks any-hot dilated by one."""
+    ok = valid & np.isfinite(s)
+    hot = ok & (np.abs(s) >= cut)
+    if hot.any():
+        ny, nx = hot.shape
+        by, bx = -(-ny // block), -(-nx // block)
+        padded = np.zeros((by * block, bx * block), bool)
+        padded[:ny, :nx] = hot
+        blocks = padded.reshape(by, block, bx, block).any(axis=(1, 3))
+        blocks = ndimage.binary_dilation(blocks, structure=np.ones((3, 3), bool))
+        hot = np.repeat(np.repeat(blocks, block, axis=0), block, axis=1)[:ny, :nx]
+    return ok & ~hot, int(ok.sum())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("shape", "block"), [((1, 1), 1), ((50, 37), 3), ((64, 64), 4)])
+def test_empty_sky_free_matches_reference(dtype, shape, block):
+    rng = np.random.default_rng(shape[0] + block)
+    full = rng.normal(size=(2 * shape[0], 2 * shape[1])).astype(dtype)
+    full[rng.random(full.shape) < 0.01] = np.nan
+    s = full[::2, ::2]  # strided, as empty_sky_scale passes it
+    valid = rng.random(shape) < 0.95
+    cut = dtype(2.5)
+    nb = (-(-shape[0] // block), -(-shape[1] // block))
+    free = np.empty(shape, bool)
+    n_ok, n_free = empty_sky_free(s, valid, cut, block, np.empty(nb, bool), np.empty(nb, bool),
+                                  free)  # fmt: skip
+    ref, ref_ok = _free_reference(s, valid, cut, block)
+    np.testing.assert_array_equal(free, ref)
+    assert (n_ok, n_free) == (ref_ok, int(ref.sum()))
 
 
 def test_empty_sky_scale_checks():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
+from diffstream.jitcore._kernels.planes import snr_plane, star_bad
 from diffstream.jitcore.background import estimate_background, subtract_background
 from diffstream.jitcore.masks import DEFAULT_PLANES, bits
 from diffstream.jitcore.planes import combine_planes, combine_planes_hard
@@ -286,3 +287,48 @@ def test_usable_pair_matches_numpy(shape):
         ref = ~bad & np.isfinite(si) & np.isfinite(ti)
         ref &= np.isfinite(sv) & np.isfinite(tv) & (sv >= 0) & (tv >= 0)
     assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (64, 33)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_snr_plane_and_star_bad_match_numpy(shape, dtype):
+    """find_stars' and measure_psf's fused passes against the NumPy expressions they replace,
+    special values included (zero, negative, NaN, inf variances; NaN and inf pixels)."""
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    img = rng.normal(0.0, 10.0, shape).astype(dtype)
+    var = rng.uniform(0.5, 2.0, shape).astype(dtype)
+    bad = rng.random(shape) < 0.1
+    special = np.array([0.0, -1.0, np.nan, np.inf, 1e-30], dtype)
+    var.flat[rng.integers(0, var.size, 5)] = special
+    img.flat[rng.integers(0, img.size, 3)] = special[[2, 3, 1]] * np.array([1, -1, 1], dtype)
+    snr = np.empty(shape, dtype)
+    valid = np.empty(shape, bool)
+    n = snr_plane(img, var, bad, snr, valid)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref_snr = img / np.sqrt(var)
+    ref_valid = ~(bad | ~(var > 0) | ~np.isfinite(img))
+    assert_array_equal(snr, ref_snr)
+    assert_array_equal(valid, ref_valid)
+    assert n == int(ref_valid.sum())
+    out = np.empty(shape, bool)
+    star_bad(bad, img, var, out)
+    with np.errstate(invalid="ignore"):
+        assert_array_equal(out, bad | ~np.isfinite(img) | ~(var >= 0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ">f4"])
+def test_input_counts_match_numpy(dtype):
+    from diffstream.jitcore.planes import input_counts
+
+    rng = np.random.default_rng(21)
+    img = rng.normal(size=(41, 23)).astype(dtype)
+    var = rng.normal(1.0, 1.0, size=(41, 23)).astype(dtype)  # some negative
+    img.flat[[3, 50, 99]] = [np.nan, np.inf, -np.inf]
+    var.flat[[3, 7, 8, 120]] = [np.nan, -np.inf, np.inf, np.nan]
+    nonfinite = ~(np.isfinite(img) & np.isfinite(var))
+    negative = np.isfinite(var) & (var < 0)
+    assert input_counts(img, var) == (int(nonfinite.sum()), int(negative.sum()))
+    assert input_counts(img[::2, ::3], var[::2, ::3]) == (
+        int(nonfinite[::2, ::3].sum()), int(negative[::2, ::3].sum()))  # fmt: skip
+    with pytest.raises(ValueError, match="need 2-D image and variance of one shape"):
+        input_counts(img, var[1:])
