@@ -26,12 +26,27 @@ import fastavro
 __all__ = ["Encoder", "encoder"]
 
 _PACK_D = struct.Struct("<d").pack
+# A bytes value this long (a cutout: ~30 KB) is passed on as a piece of its own, not copied
+# into the record's buffer: an exposure's alerts hold ~90 MB of cutouts, and copying them
+# (buffer growth, then bytes()) was ~40% of encoding.
+_PIECE = 2048
 _PACK_F = struct.Struct("<f").pack
 _INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 # One byte per zig-zag value below 64 (most of an alert's ints: flags, counts, union tags).
 _SMALL = [bytes([v << 1]) for v in range(64)]
 
-Write = Callable[[bytearray, Any], None]
+Write = Callable[["_Out", Any], None]
+
+
+class _Out(bytearray):
+    """A record's bytes being written: the buffer itself, and ``pieces`` before it (the
+    buffer's earlier contents and long bytes values, in order)."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pieces: list[bytes] = []
 
 
 class _Unexpected(Exception):
@@ -53,7 +68,7 @@ def _long(out: bytearray, value: int) -> None:
 def _integer(base: str) -> Write:
     lo, hi = _INT_RANGE[base]
 
-    def write(out: bytearray, value: Any) -> None:
+    def write(out: _Out, value: Any) -> None:
         if type(value) is not int or not lo <= value <= hi:
             raise _Unexpected
         _long(out, value)
@@ -61,14 +76,14 @@ def _integer(base: str) -> Write:
     return write
 
 
-def _double(out: bytearray, value: Any) -> None:
+def _double(out: _Out, value: Any) -> None:
     kind = type(value)
     if kind is not float and kind is not int:
         raise _Unexpected
     out += _PACK_D(value)
 
 
-def _float(out: bytearray, value: Any) -> None:
+def _float(out: _Out, value: Any) -> None:
     kind = type(value)
     if kind is not float and kind is not int:
         raise _Unexpected
@@ -81,7 +96,7 @@ def _float(out: bytearray, value: Any) -> None:
     out += packed
 
 
-def _boolean(out: bytearray, value: Any) -> None:
+def _boolean(out: _Out, value: Any) -> None:
     if value is True:
         out.append(1)
     elif value is False:
@@ -90,7 +105,7 @@ def _boolean(out: bytearray, value: Any) -> None:
         raise _Unexpected
 
 
-def _string(out: bytearray, value: Any) -> None:
+def _string(out: _Out, value: Any) -> None:
     if type(value) is not str:
         raise _Unexpected
     data = value.encode()
@@ -98,14 +113,19 @@ def _string(out: bytearray, value: Any) -> None:
     out += data
 
 
-def _bytes(out: bytearray, value: Any) -> None:
+def _bytes(out: _Out, value: Any) -> None:
     if type(value) is not bytes:
         raise _Unexpected
     _long(out, len(value))
-    out += value
+    if len(value) < _PIECE:
+        out += value
+        return
+    out.pieces.append(bytes(out))
+    out.pieces.append(value)
+    del out[:]
 
 
-def _null(out: bytearray, value: Any) -> None:
+def _null(out: _Out, value: Any) -> None:
     if value is not None:
         raise _Unexpected
 
@@ -141,22 +161,23 @@ class Encoder:
     def encode(self, record: Any) -> bytes:
         """The bytes of ``record``; fastavro's errors (ValueError, TypeError, ...) where
         the record does not match the schema."""
-        out = bytearray()
-        self.encode_into(out, record)
-        return bytes(out)
+        pieces = self.pieces(record)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def encode_into(self, out: bytearray, record: Any) -> None:
-        """Append the bytes of ``record`` to ``out`` (a container file's block: no copy of
-        each record's bytes); on an error ``out`` is left as it was."""
-        start = len(out)
+    def pieces(self, record: Any) -> list[bytes]:
+        """The bytes of ``record`` as consecutive pieces (long bytes values, such as
+        cutouts, are pieces of their own, not copied: a container file's block compresses
+        them where they are); fastavro's errors where the record does not match."""
+        out = _Out()
         try:
             self._write(out, record)
-            return
         except _Unexpected:
-            del out[start:]
-        buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, self.parsed, record)
-        out += buf.getbuffer()
+            buf = io.BytesIO()
+            fastavro.schemaless_writer(buf, self.parsed, record)
+            return [buf.getvalue()]
+        if out or not out.pieces:
+            out.pieces.append(bytes(out))
+        return out.pieces
 
     # -- compiling ----------------------------------------------------------------------------
     def _compile(self, schema: Any) -> Write:
@@ -188,7 +209,7 @@ class Encoder:
     def _late(self, name: str) -> Write:
         compiled = self._compiled
 
-        def write(out: bytearray, value: Any) -> None:
+        def write(out: _Out, value: Any) -> None:
             compiled[name](out, value)
 
         return write
@@ -201,7 +222,7 @@ class Encoder:
         # The branch index as a zig-zag varint: 0 -> 0x00, 1 -> 0x02.
         null_tag, value_tag = (0, 2) if null_first else (2, 0)
 
-        def write(out: bytearray, value: Any) -> None:
+        def write(out: _Out, value: Any) -> None:
             if value is None:
                 out.append(null_tag)
             else:
@@ -215,7 +236,7 @@ class Encoder:
         self._compiled[name] = _never  # a recursive reference resolves late (_late)
         steps = tuple((f["name"], self._compile(f["type"])) for f in schema["fields"])
 
-        def write(out: bytearray, value: Any) -> None:
+        def write(out: _Out, value: Any) -> None:
             if type(value) is not dict:
                 raise _Unexpected
             try:
@@ -230,7 +251,7 @@ class Encoder:
     def _enum(self, schema: dict[str, Any]) -> Write:
         index = {symbol: i for i, symbol in enumerate(schema["symbols"])}
 
-        def write(out: bytearray, value: Any) -> None:
+        def write(out: _Out, value: Any) -> None:
             if type(value) is not str or value not in index:
                 raise _Unexpected
             _long(out, index[value])
@@ -241,7 +262,7 @@ class Encoder:
     def _array(self, schema: dict[str, Any]) -> Write:
         items = self._compile(schema["items"])
 
-        def write(out: bytearray, value: Any) -> None:
+        def write(out: _Out, value: Any) -> None:
             if type(value) is not list:
                 raise _Unexpected
             if value:
@@ -255,7 +276,7 @@ class Encoder:
     def _map(self, schema: dict[str, Any]) -> Write:
         values = self._compile(schema["values"])
 
-        def write(out: bytearray, value: Any) -> None:
+        def write(out: _Out, value: Any) -> None:
             if type(value) is not dict:
                 raise _Unexpected
             if value:
@@ -280,6 +301,6 @@ def encoder(parsed: dict[str, Any]) -> Encoder:
     return found
 
 
-def _never(out: bytearray, value: Any) -> None:
+def _never(out: _Out, value: Any) -> None:
     """The step of a type the encoder leaves to fastavro."""
     raise _Unexpected

@@ -487,10 +487,12 @@ def _avro_long(value: int) -> bytes:
     return bytes(out)
 
 
-def _deflate_block(records: bytes | bytearray, count: int, sync: bytes) -> list[bytes]:
-    """One container block: record count, size, raw-deflate data (RFC 1951), sync marker."""
+def _deflate_block(pieces: list[bytes], count: int, sync: bytes) -> list[bytes]:
+    """One container block: record count, size, raw-deflate data (RFC 1951), sync marker.
+    The records' bytes come as pieces (stream.alerts.avroenc: cutouts are not copied into
+    a block buffer), compressed one after the other into one deflate stream."""
     z = _deflate_lib.compressobj(_DEFLATE_LEVEL, zlib.DEFLATED, -15, 9)  # memLevel 9: faster
-    data = z.compress(records) + z.flush()
+    data = b"".join([*map(z.compress, pieces), z.flush()])
     return [_avro_long(count), _avro_long(len(data)), data, sync]
 
 
@@ -505,29 +507,32 @@ def write_alert_file(path: str | os.PathLike[str], alerts: Iterable[dict[str, An
     count = 0
     sync = os.urandom(16)
     workers = max(1, min(4, available_cpus()))
-    encode_into = encoder(ALERT_SCHEMA).encode_into
+    pieces_of = encoder(ALERT_SCHEMA).pieces
     try:
         with tmp.open("wb") as out, ThreadPoolExecutor(workers, "alert-deflate") as pool:
             # fastavro writes the header (magic, schema, codec, our sync marker); no records.
             fastavro.writer(out, ALERT_SCHEMA, [], codec="deflate", sync_marker=sync)
             pending: deque[Future[list[bytes]]] = deque()
-            buf, in_block = bytearray(), 0
+            block: list[bytes] = []
+            size = in_block = 0
             for alert in alerts:
                 count += 1
                 try:
-                    encode_into(buf, alert)
+                    pieces = pieces_of(alert)
                 except _ENCODE_ERRORS as exc:
                     msg = f"alert #{count} does not match schema {ALERT_SCHEMA['name']}: {exc}"
                     raise ValueError(msg) from exc
+                block += pieces
+                size += sum(map(len, pieces))
                 in_block += 1
-                if len(buf) >= _BLOCK_BYTES:
-                    pending.append(pool.submit(_deflate_block, buf, in_block, sync))
-                    buf, in_block = bytearray(), 0
+                if size >= _BLOCK_BYTES:
+                    pending.append(pool.submit(_deflate_block, block, in_block, sync))
+                    block, size, in_block = [], 0, 0
                 # Blocks go out in order; a bounded queue keeps memory at a few blocks.
                 while pending and (pending[0].done() or len(pending) > 2 * workers):
                     out.writelines(pending.popleft().result())
             if in_block:
-                pending.append(pool.submit(_deflate_block, buf, in_block, sync))
+                pending.append(pool.submit(_deflate_block, block, in_block, sync))
             while pending:
                 out.writelines(pending.popleft().result())
     except BaseException:
