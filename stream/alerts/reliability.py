@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from diffstream.jitcore.stampstats import stamp_stats
+from diffstream.jitcore.trees import leaf_sums
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -247,18 +248,13 @@ class TreeModel:
         n = x.shape[0]
         if n == 0:
             return np.zeros(0)
-        node = np.broadcast_to(self.roots, (n, self.roots.size)).copy()
-        rows = np.arange(n)[:, None]
-        # All trees walk together, one level a step; a leaf stays where it is.
-        for _ in range(self.depth):
-            leaf = self.is_leaf[node]
-            if leaf.all():
-                break
-            v = x[rows, self.feature[node]]
-            with np.errstate(invalid="ignore"):
-                go_left = np.where(np.isnan(v), self.missing_left[node], v <= self.threshold[node])
-            node = np.where(leaf, node, np.where(go_left, self.left[node], self.right[node]))
-        raw = self.baseline + self.value[node].sum(axis=1)
+        # Every row down every tree in one Numba pass (jitcore.trees), the same sums as
+        # NumPy walking all trees a level at a time.
+        raw = self.baseline + leaf_sums(
+            x, roots=self.roots, feature=self.feature, threshold=self.threshold,
+            missing_left=self.missing_left, left=self.left, right=self.right,
+            is_leaf=self.is_leaf, value=self.value, depth=self.depth,
+        )  # fmt: skip
         return 1.0 / (1.0 + np.exp(-raw))
 
 
