@@ -51,7 +51,7 @@ from diffstream.jitcore._kernels import measure as _k
 from diffstream.jitcore._kernels import psffit as _fit
 from diffstream.jitcore.constants import FWHM_PER_SIGMA
 from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, UNUSABLE_PLANES, bits
-from diffstream.jitcore.photometry import aperture_flux, stack_psfs
+from diffstream.jitcore.photometry import aperture_flux, distinct_stamps, stack_psfs
 from diffstream.jitcore.tiles import thread_count
 
 __all__ = ["MEASURE_DTYPE", "measure", "forced_psf_flux"]
@@ -394,8 +394,15 @@ def _measure_chunk(
 
     # Moments: the PSF's first (its FWHM sets the default aperture), then the source's,
     # starting from the PSF's moments.
-    pmom = np.empty((n, 4))
-    _k.stamp_adaptive_moments(psfs, 100, 1e-6, pmom)
+    # Once per distinct stamp (PSF_D: one per ZOGY tile), the same rows bit for bit.
+    distinct = distinct_stamps(psfs)
+    if distinct is None:
+        pmom = np.empty((n, 4))
+        _k.stamp_adaptive_moments(psfs, 100, 1e-6, pmom)
+    else:
+        pmom = np.empty((distinct[0].shape[0], 4))
+        _k.stamp_adaptive_moments(distinct[0], 100, 1e-6, pmom)
+        pmom = pmom[distinct[1]]
     bad_psf = pmom[:, 3] != _k.SHAPE_OK
     if bad_psf.any():
         # Adaptive moments of a PSF only fail for pathological stamps; fall back to a circle

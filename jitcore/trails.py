@@ -36,7 +36,7 @@ import numpy as np
 from diffstream.jitcore._kernels import trails as _k
 from diffstream.jitcore.masks import UNUSABLE_PLANES, bits
 from diffstream.jitcore.measure import check_mask, check_sources, image_pair
-from diffstream.jitcore.photometry import stack_psfs
+from diffstream.jitcore.photometry import distinct_stamps, stack_psfs
 from diffstream.jitcore.psf import psf_sigma
 from diffstream.jitcore.tiles import run_tiles, thread_count
 
@@ -110,16 +110,11 @@ def gaussian_sigma(psfs: np.ndarray) -> np.ndarray:
     absorbs, so point sources came out trailed (L / trailLengthErr > 3.3 for 27% of them on
     a seeded pair; tests/science/test_trail_science.py).  Grid of 21 ratios in [0.75, 1.25]
     of the moments' sigma, refined by a parabola through the best three."""
-    n, ky, kx = psfs.shape
-    # Once per distinct stamp: PSF_D is one stamp per ZOGY tile, so a 4k exposure's ~1300
-    # sources share a few dozen (45 -> ~3 ms; each row's result does not depend on the
-    # others, tests/unit/test_trails.py checks it is the same bit for bit).
-    # By their bytes (np.unique(axis=0) sorted the rows as void records: ~10x slower).
-    first: dict[bytes, int] = {}
-    inverse = np.array([first.setdefault(p.tobytes(), len(first)) for p in psfs], np.int64)
-    if len(first) < n:
-        keep = np.unique(inverse, return_index=True)[1]
-        return _gaussian_sigma(np.ascontiguousarray(psfs[keep]))[inverse]
+    # Once per distinct stamp (45 ms -> ~3 ms on a 4k exposure; tests/unit/test_trails.py
+    # checks the result is the same bit for bit).
+    distinct = distinct_stamps(psfs)
+    if distinct is not None:
+        return _gaussian_sigma(distinct[0])[distinct[1]]
     return _gaussian_sigma(psfs)
 
 

@@ -394,6 +394,39 @@ def _fit_dipole_pairs(
         out[n, 15] = niter
 
 
+def _score_peaks(score, xs, ys, radius, sign, out):
+    """For each source n: out[n] <- (px, py, value) of the largest -sign[n] * score over the
+    finite pixels within radius[n] of (xs[n], ys[n]) (first in row order on ties; a window
+    cut by the image), or (-1, -1, -inf) where there is none.  The opposite lobe a dipole
+    fit starts from (jitcore.dipole._hidden_lobes_on_score)."""
+    ny, nx = score.shape
+    for n in range(xs.shape[0]):
+        x = xs[n]
+        y = ys[n]
+        r = int(math.ceil(radius[n]))
+        ix = int(math.floor(x + 0.5))
+        iy = int(math.floor(y + 0.5))
+        best = -math.inf
+        bx = -1
+        by = -1
+        for j in range(max(iy - r, 0), min(iy + r + 1, ny)):
+            for i in range(max(ix - r, 0), min(ix + r + 1, nx)):
+                v = -sign[n] * np.float64(score[j, i])
+                if math.isfinite(v) and v > best and math.hypot(i - x, j - y) <= radius[n]:
+                    best = v
+                    bx = i
+                    by = j
+        out[n, 0] = bx
+        out[n, 1] = by
+        out[n, 2] = best
+
+
+score_peaks = njit(
+    [f"void({t}[:, ::1], float64[::1], float64[::1], float64[::1], float64[::1], float64[:, ::1])"
+     for t in ("float32", "float64")]
+)(_score_peaks)  # fmt: skip
+
+
 _IMG = "{t}[:, ::1]"
 _F8_1 = "float64[::1]"
 _F8_2 = "float64[:, ::1]"

@@ -63,15 +63,22 @@ _TWO_OVER_SQRTPI = 2.0 / math.sqrt(math.pi)
 @njit
 def trail_model(x, y, f, xc, yc, length, theta, sigma, grad, want_grad):
     """Model value at pixel (x, y); ``grad`` (NPAR) <- dI/dparams when ``want_grad``."""
-    return _model_cs(x, y, f, xc, yc, length, math.cos(theta), math.sin(theta), sigma, grad,
-                     want_grad)  # fmt: skip
+    value, g0, g1, g2, g3, g4 = _model_cs(x, y, f, xc, yc, length, math.cos(theta),
+                                          math.sin(theta), sigma, want_grad)  # fmt: skip
+    if want_grad:
+        grad[0], grad[1], grad[2], grad[3], grad[4] = g0, g1, g2, g3, g4
+    return value
 
 
 @njit
-def _model_cs(x, y, f, xc, yc, length, c, s, sigma, grad, want_grad):
-    """:func:`trail_model` with cos(theta), sin(theta) given: a fit's chi^2 pass evaluates
-    the model at every pixel of its window with one theta, and the two per-pixel
-    transcendentals were ~a quarter of the trail step's time (issue 17)."""
+def _model_cs(x, y, f, xc, yc, length, c, s, sigma, want_grad):
+    """(value, dI/dF, dI/dxc, dI/dyc, dI/dL, dI/dtheta) at pixel (x, y) with cos(theta),
+    sin(theta) given (the derivatives 0 unless ``want_grad``).
+
+    cos and sin once per pass: a fit's chi^2 pass evaluates the model at every pixel of its
+    window with one theta, and the two per-pixel transcendentals were ~a quarter of the trail
+    step's time (issue 17).  The derivatives come back as scalars, not through an array: the
+    chi^2 pass sums them in registers (see :func:`trail_chi2`)."""
     dx = x - xc
     dy = y - yc
     u = dx * c + dy * s
@@ -80,6 +87,7 @@ def _model_cs(x, y, f, xc, yc, length, c, s, sigma, grad, want_grad):
     g = math.exp(-0.5 * v * v / s2) / (_SQRT2PI * sigma)
     small = abs(length) < _SMALL * sigma
     gu = 0.0
+    corr = 0.0
     if small:
         # G(u) only here: the erf form below does not use it (one exp per pixel fewer).
         gu = math.exp(-0.5 * u * u / s2) / (_SQRT2PI * sigma)
@@ -89,55 +97,84 @@ def _model_cs(x, y, f, xc, yc, length, c, s, sigma, grad, want_grad):
         r = math.sqrt(2.0) * sigma
         b = (math.erf((u + 0.5 * length) / r) - math.erf((u - 0.5 * length) / r)) / (2.0 * length)
     value = f * g * b
-    if want_grad:
-        if small:
-            db_du = -u / s2 * gu
-            db_dl = length / 12.0 * corr * gu
-        else:
-            r = math.sqrt(2.0) * sigma
-            ep = _TWO_OVER_SQRTPI / r * math.exp(-(((u + 0.5 * length) / r) ** 2))
-            em = _TWO_OVER_SQRTPI / r * math.exp(-(((u - 0.5 * length) / r) ** 2))
-            db_du = (ep - em) / (2.0 * length)
-            db_dl = 0.25 * (ep + em) / length - b / length
-        dg_dv = -v / s2 * g
-        grad[0] = g * b
-        grad[1] = f * (g * db_du * (-c) + b * dg_dv * s)
-        grad[2] = f * (g * db_du * (-s) + b * dg_dv * (-c))
-        grad[3] = f * g * db_dl
-        grad[4] = f * (g * db_du * v - b * dg_dv * u)
-    return value
+    if not want_grad:
+        return value, 0.0, 0.0, 0.0, 0.0, 0.0
+    if small:
+        db_du = -u / s2 * gu
+        db_dl = length / 12.0 * corr * gu
+    else:
+        r = math.sqrt(2.0) * sigma
+        ep = _TWO_OVER_SQRTPI / r * math.exp(-(((u + 0.5 * length) / r) ** 2))
+        em = _TWO_OVER_SQRTPI / r * math.exp(-(((u - 0.5 * length) / r) ** 2))
+        db_du = (ep - em) / (2.0 * length)
+        db_dl = 0.25 * (ep + em) / length - b / length
+    dg_dv = -v / s2 * g
+    return (
+        value,
+        g * b,
+        f * (g * db_du * (-c) + b * dg_dv * s),
+        f * (g * db_du * (-s) + b * dg_dv * (-c)),
+        f * g * db_dl,
+        f * (g * db_du * v - b * dg_dv * u),
+    )
 
 
 @njit
 def trail_chi2(img, var, mask, badbits, box, par, sigma, nmat, rhs, grad, accumulate):
     """chi^2 of the model ``par`` over ``box`` (x0, x1, y0, y1 inclusive, inside the image)
-    and, when ``accumulate``, J^T W J into ``nmat`` and J^T W r into ``rhs`` (both zeroed
-    here).  Returns (chi2, good pixels)."""
-    if accumulate:
-        for p in range(NPAR):
-            rhs[p] = 0.0
-            for q in range(NPAR):
-                nmat[p, q] = 0.0
+    and, when ``accumulate``, J^T W J into ``nmat`` and J^T W r into ``rhs`` (all of both
+    written here).  Returns (chi2, good pixels).  ``grad`` (NPAR) is left as scratch.
+
+    The 15 + 5 sums run in scalars, written out, rather than in ``nmat`` and ``rhs``: Numba
+    cannot tell that those arrays do not alias the image, so every += went through memory
+    (~20% of a pass).  Same terms, same order: the sums are bit for bit those of the array
+    form (tests/unit/test_trails.py::test_chi2_and_normal_equations_match_numpy)."""
     chi2 = 0.0
     ngood = 0
+    f, xc, yc, length = par[0], par[1], par[2], par[3]
     c = math.cos(par[4])
     s = math.sin(par[4])
+    r0 = r1 = r2 = r3 = r4 = 0.0
+    n00 = n01 = n02 = n03 = n04 = n11 = n12 = n13 = n14 = 0.0
+    n22 = n23 = n24 = n33 = n34 = n44 = 0.0
     for j in range(box[2], box[3] + 1):
         for i in range(box[0], box[1] + 1):
             if not _good(img, var, mask, badbits, j, i):
                 continue
             ngood += 1
-            m = _model_cs(float(i), float(j), par[0], par[1], par[2], par[3], c, s, sigma,
-                          grad, accumulate)  # fmt: skip
+            m, g0, g1, g2, g3, g4 = _model_cs(float(i), float(j), f, xc, yc, length, c, s,
+                                              sigma, accumulate)  # fmt: skip
             w = 1.0 / var[j, i]
             r = img[j, i] - m
             chi2 += w * r * r
             if accumulate:
-                for p in range(NPAR):
-                    rhs[p] += w * grad[p] * r
-                    for q in range(p, NPAR):
-                        nmat[p, q] += w * grad[p] * grad[q]
+                r0 += w * g0 * r
+                r1 += w * g1 * r
+                r2 += w * g2 * r
+                r3 += w * g3 * r
+                r4 += w * g4 * r
+                n00 += w * g0 * g0
+                n01 += w * g0 * g1
+                n02 += w * g0 * g2
+                n03 += w * g0 * g3
+                n04 += w * g0 * g4
+                n11 += w * g1 * g1
+                n12 += w * g1 * g2
+                n13 += w * g1 * g3
+                n14 += w * g1 * g4
+                n22 += w * g2 * g2
+                n23 += w * g2 * g3
+                n24 += w * g2 * g4
+                n33 += w * g3 * g3
+                n34 += w * g3 * g4
+                n44 += w * g4 * g4
     if accumulate:
+        rhs[0], rhs[1], rhs[2], rhs[3], rhs[4] = r0, r1, r2, r3, r4
+        nmat[0, 0], nmat[0, 1], nmat[0, 2], nmat[0, 3], nmat[0, 4] = n00, n01, n02, n03, n04
+        nmat[1, 1], nmat[1, 2], nmat[1, 3], nmat[1, 4] = n11, n12, n13, n14
+        nmat[2, 2], nmat[2, 3], nmat[2, 4] = n22, n23, n24
+        nmat[3, 3], nmat[3, 4] = n33, n34
+        nmat[4, 4] = n44
         for p in range(NPAR):
             for q in range(p):
                 nmat[p, q] = nmat[q, p]
@@ -234,6 +271,7 @@ def _fit_trails(
             while niter < max_iter:
                 niter += 1
                 accepted = False
+                retry = False
                 while lam <= 1e10:
                     for p in range(NPAR):
                         for q in range(NPAR):
@@ -244,15 +282,20 @@ def _fit_trails(
                     if _solve_scaled(damped, rhs, scale, low, scratch, delta, inv, False):
                         for p in range(NPAR):
                             trial[p] = par[p] + delta[p]
-                        # With the gradient: most trial steps are accepted, and an accepted
-                        # one's normal equations are then those of the next step (a second
-                        # pass over the window for them was ~30% of the fit; issue 17).
-                        c2, ngood_t = trail_chi2(
-                            img, var, mask, badbits, box, trial, sg, nmat_t, rhs_t, grad, True
-                        )
+                        # A first trial with the gradient: most are accepted (2 in 3 on the
+                        # 4k pair), and an accepted one's normal equations are then those of
+                        # the next step (a second pass for them was ~30% of the fit; issue
+                        # 17).  A retry (lambda raised) is accepted 2 times in 5: chi^2 alone,
+                        # and the gradient pass only once it is.
+                        c2, ngood_t = trail_chi2(img, var, mask, badbits, box, trial, sg,
+                                                 nmat_t, rhs_t, grad, not retry)  # fmt: skip
                         if c2 <= chi2:
+                            if retry:
+                                c2, ngood_t = trail_chi2(img, var, mask, badbits, box, trial,
+                                                         sg, nmat_t, rhs_t, grad, True)  # fmt: skip
                             accepted = True
                             break
+                    retry = True
                     lam *= 10.0
                 if not accepted:
                     code = TRAIL_OK

@@ -32,6 +32,7 @@ import numpy as np
 from fastavro.validation import ValidationError, validate
 
 from diffstream.schemas import AVRO_DECODE_ERRORS, fingerprint, load_parsed, lsst_alert_name
+from diffstream.stream.alerts.avroenc import encoder
 from diffstream.stream.alerts.diaobjects import dia_object_summary
 from diffstream.stream.ops.cpus import available_cpus
 
@@ -412,14 +413,14 @@ def _describe_invalid(alert: Any, exc: Exception) -> str:
 
 
 def serialize_alert(alert: dict[str, Any], ctx: Any = None) -> bytes:
-    """Schemaless Avro bytes of ``alert`` in our schema (``ctx`` ignored)."""
-    buf = io.BytesIO()
+    """Schemaless Avro bytes of ``alert`` in our schema (``ctx`` ignored), from the one
+    alert encoder (stream.alerts.avroenc) that write_alert_file and stream.transport.wire
+    use too."""
     try:
-        fastavro.schemaless_writer(buf, ALERT_SCHEMA, alert)
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, struct.error) as exc:
+        return encoder(ALERT_SCHEMA).encode(alert)
+    except _ENCODE_ERRORS as exc:
         reason = _describe_invalid(alert, exc)
         raise ValueError(f"alert does not match schema {ALERT_SCHEMA['name']}: {reason}") from exc
-    return buf.getvalue()
 
 
 def deserialize_alert(
@@ -486,10 +487,12 @@ def _avro_long(value: int) -> bytes:
     return bytes(out)
 
 
-def _deflate_block(records: bytes, count: int, sync: bytes) -> list[bytes]:
-    """One container block: record count, size, raw-deflate data (RFC 1951), sync marker."""
+def _deflate_block(pieces: list[bytes], count: int, sync: bytes) -> list[bytes]:
+    """One container block: record count, size, raw-deflate data (RFC 1951), sync marker.
+    The records' bytes come as pieces (stream.alerts.avroenc: cutouts are not copied into
+    a block buffer), compressed one after the other into one deflate stream."""
     z = _deflate_lib.compressobj(_DEFLATE_LEVEL, zlib.DEFLATED, -15, 9)  # memLevel 9: faster
-    data = z.compress(records) + z.flush()
+    data = b"".join([*map(z.compress, pieces), z.flush()])
     return [_avro_long(count), _avro_long(len(data)), data, sync]
 
 
@@ -504,28 +507,32 @@ def write_alert_file(path: str | os.PathLike[str], alerts: Iterable[dict[str, An
     count = 0
     sync = os.urandom(16)
     workers = max(1, min(4, available_cpus()))
+    pieces_of = encoder(ALERT_SCHEMA).pieces
     try:
         with tmp.open("wb") as out, ThreadPoolExecutor(workers, "alert-deflate") as pool:
             # fastavro writes the header (magic, schema, codec, our sync marker); no records.
             fastavro.writer(out, ALERT_SCHEMA, [], codec="deflate", sync_marker=sync)
             pending: deque[Future[list[bytes]]] = deque()
-            buf, in_block = io.BytesIO(), 0
+            block: list[bytes] = []
+            size = in_block = 0
             for alert in alerts:
                 count += 1
                 try:
-                    fastavro.schemaless_writer(buf, ALERT_SCHEMA, alert)
+                    pieces = pieces_of(alert)
                 except _ENCODE_ERRORS as exc:
                     msg = f"alert #{count} does not match schema {ALERT_SCHEMA['name']}: {exc}"
                     raise ValueError(msg) from exc
+                block += pieces
+                size += sum(map(len, pieces))
                 in_block += 1
-                if buf.tell() >= _BLOCK_BYTES:
-                    pending.append(pool.submit(_deflate_block, buf.getvalue(), in_block, sync))
-                    buf, in_block = io.BytesIO(), 0
+                if size >= _BLOCK_BYTES:
+                    pending.append(pool.submit(_deflate_block, block, in_block, sync))
+                    block, size, in_block = [], 0, 0
                 # Blocks go out in order; a bounded queue keeps memory at a few blocks.
                 while pending and (pending[0].done() or len(pending) > 2 * workers):
                     out.writelines(pending.popleft().result())
             if in_block:
-                pending.append(pool.submit(_deflate_block, buf.getvalue(), in_block, sync))
+                pending.append(pool.submit(_deflate_block, block, in_block, sync))
             while pending:
                 out.writelines(pending.popleft().result())
     except BaseException:

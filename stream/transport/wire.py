@@ -49,6 +49,7 @@ import fastavro
 from fastavro.read import SchemaResolutionError
 
 from diffstream.schemas import AVRO_DECODE_ERRORS, fingerprint
+from diffstream.stream.alerts.avroenc import encoder
 from diffstream.stream.alerts.packets import ALERT_SCHEMA, LSST_SCHEMA
 from diffstream.stream.ops.errors import BadEvent
 
@@ -204,15 +205,15 @@ def header_value(ctx: Any, name: str) -> bytes | None:
 
 
 def _encode(parsed: Any, obj: Any, what: str) -> bytes:
-    buf = io.BytesIO()
+    # The one Avro encoder of alerts and records (stream.alerts.avroenc): fastavro's bytes
+    # and errors, without its per-union validation.
     try:
-        fastavro.schemaless_writer(buf, parsed, obj)
+        return encoder(parsed).encode(obj)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, struct.error) as exc:
         name = _full_name(parsed)
         raise ValueError(
             f"{what} does not match schema {name}: {type(exc).__name__}: {exc}"
         ) from exc
-    return buf.getvalue()
 
 
 def _decode(body: bytes, writer: Any, reader: Any, how: str) -> Any:

@@ -14,7 +14,12 @@ from diffstream.jitcore._kernels import psffit as F
 from diffstream.jitcore.detect import SOURCE_DTYPE, detect
 from diffstream.jitcore.masks import DEFAULT_PLANES, with_planes
 from diffstream.jitcore.measure import MEASURE_DTYPE, PIXEL_FLAG_PLANES, measure
-from diffstream.jitcore.photometry import aperture_flux, stack_psfs, unusable_map
+from diffstream.jitcore.photometry import (
+    aperture_flux,
+    distinct_stamps,
+    stack_psfs,
+    unusable_map,
+)
 from diffstream.jitcore.psf import PsfModel, gaussian_psf
 
 pytestmark = pytest.mark.unit
@@ -405,6 +410,35 @@ def test_stamp_adaptive_moments_of_gaussians():
         out[1, :2], [(1.8 * 1.2) ** 2 + 1 / 12, (1.8 * 0.8) ** 2 + 1 / 12], rtol=2e-3
     )
     assert abs(out[1, 2]) < 1e-8
+
+
+def test_distinct_stamps_and_psf_moments_once_per_stamp():
+    """measure() takes the PSF moments once per distinct stamp (PSF_D: one per ZOGY tile):
+    the rows equal those of every stamp measured on its own."""
+    psfs = [gaussian_psf(s, 21, ellipticity=e) for s, e in ((1.3, 0.0), (1.9, 0.15), (2.4, 0.3))]
+    cube = np.stack([psfs[i] for i in (0, 1, 0, 2, 1, 1, 0)])
+    distinct, inverse = distinct_stamps(cube)
+    assert distinct.shape[0] == 3
+    np.testing.assert_array_equal(distinct[inverse], cube)
+    assert distinct_stamps(np.stack(psfs)) is None
+    rng = np.random.default_rng(5)
+    img = rng.normal(0, 1, (120, 140)).astype(np.float32)
+    var = np.ones_like(img)
+    src = np.zeros(7, SOURCE_DTYPE)
+    src["x"] = np.arange(7) * 18 + 10
+    src["y"] = 60
+    src["sign"] = 1
+    src["bbox"] = np.column_stack([src["x"] - 3, src["x"] + 3, src["y"] - 3, src["y"] + 3])
+    at = {int(x): cube[i] for i, x in enumerate(src["x"])}
+    rows = measure(src, difference=img, difference_variance=var,
+                   psf_d_at=lambda x, y: at[int(round(x))])  # fmt: skip
+    for i in range(7):
+        one = measure(src[i : i + 1], difference=img, difference_variance=var,
+                      psf_d_at=lambda x, y: at[int(round(x))])  # fmt: skip
+        for name in ("ixxPSF", "iyyPSF", "ixyPSF", "ixx", "iyy", "ixy"):
+            assert rows[name][i] == one[name][0] or (
+                np.isnan(rows[name][i]) and np.isnan(one[name][0])
+            ), name
 
 
 @HYP

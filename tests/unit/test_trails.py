@@ -104,6 +104,15 @@ def test_chi2_and_normal_equations_match_numpy(dtype):
     np.testing.assert_allclose(chi2, want_c, rtol=1e-10)
     np.testing.assert_allclose(nmat, want_n, rtol=1e-10)
     np.testing.assert_allclose(rhs, want_r, rtol=1e-9, atol=1e-12)
+    # The fit's retries take chi^2 without the gradient and accept on it: it must be the
+    # same number bit for bit, or the fit would depend on which pass gave it.
+    for length in (9.0, 0.001):
+        par[3] = length
+        full = _k.trail_chi2(img, var, mask, np.int64(1 << DEFAULT_PLANES["BAD"]), box, par,
+                             sigma, nmat, rhs, grad, True)  # fmt: skip
+        alone = _k.trail_chi2(img, var, mask, np.int64(1 << DEFAULT_PLANES["BAD"]), box, par,
+                              sigma, nmat, rhs, grad, False)  # fmt: skip
+        assert alone == full
 
 
 def _scene(shape, specs, sigma, dtype, noise=0.0, seed=0):
