@@ -22,29 +22,31 @@ def pair_files(tmp_path_factory):
 
 
 def test_subtract_files_frees_the_raw_planes_before_the_psf_step(pair_files, monkeypatch):
-    loaded: list[weakref.ref] = []
+    # Keyed by file: the two load on two threads, in either order.
+    loaded: dict[str, list[weakref.ref]] = {}
     real_load = sub.load_exposure
 
-    def load(*args, **kwargs):
-        exposure = real_load(*args, **kwargs)
-        loaded.extend(weakref.ref(a) for a in (exposure.image, exposure.variance))
+    def load(path, *args, **kwargs):
+        exposure = real_load(path, *args, **kwargs)
+        loaded[str(path)] = [weakref.ref(a) for a in (exposure.image, exposure.variance)]
         return exposure
 
-    alive_at_psf: list[bool] = []
+    alive_at_psf: dict[str, list[bool]] = {}
     real_psfs = sub.measure_psfs
 
     def psfs(*args, **kwargs):
         gc.collect()
-        alive_at_psf.extend(r() is not None for r in loaded)
+        alive_at_psf.update({k: [r() is not None for r in refs] for k, refs in loaded.items()})
         return real_psfs(*args, **kwargs)
 
     monkeypatch.setattr(sub, "load_exposure", load)
     monkeypatch.setattr(sub, "measure_psfs", psfs)
     result = sub.subtract_files(*map(str, pair_files), settings=Settings(), exposure_id=3)
-    assert len(loaded) == 4  # science and template, image and variance: the premise
-    # The template's raw planes are gone (warped and released); the science's stay only if
-    # no defect needed repair (then the repaired exposure shares them, and the result holds it).
-    assert alive_at_psf[2:] == [False, False]
+    assert set(loaded) == set(map(str, pair_files))  # science and template: the premise
+    # The template's raw planes are gone (warped and released).  The science's stay: they are
+    # repaired in place (subtract_files owns them) and the result holds that exposure.
+    assert alive_at_psf[str(pair_files[1])] == [False, False]
+    assert alive_at_psf[str(pair_files[0])] == [True, True]
     assert len(result.dia_sources) > 0
 
 
