@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
-from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, bits, remap
+from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, bits, remap, value_range
 
 pytestmark = pytest.mark.unit
 
@@ -121,3 +121,16 @@ def test_remap_hypothesis(src, dst, seed):
     mask = rng.integers(-(2**31), 2**31, size=(5, 7), dtype=np.int64).astype(np.int32)
     got = remap(mask, src, dst)
     assert_array_equal(got, ref_remap(mask, src, dst))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.int64, np.uint8, np.uint32, np.uint64])
+def test_value_range_matches_numpy(dtype):
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    a = rng.integers(info.min, info.max, (37, 53), dtype=dtype, endpoint=True)
+    for window in (a, a[3:9, 40:], a[::2, ::3], a[5:6, 7:8]):  # views: any layout
+        assert value_range(window) == (int(window.min()), int(window.max()))
+    with pytest.raises(TypeError, match="2-D integer array"):
+        value_range(a.astype(float))
+    with pytest.raises(ValueError, match="must not be empty"):
+        value_range(a[:0])
