@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from diffstream.jitcore._jit import njit
 
-__all__ = ["any_bits", "coverage_counts", "mark_bits", "remap_bytes"]
+__all__ = ["any_bits", "coverage_counts", "mark_bits", "remap_bytes", "value_range"]
 
 
 @njit("boolean(int32[::1], int32)")
@@ -55,3 +57,16 @@ def remap_bytes(mask, lut, out):
             | lut[2, (v >> 16) & 0xFF]
             | lut[3, (v >> 24) & 0xFF]
         )
+
+
+@njit
+def value_range(a):
+    """(min, max) of the non-empty 2-D integer array ``a`` (any layout), as int64."""
+    lo = np.int64(a[0, 0])
+    hi = lo
+    for j in range(a.shape[0]):
+        for i in range(a.shape[1]):
+            v = np.int64(a[j, i])
+            lo = min(lo, v)
+            hi = max(hi, v)
+    return lo, hi

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 from astropy.wcs import WCS
 
-from diffstream.jitcore.masks import DEFAULT_PLANES
+from diffstream.jitcore.masks import DEFAULT_PLANES, value_range
 from diffstream.jitcore.psf import PsfModel
 
 __all__ = ["make_cutout", "CutoutMaker", "cutout_size", "MIN_SIZE", "MAX_SIZE", "PSF_MAX_SIZE"]
@@ -447,38 +447,62 @@ class CutoutMaker:
         inner = np.s_[ya - y0 : yb - y0, xa - x0 : xb - x0]
         partial = (yb - ya, xb - xa) != (size, size)
         sub_mask = mask[parent]
-        lo, hi = int(sub_mask.min()), int(sub_mask.max())
+        lo, hi = value_range(sub_mask)
         if partial:
             lo, hi = min(lo, self._no_data), max(hi, self._no_data)
         mask_bitpix = 16 if lo >= _INT16.min and hi <= _INT16.max else 32
+        psf_side = 0 if psf is None else psf.shape[0]
+        mask_header = _extension_header("MASK", mask_bitpix, size, self._plane_cards)
+        total, (at_image, at_mask, at_var, at_psf) = _layout(
+            len(primary), len(mask_header), size, mask_bitpix, psf_side
+        )
 
         # CCDData.to_hdu's order: the image, MASK, UNCERT, then PSFIMAGE.
-        hdus = [
-            (primary, image[parent], -32, np.nan, size),
-            (_extension_header("MASK", mask_bitpix, size, self._plane_cards), sub_mask,
-             mask_bitpix, self._no_data, size),
-            (_extension_header("UNCERT", -32, size, _UNCERT_CARDS), variance[parent], -32,
-             np.nan, size),
-        ]  # fmt: skip
-        if psf is not None:
-            side = psf.shape[0]
-            hdus.append((_extension_header("PSFIMAGE", -32, side, ()), psf, -32, np.nan, side))
-        out = bytearray(sum(len(h) + _data_span(n, b) for h, _, b, _, n in hdus))  # zero pad
-        pos = 0
-        for header, data, bitpix, fill, side in hdus:
-            out[pos : pos + len(header)] = header
-            pos += len(header)
-            pixels = np.frombuffer(out, _BIG_ENDIAN[bitpix], side * side, pos).reshape(side, side)
-            if side != size:  # the PSF: whole
-                np.copyto(pixels, data, casting="unsafe")
-            else:
-                if partial:
-                    pixels[...] = fill
-                # One cast into the big-endian bytes (unsafe: float64 -> float32 as astype
-                # does, and a mask that needs 32 bits wraps into int32 as astype does).
-                np.copyto(pixels[inner], data, casting="unsafe")
-            pos += _data_span(side, bitpix)
+        out = bytearray(total)  # zero padding
+        out[0 : len(primary)] = primary
+        out[at_image[1] : at_image[1] + len(mask_header)] = mask_header
+        var_header = _extension_header("UNCERT", -32, size, _UNCERT_CARDS)
+        out[at_mask[1] : at_mask[1] + len(var_header)] = var_header
+        for at, data, bitpix, fill in (
+            (at_image[0], image[parent], -32, np.nan),
+            (at_mask[0], sub_mask, mask_bitpix, self._no_data),
+            (at_var[0], variance[parent], -32, np.nan),
+        ):
+            pixels = np.frombuffer(out, _BIG_ENDIAN[bitpix], size * size, at).reshape(size, size)
+            if partial:
+                pixels[...] = fill
+            # One cast into the big-endian bytes (unsafe: float64 -> float32 as astype does,
+            # and a mask that needs 32 bits wraps into int32 as astype does).
+            np.copyto(pixels[inner], data, casting="unsafe")
+        if psf is not None:  # whole
+            psf_header = _extension_header("PSFIMAGE", -32, psf_side, ())
+            out[at_var[1] : at_var[1] + len(psf_header)] = psf_header
+            pixels = np.frombuffer(out, _BIG_ENDIAN[-32], psf_side * psf_side, at_psf[0])
+            np.copyto(pixels.reshape(psf_side, psf_side), psf, casting="unsafe")
         return bytes(out)
+
+
+@lru_cache(maxsize=1024)
+def _layout(
+    primary: int, mask_header: int, size: int, mask_bitpix: int, psf_side: int
+) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """(total bytes, per HDU (where its data starts, where the next header starts)) of a
+    cutout file: the primary and MASK headers of the lengths given, the UNCERT header and,
+    with ``psf_side`` > 0, the PSFIMAGE one (cached per size and type), each followed by
+    its data units (four entries; a missing PSFIMAGE's is empty at the end)."""
+    heads = [primary, mask_header, len(_extension_header("UNCERT", -32, size, _UNCERT_CARDS))]
+    spans = [_data_span(size, -32), _data_span(size, mask_bitpix), _data_span(size, -32)]
+    if psf_side:
+        heads.append(len(_extension_header("PSFIMAGE", -32, psf_side, ())))
+        spans.append(_data_span(psf_side, -32))
+    pos = 0
+    places = []
+    for head, span in zip(heads, spans, strict=True):
+        pos += head
+        places.append((pos, pos + span))
+        pos += span
+    places += [(pos, pos)] * (4 - len(places))
+    return pos, tuple(places)
 
 
 def _psf_list(psfs: Sequence[np.ndarray | None] | None, n: int) -> list[np.ndarray | None]:

@@ -8,7 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
-from diffstream.jitcore.masks import DEFAULT_PLANES, MASK_DTYPE, bits, has_bits, remap
+from diffstream.jitcore.masks import (
+    DEFAULT_PLANES,
+    MASK_DTYPE,
+    bits,
+    has_bits,
+    remap,
+    value_range,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -133,3 +140,16 @@ def test_has_bits_matches_numpy(dtype):
         assert n == int(((mask & value) != 0).sum())
     with pytest.raises(TypeError, match="mask must have an integer dtype, got float64"):
         has_bits(np.zeros((2, 2)), 1)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.int64, np.uint8, np.uint32, np.uint64])
+def test_value_range_matches_numpy(dtype):
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    a = rng.integers(info.min, info.max, (37, 53), dtype=dtype, endpoint=True)
+    for window in (a, a[3:9, 40:], a[::2, ::3], a[5:6, 7:8]):  # views: any layout
+        assert value_range(window) == (int(window.min()), int(window.max()))
+    with pytest.raises(TypeError, match="2-D integer array"):
+        value_range(a.astype(float))
+    with pytest.raises(ValueError, match="must not be empty"):
+        value_range(a[:0])
