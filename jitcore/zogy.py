@@ -64,8 +64,8 @@ Design choices, and the alternatives rejected:
   per edge on the real DECam pairs (31% of a 256^2 cutout, where 10 of 12 hosted fakes
   missed at S/N >= 15 in benchmarks/real_data_report.py were lost).
 * ``workers`` follows scipy.fft (None: 1, -1: all cores): whole tiles run on that many
-  threads (scipy.fft and the kernels release the GIL), each with single-threaded FFTs; a
-  single tile gives the threads to its FFTs instead.
+  threads (the FFTs and the kernels release the GIL), each with single-threaded FFTs, also
+  for a single tile: results do not depend on the thread count (jitcore/fft.py).
 """
 
 from __future__ import annotations
@@ -331,7 +331,6 @@ def zogy(
         edge_cut=edge_cut, edge_pad=edge_pad, frame=frame, small=small,
         psf_n=_PsfSpectra([st[0] for st in stamps], frame, small),
         psf_r=_PsfSpectra([st[1] for st in stamps], frame, small),
-        workers=workers if n_threads == 1 else 1,
         sigma_n=median_noise(svar, good), sigma_r=median_noise(tvar, good),
         real=PRECISIONS[precision][0], spec=PRECISIONS[precision][1],
     )  # fmt: skip
@@ -362,8 +361,8 @@ def _threads(workers: int | None, ntiles: int) -> int:
     Tiles are independent and both scipy.fft and the kernels release the GIL, so whole tiles
     run concurrently, each with single-threaded FFTs.  That scales better than threading
     inside each ~600^2 FFT (measured on 2 cores: rfft2 of 576^2 took 1.55 ms with 1 worker,
-    1.50 ms with 2; a 4096^2 zogy ran ~2x faster on 2 tile threads).  A single tile gets
-    ``workers`` for its FFTs instead.
+    1.50 ms with 2; a 4096^2 zogy ran ~2x faster on 2 tile threads).  A single tile runs
+    its FFTs on one thread too (jitcore/fft.py: results independent of the thread count).
     """
     return thread_count(workers, ntiles)
 
@@ -388,7 +387,6 @@ class _Context:
     small: int  # side of the small grid the compact kernels are computed on
     psf_n: _PsfSpectra
     psf_r: _PsfSpectra
-    workers: int | None
     sigma_n: float  # whole-image fallbacks for tiles without a good pixel
     sigma_r: float
     real: type = np.float64  # frame dtypes (PRECISIONS)
@@ -400,10 +398,10 @@ class _Context:
 
     def rfft(self, a: np.ndarray) -> np.ndarray:
         """rfft2 over the last two axes (a stack of frames is transformed frame by frame)."""
-        return frame_fft.rfft2(a, workers=self.workers)
+        return frame_fft.rfft2(a)
 
     def irfft(self, a: np.ndarray) -> np.ndarray:
-        return frame_fft.irfft2(a, self.frame, workers=self.workers)
+        return frame_fft.irfft2(a, self.frame)
 
 
 # PSF stamps of all tiles are expanded in a basis (_PsfSpectra) when it has at most this

@@ -482,14 +482,19 @@ def test_cores_cover_odd_image_once_and_small_image_is_one_tile():
     assert sfft.next_fast_len(oy1 - oy0, real=True) == oy1 - oy0
 
 
-def test_threads_give_identical_results():
-    shape = (130, 150)
+# 48: tiles on threads; 512: one tile, whose FFTs once took the threads and then differed in
+# the last bits between thread counts (so did a stream worker's alerts from the offline run's).
+@pytest.mark.parametrize("precision", ["double", "single"])
+@pytest.mark.parametrize("tile_size", [96, 512])
+def test_threads_give_identical_results(tile_size, precision):
+    shape = (260, 250)
     psf_n, psf_r = const_psf(2.0, shape), const_psf(1.5, shape)
     n, vn, r, vr = simulate(np.random.default_rng(14), shape, psf_n, psf_r, [(70, 60, 5e3, 0)])
-    a = run(n, vn, r, vr, psf_n, psf_r, tile_size=48)
-    b = run(n, vn, r, vr, psf_n, psf_r, tile_size=48, workers=2)
-    c = run(n, vn, r, vr, psf_n, psf_r, tile_size=48, workers=-1)
-    for name in ("difference", "score", "flux", "flux_variance", "valid"):
+    kw = {"tile_size": tile_size, "precision": precision}
+    a = run(n, vn, r, vr, psf_n, psf_r, **kw)
+    b = run(n, vn, r, vr, psf_n, psf_r, workers=2, **kw)
+    c = run(n, vn, r, vr, psf_n, psf_r, workers=-1, **kw)
+    for name in ("difference", "difference_variance", "score", "flux", "flux_variance", "valid"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
         np.testing.assert_array_equal(getattr(a, name), getattr(c, name))
 
