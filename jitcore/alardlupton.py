@@ -58,6 +58,7 @@ from diffstream.jitcore._kernels.alardlupton import (
     expand_spatial,
     stamp_normal_equations,
 )
+from diffstream.jitcore._kernels.planes import usable_pair
 from diffstream.jitcore.albasis import (
     SpatialKernel,
     al_basis,
@@ -71,6 +72,7 @@ from diffstream.jitcore.albasis import (
 from diffstream.jitcore.alstars import select_kernel_stars
 from diffstream.jitcore.constants import FWHM_PER_SIGMA
 from diffstream.jitcore.decorrelate import decorrelate
+from diffstream.jitcore.planes import native_float
 from diffstream.jitcore.psf import normalise_psf, psf_sigma
 from diffstream.jitcore.robust import median_iqr
 from diffstream.jitcore.tiles import thread_count
@@ -533,9 +535,10 @@ def al_subtract(
         times[stage] = now - t_last
         t_last = now
 
-    with np.errstate(invalid="ignore"):
-        good = ~bad_arr & np.isfinite(sci) & np.isfinite(tmpl)
-        good &= np.isfinite(svar) & np.isfinite(tvar) & (svar >= 0) & (tvar >= 0)
+    # ZOGY's fused pass (jitcore.zogy): the NumPy chain was ten full-frame passes at 4k.
+    good = np.empty(shape, dtype=bool)
+    usable_pair(np.ascontiguousarray(bad_arr), *(native_float(a) for a in (sci, tmpl, svar, tvar)),
+                good)  # fmt: skip
     if not good.any():
         raise ValueError("no usable pixels: every pixel is bad or non-finite")
     s_img = np.where(good, sci, 0.0)
