@@ -202,8 +202,10 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
     phi, pdc, ka2, kb2, kas2, kbs2, kas = kspec
     # The data frames transformed in one call (as jitcore.zogy's _tile); the science's
     # only when the PSF-error term needs its share N_s.
-    parts = ctx.e2 > 0 and ctx.science is not None
-    planes = [ctx.diff, ctx.svar, ctx.tvar] + ([ctx.science] if parts else [])
+    planes = [ctx.diff, ctx.svar, ctx.tvar]
+    if ctx.e2 > 0 and ctx.science is not None:
+        planes.append(ctx.science)
+    parts = len(planes) == 4
     frames: np.ndarray = np.empty((len(planes), *ctx.frame), ctx.real)
     for k, img in enumerate(planes):
         fill_frame(img, good, oy, ox, frames[k])
