@@ -54,10 +54,12 @@ from typing import Any
 import numpy as np
 from scipy import fft as sfft
 
+from diffstream.jitcore import fft as frame_fft
 from diffstream.jitcore._kernels.alardlupton import (
     expand_spatial,
     stamp_normal_equations,
 )
+from diffstream.jitcore._kernels.planes import usable_pair
 from diffstream.jitcore.albasis import (
     SpatialKernel,
     al_basis,
@@ -71,6 +73,7 @@ from diffstream.jitcore.albasis import (
 from diffstream.jitcore.alstars import select_kernel_stars
 from diffstream.jitcore.constants import FWHM_PER_SIGMA
 from diffstream.jitcore.decorrelate import decorrelate
+from diffstream.jitcore.planes import native_float
 from diffstream.jitcore.psf import normalise_psf, psf_sigma
 from diffstream.jitcore.robust import median_iqr
 from diffstream.jitcore.tiles import thread_count
@@ -210,7 +213,9 @@ def stamp_systems(
     f = sfft.next_fast_len(2 * r + 1, real=True)
     padded = np.zeros((nb, f, f), np.float32)
     padded[:, :ks, :ks] = basis
-    bspec = sfft.rfft2(padded)
+    # jitcore.fft (ducc0): the same transforms as scipy.fft's to rounding, and faster (as for
+    # ZOGY's frames); its irfft2 may overwrite ``prod``, which each stamp refills.
+    bspec = frame_fft.rfft2(padded)
     del padded
 
     def chunk(start: int) -> None:
@@ -219,15 +224,13 @@ def stamp_systems(
         for j, i in enumerate(sel):
             cuts[j, : 2 * r + 1, : 2 * r + 1] = ref[ys[i] - r : ys[i] + r + 1,
                                                     xs[i] - r : xs[i] + r + 1]  # fmt: skip
-        cspec = sfft.rfft2(cuts, overwrite_x=True)
+        cspec = frame_fft.rfft2(cuts)
         planes = np.empty((npar, h, h), np.float32)
         planes[nb] = 1.0
         prod = np.empty((nb, *cspec.shape[1:]), cspec.dtype)
         for j, i in enumerate(sel):
             np.multiply(bspec, cspec[j], out=prod)
-            planes[:nb] = sfft.irfft2(prod, s=(f, f), overwrite_x=True)[
-                :, 2 * kh : 2 * r + 1, 2 * kh : 2 * r + 1
-            ]
+            planes[:nb] = frame_fft.irfft2(prod, (f, f))[:, 2 * kh : 2 * r + 1, 2 * kh : 2 * r + 1]
             win = (slice(ys[i] - hs, ys[i] + hs + 1), slice(xs[i] - hs, xs[i] + hs + 1))
             v = target_variance[win].astype(np.float64) + ref_gain * ref_variance[win]
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -533,9 +536,10 @@ def al_subtract(
         times[stage] = now - t_last
         t_last = now
 
-    with np.errstate(invalid="ignore"):
-        good = ~bad_arr & np.isfinite(sci) & np.isfinite(tmpl)
-        good &= np.isfinite(svar) & np.isfinite(tvar) & (svar >= 0) & (tvar >= 0)
+    # ZOGY's fused pass (jitcore.zogy): the NumPy chain was ten full-frame passes at 4k.
+    good = np.empty(shape, dtype=bool)
+    usable_pair(np.ascontiguousarray(bad_arr), *(native_float(a) for a in (sci, tmpl, svar, tvar)),
+                good)  # fmt: skip
     if not good.any():
         raise ValueError("no usable pixels: every pixel is bad or non-finite")
     s_img = np.where(good, sci, 0.0)

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import fft as sfft
 
+from diffstream.jitcore import fft as frame_fft
 from diffstream.jitcore._kernels.alardlupton import poly_accumulate
 from diffstream.jitcore.psf import normalise_psf
 from diffstream.jitcore.tiles import (
@@ -228,11 +228,14 @@ def convolve_many(
         wy0, wy1, wx0, wx1 = overlap((ny, nx), oy, ox, fy, fx)
         frame = np.zeros((fy, fx), np.float32)
         frame[wy0 - oy : wy1 - oy, wx0 - ox : wx1 - ox] = image[wy0:wy1, wx0:wx1]
-        spec = sfft.rfft2(frame, workers=fft_workers, overwrite_x=True)
+        # jitcore.fft (ducc0, as ZOGY's and the decorrelation's frames: ~1.3x faster than
+        # scipy.fft, equal to rounding); its irfft2 may overwrite ``prod``, which each kernel
+        # refills.
+        spec = frame_fft.rfft2(frame, workers=fft_workers)
         prod = np.empty_like(spec)
         for i, kspec in enumerate(kspecs):
             np.multiply(spec, kspec, out=prod)
-            out = sfft.irfft2(prod, s=(fy, fx), workers=fft_workers, overwrite_x=True)
+            out = frame_fft.irfft2(prod, (fy, fx), workers=fft_workers)
             emit(i, out[kh : kh + y1 - y0, kh : kh + x1 - x0], y0, x0)
 
     run_tiles(run, len(cores), n_threads)

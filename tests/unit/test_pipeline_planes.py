@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from diffstream.jitcore._kernels.planes import snr_plane, star_bad
+from diffstream.jitcore._kernels.planes import sep_planes, snr_plane, star_bad
 from diffstream.jitcore.background import estimate_background, subtract_background
 from diffstream.jitcore.masks import DEFAULT_PLANES, bits
 from diffstream.jitcore.planes import combine_planes, combine_planes_hard
@@ -314,6 +314,31 @@ def test_snr_plane_and_star_bad_match_numpy(shape, dtype):
     star_bad(bad, img, var, out)
     with np.errstate(invalid="ignore"):
         assert_array_equal(out, bad | ~np.isfinite(img) | ~(var >= 0))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (64, 33)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sep_planes_match_numpy(shape, dtype):
+    """jitcore.alstars' sep inputs against the NumPy expressions they replace, special values
+    included (zero, negative, NaN, inf, tiny and float32-overflowing variances)."""
+    rng = np.random.default_rng(shape[0] * 100 + shape[1] + 7)
+    img = rng.normal(0.0, 10.0, shape).astype(dtype)
+    var = rng.uniform(0.5, 2.0, shape).astype(dtype)
+    bad = rng.random(shape) < 0.1
+    special = np.array([0.0, -1.0, np.nan, np.inf, 1e-30], dtype)
+    var.flat[rng.integers(0, var.size, 5)] = special
+    if dtype is np.float64:
+        var.flat[rng.integers(0, var.size, 2)] = [1e-50, 1e300]  # 0 and inf as float32
+    img.flat[rng.integers(0, img.size, 2)] = [np.nan, np.inf]
+    data = np.empty(shape, np.float32)
+    err = np.empty(shape, np.float32)
+    sep_planes(img, bad, var, data, err)
+    ref_data = np.ascontiguousarray(np.where(bad, 0.0, img), dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref_err = np.sqrt(np.where(bad | ~(var > 0), np.inf, var), dtype=np.float32)
+    ref_err[~np.isfinite(ref_err)] = 1e30
+    assert_array_equal(data, ref_data)
+    assert_array_equal(err, ref_err)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, ">f4"])

@@ -38,6 +38,32 @@ def test_settings_are_per_call_and_restored():
         sep.set_extract_pixstack(before[0])
 
 
+def test_small_start_buffer_grows_to_the_same_catalogue(monkeypatch):
+    # The buffer's start size is a cost, never a result: an overflow redoes the extraction
+    # with a 4x buffer.  The premise is checked: the small start did overflow (sep called
+    # more than once).
+    from diffstream.jitcore import sources
+
+    img = _field(5, 60)
+    img[150:250, 20:120] += 20.0  # one 10^4-pixel source: past a 300^2 / 16 = 5625-pixel start
+    want = extract(img, 3.0, err=1.0, deblend=True, segmentation_map=True)
+    calls = []
+    real = sep.extract
+
+    def counting(*args, **kwargs):
+        calls.append(sep.get_extract_pixstack())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "_MIN_PIXSTACK", 64)  # the start is then size // 16
+    monkeypatch.setattr(sources.sep, "extract", counting)
+    got = extract(img, 3.0, err=1.0, deblend=True, segmentation_map=True)
+    assert len(calls) == 2 and calls == [img.size // 16, 4 * (img.size // 16)]
+    assert len(got[0]) == len(want[0]) > 20
+    for name in want[0].dtype.names:
+        np.testing.assert_array_equal(got[0][name], want[0][name])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_threads_get_what_a_lone_call_gets():
     # Different configurations on 8 threads at once (filter on/off, deblend on/off, two
     # thresholds): each result must equal the same call made alone.
