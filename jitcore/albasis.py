@@ -220,7 +220,6 @@ def convolve_many(
         stamp_spectrum(np.asarray(k, dtype=np.float64), (fy, fx), real=np.float32) for k in kernels
     ]
     n_threads = thread_count(workers, len(cores))
-    fft_workers = workers if n_threads == 1 else 1
 
     def run(c: int) -> None:
         y0, y1, x0, x1 = cores[c]
@@ -229,13 +228,14 @@ def convolve_many(
         frame = np.zeros((fy, fx), np.float32)
         frame[wy0 - oy : wy1 - oy, wx0 - ox : wx1 - ox] = image[wy0:wy1, wx0:wx1]
         # jitcore.fft (ducc0, as ZOGY's and the decorrelation's frames: ~1.3x faster than
-        # scipy.fft, equal to rounding); its irfft2 may overwrite ``prod``, which each kernel
+        # scipy.fft, equal to rounding; one thread per transform, so that results do not
+        # depend on the thread count); its irfft2 may overwrite ``prod``, which each kernel
         # refills.
-        spec = frame_fft.rfft2(frame, workers=fft_workers)
+        spec = frame_fft.rfft2(frame)
         prod = np.empty_like(spec)
         for i, kspec in enumerate(kspecs):
             np.multiply(spec, kspec, out=prod)
-            out = frame_fft.irfft2(prod, (fy, fx), workers=fft_workers)
+            out = frame_fft.irfft2(prod, (fy, fx))
             emit(i, out[kh : kh + y1 - y0, kh : kh + x1 - x0], y0, x0)
 
     run_tiles(run, len(cores), n_threads)

@@ -121,20 +121,20 @@ class _Ctx:
     border: int
     frame: tuple[int, int]
     mask_edges: str  # jitcore.tiles.EDGE_MODES: "all" or "none" here
-    workers: int | None
     sigma_s: float
     sigma_t: float
     real: type = np.float64  # frame dtype (diffstream.jitcore.zogy.PRECISIONS)
 
     # The frame transforms are jitcore.fft's (ducc0, as ZOGY's: ~1.3x faster than scipy.fft
-    # for the same transforms, equal to rounding; issue 17).
+    # for the same transforms, equal to rounding; issue 17), one thread per transform so that
+    # results do not depend on the thread count.
     def rfft(self, a: np.ndarray) -> np.ndarray:
         """rfft2 over the last two axes (a stack of frames is transformed frame by frame)."""
-        return frame_fft.rfft2(a, workers=self.workers)
+        return frame_fft.rfft2(a)
 
     def irfft(self, a: np.ndarray) -> np.ndarray:
         """irfft2 onto the frame; ``a`` is overwritten (jitcore.fft.irfft2)."""
-        return frame_fft.irfft2(a, self.frame, workers=self.workers)
+        return frame_fft.irfft2(a, self.frame)
 
 
 def _tile_kernels(ctx: _Ctx, a, b, p, var_s: float, var_t: float):
@@ -331,7 +331,7 @@ def decorrelate(
         diff=diff, science=None if science is None else np.asarray(science), e2=e * e,
         svar=svar, tvar=tvar, good=good, border=int(border),
         frame=frame_shape(cores, int(border)), mask_edges="all" if mask_edges else "none",
-        workers=workers if n_threads == 1 else 1, sigma_s=sigma_s, sigma_t=sigma_t,
+        sigma_s=sigma_s, sigma_t=sigma_t,
         real=PRECISIONS[precision][0],
     )  # fmt: skip
     out = {k: np.empty(diff.shape, np.float32) for k in _OUTPUTS}

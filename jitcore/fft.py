@@ -6,8 +6,9 @@ author, same algorithms, newer code: SIMD across transforms, better cache use); 
 same transforms ~1.3-1.4x faster here (540^2 float32: rfft2 0.41 ms against 0.58, irfft2
 0.44-0.48 against 0.60; ZOGY on the stream's 4k pair: 0.78 CPU-s against 0.99, issue 17),
 with results equal to rounding (tests/unit/test_fft.py against numpy.fft).  Only the
-transforms on the hot path come through here (rfft2 / irfft2 over the last two axes, a real
-FFT along rows, a complex FFT along an axis); everything else keeps scipy.fft, including
+transforms on the hot path come through here: rfft2 / irfft2 over the last two axes, a real
+FFT along rows, a complex FFT along an axis (ZOGY's and the AL decorrelation's tiles, AL's
+tiled convolutions and stamp systems); everything else keeps scipy.fft, including
 ``next_fast_len`` (ducc0's transforms are fast for the same lengths).
 
 Every transform runs on one thread: parallelism comes from the callers' tiles.  Why not
