@@ -27,6 +27,7 @@ tests/unit/test_streaks.py checks a crowded random field.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from typing import Any
@@ -109,6 +110,14 @@ def find_streaks(
                    max_candidates=max_candidates)  # fmt: skip
 
 
+# find_streaks' keyword defaults, the one statement of them (find_streaks_above's too).
+_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(find_streaks).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+}
+
+
 def find_streaks_above(
     values: np.ndarray, valid: np.ndarray, threshold: float, **options: Any
 ) -> np.ndarray:
@@ -127,7 +136,7 @@ def find_streaks_above(
     thr = _check("threshold", threshold, low=0.0)
     values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("="))
     xs, ys = threshold_pixels(values, np.ascontiguousarray(valid), thr)
-    return _search(xs, ys, values.shape, **options)
+    return _search(xs, ys, values.shape, **{**_DEFAULTS, **options})
 
 
 def _search(
@@ -135,16 +144,16 @@ def _search(
     ys: np.ndarray,
     shape: tuple[int, ...],
     *,
-    min_length: float = 100.0,
-    theta_step_deg: float = 0.25,
-    rho_bin: float = 2.0,
-    max_gap: float = 8.0,
-    min_fill: float = 0.6,
-    max_streaks: int = 5,
-    max_candidates: int = 20,
+    min_length: float,
+    theta_step_deg: float,
+    rho_bin: float,
+    max_gap: float,
+    min_fill: float,
+    max_streaks: int,
+    max_candidates: int,
 ) -> np.ndarray:
     """The search (module docstring) over the set pixels (xs, ys) (int64) of an image of
-    ``shape``."""
+    ``shape``; the options' defaults are find_streaks' (_DEFAULTS)."""
     min_length = _check("min_length", min_length, low=0.0)
     theta_step = math.radians(_check("theta_step_deg", theta_step_deg, low=0.0))
     rho_bin = _check("rho_bin", rho_bin, low=0.0)
