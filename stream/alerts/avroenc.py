@@ -23,7 +23,7 @@ from typing import Any
 
 import fastavro
 
-__all__ = ["Encoder", "encoder"]
+__all__ = ["ENCODE_ERRORS", "Encoder", "encoder"]
 
 _PACK_D = struct.Struct("<d").pack
 # A bytes value this long (a cutout: ~30 KB) is passed on as a piece of its own, not copied
@@ -34,6 +34,10 @@ _PACK_F = struct.Struct("<f").pack
 _INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 # One byte per zig-zag value below 64 (most of an alert's ints: flags, counts, union tags).
 _SMALL = [bytes([v << 1]) for v in range(64)]
+
+# What encoding a record that does not match its schema raises (fastavro's errors, which
+# this encoder hands such a record to): the callers' one list to catch.
+ENCODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError, struct.error)
 
 Write = Callable[["_Out", Any], None]
 

@@ -49,7 +49,7 @@ import fastavro
 from fastavro.read import SchemaResolutionError
 
 from diffstream.schemas import AVRO_DECODE_ERRORS, fingerprint
-from diffstream.stream.alerts.avroenc import encoder
+from diffstream.stream.alerts.avroenc import ENCODE_ERRORS, encoder
 from diffstream.stream.alerts.packets import ALERT_SCHEMA, LSST_SCHEMA
 from diffstream.stream.ops.errors import BadEvent
 
@@ -209,7 +209,7 @@ def _encode(parsed: Any, obj: Any, what: str) -> bytes:
     # and errors, without its per-union validation.
     try:
         return encoder(parsed).encode(obj)
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, struct.error) as exc:
+    except ENCODE_ERRORS as exc:
         name = _full_name(parsed)
         raise ValueError(
             f"{what} does not match schema {name}: {type(exc).__name__}: {exc}"
