@@ -23,7 +23,7 @@ from typing import Any
 
 import fastavro
 
-__all__ = ["ENCODE_ERRORS", "Encoder", "encoder"]
+__all__ = ["ENCODE_ERRORS", "Encoder", "encoder", "long_bytes"]
 
 _PACK_D = struct.Struct("<d").pack
 # A bytes value this long (a cutout: ~30 KB) is passed on as a piece of its own, not copied
@@ -67,6 +67,13 @@ def _long(out: bytearray, value: int) -> None:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
+
+
+def long_bytes(value: int) -> bytes:
+    """Avro's encoding of one long (an object container block's count and size)."""
+    out = bytearray()
+    _long(out, value)
+    return bytes(out)
 
 
 def _integer(base: str) -> Write:

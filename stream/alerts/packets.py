@@ -31,7 +31,7 @@ import numpy as np
 from fastavro.validation import ValidationError, validate
 
 from diffstream.schemas import AVRO_DECODE_ERRORS, fingerprint, load_parsed, lsst_alert_name
-from diffstream.stream.alerts.avroenc import ENCODE_ERRORS, encoder
+from diffstream.stream.alerts.avroenc import ENCODE_ERRORS, encoder, long_bytes
 from diffstream.stream.alerts.diaobjects import dia_object_summary
 from diffstream.stream.ops.cpus import available_cpus
 
@@ -474,24 +474,13 @@ _BLOCK_BYTES = 2**20
 _DEFLATE_LEVEL = 1  # zlib's fastest; ISA-L's level 0 is faster still but 27 % larger
 
 
-def _avro_long(value: int) -> bytes:
-    """Avro's zig-zag varint encoding of a long."""
-    n = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _deflate_block(pieces: list[bytes], count: int, sync: bytes) -> list[bytes]:
     """One container block: record count, size, raw-deflate data (RFC 1951), sync marker.
     The records' bytes come as pieces (stream.alerts.avroenc: cutouts are not copied into
     a block buffer), compressed one after the other into one deflate stream."""
     z = _deflate_lib.compressobj(_DEFLATE_LEVEL, zlib.DEFLATED, -15, 9)  # memLevel 9: faster
     data = b"".join([*map(z.compress, pieces), z.flush()])
-    return [_avro_long(count), _avro_long(len(data)), data, sync]
+    return [long_bytes(count), long_bytes(len(data)), data, sync]
 
 
 def write_alert_file(path: str | os.PathLike[str], alerts: Iterable[dict[str, Any]]) -> int:

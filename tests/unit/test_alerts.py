@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffstream.stream.alerts import packets as alerts_module
+from diffstream.stream.alerts.avroenc import long_bytes
 from diffstream.stream.alerts.packets import (
     ALERT_SCHEMA,
     DIA_SOURCE_FIELDS,
@@ -621,7 +622,7 @@ def test_float32_fields_survive_round_trip_exactly(make_row):
 def test_avro_long_matches_fastavro(value):
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, "long", value)
-    assert alerts_module._avro_long(value) == buf.getvalue()
+    assert long_bytes(value) == buf.getvalue()
 
 
 def test_container_file_many_blocks(tmp_path, make_test_alert, monkeypatch):
