@@ -9,6 +9,18 @@ cutout the kernel reaches usable (so unsaturated: saturated pixels are among the
 ones).  At most ``per_cell`` of the highest-S/N candidates are kept in each ``cell`` x
 ``cell`` pixel cell, so that the spatial fit is not dominated by one crowded corner
 (ip_diffim: 128 px cells, 5 stars), and at most ``max_stars`` in all.
+
+The science detections are this module's own sep pass (3 sigma, 3x3 filter, deblended) or,
+when the caller has them, a catalogue it already made (``detections``: the pipeline passes
+the PSF step's diffstream.jitcore.sources.find_stars catalogue, 5 sigma, unfiltered, not
+deblended).  The own pass was 0.5 s of a 4k AL run, all of selectStars, holding the GIL
+(issue 17).  The cuts above only ever keep stars of aperture S/N >= 10, which either pass
+finds, and the isolation cut only asks for *brighter* neighbours, which either finds too;
+what differs is a blend of a star with a brighter neighbour inside the 5 sigma isophote:
+one source at their barycentre instead of two, kept or cut by the same S/N cuts (the
+kernel fit's own rejection, jitcore.alardlupton, takes out stamps that do not fit).  On
+the 4k benchmark pair 910 of the 1000 chosen stamps are centred on the same pixel and 994
+within 1 px (barycentres of a different isophote round differently).
 """
 
 from __future__ import annotations
@@ -88,17 +100,33 @@ def select_kernel_stars(
     max_stars: int = 1000,
     detect_threshold: float = 3.0,
     template_snr: float = 5.0,
+    detections: np.ndarray | None = None,
 ) -> KernelStars:
     """Stamp centres for the kernel fit (see the module docstring for the cuts).
 
     ``stamp_half``: half-size of the fitted stamp; ``margin``: extra pixels the template
     cutout needs around it (the kernel half-size).  ``fwhm`` (px) sets the S/N aperture
     (radius 1 FWHM).  Images must be background-subtracted; ``bad`` marks unusable pixels.
+    ``detections``: the science's sources as a structured array with fields ``x``, ``y``
+    (pixel, 0-based) and ``flux`` (for the isolation cut), used instead of a detection pass
+    at ``detect_threshold`` (module docstring).
     """
     ny, nx = science.shape
     empty = KernelStars(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 0)
-    sci = _detect(science, science_variance, bad, detect_threshold)
-    if len(sci) == 0:
+    if detections is None:
+        cat = _detect(science, science_variance, bad, detect_threshold)
+    else:
+        cat = np.asarray(detections)
+    names = cat.dtype.names or ()
+    missing = [f for f in ("x", "y", "flux") if f not in names]
+    if missing:
+        raise ValueError(f"detections lack the fields {missing}")
+    # Contiguous float64 columns (a catalogue row's fields are strided views).
+    sci = {f: np.ascontiguousarray(cat[f], dtype=np.float64) for f in ("x", "y", "flux")}
+    n_det = len(sci["x"])
+    if not all(np.isfinite(v).all() for v in sci.values()):
+        raise ValueError("detections must have finite x, y and flux")
+    if n_det == 0:
         return empty
     # sep never reads masked pixels, so the planes go in as they are (no full-frame copies);
     # the mask covers every non-finite value.
@@ -114,7 +142,7 @@ def select_kernel_stars(
     ok &= (xi >= reach) & (xi < nx - reach) & (yi >= reach) & (yi < ny - reach)
     idx = np.flatnonzero(ok)
     if len(idx) == 0:
-        return KernelStars(empty.x, empty.y, empty.snr, len(sci))
+        return KernelStars(empty.x, empty.y, empty.snr, n_det)
     idx = idx[~_box_has_bad(bad, xi[idx], yi[idx], reach)]
     if len(idx):
         # The template has the star too (aperture S/N at the science position): a cheap
@@ -147,4 +175,4 @@ def select_kernel_stars(
     # Then the max_stars highest-S/N of those (LSST's maxKernelSources): beyond ~1000 stars
     # the fit gains nothing and the stamps dominate the cost.
     chosen_arr = np.array(chosen[:max_stars], dtype=np.int64)
-    return KernelStars(xi[chosen_arr], yi[chosen_arr], snr[chosen_arr], len(sci))
+    return KernelStars(xi[chosen_arr], yi[chosen_arr], snr[chosen_arr], n_det)

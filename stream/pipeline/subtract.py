@@ -357,15 +357,24 @@ def difference(
     meta: TaskMetadata,
     threads: int,
     f_r: float = 1.0,
+    sources: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[ZogyResult, ALInfo | None]:
     """The difference and its score: ZOGY (template scaled by ``f_r``), or Alard-Lupton
-    with decorrelation (which fits its own kernel sum)."""
+    with decorrelation (which fits its own kernel sum).  ``sources``: the PSF step's star
+    catalogues (science, template), from which AL takes its kernel-star candidates."""
     al_info: ALInfo | None = None
     with meta.timer("alardLupton" if settings.method == "al" else "zogy"):
         if settings.method == "al":
             from diffstream.jitcore.alardlupton import al_subtract
 
             # AL decorrelates in its own tiles and has no astrometric term (see al_subtract).
+            # Its kernel stars come from the PSF step's science catalogue: its own sep pass
+            # was 0.5 s at 4k (issue 17).  Without one (no stars found there) AL detects
+            # again, and says so.
+            own_detection = sources is None
+            if own_detection:
+                log.warning("no star catalogue from the PSF step: Alard-Lupton runs its own "
+                            "detection for its kernel stars")  # fmt: skip
             try:
                 z, al_info = al_subtract(
                     p.s_img, p.s_var, p.t_img, p.t_var, p.no_data, psf_s, psf_t,
@@ -379,12 +388,14 @@ def difference(
                     # precision and 512 px tiles halved its 4k time).
                     tile_size=settings.tile_size,
                     precision=settings.zogy_precision,
+                    science_sources=None if sources is None else sources[0],
                 )  # fmt: skip
             except ValueError as exc:
                 raise KernelFailure(f"Alard-Lupton failed: {exc}") from exc
             note(meta, "alardLupton", {
                 "direction": al_info.direction, "kernelSum": al_info.kernel_sum,
                 "nStarsUsed": al_info.n_stars_used, "nStarsFound": al_info.n_stars_found,
+                "starCandidates": "ownDetection" if own_detection else "psfCatalogue",
                 "residualRms": al_info.residual_rms,
                 "basisSigmas": [float(b) for b in al_info.basis_sigmas],
                 "kernelSize": al_info.kernel_size,
@@ -495,7 +506,7 @@ def _subtract_owned(
     stars = match(p, psf_s, psf_t, sources, meta=meta)
     f_r = template_scale(science, template, stars, settings=settings, meta=meta)
     z, al_info = difference(p, psf_s, psf_t, stars, settings=settings, meta=meta, threads=threads,
-                            f_r=f_r)  # fmt: skip
+                            f_r=f_r, sources=sources)  # fmt: skip
     measure_noise_correlation(p, psf_s, psf_t, meta=meta, both=both)
     psf_err_scale = scale_difference_variance(z, settings=settings, meta=meta, both=both)
 
