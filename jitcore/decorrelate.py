@@ -47,7 +47,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from diffstream.jitcore import fft as frame_fft
-from diffstream.jitcore._kernels.decorrelate import decorrelation_filter
+from diffstream.jitcore._kernels.decorrelate import decorrelation_filter, decorrelation_products
 from diffstream.jitcore._kernels.zogy import zogy_core
 from diffstream.jitcore.psf import normalise_psf
 from diffstream.jitcore.robust import median_noise
@@ -66,7 +66,13 @@ from diffstream.jitcore.tiles import (
 )
 from diffstream.jitcore.zogy import FOOTPRINT_TOL, PRECISIONS, ZogyResult, ZogyTile
 
-__all__ = ["DECORRELATION_EPSILON", "decorrelate", "decorrelation_spectrum", "thread_count"]
+__all__ = [
+    "DECORRELATION_EPSILON",
+    "decorrelate",
+    "decorrelation_spectrum",
+    "thread_count",
+    "tile_products",
+]
 
 # phi^ = sqrt(num / (den + eps num)) is bounded by 1 / sqrt(eps) = 31.6.  With the template
 # or the science convolved, den >= var_s a^2 (or var_t b^2), a large fraction of num, so eps
@@ -183,6 +189,36 @@ def _tile_kernels(ctx: _Ctx, a, b, p, var_s: float, var_t: float):
     return tuple(out), psf_d, num / a0**2, radius
 
 
+def tile_products(spec: np.ndarray, kspec: tuple) -> np.ndarray:
+    """A tile's output spectra from its data spectra and its kernels' (:func:`_tile_kernels`).
+
+    ``spec``: (3 or 4, fy, fx // 2 + 1) spectra of the difference, the science and template
+    variances and, for the PSF-error term, the science; ``kspec``: (phi, conj(psf_d^),
+    F[kA^2], F[kB^2], F[kA_s^2], F[kB_s^2], F[kA_s] or None), all of the dtype of ``spec``.
+    Returns (4 or 5, ...) spectra: D' = X_D phi, N = D' conj(psf_d^), V_D, V_N and, with the
+    science, N_s (jitcore._kernels.decorrelate.decorrelation_products, one pass).
+    """
+    if spec.ndim != 3 or spec.shape[0] not in (3, 4):
+        raise ValueError(f"spec must be (3 or 4, fy, fx) spectra, got shape {spec.shape}")
+    parts = spec.shape[0] == 4
+    if parts != (kspec[6] is not None):
+        raise ValueError("the science's spectrum and F[kA_s] come together (PSF-error term)")
+    if spec.dtype not in (np.complex64, np.complex128):
+        raise TypeError(f"spec must be complex64 or complex128, got {spec.dtype}")
+    ks = [np.ascontiguousarray(k) for k in kspec if k is not None]
+    for k in ks:
+        if k.dtype != spec.dtype or k.shape != spec.shape[1:]:
+            raise ValueError(f"kernel spectrum {k.dtype} {k.shape} != data {spec.dtype} "
+                             f"{spec.shape[1:]}")  # fmt: skip
+    x = [np.ascontiguousarray(spec[k]) for k in range(spec.shape[0])]
+    out = np.empty((spec.shape[0] + 1, *spec.shape[1:]), spec.dtype)
+    # Without the science its slots are filled by arrays the kernel does not read.
+    xs, kas, ns = (x[3], ks[6], out[4]) if parts else (x[0], ks[0], out[3])
+    decorrelation_products(x[0], x[1], x[2], xs, *ks[:6], kas, out[0], out[1], out[2],
+                           out[3], ns, parts)  # fmt: skip
+    return out
+
+
 def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarray) -> ZogyTile:
     y0, y1, x0, x1 = core
     b = ctx.border
@@ -199,7 +235,6 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
         sigma_s, sigma_t = ctx.sigma_s, ctx.sigma_t
     a, bk, p = kernels
     kspec, psf_d, white, radius = _tile_kernels(ctx, a, bk, p, sigma_s**2, sigma_t**2)
-    phi, pdc, ka2, kb2, kas2, kbs2, kas = kspec
     # The data frames transformed in one call (as jitcore.zogy's _tile); the science's
     # only when the PSF-error term needs its share N_s.
     planes = [ctx.diff, ctx.svar, ctx.tvar]
@@ -211,15 +246,12 @@ def _tile(ctx: _Ctx, core, kernels, out: dict[str, np.ndarray], valid: np.ndarra
         fill_frame(img, good, oy, ox, frames[k])
     spec = ctx.rfft(frames)
     del frames
-    # irfft overwrites its input: every spectrum handed to it is a fresh product.
-    dspec = spec[0] * phi
-    nspec = dspec * pdc
-    d = ctx.irfft(dspec)
-    n = ctx.irfft(nspec)
-    vd = ctx.irfft(spec[1] * ka2 + spec[2] * kb2)
-    vn = ctx.irfft(spec[1] * kas2 + spec[2] * kbs2)
+    prods = tile_products(spec, kspec)
+    del spec
+    # irfft overwrites its input: each of the products is handed to it once.
+    d, n, vd, vn = (ctx.irfft(prods[k]) for k in range(4))
     if parts:  # N_s, N_t = N_s - N apart: e^2 (N_s^2 + N_t^2)
-        n_s = ctx.irfft(spec[3] * kas)
+        n_s = ctx.irfft(prods[4])
         n_t = n_s - n
     else:
         n_s = n_t = n

@@ -21,6 +21,7 @@ from diffstream.jitcore.decorrelate import (
     DECORRELATION_EPSILON,
     decorrelate,
     decorrelation_spectrum,
+    tile_products,
 )
 from diffstream.jitcore.noise import source_free_mask, variance_scale_factor
 from diffstream.jitcore.psf import PsfModel, gaussian_psf
@@ -52,6 +53,46 @@ def test_filter_matches_reference(shape, seed, dtype):
     rtol = 2e-6 if dtype == np.float32 else 1e-13
     assert_allclose(out, ref_filter(ah, bh, 2.0, 0.5, 3.0, 1e-3), rtol=rtol)
     assert out.flat[0] == pytest.approx(1e-3**-0.5, rel=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from([np.complex64, np.complex128]),
+    parts=st.booleans(),
+)
+def test_tile_products_match_reference(shape, seed, dtype, parts):
+    """The fused pass (decorrelation_products) against the NumPy expressions it replaced."""
+    rng = np.random.default_rng(seed)
+
+    def spectrum():
+        return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dtype)
+
+    spec = np.stack([spectrum() for _ in range(4 if parts else 3)])
+    phi, pdc, ka2, kb2, kas2, kbs2, kas = (spectrum() for _ in range(7))
+    got = tile_products(spec, (phi, pdc, ka2, kb2, kas2, kbs2, kas if parts else None))
+    d = spec[0] * phi
+    want = [d, d * pdc, spec[1] * ka2 + spec[2] * kb2, spec[1] * kas2 + spec[2] * kbs2]
+    if parts:
+        want.append(spec[3] * kas)
+    assert got.shape == (len(want), *shape) and got.dtype == dtype
+    # Rounding-level: the same products in the same precision (NumPy's SIMD loops may
+    # round the complex products differently in the last bit).
+    tol = 1e-6 if dtype == np.complex64 else 1e-14
+    for g, w in zip(got, want, strict=True):
+        assert_allclose(g, w, rtol=tol, atol=tol * 10)
+
+
+def test_tile_products_checks_its_inputs():
+    spec = np.zeros((3, 4, 3), np.complex64)
+    ks = [np.zeros((4, 3), np.complex64) for _ in range(6)]
+    with pytest.raises(ValueError, match="come together"):
+        tile_products(spec, (*ks, np.zeros((4, 3), np.complex64)))
+    with pytest.raises(ValueError, match="kernel spectrum"):
+        tile_products(spec, (*ks[:5], np.zeros((4, 3), np.complex128), None))
+    with pytest.raises(ValueError, match="spec must be"):
+        tile_products(spec[:2], (*ks, None))
 
 
 def test_spectrum_is_the_published_correction_for_a_convolved_template():
