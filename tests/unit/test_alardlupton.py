@@ -34,6 +34,7 @@ from diffstream.jitcore.albasis import (
 )
 from diffstream.jitcore.alstars import select_kernel_stars
 from diffstream.jitcore.psf import PsfModel, gaussian_psf, psf_moments
+from diffstream.jitcore.sources import find_stars
 
 pytestmark = pytest.mark.unit
 
@@ -496,6 +497,56 @@ def test_kernel_star_selection_cuts():
     assert len(one.x) == 1
     capped = select_kernel_stars(s, vs, t, vt, bad, max_stars=1, **kw)
     assert len(capped.x) == 1 and capped.snr[0] == got.snr.max()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_stacked_solve_is_the_jacobi_scaled_lstsq_of_each_system(seed):
+    """alardlupton._solve_stack (one batched eigh) against np.linalg.lstsq per system, on
+    badly scaled normal matrices, a rank-deficient one (the pseudo-inverse: minimum norm)
+    and one with a zero row (a regressor that is 0 on the whole stamp)."""
+    rng = np.random.default_rng(seed)
+    n, m = 40, 12
+    a = rng.normal(size=(n, 60, m)) * np.logspace(0, 3, m)
+    a[3, :, 5] = a[3, :, 4] * 2.0  # rank m - 1
+    a[7, :, 2] = 0.0  # a zero row and column in Q
+    q = np.einsum("nki,nkj->nij", a, a)
+    b = np.einsum("nki,nk->ni", a, rng.normal(size=(n, 60)))
+    got = alardlupton._solve_stack(q, b)
+    for i in range(n):
+        d = np.sqrt(np.clip(np.diag(q[i]), 0.0, None))
+        d = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
+        x, *_ = np.linalg.lstsq(q[i] * d[:, None] * d[None, :], b[i] * d, rcond=1e-12)
+        assert_allclose(got[i], x * d, rtol=1e-9, atol=1e-9 * np.abs(x * d).max())
+    assert got[7, 2] == 0.0
+
+
+def test_kernel_stars_from_a_given_catalogue():
+    """``detections`` (the pipeline's find_stars catalogue) replaces the detection pass: on
+    isolated stars the same stamps are chosen, and only the catalogue's positions are used."""
+    shape = (256, 256)
+    rng = np.random.default_rng(23)
+    psf = gaussian_psf(1.5, 25)
+    s = rng.normal(size=shape) * 10.0
+    t = rng.normal(size=shape) * 5.0
+    for x, y, f in zip(rng.integers(30, 226, 12), rng.integers(30, 226, 12),
+                       rng.uniform(5e3, 3e4, 12), strict=True):  # fmt: skip
+        s[y - 12 : y + 13, x - 12 : x + 13] += f * psf
+        t[y - 12 : y + 13, x - 12 : x + 13] += f * psf
+    bad = np.zeros(shape, bool)
+    vs, vt = np.full(shape, 100.0), np.full(shape, 25.0)
+    kw = {"fwhm": 3.5, "stamp_half": 15, "margin": 10}
+    own = select_kernel_stars(s, vs, t, vt, bad, **kw)
+    cat = find_stars(s, vs, bad)
+    given_cat = select_kernel_stars(s, vs, t, vt, bad, detections=cat, **kw)
+    assert len(own.x) >= 3 and given_cat.n_detected == len(cat)
+    assert sorted(zip(given_cat.x.tolist(), given_cat.y.tolist(), strict=True)) == sorted(
+        zip(own.x.tolist(), own.y.tolist(), strict=True)
+    )
+    # A catalogue of one of them: that star alone.
+    one = select_kernel_stars(s, vs, t, vt, bad, detections=cat[cat["flux"].argmax() :][:1], **kw)
+    assert len(one.x) <= 1 and one.n_detected == 1
+    with pytest.raises(ValueError, match="lack the fields"):
+        select_kernel_stars(s, vs, t, vt, bad, detections=np.zeros(3, [("x", float)]), **kw)
 
 
 def test_threads_give_the_same_result():
