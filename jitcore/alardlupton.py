@@ -128,6 +128,9 @@ class ALInfo:
     background_coeffs: np.ndarray
     background_order: int
     spatial_order: int
+    # Where the kernel-star candidates came from: "catalogue" (``science_sources``) or
+    # "detection" (diffstream.jitcore.alstars' own pass).
+    star_candidates: str = "detection"
     # Wall seconds of al_subtract's stages (prepare, selectStars, stampSystems, fitKernel,
     # convolve, decorrelate), for the pipeline's metadata and bench_al.py.
     stage_times: dict[str, float] = field(default_factory=dict)
@@ -506,7 +509,8 @@ def al_subtract(
     the pipeline passes its ``zogy_precision``, single by default).
     ``science_sources``: a catalogue of the science's sources (fields ``x``, ``y``, ``flux``;
     the pipeline's jitcore.sources.find_stars one) for the kernel-star selection instead of
-    its own detection pass (diffstream.jitcore.alstars; 0.5 s at 4k, issue 17).
+    its own detection pass when enough stars come from it (diffstream.jitcore.alstars;
+    the pass was 0.5 s at 4k, issue 17); ``ALInfo.star_candidates`` says which served.
     Returns the decorrelated difference as a :class:`diffstream.jitcore.zogy.ZogyResult` and an
     :class:`ALInfo`.  Raises ValueError (with the counts) when fewer than ``min_stars``
     kernel stars are found or survive rejection, and ValueError / TypeError on bad input.
@@ -655,7 +659,8 @@ def al_subtract(
         n_stars_used=int(fit.used.sum()), n_stars_found=n_found,
         residual_rms=fit.residual_rms, basis_sigmas=tuple(float(s) for s in sigmas),
         kernel_size=int(ks), background_coeffs=fit.background_coeffs,
-        background_order=background_order, spatial_order=spatial_order, stage_times=times,
+        background_order=background_order, spatial_order=spatial_order,
+        star_candidates=stars.source, stage_times=times,
         variance_of_matched=matched_variance,
     )  # fmt: skip
     return result, info

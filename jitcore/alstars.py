@@ -10,22 +10,28 @@ ones).  At most ``per_cell`` of the highest-S/N candidates are kept in each ``ce
 ``cell`` pixel cell, so that the spatial fit is not dominated by one crowded corner
 (ip_diffim: 128 px cells, 5 stars), and at most ``max_stars`` in all.
 
-The science detections are this module's own sep pass (3 sigma, 3x3 filter, deblended) or,
-when the caller has them, a catalogue it already made (``detections``: the pipeline passes
-the PSF step's diffstream.jitcore.sources.find_stars catalogue, 5 sigma, unfiltered, not
-deblended).  The own pass was 0.5 s of a 4k AL run, all of selectStars, holding the GIL
-(issue 17).  The cuts above only ever keep stars of aperture S/N >= 10, which either pass
-finds, and the isolation cut only asks for *brighter* neighbours, which either finds too;
-what differs is a blend of a star with a brighter neighbour inside the 5 sigma isophote:
-one source at their barycentre instead of two, kept or cut by the same S/N cuts (the
-kernel fit's own rejection, jitcore.alardlupton, takes out stamps that do not fit).  On
-the 4k benchmark pair 910 of the 1000 chosen stamps are centred on the same pixel and 994
-within 1 px (barycentres of a different isophote round differently).
+The science detections are this module's own sep pass (3 sigma, 3x3 filter, deblended) or a
+catalogue the caller already made (``detections``: the pipeline passes the PSF step's
+diffstream.jitcore.sources.find_stars catalogue, 5 sigma, unfiltered, not deblended), which
+serves when the stars chosen from it reach ``max_stars``.  The own pass was 0.5 s of a 4k AL
+run, all of selectStars, holding the GIL (issue 17).  With the cap reached, the chosen are
+the brightest of their cells, the stars a 5 sigma catalogue is least likely to miss; below
+it, every star of S/N >= 10 counts, and the catalogue misses faint stars of broad PSFs (peak
+pixel < 5 sigma): on the DECam cutouts it lost a S/N 17.5 star at FWHM 7.3 px, one of the
+four kernel stars, and the clean detections of 18c-04e went 7 -> 13
+(benchmarks/real_data_report.py).  What else differs with the catalogue: a star with a
+brighter neighbour inside its 5 sigma isophote is one source at their barycentre instead of
+two (kept or cut by the same S/N cuts; the kernel fit's rejection, jitcore.alardlupton,
+takes out stamps that do not fit), and barycentres of another isophote round to other
+pixels: on the 4k benchmark pair 910 of the 1000 chosen stamps are centred on the same pixel
+and 994 within 1 px, and the 1249 diaSources are the same (positions within 0.003 px,
+psfFlux within 0.005 sigma).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import sep
@@ -44,6 +50,9 @@ class KernelStars:
     y: np.ndarray  # int64 pixel rows
     snr: np.ndarray  # aperture S/N in the science image
     n_detected: int  # science detections before the cuts
+    # Where the candidates came from: "catalogue" (the caller's ``detections``) or
+    # "detection" (this module's own pass).
+    source: str = "detection"
 
 
 def _detect(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, thresh: float) -> np.ndarray:
@@ -109,14 +118,44 @@ def select_kernel_stars(
     (radius 1 FWHM).  Images must be background-subtracted; ``bad`` marks unusable pixels.
     ``detections``: the science's sources as a structured array with fields ``x``, ``y``
     (pixel, 0-based) and ``flux`` (for the isolation cut), used instead of a detection pass
-    at ``detect_threshold`` (module docstring).
+    at ``detect_threshold`` when the stars chosen from them reach ``max_stars`` (module
+    docstring); the result's ``source`` says which served.
     """
+    choose = partial(
+        _choose, science, science_variance, template, template_variance, bad, fwhm=fwhm,
+        stamp_half=stamp_half, margin=margin, snr_range=snr_range, cell=cell,
+        per_cell=per_cell, max_stars=max_stars, template_snr=template_snr,
+    )  # fmt: skip
+    if detections is not None:
+        # The catalogue serves when the max_stars cap binds: the brightest stars fill it,
+        # and a 5 sigma catalogue misses faint ones only (module docstring).
+        got = choose(np.asarray(detections))
+        if len(got.x) >= max_stars:
+            got.source = "catalogue"
+            return got
+    return choose(_detect(science, science_variance, bad, detect_threshold))
+
+
+def _choose(
+    science: np.ndarray,
+    science_variance: np.ndarray,
+    template: np.ndarray,
+    template_variance: np.ndarray,
+    bad: np.ndarray,
+    cat: np.ndarray,
+    *,
+    fwhm: float,
+    stamp_half: int,
+    margin: int,
+    snr_range: tuple[float, float],
+    cell: int,
+    per_cell: int,
+    max_stars: int,
+    template_snr: float,
+) -> KernelStars:
+    """The cuts of :func:`select_kernel_stars` applied to the detections ``cat``."""
     ny, nx = science.shape
     empty = KernelStars(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 0)
-    if detections is None:
-        cat = _detect(science, science_variance, bad, detect_threshold)
-    else:
-        cat = np.asarray(detections)
     names = cat.dtype.names or ()
     missing = [f for f in ("x", "y", "flux") if f not in names]
     if missing:

@@ -368,11 +368,10 @@ def difference(
             from diffstream.jitcore.alardlupton import al_subtract
 
             # AL decorrelates in its own tiles and has no astrometric term (see al_subtract).
-            # Its kernel stars come from the PSF step's science catalogue: its own sep pass
-            # was 0.5 s at 4k (issue 17).  Without one (no stars found there) AL detects
-            # again, and says so.
-            own_detection = sources is None
-            if own_detection:
+            # Its kernel stars come from the PSF step's science catalogue where it has enough
+            # of them (jitcore/alstars.py): its own sep pass was 0.5 s at 4k (issue 17).
+            # Without one (no stars found there) AL detects again, and says so.
+            if sources is None:
                 log.warning("no star catalogue from the PSF step: Alard-Lupton runs its own "
                             "detection for its kernel stars")  # fmt: skip
             try:
@@ -395,7 +394,9 @@ def difference(
             note(meta, "alardLupton", {
                 "direction": al_info.direction, "kernelSum": al_info.kernel_sum,
                 "nStarsUsed": al_info.n_stars_used, "nStarsFound": al_info.n_stars_found,
-                "starCandidates": "ownDetection" if own_detection else "psfCatalogue",
+                # "catalogue": the PSF step's; "detection": AL's own pass (no catalogue, or
+                # too few stars from it).
+                "starCandidates": al_info.star_candidates,
                 "residualRms": al_info.residual_rms,
                 "basisSigmas": [float(b) for b in al_info.basis_sigmas],
                 "kernelSize": al_info.kernel_size,

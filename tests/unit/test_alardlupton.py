@@ -521,30 +521,38 @@ def test_stacked_solve_is_the_jacobi_scaled_lstsq_of_each_system(seed):
 
 
 def test_kernel_stars_from_a_given_catalogue():
-    """``detections`` (the pipeline's find_stars catalogue) replaces the detection pass: on
-    isolated stars the same stamps are chosen, and only the catalogue's positions are used."""
+    """``detections`` (the pipeline's find_stars catalogue) replaces the detection pass when
+    the stars chosen from it reach ``max_stars``; below that the own pass serves, which
+    finds faint stars of broad PSFs the 5 sigma catalogue misses."""
     shape = (256, 256)
     rng = np.random.default_rng(23)
     psf = gaussian_psf(1.5, 25)
     s = rng.normal(size=shape) * 10.0
     t = rng.normal(size=shape) * 5.0
-    for x, y, f in zip(rng.integers(30, 226, 12), rng.integers(30, 226, 12),
-                       rng.uniform(5e3, 3e4, 12), strict=True):  # fmt: skip
+    xs, ys = rng.integers(30, 226, 12), rng.integers(30, 226, 12)
+    for x, y, f in zip(xs, ys, rng.uniform(5e3, 3e4, 12), strict=True):
         s[y - 12 : y + 13, x - 12 : x + 13] += f * psf
         t[y - 12 : y + 13, x - 12 : x + 13] += f * psf
     bad = np.zeros(shape, bool)
     vs, vt = np.full(shape, 100.0), np.full(shape, 25.0)
     kw = {"fwhm": 3.5, "stamp_half": 15, "margin": 10}
-    own = select_kernel_stars(s, vs, t, vt, bad, **kw)
     cat = find_stars(s, vs, bad)
-    given_cat = select_kernel_stars(s, vs, t, vt, bad, detections=cat, **kw)
-    assert len(own.x) >= 3 and given_cat.n_detected == len(cat)
-    assert sorted(zip(given_cat.x.tolist(), given_cat.y.tolist(), strict=True)) == sorted(
-        zip(own.x.tolist(), own.y.tolist(), strict=True)
-    )
-    # A catalogue of one of them: that star alone.
-    one = select_kernel_stars(s, vs, t, vt, bad, detections=cat[cat["flux"].argmax() :][:1], **kw)
-    assert len(one.x) <= 1 and one.n_detected == 1
+    for cap in (3, 1000):
+        own = select_kernel_stars(s, vs, t, vt, bad, max_stars=cap, **kw)
+        got = select_kernel_stars(s, vs, t, vt, bad, max_stars=cap, detections=cat, **kw)
+        assert len(own.x) >= 3 and own.source == "detection"
+        # Isolated stars: the same stamps either way.
+        assert sorted(zip(got.x.tolist(), got.y.tolist(), strict=True)) == sorted(
+            zip(own.x.tolist(), own.y.tolist(), strict=True)
+        )
+        if cap == 3:
+            assert got.source == "catalogue" and got.n_detected == len(cat)
+        else:  # fewer than 1000 chosen: the own detection pass served
+            assert got.source == "detection" and got.n_detected == own.n_detected
+    # Only the catalogue's positions are used: an empty region yields nothing.
+    far = cat[:0]
+    none = select_kernel_stars(s, vs, t, vt, bad, max_stars=0, detections=far, **kw)
+    assert len(none.x) == 0 and none.source == "catalogue"
     with pytest.raises(ValueError, match="lack the fields"):
         select_kernel_stars(s, vs, t, vt, bad, detections=np.zeros(3, [("x", float)]), **kw)
 
