@@ -132,7 +132,13 @@ def al_basis(sigmas: tuple[float, ...], degrees: tuple[int, ...], size: int) -> 
     rest = b[1:] - b[1:].sum(axis=(1, 2))[:, None, None] * first
     if len(rest) == 0:
         return first[None]
-    q, r = np.linalg.qr(rest.reshape(len(rest), -1).T)
+    # One BLAS thread for this small QR (~441 x 26): with another process on the core,
+    # OpenBLAS's two threads waited on each other 0.04-0.12 s in 3 of 7 calls, against
+    # 0.5 ms otherwise (as in jitcore.alardlupton.fit_kernel; issue 17).
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        q, r = np.linalg.qr(rest.reshape(len(rest), -1).T)
     diag = np.abs(np.diag(r))
     keep = diag > 1e-9 * diag.max()
     ortho = q[:, keep].T.reshape(-1, size, size)
