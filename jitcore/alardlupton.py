@@ -59,7 +59,7 @@ from diffstream.jitcore._kernels.alardlupton import (
     expand_spatial,
     stamp_normal_equations,
 )
-from diffstream.jitcore._kernels.planes import usable_pair
+from diffstream.jitcore._kernels.planes import usable_pair_zeroed
 from diffstream.jitcore.albasis import (
     SpatialKernel,
     al_basis,
@@ -555,16 +555,15 @@ def al_subtract(
         times[stage] = now - t_last
         t_last = now
 
-    # ZOGY's fused pass (jitcore.zogy): the NumPy chain was ten full-frame passes at 4k.
+    # The usable pixels and the planes with 0 elsewhere in one fused pass (ZOGY's test,
+    # jitcore.zogy, plus the copies): the NumPy chain was ten full-frame passes at 4k.
+    planes = [native_float(a) for a in (sci, tmpl, svar, tvar)]
     good = np.empty(shape, dtype=bool)
-    usable_pair(np.ascontiguousarray(bad_arr), *(native_float(a) for a in (sci, tmpl, svar, tvar)),
-                good)  # fmt: skip
+    s_img, t_img, s_var, t_var = (np.empty(shape, a.dtype) for a in planes)
+    usable_pair_zeroed(np.ascontiguousarray(bad_arr), *planes, good, s_img, t_img, s_var, t_var)
+    del planes
     if not good.any():
         raise ValueError("no usable pixels: every pixel is bad or non-finite")
-    s_img = np.where(good, sci, 0.0)
-    t_img = np.where(good, tmpl, 0.0)
-    s_var = np.where(good, svar, 0.0)
-    t_var = np.where(good, tvar, 0.0)
 
     cx, cy = (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0
     sig_s, sig_t = _sigma(psf_science, cx, cy), _sigma(psf_template, cx, cy)

@@ -16,7 +16,7 @@ from diffstream.jitcore._jit import njit
 __all__ = [
     "combine_masks", "combine_masks_hard", "input_counts", "rescale_by_map", "snr_plane",
     "sep_planes", "star_bad",
-    "unusable_in_boxes", "unusable_pixels", "usable_pair",
+    "unusable_in_boxes", "unusable_pixels", "usable_pair", "usable_pair_zeroed",
 ]  # fmt: skip
 
 
@@ -109,6 +109,44 @@ def usable_pair(bad, image_a, image_b, variance_a, variance_b, out):
                 and math.isfinite(va)
                 and math.isfinite(vb)
             )
+
+
+@njit
+def usable_pair_zeroed(bad, image_a, image_b, variance_a, variance_b, out,
+                       image_a0, image_b0, variance_a0, variance_b0):  # fmt: skip
+    """:func:`usable_pair`, and the four planes copied with 0 where ``out`` is False.
+
+    Alard-Lupton's inputs (diffstream.jitcore.alardlupton): the convolutions and stamps read
+    the zeroed copies.  One pass for the five of usable_pair and four np.where (~80 ms of
+    a 4k run, issue 17).  Copies have the dtypes of their outputs.
+    """
+    ny, nx = bad.shape
+    for j in range(ny):
+        for i in range(nx):
+            a = image_a[j, i]
+            b = image_b[j, i]
+            va = variance_a[j, i]
+            vb = variance_b[j, i]
+            g = (
+                not bad[j, i]
+                and math.isfinite(a)
+                and math.isfinite(b)
+                and va >= 0.0
+                and vb >= 0.0
+                and math.isfinite(va)
+                and math.isfinite(vb)
+            )
+            out[j, i] = g
+            if g:
+                image_a0[j, i] = a
+                image_b0[j, i] = b
+                variance_a0[j, i] = va
+                variance_b0[j, i] = vb
+            else:
+                image_a0[j, i] = 0.0
+                image_b0[j, i] = 0.0
+                variance_a0[j, i] = 0.0
+                variance_b0[j, i] = 0.0
 
 
 @njit(error_model="numpy")

@@ -289,6 +289,31 @@ def test_usable_pair_matches_numpy(shape):
     assert_array_equal(out, ref)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 33)])
+def test_usable_pair_zeroed_matches_numpy(shape):
+    """Alard-Lupton's fused pass against usable_pair and the np.where copies it replaced."""
+    from diffstream.jitcore._kernels.planes import usable_pair_zeroed
+
+    si, sv, _ = _planes(3, shape)
+    ti, tv, _ = _planes(4, shape, np.float64)
+    rng = np.random.default_rng(6)
+    sv[rng.random(shape) < 0.05] = -1.0
+    tv[rng.random(shape) < 0.05] = 0.0
+    bad = rng.random(shape) < 0.1
+    out = np.empty(shape, bool)
+    copies = [np.full(shape, np.nan, a.dtype) for a in (si, ti, sv, tv)]
+    usable_pair_zeroed(bad, si, ti, sv, tv, out, *copies)
+    with np.errstate(invalid="ignore"):
+        ref = ~bad & np.isfinite(si) & np.isfinite(ti)
+        ref &= np.isfinite(sv) & np.isfinite(tv) & (sv >= 0) & (tv >= 0)
+    assert_array_equal(out, ref)
+    for got, src in zip(copies, (si, ti, sv, tv), strict=True):
+        want = np.where(ref, src, 0.0)
+        assert got.dtype == want.dtype
+        assert_array_equal(got, want)
+    assert ref.any() and not ref.all() or shape == (1, 1)  # both branches ran
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (7, 5), (64, 33)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_snr_plane_and_star_bad_match_numpy(shape, dtype):
