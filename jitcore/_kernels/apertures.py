@@ -1,0 +1,198 @@
+"""sep's sub-sampled circular apertures (``sum_circle`` and ``flux_radius``), without the GIL.
+
+No checks here (diffstream.jitcore.photometry checks and allocates).  These are sep 1.4.1's
+``sep_sum_circle`` (src/aperture.i) and ``sep_flux_radius`` (src/aperture.c) operation for
+operation: the same box, the same annuli of sub-sampled boundary pixels, the same float32
+pixel values (sep converts every input to its float PIXTYPE), the same sums in the same
+order, so the results are sep's to the last bit in practice (tests/unit/test_apertures.py
+compares them).  Why: sep holds the GIL for the whole call, so the PSF step's science and
+template halves, each ~3,700 flux radii on a 4k frame, ran one after the other on two cores
+(issue 17).  Only what the pipeline uses is here: a bool mask (True = masked, sep's
+``maskthresh=0``), no segmentation map, no gain, ``subpix >= 1`` (exact overlap is
+``subpix=0``: jitcore/photometry.py keeps sep for it).
+
+Flags are sep's: :data:`APER_TRUNC` (the box was cut by the image edge) and
+:data:`APER_HASMASKED` (a masked pixel lies within the aperture's outer annulus).
+The error model is NumPy's so that sep's divisions by a zero unmasked area give its inf/NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from diffstream.jitcore._jit import njit
+
+__all__ = ["APER_HASMASKED", "APER_TRUNC", "FLUX_RADIUS_BINS", "flux_radius", "sum_circle"]
+
+APER_TRUNC = 0x0010
+APER_HASMASKED = 0x0020
+FLUX_RADIUS_BINS = 64  # sep's FLUX_RADIUS_BUFSIZE: annuli out to rmax
+
+
+@njit(error_model="numpy")
+def _box(x, y, r, w, h):
+    """sep's boxextent: [xmin, xmax) x [ymin, ymax) holding the circle, and TRUNC if cut.
+
+    C's (int64_t) cast truncates toward zero, as Numba's int() of a float does."""
+    xmin = int(x - r + 0.5)
+    xmax = int(x + r + 1.4999999)
+    ymin = int(y - r + 0.5)
+    ymax = int(y + r + 1.4999999)
+    flag = 0
+    if xmin < 0:
+        xmin = 0
+        flag |= APER_TRUNC
+    if xmax > w:
+        xmax = w
+        flag |= APER_TRUNC
+    if ymin < 0:
+        ymin = 0
+        flag |= APER_TRUNC
+    if ymax > h:
+        ymax = h
+        flag |= APER_TRUNC
+    return xmin, xmax, ymin, ymax, flag
+
+
+@njit(error_model="numpy")
+def sum_circle(data, var, mask, x, y, r, subpix, out_sum, out_err, out_flag):
+    """out_sum/out_err/out_flag[i] <- sep.sum_circle(data, x, y, r, var=var, mask=mask,
+    subpix=subpix)[:][i] (the masked area is made up: sum and variance scaled by
+    total / unmasked area, NaN when nothing is unmasked)."""
+    h, w = data.shape
+    scale = 1.0 / subpix
+    scale2 = scale * scale
+    offset = 0.5 * (scale - 1.0)
+    for i in range(x.shape[0]):
+        xi = x[i]
+        yi = y[i]
+        ri = r[i]
+        r2 = ri * ri
+        r_in2 = ri - 0.7072
+        r_in2 = r_in2 * r_in2 if r_in2 > 0.0 else 0.0
+        r_out2 = (ri + 0.7072) * (ri + 0.7072)
+        xmin, xmax, ymin, ymax, flag = _box(xi, yi, ri, w, h)
+        tv = 0.0
+        sigtv = 0.0
+        totarea = 0.0
+        maskarea = 0.0
+        for iy in range(ymin, ymax):
+            for ix in range(xmin, xmax):
+                dx = ix - xi
+                dy = iy - yi
+                rpix2 = dx * dx + dy * dy
+                if rpix2 < r_out2:
+                    if rpix2 > r_in2:  # might be partly inside: sub-sample
+                        dx += offset
+                        dy += offset
+                        overlap = 0.0
+                        for _sy in range(subpix):
+                            dx1 = dx
+                            dy2 = dy * dy
+                            for _sx in range(subpix):
+                                if dx1 * dx1 + dy2 < r2:
+                                    overlap += scale2
+                                dx1 += scale
+                            dy += scale
+                    else:
+                        overlap = 1.0
+                    if mask[iy, ix]:
+                        flag |= APER_HASMASKED
+                        maskarea += overlap
+                    else:
+                        # float32 values, as sep's PIXTYPE converter reads them.
+                        tv += np.float64(np.float32(data[iy, ix])) * overlap
+                        sigtv += np.float64(np.float32(var[iy, ix])) * overlap
+                    totarea += overlap
+        tmp = totarea / (totarea - maskarea)
+        tv *= tmp
+        sigtv *= tmp
+        out_sum[i] = tv
+        out_err[i] = math.sqrt(sigtv)
+        out_flag[i] = flag
+
+
+@njit(error_model="numpy")
+def flux_radius(data, mask, x, y, rmax, frac, subpix, out_r, out_flag, work):
+    """out_r/out_flag[i] <- sep.flux_radius(data, x, y, rmax, frac, mask=mask,
+    subpix=subpix)[:][i]: the radius enclosing ``frac`` of the flux within ``rmax[i]``,
+    interpolated linearly between FLUX_RADIUS_BINS annuli.  ``work``: (3,
+    FLUX_RADIUS_BINS) float64 scratch."""
+    h, w = data.shape
+    n = FLUX_RADIUS_BINS
+    scale = 1.0 / subpix
+    scale2 = scale * scale
+    offset = 0.5 * (scale - 1.0)
+    total = work[0]
+    area = work[1]
+    maskarea = work[2]
+    for i in range(x.shape[0]):
+        xi = x[i]
+        yi = y[i]
+        rm = rmax[i]
+        for j in range(n):
+            total[j] = 0.0
+            area[j] = 0.0
+            maskarea[j] = 0.0
+        r_out = rm + 1.5  # sep's margin for the interpolation
+        r_out2 = r_out * r_out
+        step = rm / n
+        stepdens = 1.0 / step
+        prevbinmargin = 0.7072
+        nextbinmargin = step - 0.7072
+        xmin, xmax, ymin, ymax, flag = _box(xi, yi, r_out, w, h)
+        for iy in range(ymin, ymax):
+            for ix in range(xmin, xmax):
+                dx = ix - xi
+                dy = iy - yi
+                rpix2 = dx * dx + dy * dy
+                if rpix2 < r_out2:
+                    pix = np.float64(np.float32(data[iy, ix]))
+                    masked = mask[iy, ix]
+                    if masked:
+                        flag |= APER_HASMASKED
+                    rpix = math.sqrt(rpix2)
+                    d = np.fmod(rpix, step)  # C fmod: exact, as sep computes it
+                    if d < prevbinmargin or d > nextbinmargin:  # near an annulus edge
+                        dx += offset
+                        dy += offset
+                        for _sy in range(subpix):
+                            dx1 = dx
+                            dy2 = dy * dy
+                            for _sx in range(subpix):
+                                j = int(math.sqrt(dx1 * dx1 + dy2) * stepdens)
+                                if j < n:
+                                    if masked:
+                                        maskarea[j] += scale2
+                                    else:
+                                        total[j] += scale2 * pix
+                                    area[j] += scale2
+                                dx1 += scale
+                            dy += scale
+                    else:
+                        j = int(rpix * stepdens)
+                        if j < n:
+                            if masked:
+                                maskarea[j] += 1.0
+                            else:
+                                total[j] += pix
+                            area[j] += 1.0
+        for j in range(n):  # masked area made up annulus by annulus
+            total[j] *= 0.0 if area[j] == maskarea[j] else area[j] / (area[j] - maskarea[j])
+        for j in range(1, n):
+            total[j] += total[j - 1]
+        target = frac * total[n - 1]
+        # sep's inverse(): first annulus whose cumulative flux reaches the target, then
+        # linear interpolation (annulus j's cumulative flux belongs to radius step (j + 1)).
+        k = 0
+        while k < n and total[k] < target:
+            k += 1
+        if k == 0:
+            out_r[i] = 0.0 if (target <= 0.0 or total[0] == 0.0) else step * target / total[0]
+        elif k == n:
+            out_r[i] = rm
+        else:
+            out_r[i] = step * (k + (target - total[k - 1]) / (total[k] - total[k - 1]))
+        out_flag[i] = flag
