@@ -21,6 +21,7 @@ __all__ = [
     "stack_psfs",
     "sum_circle",
     "unusable_map",
+    "winpos",
 ]
 
 # sep's aperture flags, for the results of :func:`sum_circle` and :func:`flux_radius`.
@@ -253,3 +254,22 @@ def flux_radius(
     work = np.empty((3, _ap.FLUX_RADIUS_BINS))
     _ap.flux_radius(img, msk, xs, ys, rs, float(frac), int(subpix), radius, flag, work)
     return radius, flag
+
+
+# sep.winpos's floor on the window: SExtractor's 0.5 px minimum half-light radius.
+WINPOS_MINSIG = 2.0 / 2.35 * 0.5
+
+
+def winpos(
+    data: np.ndarray, mask: np.ndarray, x, y, sig, *, subpix: int = 11
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``sep.winpos(data, x, y, sig, mask=mask, subpix=subpix)`` in Numba, without the GIL:
+    windowed centroids (SExtractor's XWIN/YWIN) and flags, equal to sep's; ``sig`` below
+    sep's minimum (0.5 px half-light radius) is raised to it, as sep does."""
+    img, msk, xs, ys, sg = _aperture_inputs(data, mask, x, y, sig, "sig", subpix)
+    sg = np.maximum(sg, WINPOS_MINSIG)
+    out_x = np.empty(xs.size)
+    out_y = np.empty(xs.size)
+    flag = np.empty(xs.size, dtype=np.int16)
+    _ap.winpos(img, msk, xs, ys, sg, int(subpix), out_x, out_y, flag)
+    return out_x, out_y, flag

@@ -1,15 +1,16 @@
-"""sep's sub-sampled circular apertures (``sum_circle`` and ``flux_radius``), without the GIL.
+"""sep's sub-sampled circular apertures (``sum_circle``, ``flux_radius``, ``winpos``), without
+the GIL.
 
 No checks here (diffstream.jitcore.photometry checks and allocates).  These are sep 1.4.1's
-``sep_sum_circle`` (src/aperture.i) and ``sep_flux_radius`` (src/aperture.c) operation for
-operation: the same box, the same annuli of sub-sampled boundary pixels, the same float32
-pixel values (sep converts every input to its float PIXTYPE), the same sums in the same
-order, so the results are sep's to the last bit in practice (tests/unit/test_apertures.py
-compares them).  Why: sep holds the GIL for the whole call, so the PSF step's science and
-template halves, each ~3,700 flux radii on a 4k frame, ran one after the other on two cores
-(issue 17).  Only what the pipeline uses is here: a bool mask (True = masked, sep's
-``maskthresh=0``), no segmentation map, no gain, ``subpix >= 1`` (exact overlap is
-``subpix=0``: jitcore/photometry.py keeps sep for it).
+``sep_sum_circle`` (src/aperture.i), ``sep_flux_radius`` and ``sep_windowed``
+(src/aperture.c) operation for operation: the same box, the same annuli of sub-sampled
+boundary pixels, the same float32 pixel values (sep converts every input to its float
+PIXTYPE), the same sums in the same order, so the results are sep's to the last bit in
+practice (tests/unit/test_apertures.py compares them).  Why: sep holds the GIL for the
+whole call, so the PSF step's science and template halves, each ~3,700 flux radii on a 4k
+frame, ran one after the other on two cores (issue 17).  Only what the pipeline uses is
+here: a bool mask (True = masked, sep's ``maskthresh=0``), no segmentation map, no gain,
+``subpix >= 1`` (exact overlap is ``subpix=0``: jitcore/photometry.py keeps sep for it).
 
 Flags are sep's: :data:`APER_TRUNC` (the box was cut by the image edge) and
 :data:`APER_HASMASKED` (a masked pixel lies within the aperture's outer annulus).
@@ -24,7 +25,14 @@ import numpy as np
 
 from diffstream.jitcore._jit import njit
 
-__all__ = ["APER_HASMASKED", "APER_TRUNC", "FLUX_RADIUS_BINS", "flux_radius", "sum_circle"]
+__all__ = [
+    "APER_HASMASKED",
+    "APER_TRUNC",
+    "FLUX_RADIUS_BINS",
+    "flux_radius",
+    "sum_circle",
+    "winpos",
+]
 
 APER_TRUNC = 0x0010
 APER_HASMASKED = 0x0020
@@ -195,4 +203,97 @@ def flux_radius(data, mask, x, y, rmax, frac, subpix, out_r, out_flag, work):
             out_r[i] = rm
         else:
             out_r[i] = step * (k + (target - total[k - 1]) / (total[k] - total[k - 1]))
+        out_flag[i] = flag
+
+
+WINPOS_NITERMAX = 16  # sep's iteration limit
+WINPOS_NSIG = 4.0  # window radius in sigmas
+WINPOS_STEPMIN = 0.0001  # pixels: smaller steps end the iteration
+WINPOS_FAC = 2.0  # centroid offset factor (2 for a Gaussian)
+
+
+@njit(error_model="numpy")
+def winpos(data, mask, x, y, sig, subpix, out_x, out_y, out_flag):
+    """out_x/out_y/out_flag[i] <- sep.winpos(data, x, y, sig, mask=mask, subpix=subpix)
+    (SExtractor's XWIN_IMAGE: iterated Gaussian-weighted centroid in a 4 sigma circle;
+    masked pixels take the mean unmasked value; ``sig`` already raised to sep's minsig)."""
+    h, w = data.shape
+    scale = 1.0 / subpix
+    scale2 = scale * scale
+    offset = 0.5 * (scale - 1.0)
+    for i in range(x.shape[0]):
+        xi = x[i]
+        yi = y[i]
+        si = sig[i]
+        invtwosig2 = 1.0 / (2.0 * si * si)
+        r = WINPOS_NSIG * si
+        r2 = r * r
+        r_in2 = r - 0.7072
+        r_in2 = r_in2 * r_in2 if r_in2 > 0.0 else 0.0
+        r_out2 = (r + 0.7072) * (r + 0.7072)
+        flag = 0
+        for _it in range(WINPOS_NITERMAX):
+            xmin, xmax, ymin, ymax, bflag = _box(xi, yi, r, w, h)
+            flag |= bflag  # sep never clears its flag between iterations
+            tv = 0.0
+            twv = 0.0
+            totarea = 0.0
+            maskarea = 0.0
+            maskweight = 0.0
+            dxpos = 0.0
+            dypos = 0.0
+            maskdxpos = 0.0
+            maskdypos = 0.0
+            for iy in range(ymin, ymax):
+                for ix in range(xmin, xmax):
+                    dx = ix - xi
+                    dy = iy - yi
+                    rpix2 = dx * dx + dy * dy
+                    if rpix2 < r_out2:
+                        if rpix2 > r_in2:
+                            dx += offset
+                            dy += offset
+                            overlap = 0.0
+                            for _sy in range(subpix):
+                                dx1 = dx
+                                dy2 = dy * dy
+                                for _sx in range(subpix):
+                                    if dx1 * dx1 + dy2 < r2:
+                                        overlap += scale2
+                                    dx1 += scale
+                                dy += scale
+                        else:
+                            overlap = 1.0
+                        pix = np.float64(np.float32(data[iy, ix]))
+                        dx = ix - xi
+                        dy = iy - yi
+                        weight = math.exp(-rpix2 * invtwosig2)
+                        if mask[iy, ix]:
+                            flag |= APER_HASMASKED
+                            maskarea += overlap
+                            maskweight += overlap * weight
+                            maskdxpos += overlap * weight * dx
+                            maskdypos += overlap * weight * dy
+                        else:
+                            tv += pix * overlap
+                            wpix = pix * overlap * weight
+                            twv += wpix
+                            dxpos += wpix * dx
+                            dypos += wpix * dy
+                        totarea += overlap
+            tmp = tv / (totarea - maskarea)  # mean unmasked value stands in for the masked
+            twv += tmp * maskweight
+            dxpos += tmp * maskdxpos
+            dypos += tmp * maskdypos
+            if twv > 0.0:
+                dxpos /= twv
+                dypos /= twv
+                xi += dxpos * WINPOS_FAC
+                yi += dypos * WINPOS_FAC
+            else:
+                break
+            if dxpos * dxpos + dypos * dypos < WINPOS_STEPMIN * WINPOS_STEPMIN:
+                break
+        out_x[i] = xi
+        out_y[i] = yi
         out_flag[i] = flag
