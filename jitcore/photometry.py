@@ -214,6 +214,11 @@ def _aperture_inputs(
     return np.ascontiguousarray(img), np.ascontiguousarray(msk), xs, ys, rs
 
 
+def _overlap_scratch(subpix: int) -> tuple[np.ndarray, np.ndarray]:
+    """The aperture kernels' scratch for a pixel's sub-sample coordinates and overlaps."""
+    return np.empty(subpix), np.empty(subpix * subpix + 1)
+
+
 def sum_circle(
     data: np.ndarray, variance: np.ndarray, mask: np.ndarray, x, y, r, *, subpix: int = 5
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -271,5 +276,6 @@ def winpos(
     out_x = np.empty(xs.size)
     out_y = np.empty(xs.size)
     flag = np.empty(xs.size, dtype=np.int16)
-    _ap.winpos(img, msk, xs, ys, sg, int(subpix), out_x, out_y, flag)
+    sub = int(subpix)
+    _ap.winpos(img, msk, xs, ys, sg, sub, out_x, out_y, flag, *_overlap_scratch(sub))
     return out_x, out_y, flag

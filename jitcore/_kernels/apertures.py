@@ -65,6 +65,42 @@ def _box(x, y, r, w, h):
 
 
 @njit(error_model="numpy")
+def _fill_steps(subpix, acc):
+    """acc[n] <- scale^2 added n times to 0.0, one addition at a time, as sep accumulates a
+    pixel's overlap (so a count of sub-samples gives sep's overlap to the bit)."""
+    scale = 1.0 / subpix
+    scale2 = scale * scale
+    acc[0] = 0.0
+    for n in range(1, subpix * subpix + 1):
+        acc[n] = acc[n - 1] + scale2
+
+
+@njit(error_model="numpy")
+def _overlap(dx, dy, r2, subpix, xs, acc):
+    """sep's sub-sampled overlap of the pixel at offset (dx, dy) with the circle r^2 = r2:
+    the same sub-sample coordinates (repeated additions of 1/subpix from the first one) and
+    the same test, but the column coordinates are made once per pixel instead of once per
+    sub-row, and the inside ones counted (a loop LLVM vectorises) instead of adding the
+    overlap sub-sample by sub-sample (a chain of dependent additions): winpos's 11 x 11
+    sub-samples ran 1.5x faster (at sum_circle's 5 x 5 it was slower, so that one keeps
+    sep's loop).  ``xs``: (subpix,) scratch; ``acc``: :func:`_fill_steps`'s table."""
+    scale = 1.0 / subpix
+    offset = 0.5 * (scale - 1.0)
+    dx += offset
+    dy += offset
+    for sx in range(subpix):
+        xs[sx] = dx
+        dx += scale
+    n = 0
+    for _sy in range(subpix):
+        dy2 = dy * dy
+        for sx in range(subpix):
+            n += 1 if xs[sx] * xs[sx] + dy2 < r2 else 0
+        dy += scale
+    return acc[n]
+
+
+@njit(error_model="numpy")
 def sum_circle(data, var, mask, x, y, r, subpix, out_sum, out_err, out_flag):
     """out_sum/out_err/out_flag[i] <- sep.sum_circle(data, x, y, r, var=var, mask=mask,
     subpix=subpix)[:][i] (the masked area is made up: sum and variance scaled by
@@ -213,14 +249,13 @@ WINPOS_FAC = 2.0  # centroid offset factor (2 for a Gaussian)
 
 
 @njit(error_model="numpy")
-def winpos(data, mask, x, y, sig, subpix, out_x, out_y, out_flag):
+def winpos(data, mask, x, y, sig, subpix, out_x, out_y, out_flag, xs, acc):
     """out_x/out_y/out_flag[i] <- sep.winpos(data, x, y, sig, mask=mask, subpix=subpix)
     (SExtractor's XWIN_IMAGE: iterated Gaussian-weighted centroid in a 4 sigma circle;
-    masked pixels take the mean unmasked value; ``sig`` already raised to sep's minsig)."""
+    masked pixels take the mean unmasked value; ``sig`` already raised to sep's minsig).
+    ``xs``: (subpix,) and ``acc``: (subpix^2 + 1,) float64 scratch."""
     h, w = data.shape
-    scale = 1.0 / subpix
-    scale2 = scale * scale
-    offset = 0.5 * (scale - 1.0)
+    _fill_steps(subpix, acc)
     for i in range(x.shape[0]):
         xi = x[i]
         yi = y[i]
@@ -251,22 +286,10 @@ def winpos(data, mask, x, y, sig, subpix, out_x, out_y, out_flag):
                     rpix2 = dx * dx + dy * dy
                     if rpix2 < r_out2:
                         if rpix2 > r_in2:
-                            dx += offset
-                            dy += offset
-                            overlap = 0.0
-                            for _sy in range(subpix):
-                                dx1 = dx
-                                dy2 = dy * dy
-                                for _sx in range(subpix):
-                                    if dx1 * dx1 + dy2 < r2:
-                                        overlap += scale2
-                                    dx1 += scale
-                                dy += scale
+                            overlap = _overlap(dx, dy, r2, subpix, xs, acc)
                         else:
                             overlap = 1.0
                         pix = np.float64(np.float32(data[iy, ix]))
-                        dx = ix - xi
-                        dy = iy - yi
                         weight = math.exp(-rpix2 * invtwosig2)
                         if mask[iy, ix]:
                             flag |= APER_HASMASKED
