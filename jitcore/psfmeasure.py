@@ -275,8 +275,8 @@ def _measure_from(sub, var, det_var, bad, objs, img, *, saturation, size, size_s
     if idx.size:
         # sep's flux_radius and sum_circle (subpix=5), bit for bit, in Numba: sep held the
         # GIL through ~3,700 radii per 4k image, so the two images' halves queued (issue 17).
-        r, rflag = flux_radius(sub, bad, x[idx], y[idx], rmax[idx], 0.5, subpix=5)
-        rhalf[idx] = np.where((rflag == 0) & (r > 0), r, np.nan)
+        rad, rflag = flux_radius(sub, bad, x[idx], y[idx], rmax[idx], 0.5, subpix=5)
+        rhalf[idx] = np.where((rflag == 0) & (rad > 0), rad, np.nan)
         rap = np.clip(2.0 * np.nan_to_num(rhalf[idx], nan=1.0), 1.5, 60.0)
         flux, fluxerr, _ = sum_circle(sub, det_var, bad, x[idx], y[idx], rap, subpix=5)
         snr[idx] = np.where(fluxerr > 0, flux / np.where(fluxerr > 0, fluxerr, 1.0), 0.0)
