@@ -420,8 +420,8 @@ def _register(sub, var, bad, x, y, chosen, half, pad, sigma_guess) -> dict[str, 
     # window is cut at >= 3.5 sigma by the image edge still centroids to < 0.01 px.
     # Otherwise the centroid did not converge near the detection: not a clean star.
     ok = ((wflag & ~APER_TRUNC) == 0) & (np.hypot(xw - x[sel], yw - y[sel]) <= 1.0)
-    cx = np.rint(xw).astype(np.int64)
-    cy = np.rint(yw).astype(np.int64)
+    cx = np.rint(np.where(ok, xw, 0.0)).astype(np.int64)  # a rejected centroid may be NaN
+    cy = np.rint(np.where(ok, yw, 0.0)).astype(np.int64)
     ok &= (cx - r >= 0) & (cx + r < nx) & (cy - r >= 0) & (cy + r < ny)  # whole cut-outs
     keep = np.flatnonzero(ok)
     empty = np.empty((0, (2 * half + 1) ** 2))
