@@ -5,7 +5,7 @@ exposures.  Here the pieces are plain functions on arrays (stream.pipeline.astro
 to exposures and WCSs):
 
 * :func:`star_centroids`: sep detection (diffstream.jitcore.sources.extract) on a
-  background-subtracted image, then windowed centroids (``sep.winpos``, SExtractor's XWIN:
+  background-subtracted image, then windowed centroids (sep's ``winpos``, SExtractor's XWIN:
   iterated Gaussian-weighted first moments).
   Rejected: the isophotal barycentres of ``sep.extract``, whose noise is 2-3x larger for the
   faint stars and biased by the isophote's asymmetry.
@@ -24,10 +24,10 @@ import numbers
 from dataclasses import dataclass
 
 import numpy as np
-import sep
 from scipy.spatial import cKDTree
 
 from diffstream.jitcore.constants import FWHM_PER_SIGMA
+from diffstream.jitcore.photometry import APER_HASMASKED, sum_circle, winpos
 from diffstream.jitcore.sources import extract
 
 __all__ = ["PolyTransform", "fit_transform", "match_positions", "n_terms", "star_centroids"]
@@ -206,14 +206,15 @@ def star_centroids(
     if len(objs) == 0:
         return empty
     sig = np.full(len(objs), fwhm / FWHM_PER_SIGMA)
-    x, y, flag = sep.winpos(data, objs["x"], objs["y"], sig, mask=bad)
+    # sep's winpos and sum_circle, bit for bit, without the GIL (jitcore/_kernels/apertures.py).
+    x, y, flag = winpos(data, bad, objs["x"], objs["y"], sig)
     ok = (flag == 0) & np.isfinite(x) & np.isfinite(y)
     # winpos must not wander off to a neighbour: keep it near the detection.
     ok &= np.hypot(x - objs["x"], y - objs["y"]) < fwhm
     x, y = np.asarray(x[ok]), np.asarray(y[ok])
-    flux, ferr, aflag = sep.sum_circle(data, x, y, fwhm, var=var, mask=bad)
+    flux, ferr, aflag = sum_circle(data, var, bad, x, y, fwhm)
     with np.errstate(invalid="ignore", divide="ignore"):
-        snr = np.where(aflag & sep.APER_HASMASKED, np.nan, flux / ferr)
+        snr = np.where(aflag & APER_HASMASKED, np.nan, flux / ferr)
     good = np.flatnonzero(np.isfinite(snr) & (snr > 0))
     good = good[np.argsort(-flux[good], kind="stable")]
     return x[good], y[good], np.asarray(flux[good]), np.asarray(snr[good])

@@ -7,10 +7,26 @@ from collections.abc import Callable
 import numpy as np
 import sep
 
+from diffstream.jitcore._kernels import apertures as _ap
 from diffstream.jitcore._kernels.planes import unusable_in_boxes, unusable_pixels
 from diffstream.jitcore.psf import PsfModel
 
-__all__ = ["aperture_boxes", "aperture_flux", "distinct_stamps", "stack_psfs", "unusable_map"]
+__all__ = [
+    "APER_HASMASKED",
+    "APER_TRUNC",
+    "aperture_boxes",
+    "aperture_flux",
+    "distinct_stamps",
+    "flux_radius",
+    "stack_psfs",
+    "sum_circle",
+    "unusable_map",
+    "winpos",
+]
+
+# sep's aperture flags, for the results of :func:`sum_circle` and :func:`flux_radius`.
+APER_TRUNC = _ap.APER_TRUNC
+APER_HASMASKED = _ap.APER_HASMASKED
 
 
 def stack_psfs(
@@ -171,3 +187,95 @@ def aperture_flux(
     flux = np.where(failed, np.nan, flux)
     err = np.where(failed, np.nan, err)
     return flux, err, truncated, masked, failed
+
+
+def _aperture_inputs(
+    data: np.ndarray, mask: np.ndarray, x, y, r, name: str, subpix: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checked, C-contiguous inputs of the sub-sampled aperture kernels."""
+    img = np.asarray(data)
+    msk = np.asarray(mask)
+    if img.ndim != 2 or img.dtype not in (np.float32, np.float64):
+        raise TypeError(f"data must be a 2-D float32/float64 array, got {img.dtype} {img.shape}")
+    if msk.shape != img.shape or msk.dtype != np.bool_:
+        raise ValueError(f"mask must be a bool array of data's shape {img.shape}, got "
+                         f"{msk.dtype} {msk.shape}")  # fmt: skip
+    if int(subpix) < 1:
+        raise ValueError(f"subpix must be >= 1 (exact overlap: aperture_flux), got {subpix}")
+    xs = np.ascontiguousarray(x, dtype=np.float64).ravel()
+    ys = np.ascontiguousarray(y, dtype=np.float64).ravel()
+    rs = np.ascontiguousarray(np.broadcast_to(np.asarray(r, dtype=np.float64), xs.shape))
+    if ys.shape != xs.shape:
+        raise ValueError(f"x and y differ in length: {xs.size} != {ys.size}")
+    if not (np.isfinite(xs).all() and np.isfinite(ys).all() and np.isfinite(rs).all()):
+        raise ValueError("x, y and the radii must be finite")
+    if (rs < 0).any() or (name == "rmax" and (rs <= 0).any()):
+        raise ValueError(f"{name} must be {'> 0' if name == 'rmax' else '>= 0'}")
+    return np.ascontiguousarray(img), np.ascontiguousarray(msk), xs, ys, rs
+
+
+def _overlap_scratch(subpix: int) -> tuple[np.ndarray, np.ndarray]:
+    """The aperture kernels' scratch for a pixel's sub-sample coordinates and overlaps."""
+    return np.empty(subpix), np.empty(subpix * subpix + 1)
+
+
+def sum_circle(
+    data: np.ndarray, variance: np.ndarray, mask: np.ndarray, x, y, r, *, subpix: int = 5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``sep.sum_circle(data, x, y, r, var=variance, mask=mask, subpix=subpix)`` in Numba,
+    without the GIL: (sum, err, flag) per circle, equal to sep's (diffstream.jitcore._kernels.
+    apertures says how; ``mask`` bool, True = masked, whose area is made up by scaling).
+
+    ``subpix`` >= 1 sub-samples boundary pixels subpix x subpix; values are read as float32,
+    as sep does.  ``flag``: :data:`APER_TRUNC`, :data:`APER_HASMASKED`.
+    """
+    img, msk, xs, ys, rs = _aperture_inputs(data, mask, x, y, r, "r", subpix)
+    var = np.ascontiguousarray(variance)
+    if var.shape != img.shape or var.dtype not in (np.float32, np.float64):
+        raise ValueError(f"variance must be a float32/float64 array of data's shape "
+                         f"{img.shape}, got {var.dtype} {var.shape}")  # fmt: skip
+    total = np.empty(xs.size)
+    err = np.empty(xs.size)
+    flag = np.empty(xs.size, dtype=np.int16)
+    _ap.sum_circle(img, var, msk, xs, ys, rs, int(subpix), total, err, flag)
+    return total, err, flag
+
+
+def flux_radius(
+    data: np.ndarray, mask: np.ndarray, x, y, rmax, frac: float, *, subpix: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
+    """``sep.flux_radius(data, x, y, rmax, frac, mask=mask, subpix=subpix)`` in Numba,
+    without the GIL: (radius, flag) per position, equal to sep's; the flux normalising
+    ``frac`` is the sum within ``rmax`` (64 annuli, boundary pixels sub-sampled).
+
+    Rejected: sep itself, which holds the GIL through the loop over positions (the PSF
+    step's two images queued on it: issue 17).
+    """
+    img, msk, xs, ys, rs = _aperture_inputs(data, mask, x, y, rmax, "rmax", subpix)
+    if not 0.0 <= float(frac) <= 1.0:
+        raise ValueError(f"frac must be in [0, 1], got {frac}")
+    radius = np.empty(xs.size)
+    flag = np.empty(xs.size, dtype=np.int16)
+    work = np.empty((3, _ap.FLUX_RADIUS_BINS))
+    _ap.flux_radius(img, msk, xs, ys, rs, float(frac), int(subpix), radius, flag, work)
+    return radius, flag
+
+
+# sep.winpos's floor on the window: SExtractor's 0.5 px minimum half-light radius.
+WINPOS_MINSIG = 2.0 / 2.35 * 0.5
+
+
+def winpos(
+    data: np.ndarray, mask: np.ndarray, x, y, sig, *, subpix: int = 11
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``sep.winpos(data, x, y, sig, mask=mask, subpix=subpix)`` in Numba, without the GIL:
+    windowed centroids (SExtractor's XWIN/YWIN) and flags, equal to sep's; ``sig`` below
+    sep's minimum (0.5 px half-light radius) is raised to it, as sep does."""
+    img, msk, xs, ys, sg = _aperture_inputs(data, mask, x, y, sig, "sig", subpix)
+    sg = np.maximum(sg, WINPOS_MINSIG)
+    out_x = np.empty(xs.size)
+    out_y = np.empty(xs.size)
+    flag = np.empty(xs.size, dtype=np.int16)
+    sub = int(subpix)
+    _ap.winpos(img, msk, xs, ys, sg, sub, out_x, out_y, flag, *_overlap_scratch(sub))
+    return out_x, out_y, flag

@@ -26,19 +26,26 @@ Choices, with the alternative rejected:
 from __future__ import annotations
 
 import numpy as np
-import sep
-from scipy.ndimage import binary_dilation, shift
+from scipy.ndimage import binary_dilation, shift, spline_filter1d
 from scipy.spatial import cKDTree
 
+from diffstream.jitcore._kernels.bspline import quintic_shift_stack
 from diffstream.jitcore._kernels.planes import star_bad
 from diffstream.jitcore.background import estimate_background
 from diffstream.jitcore.constants import FWHM_PER_SIGMA, GAUSS_RHALF_PER_SIGMA
+from diffstream.jitcore.photometry import APER_TRUNC, flux_radius, sum_circle, winpos
 from diffstream.jitcore.psf import PsfModel, psf_moments
 from diffstream.jitcore.psfmodes import fit_mode_model
 from diffstream.jitcore.robust import mad_sigma
 from diffstream.jitcore.sources import extract
 
-__all__ = ["measure_psf", "stars_needed", "subpixel_shift", "stamp_size_for_sigma"]
+__all__ = [
+    "measure_psf",
+    "stamp_size_for_sigma",
+    "stars_needed",
+    "subpixel_shift",
+    "subpixel_shift_stack",
+]
 
 # Cutout margin beyond the stamp: the spline prefilter's edge effect decays by ~0.43/px.
 _PAD = 6
@@ -65,6 +72,44 @@ def subpixel_shift(stamp: np.ndarray, dx: float, dy: float) -> np.ndarray:
     Quintic spline; edges repeat the nearest pixel, so callers pad by a few pixels and crop.
     """
     return shift(np.asarray(stamp, dtype=np.float64), (-dy, -dx), order=5, mode="nearest")
+
+
+# scipy.ndimage's pre-padding for mode="nearest" (_prepad_for_spline_filter).
+_SPLINE_PREPAD = 12
+
+
+def subpixel_shift_stack(
+    stamps: np.ndarray, dx: np.ndarray, dy: np.ndarray, crop: int = 0
+) -> np.ndarray:
+    """:func:`subpixel_shift` of every stamp of a (n, m, m) stack, cropped by ``crop`` on
+    each side: ``out[k] = subpixel_shift(stamps[k], dx[k], dy[k])[crop:m-crop, crop:m-crop]``
+    to rounding (tests/unit/test_psfmeasure.py).
+
+    The same steps as scipy.ndimage.shift (edge pre-padding by 12, the quintic prefilter of
+    spline_filter1d along each axis, the interpolation of zoom_shift), but the prefilter runs
+    once over the stack and the interpolation in one Numba pass without the GIL: 200 stars
+    cost 400 shift calls, ~2,000 Python-level array operations, each holding the GIL,
+    per image (issue 17).  |dx|, |dy| <= 1 (a re-centring, never a move).
+    """
+    st = np.asarray(stamps, dtype=np.float64)
+    if st.ndim != 3 or st.shape[1] != st.shape[2]:
+        raise ValueError(f"stamps must be a (n, m, m) stack, got shape {st.shape}")
+    m = st.shape[1]
+    if not 0 <= crop < (m + 1) // 2:
+        raise ValueError(f"crop must be in [0, {(m + 1) // 2}), got {crop}")
+    sx = np.ascontiguousarray(dx, dtype=np.float64).ravel()
+    sy = np.ascontiguousarray(dy, dtype=np.float64).ravel()
+    if sx.shape != (st.shape[0],) or sy.shape != (st.shape[0],):
+        raise ValueError(f"dx and dy need one value per stamp ({st.shape[0]})")
+    if not (np.abs(sx) <= 1.0).all() or not (np.abs(sy) <= 1.0).all():
+        raise ValueError("|dx| and |dy| must be <= 1 (and finite)")
+    npad = _SPLINE_PREPAD
+    coef = np.pad(st, ((0, 0), (npad, npad), (npad, npad)), mode="edge")
+    for axis in (1, 2):  # each line filtered alone: bit for bit the 2-D filter's lines
+        spline_filter1d(coef, 5, axis=axis, output=coef, mode="nearest")
+    out = np.empty((st.shape[0], m - 2 * crop, m - 2 * crop))
+    quintic_shift_stack(coef, sy, sx, npad, crop, m - crop, np.empty(6), np.empty(6), out)
+    return out
 
 
 def _terms(x: np.ndarray, y: np.ndarray, degree: int, shape: tuple[int, int]) -> np.ndarray:
@@ -204,7 +249,6 @@ def _measure_from(sub, var, det_var, bad, objs, img, *, saturation, size, size_s
     """Select, register and fit the stars of catalogue ``objs`` on the background-subtracted
     ``sub`` (``det_var``: the variance sep sees; ``img``: raw values for saturation)."""
     ny, nx = sub.shape
-    bad_u8 = bad.view(np.uint8)
     counts: dict[str, int] = {"detected": len(objs)}
 
     def fail(stage: str, found: int) -> ValueError:
@@ -229,12 +273,12 @@ def _measure_from(sub, var, det_var, bad, objs, img, *, saturation, size, size_s
     snr = np.zeros(len(objs))
     idx = np.flatnonzero(ok)
     if idx.size:
-        r, rflag = sep.flux_radius(sub, x[idx], y[idx], rmax[idx], 0.5, mask=bad_u8, subpix=5)
-        rhalf[idx] = np.where((rflag == 0) & (r > 0), r, np.nan)
+        # sep's flux_radius and sum_circle (subpix=5), bit for bit, in Numba: sep held the
+        # GIL through ~3,700 radii per 4k image, so the two images' halves queued (issue 17).
+        rad, rflag = flux_radius(sub, bad, x[idx], y[idx], rmax[idx], 0.5, subpix=5)
+        rhalf[idx] = np.where((rflag == 0) & (rad > 0), rad, np.nan)
         rap = np.clip(2.0 * np.nan_to_num(rhalf[idx], nan=1.0), 1.5, 60.0)
-        flux, fluxerr, _ = sep.sum_circle(
-            sub, x[idx], y[idx], rap, var=det_var, mask=bad_u8, subpix=5
-        )
+        flux, fluxerr, _ = sum_circle(sub, det_var, bad, x[idx], y[idx], rap, subpix=5)
         snr[idx] = np.where(fluxerr > 0, flux / np.where(fluxerr > 0, fluxerr, 1.0), 0.0)
     ok &= np.isfinite(rhalf) & (snr > snr_floor)
     counts["bright"] = int(ok.sum())
@@ -366,32 +410,40 @@ def _plausible(basis: np.ndarray, p0: np.ndarray, degree: int, shape) -> bool:
 
 def _register(sub, var, bad, x, y, chosen, half, pad, sigma_guess) -> dict[str, np.ndarray]:
     """Windowed centroid, then a spline shift of each star onto the stamp centre."""
-    sel = np.asarray(chosen)
+    sel = np.asarray(chosen, dtype=np.int64)
+    ny, nx = sub.shape
     # sep's recommended window: sigma = 2/2.35 * half-light diameter.
     sig = np.full(sel.size, 2.0 / 2.35 * 2.0 * GAUSS_RHALF_PER_SIGMA * sigma_guess)
-    xw, yw, wflag = sep.winpos(sub, x[sel], y[sel], sig, mask=bad.view(np.uint8))
+    xw, yw, wflag = winpos(sub, bad, x[sel], y[sel], sig)
     r = half + pad
-    out: dict[str, list] = {"index": [], "x": [], "y": [], "data": [], "nvar": []}
-    for k, i in enumerate(sel):
-        # APER_TRUNC alone is harmless: sep's window reaches 4 sigma, and a star whose
-        # window is cut at >= 3.5 sigma by the image edge still centroids to < 0.01 px.
-        if (wflag[k] & ~sep.APER_TRUNC) != 0 or np.hypot(xw[k] - x[i], yw[k] - y[i]) > 1.0:
-            continue  # centroid did not converge near the detection: not a clean star
-        cxi, cyi = int(np.rint(xw[k])), int(np.rint(yw[k]))
-        ys, xs = slice(cyi - r, cyi + r + 1), slice(cxi - r, cxi + r + 1)
-        cut = sub[ys, xs]
-        if cut.shape != (2 * r + 1, 2 * r + 1):
-            continue
-        shifted = subpixel_shift(cut, xw[k] - cxi, yw[k] - cyi)[pad:-pad, pad:-pad]
-        flux = shifted.sum()
-        if not flux > 0:
-            continue
-        out["index"].append(i)
-        out["x"].append(xw[k])
-        out["y"].append(yw[k])
-        out["data"].append((shifted / flux).ravel())
-        out["nvar"].append((var[ys, xs][pad:-pad, pad:-pad] / flux**2).ravel())
-    return {k: np.asarray(v) for k, v in out.items()}
+    # APER_TRUNC alone is harmless: sep's window reaches 4 sigma, and a star whose
+    # window is cut at >= 3.5 sigma by the image edge still centroids to < 0.01 px.
+    # Otherwise the centroid did not converge near the detection: not a clean star.
+    ok = ((wflag & ~APER_TRUNC) == 0) & (np.hypot(xw - x[sel], yw - y[sel]) <= 1.0)
+    cx = np.rint(np.where(ok, xw, 0.0)).astype(np.int64)  # a rejected centroid may be NaN
+    cy = np.rint(np.where(ok, yw, 0.0)).astype(np.int64)
+    ok &= (cx - r >= 0) & (cx + r < nx) & (cy - r >= 0) & (cy + r < ny)  # whole cut-outs
+    keep = np.flatnonzero(ok)
+    empty = np.empty((0, (2 * half + 1) ** 2))
+    if not keep.size:
+        return {"index": sel[:0], "x": xw[:0], "y": yw[:0], "data": empty, "nvar": empty}
+    cuts = np.stack([sub[cy[k] - r : cy[k] + r + 1, cx[k] - r : cx[k] + r + 1] for k in keep])
+    shifted = subpixel_shift_stack(cuts, xw[keep] - cx[keep], yw[keep] - cy[keep], crop=pad)
+    flux = shifted.sum(axis=(1, 2))
+    good = flux > 0
+    keep, shifted, flux = keep[good], shifted[good], flux[good]
+    size = (2 * half + 1) ** 2
+    nvar = np.empty((keep.size, size))
+    for n, k in enumerate(keep):
+        nvar[n] = var[cy[k] - half : cy[k] + half + 1, cx[k] - half : cx[k] + half + 1].ravel()
+    f = flux[:, None]
+    return {
+        "index": sel[keep],
+        "x": xw[keep],
+        "y": yw[keep],
+        "data": shifted.reshape(keep.size, size) / f,
+        "nvar": nvar / f**2,
+    }
 
 
 def _solve(data, active, w, terms) -> np.ndarray:

@@ -21,11 +21,13 @@ test_spline_warp_equals_grid_warp).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from diffstream.jitcore._jit import njit
 
-__all__ = ["spline_fill_rows", "spline_grid"]
+__all__ = ["quintic_shift_stack", "spline_fill_rows", "spline_grid"]
 
 
 @njit
@@ -112,3 +114,56 @@ def spline_grid(
     for j in range(row_start.size):
         spline_fill_rows(coef_x, coef_y, row_start, row_w, col_start, col_w, j, cell_bad,
                          cell_row[j], cell_col, tmp, out_x[j], out_y[j])  # fmt: skip
+
+
+@njit
+def _quintic_weights(cc, w):
+    """w[0..5] <- the quintic B-spline weights of the 6 knots around ``cc`` (the first at
+    floor(cc) - 2), as scipy.ndimage computes them (ni_splines.c,
+    get_spline_interpolation_weights: same expressions, the last weight 1 minus the rest)."""
+    x = cc - math.floor(cc)
+    y = x
+    z = 1.0 - x
+    t = y * y
+    w[2] = t * (t * (0.25 - y / 12.0) - 0.5) + 0.55
+    t = z * z
+    w[3] = t * (t * (0.25 - z / 12.0) - 0.5) + 0.55
+    y += 1.0
+    w[1] = y * (y * (y * (y * (y / 24.0 - 0.375) + 1.25) - 1.75) + 0.625) + 0.425
+    z += 1.0
+    w[4] = z * (z * (z * (z * (z / 24.0 - 0.375) + 1.25) - 1.75) + 0.625) + 0.425
+    y = 1.0 - x
+    t = y * y
+    w[0] = y * t * t / 120.0
+    w[5] = 1.0
+    for i in range(5):
+        w[5] -= w[i]
+
+
+@njit
+def quintic_shift_stack(coef, dy, dx, npad, lo, hi, wy, wx, out):
+    """out[k, i - lo, j - lo] <- stamp k's quintic spline at (i + dy[k], j + dx[k]) for i, j
+    in [lo, hi), from its spline coefficients ``coef[k]`` (the stamp padded by ``npad`` on
+    each side, then prefiltered), i.e. scipy.ndimage.shift(stamp, (-dy, -dx), order=5,
+    mode="nearest")[lo:hi, lo:hi]: the coordinate ``(i + dy) + npad``, the weights and the
+    36-term sum ((coefficient x weight_y) x weight_x, x fastest) in zoom_shift's order.  The
+    6 x 6 window must lie inside ``coef`` (npad > |shift| + 3).  ``wy``, ``wx``: (6,)
+    scratch."""
+    for k in range(coef.shape[0]):
+        for i in range(lo, hi):
+            cy = float(i)
+            cy += dy[k]
+            cy += float(npad)
+            sy = int(math.floor(cy)) - 2
+            _quintic_weights(cy, wy)
+            for j in range(lo, hi):
+                cx = float(j)
+                cx += dx[k]
+                cx += float(npad)
+                sx = int(math.floor(cx)) - 2
+                _quintic_weights(cx, wx)
+                t = 0.0
+                for a in range(6):
+                    for b in range(6):
+                        t += coef[k, sy + a, sx + b] * wy[a] * wx[b]
+                out[k, i - lo, j - lo] = t
