@@ -351,7 +351,11 @@ class CutoutMaker:
         psfs_at: Sequence[Any] | None = None,
     ) -> Iterator[list[bytes]]:
         """``make(triples, x, y)`` for each position, in order, with the local WCSs of all
-        positions computed in one pass (a generator: cutouts are made as they are taken).
+        positions computed in one pass.  The checks, the local WCSs, the sides and the
+        PsfModels' stamps are done here, at the call; the cutouts themselves are made as the
+        returned iterator is taken, and that part never reads the WCS, so it may run on
+        another thread (stream.pipeline.steps.start_cutouts does, beside the trail fits;
+        astropy's WCS is not thread-safe).
 
         ``sizes``: one side per position (default the maker's); ``psfs_at``: one callable
         ``(x, y) -> PSF stamp`` (or None) per triple, giving each cutout's PSFIMAGE."""
@@ -374,8 +378,16 @@ class CutoutMaker:
             _model_stack(f, np.where(ok, x_arr, 0.0), np.where(ok, y_arr, 0.0))
             for f in (psfs_at or ())
         ]
+        n = x_arr.size
+        sides = [self.size] * n if sizes is None else [self._side(int(s)) for s in sizes]
+        return self._many(triples, x_arr, y_arr, crval, cd, sides, psfs_at, cubes)
+
+    def _many(
+        self, triples, x_arr, y_arr, crval, cd, sides, psfs_at, cubes
+    ) -> Iterator[list[bytes]]:
+        """The cutouts of :meth:`make_many`, one position at a time."""
         for i, (x, y) in enumerate(zip(x_arr.tolist(), y_arr.tolist(), strict=True)):
-            side = self._side(None if sizes is None else int(sizes[i]))
+            side = sides[i]
             psfs = (
                 [None] * len(triples)
                 if psfs_at is None

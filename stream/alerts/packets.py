@@ -46,6 +46,7 @@ __all__ = [
     "schema_fingerprint",
     "dia_source_record",
     "dia_source_batch",
+    "dia_source_column",
     "make_alert",
     "serialize_alert",
     "deserialize_alert",
@@ -101,6 +102,7 @@ DIA_SOURCE_FIELDS: tuple[str, ...] = tuple(name for name, _, _ in _DIA_SPECS)
 DIA_SOURCE_REQUIRED: tuple[str, ...] = tuple(name for name, _, null in _DIA_SPECS if not null)
 TASK_METADATA_FIELDS: tuple[str, ...] = tuple(f["name"] for f in _TASK_METADATA["fields"])
 _DIA_NAMES = frozenset(DIA_SOURCE_FIELDS)
+_DIA_SPEC_OF = {name: (base, nullable) for name, base, nullable in _DIA_SPECS}
 
 # dia_source_record's keyword arguments: exposure-level values shared by every diaSource.
 _EXPOSURE_KEYWORDS = {
@@ -292,6 +294,19 @@ def dia_source_batch(
             return per_row()
         converted.append(column)
     return [dict(zip(DIA_SOURCE_FIELDS, v, strict=True)) for v in zip(*converted, strict=True)]
+
+
+def dia_source_column(name: str, values: Any) -> list[Any]:
+    """The values of field ``name`` as :func:`dia_source_batch`'s records hold them (floats
+    rounded to float32, as a reader decodes them): where a later step must agree with the
+    records before they exist (the cutouts are centred on the record's x and y, and are made
+    beside the trail fits: stream.pipeline.steps.start_cutouts).  Raises as the records would
+    (KeyError for a field the schema lacks)."""
+    base, nullable = _DIA_SPEC_OF[name]
+    column = _convert_column(name, values, base, nullable)
+    if column is None:
+        column = [_convert(name, v, base, nullable) for v in values]
+    return column
 
 
 def _convert_column(name: str, values: Any, base: str, nullable: bool) -> list[Any] | None:

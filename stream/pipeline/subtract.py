@@ -33,6 +33,7 @@ from diffstream.jitcore.planes import combine_planes_hard
 from diffstream.jitcore.psf import PsfModel
 from diffstream.jitcore.starmatch import StarMatch
 from diffstream.jitcore.zogy import ZogyResult, zogy
+from diffstream.stream.alerts.packets import dia_source_column
 from diffstream.stream.io.calibrated import apply_external
 from diffstream.stream.io.exposure import Exposure
 from diffstream.stream.io.fitsio import load_exposure, load_options
@@ -61,6 +62,7 @@ from diffstream.stream.pipeline.steps import (
     run_dipoles,
     run_trails,
     score_reliability,
+    start_cutouts,
     streak_plane,
     summary_record,
 )
@@ -536,6 +538,23 @@ def _subtract_owned(
     scale_psf_flux_errors(rows, psf_err_scale)
     dipoles = run_dipoles(found, rows, images, wcs=science.wcs, settings=settings, meta=meta,
                           score=z.score)  # fmt: skip
+    planes = {
+        "cutoutDifference": (z.difference, z.difference_variance, d_mask),
+        "cutoutScience": (p.s_img, p.s_var, science.mask),
+        "cutoutTemplate": (p.t_img, p.t_var, p.t_mask),
+    }
+    # Each cutout carries its own image's PSF at the source (PSFIMAGE).
+    psfs_at = [images["psf_d_at"], psf_s.at, psf_t.at]
+    # No step after the dipole merge moves a source or writes these planes: the cutouts are
+    # made on a second thread while extendedness and the trail fits run (steps.start_cutouts).
+    # Centred on the records' x and y (float32, as the alert carries them).
+    with meta.timer("alerts"):
+        cutouts = start_cutouts(
+            dia_source_column("x", dipoles.rows["x"]), dia_source_column("y", dipoles.rows["y"]),
+            dia_source_column("bboxSize", dipoles.rows["bboxSize"]), planes,
+            wcs=science.wcs, mask_planes=d_planes, settings=settings, psfs_at=psfs_at,
+            threads=both.threads,
+        )  # fmt: skip
     ext = measure_extendedness(science, p, psf_s, dipoles.rows, meta=meta)
     # After extendedness, which compares the fitted PSF flux with its own aperture model.
     apply_aperture_corrections(
@@ -552,17 +571,9 @@ def _subtract_owned(
                                    row_fields=row_fields)  # fmt: skip
     score_reliability(dipoles.rows, dia_sources, z.difference, z.difference_variance,
                       settings=settings, meta=meta)  # fmt: skip
-    alerts = make_alerts(
-        dia_sources,
-        {
-            "cutoutDifference": (z.difference, z.difference_variance, d_mask),
-            "cutoutScience": (p.s_img, p.s_var, science.mask),
-            "cutoutTemplate": (p.t_img, p.t_var, p.t_mask),
-        },
-        # Each cutout carries its own image's PSF at the source (PSFIMAGE).
-        psfs_at=[images["psf_d_at"], psf_s.at, psf_t.at],
-        wcs=science.wcs, mask_planes=d_planes, settings=settings, meta=meta,
-    )  # fmt: skip
+    alerts = make_alerts(dia_sources, planes, psfs_at=psfs_at, wcs=science.wcs,
+                         mask_planes=d_planes, settings=settings, meta=meta,
+                         cutouts=cutouts)  # fmt: skip
     if settings.apdb:  # association, forced photometry, histories (stream/pipeline/apdb/)
         from diffstream.stream.pipeline.apdb.step import associate_exposure
 

@@ -477,3 +477,60 @@ def test_make_many_with_a_psf_model_matches_its_at(planes):
         for name in (0, "MASK", "UNCERT"):
             np.testing.assert_array_equal(ha[name].data, hb[name].data)
             assert ha[name].header == hb[name].header
+
+
+# --- cutouts made beside the trail fits (stream.pipeline.steps.start_cutouts; issue 17) -----
+
+
+def test_started_cutouts_equal_serial_ones(planes):
+    # The subtraction makes the cutouts on a second thread, before the diaSource records
+    # exist: the bytes must be those make_alerts made from the records, in order.
+    from diffstream.stream.ops.settings import Settings
+    from diffstream.stream.pipeline.steps import start_cutouts
+
+    wcs = make_wcs(sip=True)
+    triples = {"a": planes(seed=0), "b": planes(seed=3, dtype=np.float64)}
+    rng = np.random.default_rng(5)
+    xs = rng.uniform(-5.0, NX + 4.0, 40).tolist()
+    ys = rng.uniform(-5.0, NY + 4.0, 40).tolist()
+    bbox = rng.integers(5, 140, 40).tolist()
+    sources = [{"x": x, "y": y, "bboxSize": b} for x, y, b in zip(xs, ys, bbox, strict=True)]
+    maker = cutouts.CutoutMaker(wcs, size=30, mask_planes=DEFAULT_PLANES)
+    serial = [
+        maker.make(list(triples.values()), x, y, size=cutouts.cutout_size(b))
+        for x, y, b in zip(xs, ys, bbox, strict=True)
+    ]
+    for threads in (1, 2):
+        started = start_cutouts(xs, ys, bbox, triples, wcs=wcs, mask_planes=DEFAULT_PLANES,
+                                settings=Settings(), threads=threads)  # fmt: skip
+        assert started.result(sources) == serial
+
+
+def test_started_cutouts_refuse_other_positions(planes):
+    # A step that moved a source after the cutouts were started is a bug: raised, never
+    # a cutout of the wrong place.  NaN positions compare equal (same source).
+    from diffstream.stream.ops.settings import Settings
+    from diffstream.stream.pipeline.steps import start_cutouts
+
+    wcs = make_wcs(sip=False)
+    xs, ys, bbox = [20.5, 100.25], [30.0, 40.75], [12, 60]
+    sources = [{"x": x, "y": y, "bboxSize": b} for x, y, b in zip(xs, ys, bbox, strict=True)]
+    for moved in ({"x": 100.25 + 1e-3}, {"y": 40.0}, {"bboxSize": 61}):
+        started = start_cutouts(xs, ys, bbox, {"a": planes()}, wcs=wcs, settings=Settings(),
+                                mask_planes=DEFAULT_PLANES, threads=2)  # fmt: skip
+        with pytest.raises(RuntimeError, match="other positions"):
+            started.result([sources[0], {**sources[1], **moved}])
+        assert len(started.result(sources)) == 2
+
+
+def test_dia_source_column_is_the_records_value():
+    # The cutouts are centred on dia_source_column's x and y: they must be the records'.
+    from diffstream.stream.alerts.packets import dia_source_column
+
+    x = np.array([1608.8119795, 0.1, 4095.999999])
+    assert dia_source_column("x", x) == [float(np.float32(v)) for v in x]
+    assert dia_source_column("bboxSize", np.array([7, 102], dtype=np.int32)) == [7, 102]
+    with pytest.raises(ValueError):
+        dia_source_column("x", np.array([1.0, np.nan]))  # required: as the records raise
+    with pytest.raises(KeyError):
+        dia_source_column("notAField", [1.0])
