@@ -65,6 +65,17 @@ def _box(x, y, r, w, h):
 
 
 @njit(error_model="numpy")
+def _annuli(r):
+    """(r^2, r_in^2, r_out^2) of sep's circle of radius ``r``: pixels whose centre is nearer
+    than r_in lie wholly inside, farther than r_out wholly outside, and those between are
+    sub-sampled (0.7072: half a pixel's diagonal, rounded up as sep has it)."""
+    r_in = r - 0.7072
+    r_in2 = r_in * r_in if r_in > 0.0 else 0.0
+    r_out2 = (r + 0.7072) * (r + 0.7072)
+    return r * r, r_in2, r_out2
+
+
+@njit(error_model="numpy")
 def _fill_steps(subpix, acc):
     """acc[n] <- scale^2 added n times to 0.0, one addition at a time, as sep accumulates a
     pixel's overlap (so a count of sub-samples gives sep's overlap to the bit)."""
@@ -113,10 +124,7 @@ def sum_circle(data, var, mask, x, y, r, subpix, out_sum, out_err, out_flag):
         xi = x[i]
         yi = y[i]
         ri = r[i]
-        r2 = ri * ri
-        r_in2 = ri - 0.7072
-        r_in2 = r_in2 * r_in2 if r_in2 > 0.0 else 0.0
-        r_out2 = (ri + 0.7072) * (ri + 0.7072)
+        r2, r_in2, r_out2 = _annuli(ri)
         xmin, xmax, ymin, ymax, flag = _box(xi, yi, ri, w, h)
         tv = 0.0
         sigtv = 0.0
@@ -262,10 +270,7 @@ def winpos(data, mask, x, y, sig, subpix, out_x, out_y, out_flag, xs, acc):
         si = sig[i]
         invtwosig2 = 1.0 / (2.0 * si * si)
         r = WINPOS_NSIG * si
-        r2 = r * r
-        r_in2 = r - 0.7072
-        r_in2 = r_in2 * r_in2 if r_in2 > 0.0 else 0.0
-        r_out2 = (r + 0.7072) * (r + 0.7072)
+        r2, r_in2, r_out2 = _annuli(r)
         flag = 0
         for _it in range(WINPOS_NITERMAX):
             xmin, xmax, ymin, ymax, bflag = _box(xi, yi, r, w, h)
