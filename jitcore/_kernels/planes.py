@@ -92,23 +92,29 @@ def unusable_in_boxes(mask, badbits, image, variance, boxes, out):
                 )
 
 
+@njit(inline="always")
+def _usable(bad, a, b, va, vb):
+    """One pixel of :func:`usable_pair`: not bad, both values finite, both variances finite
+    and >= 0 (the one statement of the test; usable_pair_zeroed shares it)."""
+    return (
+        not bad
+        and math.isfinite(a)
+        and math.isfinite(b)
+        and va >= 0.0
+        and vb >= 0.0
+        and math.isfinite(va)
+        and math.isfinite(vb)
+    )
+
+
 @njit
 def usable_pair(bad, image_a, image_b, variance_a, variance_b, out):
     """out = not bad, both images finite, both variances finite and >= 0 (ZOGY's inputs)."""
     ny, nx = bad.shape
     for j in range(ny):
         for i in range(nx):
-            va = variance_a[j, i]
-            vb = variance_b[j, i]
-            out[j, i] = (
-                not bad[j, i]
-                and math.isfinite(image_a[j, i])
-                and math.isfinite(image_b[j, i])
-                and va >= 0.0
-                and vb >= 0.0
-                and math.isfinite(va)
-                and math.isfinite(vb)
-            )
+            out[j, i] = _usable(bad[j, i], image_a[j, i], image_b[j, i], variance_a[j, i],
+                                variance_b[j, i])  # fmt: skip
 
 
 @njit
@@ -127,15 +133,7 @@ def usable_pair_zeroed(bad, image_a, image_b, variance_a, variance_b, out,
             b = image_b[j, i]
             va = variance_a[j, i]
             vb = variance_b[j, i]
-            g = (
-                not bad[j, i]
-                and math.isfinite(a)
-                and math.isfinite(b)
-                and va >= 0.0
-                and vb >= 0.0
-                and math.isfinite(va)
-                and math.isfinite(vb)
-            )
+            g = _usable(bad[j, i], a, b, va, vb)
             out[j, i] = g
             if g:
                 image_a0[j, i] = a
